@@ -1,0 +1,40 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckVerdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One line of `vessel host check`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostCheckItem {
+    pub name: String,
+    pub verdict: CheckVerdict,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostCheck {
+    pub items: Vec<HostCheckItem>,
+    /// The accelerator `auto` resolves to on this host, and why.
+    pub accelerator: String,
+    pub accelerator_reason: String,
+}
+
+/// What the daemon knows about the host it runs on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub version: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub accelerator: String,
+    pub accelerator_reason: String,
+    pub qemu_version: String,
+    pub vms_defined: u32,
+    pub vms_running: u32,
+}

@@ -1,0 +1,25 @@
+//! Wire types of Vessel's REST API (`/v1`).
+//!
+//! Everything that crosses the HTTP boundary is defined here once and used by both the daemon and
+//! the CLI. Request types reject unknown fields so that a typo in a client is an error, not a
+//! silently ignored setting.
+
+mod error;
+mod host;
+mod operation;
+mod vm;
+
+pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo};
+pub use operation::{Accepted, Operation, OperationAction, OperationStatus};
+pub use vm::{
+    Boot, CreateVmRequest, DeleteVmRequest, DesiredState, EditVmRequest, Machine, NicKind,
+    RestartPolicy, StopVmRequest, Vm, VmSpec, VmState,
+};
+
+/// The API version prefix every route lives under.
+pub const API_PREFIX: &str = "/v1";
+
+/// Largest request body the daemon accepts. VM specs are small; anything larger is a mistake or
+/// an attack.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;

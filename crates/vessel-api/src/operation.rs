@@ -1,0 +1,77 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationAction {
+    Create,
+    Start,
+    Stop,
+    Kill,
+    Reboot,
+    Pause,
+    Resume,
+    Edit,
+    Delete,
+    /// Started by the daemon itself: a restart after a crash, per the VM's restart policy.
+    Restart,
+}
+
+impl OperationAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationAction::Create => "create",
+            OperationAction::Start => "start",
+            OperationAction::Stop => "stop",
+            OperationAction::Kill => "kill",
+            OperationAction::Reboot => "reboot",
+            OperationAction::Pause => "pause",
+            OperationAction::Resume => "resume",
+            OperationAction::Edit => "edit",
+            OperationAction::Delete => "delete",
+            OperationAction::Restart => "restart",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl OperationStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, OperationStatus::Succeeded | OperationStatus::Failed)
+    }
+}
+
+/// A unit of work the reconciler carries out for a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Operation {
+    pub id: String,
+    pub vm: String,
+    pub action: OperationAction,
+    pub status: OperationStatus,
+    /// Why the operation failed, in words that say what to do next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Force flag of stop/delete, and the stop timeout, as the request gave them.
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Unix time in milliseconds.
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+}
+
+/// Returned with 202 when a request asked not to wait (`?wait=false`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub operation: Operation,
+}

@@ -1,0 +1,144 @@
+//! The VM lifecycle: which actions each state allows, and what a stop that nobody asked for
+//! leads to under the restart policy.
+
+use vessel_api::{OperationAction, RestartPolicy, VmState};
+
+/// How a VM's QEMU process came to an end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// A user asked for stop or kill.
+    Requested,
+    /// The guest powered itself off (clean SHUTDOWN from the guest).
+    GuestPowerOff,
+    /// QEMU died, was killed, or the guest panicked.
+    Crashed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartDecision {
+    Restart,
+    StayDown,
+}
+
+/// What the restart policy says after an exit.
+pub fn after_exit(policy: RestartPolicy, exit: ExitKind) -> RestartDecision {
+    match (policy, exit) {
+        (_, ExitKind::Requested) => RestartDecision::StayDown,
+        (RestartPolicy::Always, _) => RestartDecision::Restart,
+        (RestartPolicy::OnFailure, ExitKind::Crashed) => RestartDecision::Restart,
+        _ => RestartDecision::StayDown,
+    }
+}
+
+/// The state a VM rests in after an exit that is not followed by a restart.
+pub fn state_after_exit(exit: ExitKind) -> VmState {
+    match exit {
+        ExitKind::Crashed => VmState::Crashed,
+        ExitKind::Requested | ExitKind::GuestPowerOff => VmState::Stopped,
+    }
+}
+
+/// Whether `action` may be requested while the VM is in `state`. `force` is the request's force
+/// flag (delete of a running VM). Actions that are already satisfied (start of a running VM,
+/// stop of a stopped one) are allowed: they succeed without doing anything.
+pub fn check_action(action: OperationAction, state: VmState, force: bool) -> Result<(), String> {
+    let running = state.has_process();
+    match action {
+        OperationAction::Create
+        | OperationAction::Start
+        | OperationAction::Stop
+        | OperationAction::Kill
+        | OperationAction::Restart => Ok(()),
+        OperationAction::Reboot if state == VmState::Running => Ok(()),
+        OperationAction::Reboot => Err(format!(
+            "the VM is {}; only a running VM can be rebooted (start it instead)",
+            state.as_str()
+        )),
+        OperationAction::Pause if matches!(state, VmState::Running | VmState::Paused) => Ok(()),
+        OperationAction::Pause => Err(format!(
+            "the VM is {}; only a running VM can be paused",
+            state.as_str()
+        )),
+        OperationAction::Resume if matches!(state, VmState::Running | VmState::Paused) => Ok(()),
+        OperationAction::Resume => Err(format!(
+            "the VM is {}; only a paused VM can be resumed (start it instead)",
+            state.as_str()
+        )),
+        OperationAction::Edit if !running => Ok(()),
+        OperationAction::Edit => Err(format!(
+            "the VM is {}; stop it before editing (vessel vm stop NAME)",
+            state.as_str()
+        )),
+        OperationAction::Delete if !running || force => Ok(()),
+        OperationAction::Delete => Err(format!(
+            "the VM is {}; stop it first, or delete with --force to kill it",
+            state.as_str()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_stops_never_restart() {
+        for policy in [
+            RestartPolicy::Never,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Always,
+        ] {
+            assert_eq!(
+                after_exit(policy, ExitKind::Requested),
+                RestartDecision::StayDown
+            );
+        }
+    }
+
+    #[test]
+    fn on_failure_restarts_crashes_but_not_power_off() {
+        assert_eq!(
+            after_exit(RestartPolicy::OnFailure, ExitKind::Crashed),
+            RestartDecision::Restart
+        );
+        assert_eq!(
+            after_exit(RestartPolicy::OnFailure, ExitKind::GuestPowerOff),
+            RestartDecision::StayDown
+        );
+    }
+
+    #[test]
+    fn always_restarts_power_off_and_never_restarts_nothing() {
+        assert_eq!(
+            after_exit(RestartPolicy::Always, ExitKind::GuestPowerOff),
+            RestartDecision::Restart
+        );
+        assert_eq!(
+            after_exit(RestartPolicy::Never, ExitKind::Crashed),
+            RestartDecision::StayDown
+        );
+        assert_eq!(state_after_exit(ExitKind::Crashed), VmState::Crashed);
+    }
+
+    #[test]
+    fn running_vm_cannot_be_edited_or_deleted_without_force() {
+        assert!(check_action(OperationAction::Edit, VmState::Running, false)
+            .unwrap_err()
+            .contains("stop it"));
+        assert!(
+            check_action(OperationAction::Delete, VmState::Running, false)
+                .unwrap_err()
+                .contains("--force")
+        );
+        assert!(check_action(OperationAction::Delete, VmState::Running, true).is_ok());
+        assert!(check_action(OperationAction::Delete, VmState::Crashed, false).is_ok());
+    }
+
+    #[test]
+    fn pause_resume_reboot_need_a_live_vm() {
+        assert!(check_action(OperationAction::Pause, VmState::Stopped, false).is_err());
+        assert!(check_action(OperationAction::Resume, VmState::Stopped, false).is_err());
+        assert!(check_action(OperationAction::Reboot, VmState::Paused, false).is_err());
+        assert!(check_action(OperationAction::Reboot, VmState::Running, false).is_ok());
+    }
+}
