@@ -1,0 +1,251 @@
+//! The QEMU command line for a VM spec. Pure: no IO, so every flag is unit-tested.
+
+use vessel_api::{Boot, Machine, NicKind, VmSpec};
+
+use crate::accel::Accel;
+
+/// File descriptor numbers the QMP and console listening sockets have inside QEMU.
+pub const QMP_FD: i32 = 3;
+pub const CONSOLE_FD: i32 = 4;
+
+/// Disk image formats QEMU is told about explicitly (never let QEMU probe a raw image: a guest
+/// could write a qcow2 header into it and make the host open arbitrary backing files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    /// Detects the format from the first bytes of the image.
+    pub fn from_magic(head: &[u8]) -> DiskFormat {
+        if head.starts_with(b"QFI\xfb") {
+            DiskFormat::Qcow2
+        } else {
+            DiskFormat::Raw
+        }
+    }
+}
+
+/// Inputs of the command line that are not in the spec.
+#[derive(Debug, Clone)]
+pub struct CmdlineInputs<'a> {
+    pub spec: &'a VmSpec,
+    pub accel: Accel,
+    pub pid_file: &'a str,
+    pub disk_format: Option<DiskFormat>,
+}
+
+/// QEMU's option parser splits on commas; a literal comma is written twice.
+fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// The argument vector (without the program name).
+pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
+    let spec = inputs.spec;
+    let mut args: Vec<String> = Vec::with_capacity(48);
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(|s| s.to_string()));
+
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", escape(&spec.name)),
+    ]);
+    push(&["-no-user-config", "-nodefaults", "-display", "none"]);
+    // Start with vCPUs stopped: the daemon attaches to the console before the guest prints its
+    // first byte, then resumes.
+    push(&["-S"]);
+    push(&["-machine", &machine_option(spec.machine)]);
+    push(&["-accel", inputs.accel.as_str()]);
+    if inputs.accel == Accel::Kvm {
+        push(&["-cpu", "host"]);
+    }
+    push(&[
+        "-smp",
+        &spec.cpus.to_string(),
+        "-m",
+        &format!("{}M", spec.memory_mib),
+    ]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
+    ]);
+    push(&["-mon", "chardev=qmp,mode=control"]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=console,fd={CONSOLE_FD},server=on,wait=off"),
+    ]);
+    push(&["-serial", "chardev:console"]);
+    push(&["-pidfile", inputs.pid_file]);
+    // QEMU never needs to spawn processes, gain privileges or use obsolete syscalls; seccomp
+    // turns an exploit's attempt to do so into a crash.
+    push(&[
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
+    push(&["-msg", "timestamp=on"]);
+    drop(push);
+    boot_args(spec, inputs.disk_format, &mut args);
+    if spec.nic == NicKind::User {
+        args.extend(["-netdev".into(), "user,id=net0".into()]);
+        args.extend([
+            "-device".into(),
+            format!("{},netdev=net0", device(spec.machine, "virtio-net")),
+        ]);
+    }
+    args
+}
+
+fn machine_option(machine: Machine) -> String {
+    match machine {
+        // ACPI on so that `system_powerdown` reaches the guest as a power button press.
+        Machine::Microvm => "microvm,acpi=on".to_string(),
+        Machine::Q35 => "q35".to_string(),
+    }
+}
+
+/// microvm has only virtio-mmio; q35 uses PCI.
+fn device(machine: Machine, kind: &str) -> String {
+    match machine {
+        Machine::Microvm => format!("{kind}-device"),
+        Machine::Q35 => format!("{kind}-pci"),
+    }
+}
+
+/// Kernel command line: the serial console always, then the user's options.
+pub fn kernel_cmdline(user: Option<&str>) -> String {
+    match user {
+        Some(extra) if !extra.is_empty() => format!("console=ttyS0 {extra}"),
+        _ => "console=ttyS0".to_string(),
+    }
+}
+
+fn boot_args(spec: &VmSpec, disk_format: Option<DiskFormat>, args: &mut Vec<String>) {
+    match &spec.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            args.extend(["-kernel".into(), kernel.clone()]);
+            if let Some(initrd) = initrd {
+                args.extend(["-initrd".into(), initrd.clone()]);
+            }
+            args.extend(["-append".into(), kernel_cmdline(cmdline.as_deref())]);
+        }
+        Boot::Disk { disk } => {
+            let format = disk_format.unwrap_or(DiskFormat::Raw);
+            args.extend([
+                "-blockdev".into(),
+                format!(
+                    "driver=file,node-name=disk0-file,filename={},cache.direct=off",
+                    escape(disk)
+                ),
+            ]);
+            args.extend([
+                "-blockdev".into(),
+                format!("driver={},node-name=disk0,file=disk0-file", format.as_str()),
+            ]);
+            args.extend([
+                "-device".into(),
+                format!(
+                    "{},drive=disk0,bootindex=1",
+                    device(spec.machine, "virtio-blk")
+                ),
+            ]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vessel_api::RestartPolicy;
+
+    fn spec(boot: Boot, machine: Machine) -> VmSpec {
+        VmSpec {
+            name: "web,1".into(),
+            cpus: 2,
+            memory_mib: 256,
+            boot,
+            machine,
+            nic: NicKind::User,
+            restart_policy: RestartPolicy::Never,
+        }
+    }
+
+    fn joined(spec: &VmSpec, accel: Accel) -> String {
+        build(&CmdlineInputs {
+            spec,
+            accel,
+            pid_file: "/run/x.pid",
+            disk_format: Some(DiskFormat::Qcow2),
+        })
+        .join(" ")
+    }
+
+    #[test]
+    fn kernel_boot_on_microvm_uses_mmio_devices_and_serial_console() {
+        let boot = Boot::Kernel {
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cmdline: Some("quiet".into()),
+        };
+        let line = joined(&spec(boot, Machine::Microvm), Accel::Tcg);
+        assert!(line.contains("-machine microvm,acpi=on"), "{line}");
+        assert!(
+            line.contains("-kernel /k -initrd /i -append console=ttyS0 quiet"),
+            "{line}"
+        );
+        assert!(line.contains("virtio-net-device,netdev=net0"), "{line}");
+        assert!(line.contains("-accel tcg"), "{line}");
+        assert!(!line.contains("-cpu host"), "{line}");
+        assert!(line.contains("-smp 2 -m 256M"), "{line}");
+        assert!(line.contains(" -S "), "vCPUs must start stopped: {line}");
+    }
+
+    #[test]
+    fn disk_boot_on_q35_names_the_format_and_uses_pci() {
+        let line = joined(
+            &spec(
+                Boot::Disk {
+                    disk: "/d,x.qcow2".into(),
+                },
+                Machine::Q35,
+            ),
+            Accel::Kvm,
+        );
+        assert!(
+            line.contains("filename=/d,,x.qcow2"),
+            "commas must be escaped: {line}"
+        );
+        assert!(line.contains("driver=qcow2,node-name=disk0"), "{line}");
+        assert!(line.contains("virtio-blk-pci,drive=disk0"), "{line}");
+        assert!(line.contains("-accel kvm -cpu host"), "{line}");
+    }
+
+    #[test]
+    fn names_with_commas_cannot_inject_options() {
+        let line = joined(
+            &spec(Boot::Disk { disk: "/d".into() }, Machine::Q35),
+            Accel::Tcg,
+        );
+        assert!(line.contains("guest=web,,1,debug-threads=on"), "{line}");
+    }
+
+    #[test]
+    fn qcow2_magic_is_detected_and_anything_else_is_raw() {
+        assert_eq!(
+            DiskFormat::from_magic(b"QFI\xfb\0\0\0\x03"),
+            DiskFormat::Qcow2
+        );
+        assert_eq!(DiskFormat::from_magic(b"\0\0\0\0"), DiskFormat::Raw);
+    }
+}

@@ -1,0 +1,321 @@
+//! [`Backend`] and [`Instance`] for QEMU.
+
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use vessel_api::Boot;
+use vessel_qmp::{EventStream, Qmp, QmpEvent};
+
+use crate::cmdline::{self, CmdlineInputs, DiskFormat};
+use crate::process::{self, ExitWatch, InheritedSockets, ProcessId};
+use crate::{Backend, BackendError, Instance, InstanceEvent, LaunchRequest, RunFiles, RunState};
+
+/// How long QEMU may take from exec to a finished QMP handshake. Generous because a loaded
+/// TCG host can be slow; a QEMU that fails exits, which ends the wait early.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    binary: String,
+}
+
+impl QemuBackend {
+    pub fn new(binary: impl Into<String>) -> Self {
+        QemuBackend {
+            binary: binary.into(),
+        }
+    }
+}
+
+impl Default for QemuBackend {
+    fn default() -> Self {
+        QemuBackend::new("qemu-system-x86_64")
+    }
+}
+
+#[async_trait]
+impl Backend for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn launch(&self, request: &LaunchRequest) -> Result<Box<dyn Instance>, BackendError> {
+        let files = RunFiles::in_dir(&request.run_dir);
+        prepare_run_dir(&request.run_dir, &files)?;
+        let disk_format = match &request.spec.boot {
+            Boot::Disk { disk } => Some(detect_disk_format(Path::new(disk))?),
+            Boot::Kernel { .. } => None,
+        };
+        let sockets = InheritedSockets {
+            qmp: UnixListener::bind(&files.qmp_socket)?,
+            console: UnixListener::bind(&files.console_socket)?,
+        };
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&files.qemu_log)?;
+        let pid_file = files.pid_file.to_string_lossy().into_owned();
+        let args = cmdline::build(&CmdlineInputs {
+            spec: &request.spec,
+            accel: request.accel,
+            pid_file: &pid_file,
+            disk_format,
+        });
+        tracing::debug!(vm = %request.spec.name, ?args, "launching QEMU");
+        let child = process::spawn(&self.binary, &args, sockets, log).map_err(|source| {
+            BackendError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            }
+        })?;
+        let pid = child.id().unwrap_or_default();
+        let exit = ExitWatch::Child(child);
+        let attached = match attach(&files).await {
+            Ok(attached) => attached,
+            Err(e) => return Err(early_exit(exit, &files, e).await),
+        };
+        let id = ProcessId::of(pid).map_err(|_| BackendError::EarlyExit {
+            detail: process::last_log_line(&files.qemu_log)
+                .unwrap_or_else(|| "QEMU vanished".into()),
+        })?;
+        let instance = QemuInstance::new(id, attached, exit);
+        instance.qmp.execute("cont", None).await?;
+        Ok(Box::new(instance))
+    }
+
+    async fn adopt(
+        &self,
+        request: &LaunchRequest,
+        id: ProcessId,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        if !id.is_alive() {
+            return Err(BackendError::NotAdoptable {
+                pid: id.pid,
+                why: "it is not running".into(),
+            });
+        }
+        let marker = format!("guest={},", request.spec.name.replace(',', ",,"));
+        let cmdline = id.cmdline()?;
+        if !cmdline.iter().any(|arg| arg.starts_with(&marker)) {
+            return Err(BackendError::NotAdoptable {
+                pid: id.pid,
+                why: "its command line names another VM".into(),
+            });
+        }
+        let exit = ExitWatch::pidfd(id.pid)?;
+        let files = RunFiles::in_dir(&request.run_dir);
+        let attached = attach(&files).await?;
+        Ok(Box::new(QemuInstance::new(id, attached, exit)))
+    }
+}
+
+fn prepare_run_dir(dir: &Path, files: &RunFiles) -> Result<(), BackendError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| BackendError::RunDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    for stale in [&files.qmp_socket, &files.console_socket] {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BackendError::RunDir {
+                    path: stale.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn detect_disk_format(path: &Path) -> Result<DiskFormat, BackendError> {
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path)?;
+    let n = file.read(&mut head)?;
+    Ok(DiskFormat::from_magic(&head[..n]))
+}
+
+struct Attached {
+    qmp: Qmp,
+    events: EventStream,
+    console: UnixStream,
+}
+
+/// Connects to QMP (handshake) and to the console socket.
+async fn attach(files: &RunFiles) -> Result<Attached, BackendError> {
+    let stream = UnixStream::connect(&files.qmp_socket).await?;
+    let (qmp, events) = Qmp::handshake(stream, HANDSHAKE_TIMEOUT).await?;
+    let console = UnixStream::connect(&files.console_socket).await?;
+    Ok(Attached {
+        qmp,
+        events,
+        console,
+    })
+}
+
+/// Turns a failed start into QEMU's own explanation, once the process is gone.
+async fn early_exit(exit: ExitWatch, files: &RunFiles, cause: BackendError) -> BackendError {
+    let waited = tokio::time::timeout(Duration::from_secs(5), exit.wait()).await;
+    match (waited, process::last_log_line(&files.qemu_log)) {
+        (Ok((how, _)), Some(line)) => BackendError::EarlyExit {
+            detail: format!("{line} ({how})"),
+        },
+        (Ok((how, _)), None) => BackendError::EarlyExit { detail: how },
+        (Err(_), _) => cause,
+    }
+}
+
+struct QemuInstance {
+    id: ProcessId,
+    qmp: Qmp,
+    events: Option<mpsc::UnboundedReceiver<InstanceEvent>>,
+    console: Option<UnixStream>,
+}
+
+impl QemuInstance {
+    fn new(id: ProcessId, attached: Attached, exit: ExitWatch) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(pump_events(attached.events, exit, tx));
+        QemuInstance {
+            id,
+            qmp: attached.qmp,
+            events: Some(rx),
+            console: Some(attached.console),
+        }
+    }
+}
+
+/// Forwards QMP events as [`InstanceEvent`]s and, once QMP is gone, the process's exit.
+async fn pump_events(
+    mut events: EventStream,
+    exit: ExitWatch,
+    tx: mpsc::UnboundedSender<InstanceEvent>,
+) {
+    while let Some(event) = events.next().await {
+        if let Some(mapped) = map_event(&event) {
+            let _ = tx.send(mapped);
+        }
+    }
+    let (detail, clean) = exit.wait().await;
+    let _ = tx.send(InstanceEvent::Exited { detail, clean });
+}
+
+fn map_event(event: &QmpEvent) -> Option<InstanceEvent> {
+    let data = &event.data;
+    match event.event.as_str() {
+        "STOP" => Some(InstanceEvent::Paused),
+        "RESUME" => Some(InstanceEvent::Resumed),
+        "RESET" => Some(InstanceEvent::Reset),
+        "GUEST_PANICKED" => Some(InstanceEvent::GuestPanicked),
+        "SHUTDOWN" => Some(InstanceEvent::Shutdown {
+            guest: data.get("guest").and_then(Value::as_bool).unwrap_or(false),
+            reason: data
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_string(),
+        }),
+        other => {
+            tracing::trace!(event = other, "QMP event not mapped");
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl Instance for QemuInstance {
+    fn pid(&self) -> ProcessId {
+        self.id
+    }
+
+    fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<InstanceEvent>> {
+        self.events.take()
+    }
+
+    fn take_console(&mut self) -> Option<UnixStream> {
+        self.console.take()
+    }
+
+    async fn status(&self) -> Result<RunState, BackendError> {
+        let reply = self.qmp.execute("query-status", None).await?;
+        Ok(match reply.get("status").and_then(Value::as_str) {
+            Some("running") => RunState::Running,
+            Some("paused") => RunState::Paused,
+            _ => RunState::Other,
+        })
+    }
+
+    async fn power_down(&self) -> Result<(), BackendError> {
+        self.qmp.execute("system_powerdown", None).await?;
+        Ok(())
+    }
+
+    async fn pause(&self) -> Result<(), BackendError> {
+        self.qmp.execute("stop", None).await?;
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), BackendError> {
+        self.qmp.execute("cont", None).await?;
+        Ok(())
+    }
+
+    async fn reset(&self) -> Result<(), BackendError> {
+        self.qmp.execute("system_reset", None).await?;
+        Ok(())
+    }
+
+    fn kill(&self) -> Result<(), BackendError> {
+        process::kill(self.id)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(name: &str, data: Value) -> QmpEvent {
+        QmpEvent {
+            event: name.into(),
+            data,
+            timestamp_micros: 0,
+        }
+    }
+
+    #[test]
+    fn guest_power_off_maps_to_a_guest_shutdown() {
+        let mapped = map_event(&event(
+            "SHUTDOWN",
+            json!({"guest": true, "reason": "guest-shutdown"}),
+        ));
+        assert_eq!(
+            mapped,
+            Some(InstanceEvent::Shutdown {
+                guest: true,
+                reason: "guest-shutdown".into()
+            })
+        );
+        assert_eq!(
+            map_event(&event("STOP", json!({}))),
+            Some(InstanceEvent::Paused)
+        );
+        assert_eq!(map_event(&event("POWERDOWN", json!({}))), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! The QEMU backend.
+//!
+//! The daemon talks to hypervisors through [`Backend`] and [`Instance`]; QEMU is the first
+//! implementation. A VM's QEMU runs in its own session (it survives a daemon crash) and is driven
+//! over QMP. Its sockets are bound by the daemon and handed to QEMU as file descriptors, so the
+//! daemon can connect the moment QEMU is exec'd, with no polling for a socket file to appear.
+
+pub mod accel;
+pub mod cmdline;
+pub mod host;
+mod instance;
+mod process;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+pub use accel::{detect_accelerator, Accel, AccelChoice};
+pub use instance::QemuBackend;
+pub use process::ProcessId;
+use vessel_api::VmSpec;
+
+/// Everything needed to launch one VM.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    pub spec: VmSpec,
+    pub accel: Accel,
+    /// Directory owned by this VM: sockets, pid file, QEMU's own log.
+    pub run_dir: PathBuf,
+}
+
+/// The files of a VM's run directory, in one place so that launch and adopt agree.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    pub qmp_socket: PathBuf,
+    pub console_socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub qemu_log: PathBuf,
+}
+
+impl RunFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        RunFiles {
+            qmp_socket: dir.join("qmp.sock"),
+            console_socket: dir.join("console.sock"),
+            pid_file: dir.join("qemu.pid"),
+            qemu_log: dir.join("qemu.log"),
+        }
+    }
+}
+
+/// Something that happened to a running instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEvent {
+    /// The vCPUs stopped (pause).
+    Paused,
+    Resumed,
+    /// The guest was reset (reboot from inside, or a hard reset).
+    Reset,
+    /// The guest is shutting down. `guest` is true when the guest asked for it itself.
+    Shutdown {
+        guest: bool,
+        reason: String,
+    },
+    GuestPanicked,
+    /// The process is gone. `detail` says how (exit code or signal, and QEMU's last words).
+    Exited {
+        detail: String,
+        clean: bool,
+    },
+}
+
+/// Observed run state as the hypervisor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("could not prepare the VM's run directory {path}")]
+    RunDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start {binary}")]
+    Spawn {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QEMU exited during start-up: {detail}")]
+    EarlyExit { detail: String },
+    #[error("QMP failed")]
+    Qmp(#[from] vessel_qmp::QmpError),
+    #[error("the process {pid} is not this VM's QEMU any more ({why})")]
+    NotAdoptable { pid: u32, why: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A hypervisor that can launch VMs and re-attach to ones launched before a daemon restart.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Starts the VM and returns once its vCPUs run.
+    async fn launch(&self, request: &LaunchRequest) -> Result<Box<dyn Instance>, BackendError>;
+    /// Re-attaches to a VM process started earlier (by this or a previous daemon).
+    async fn adopt(
+        &self,
+        request: &LaunchRequest,
+        pid: ProcessId,
+    ) -> Result<Box<dyn Instance>, BackendError>;
+}
+
+/// A running VM process.
+#[async_trait]
+pub trait Instance: Send + Sync {
+    fn pid(&self) -> ProcessId;
+    /// Events in order; the stream ends after [`InstanceEvent::Exited`].
+    fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<InstanceEvent>>;
+    /// The serial console's byte stream (first caller only).
+    fn take_console(&mut self) -> Option<UnixStream>;
+    async fn status(&self) -> Result<RunState, BackendError>;
+    /// ACPI power button.
+    async fn power_down(&self) -> Result<(), BackendError>;
+    async fn pause(&self) -> Result<(), BackendError>;
+    async fn resume(&self) -> Result<(), BackendError>;
+    /// Hard reset, like pressing the reset button.
+    async fn reset(&self) -> Result<(), BackendError>;
+    /// Ends the process at once (SIGKILL).
+    fn kill(&self) -> Result<(), BackendError>;
+}

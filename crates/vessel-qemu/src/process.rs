@@ -1,0 +1,230 @@
+//! QEMU as an operating-system process: spawning it in its own session with pre-bound sockets,
+//! recognising it again after a daemon restart, and noticing when it ends.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+
+use tokio::io::unix::AsyncFd;
+use tokio::process::{Child, Command};
+
+use crate::cmdline::{CONSOLE_FD, QMP_FD};
+
+/// A process identified beyond its pid: the kernel reuses pids, so the start time (in clock ticks
+/// since boot, from /proc/PID/stat) tells our QEMU apart from a later process with the same pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// Reads the identity of a live process.
+    pub fn of(pid: u32) -> io::Result<ProcessId> {
+        let (_, start_time) = read_stat(pid)?;
+        Ok(ProcessId { pid, start_time })
+    }
+
+    /// Whether this very process still runs (not exited, not a zombie, pid not reused).
+    pub fn is_alive(&self) -> bool {
+        matches!(read_stat(self.pid), Ok((state, start)) if state != 'Z' && state != 'X' && start == self.start_time)
+    }
+
+    /// The process's command line arguments.
+    pub fn cmdline(&self) -> io::Result<Vec<String>> {
+        let raw = std::fs::read(format!("/proc/{}/cmdline", self.pid))?;
+        Ok(raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect())
+    }
+}
+
+/// State letter and start time from /proc/PID/stat. The command name in field 2 may contain
+/// spaces and parentheses, so fields are counted from the last ')'.
+fn read_stat(pid: u32) -> io::Result<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; field 22 (starttime) is fields[19].
+    let state = fields.first().and_then(|s| s.chars().next());
+    let start = fields.get(19).and_then(|s| s.parse().ok());
+    match (state, start) {
+        (Some(state), Some(start)) => Ok((state, start)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed /proc stat",
+        )),
+    }
+}
+
+/// Sockets QEMU inherits as listening file descriptors.
+pub struct InheritedSockets {
+    pub qmp: UnixListener,
+    pub console: UnixListener,
+}
+
+/// Spawns QEMU in a new session (so that a terminal's Ctrl-C to the daemon does not reach it,
+/// and it outlives the daemon), with its output going to `log`.
+pub fn spawn(
+    binary: &str,
+    args: &[String],
+    sockets: InheritedSockets,
+    log: File,
+) -> io::Result<Child> {
+    // Move the listeners above the fds they must land on, so the dup2 calls below cannot clobber
+    // one with the other; the copies are close-on-exec, the dup2 targets are not.
+    let qmp = dup_above(sockets.qmp.as_raw_fd(), 10)?;
+    let console = dup_above(sockets.console.as_raw_fd(), 10)?;
+    let log_err = log.try_clone()?;
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    let (qmp_raw, console_raw) = (qmp.as_raw_fd(), console.as_raw_fd());
+    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
+    // functions (setsid, dup2) on fds that are open in the parent at fork time.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for (from, to) in [(qmp_raw, QMP_FD), (console_raw, CONSOLE_FD)] {
+                if libc::dup2(from, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn();
+    drop((qmp, console, sockets));
+    child
+}
+
+fn dup_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl F_DUPFD_CLOEXEC on a valid fd returns a new fd that we own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a freshly created fd not owned by anything else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// How the daemon learns that a VM process ended: as its parent (exit status known) or, after a
+/// daemon restart, through a pidfd (the status belongs to whoever reaps it).
+pub enum ExitWatch {
+    Child(Child),
+    Pidfd(AsyncFd<OwnedFd>),
+}
+
+impl ExitWatch {
+    pub fn pidfd(pid: u32) -> io::Result<ExitWatch> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the syscall returned a new fd that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // SAFETY: `owned` is a valid open fd that the AsyncFd takes ownership of, so it stays open
+        // and refers to the same pidfd for the AsyncFd's whole life.
+        let registered = unsafe { AsyncFd::register(owned) }.map_err(io::Error::from)?;
+        Ok(ExitWatch::Pidfd(registered))
+    }
+
+    /// Waits for the process to end; returns how it ended in words, and whether it was clean.
+    pub async fn wait(self) -> (String, bool) {
+        match self {
+            ExitWatch::Child(mut child) => match child.wait().await {
+                Ok(status) => (describe_status(status), status.success()),
+                Err(e) => (format!("could not collect the exit status: {e}"), false),
+            },
+            ExitWatch::Pidfd(fd) => match fd.readable().await {
+                Ok(_) => ("the process exited (adopted after a daemon restart, so its exit status is unknown)".into(), false),
+                Err(e) => (format!("could not watch the process: {e}"), false),
+            },
+        }
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(signal) = status.signal() {
+        let name = match signal {
+            libc::SIGKILL => " (SIGKILL)",
+            libc::SIGTERM => " (SIGTERM)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGABRT => " (SIGABRT)",
+            libc::SIGSYS => " (SIGSYS: blocked by the seccomp sandbox)",
+            _ => "",
+        };
+        format!("killed by signal {signal}{name}")
+    } else {
+        format!("exited with code {}", status.code().unwrap_or(-1))
+    }
+}
+
+/// The last non-empty line QEMU wrote to its log, to explain a failure.
+pub fn last_log_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+}
+
+/// Sends SIGKILL to the process if it is still the one we started.
+pub fn kill(id: ProcessId) -> io::Result<()> {
+    if !id.is_alive() {
+        return Ok(());
+    }
+    // SAFETY: kill(2) with a pid and a signal number has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(id.pid as libc::pid_t, libc::SIGKILL) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_and_a_changed_start_time_is_not() {
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert!(me.is_alive());
+        let impostor = ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!impostor.is_alive());
+    }
+
+    #[test]
+    fn signals_are_named_in_exit_descriptions() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_status(ExitStatus::from_raw(9)),
+            "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            describe_status(ExitStatus::from_raw(1 << 8)),
+            "exited with code 1"
+        );
+    }
+}
