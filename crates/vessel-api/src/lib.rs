@@ -14,7 +14,7 @@ pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo};
 pub use operation::{Accepted, Operation, OperationAction, OperationStatus};
 pub use vm::{
     Boot, CreateVmRequest, DeleteVmRequest, DesiredState, EditVmRequest, Machine, NicKind,
-    RestartPolicy, StopVmRequest, Vm, VmSpec, VmState,
+    RebootVmRequest, RestartPolicy, StopVmRequest, Vm, VmSpec, VmState,
 };
 
 /// The API version prefix every route lives under.

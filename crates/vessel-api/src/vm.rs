@@ -222,3 +222,12 @@ pub struct Vm {
     pub created_at_ms: u64,
     pub state_changed_at_ms: u64,
 }
+
+/// `POST /v1/vms/{name}/reboot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RebootVmRequest {
+    /// Hard reset (same QEMU process) instead of a clean power-off and start.
+    #[serde(default)]
+    pub force: bool,
+}

@@ -1,0 +1,126 @@
+//! Daemon configuration: built-in defaults, overridden by the TOML file, overridden by flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/vessel";
+pub const DEFAULT_SOCKET: &str = "/run/vessel/vessel.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/vessel/vessel.toml";
+
+/// `vessel daemon` flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(after_help = "EXAMPLES:\n  vessel daemon\n  vessel daemon --data-dir /srv/vessel --socket /tmp/vessel.sock\n\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop")]
+pub struct DaemonArgs {
+    /// Where the database, VM run directories and console logs live [default: /var/lib/vessel].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The API's unix socket (mode 0660) [default: /run/vessel/vessel.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// TOML configuration file [default: /etc/vessel/vessel.toml, if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Accelerator: auto picks KVM only when it can really run guests, otherwise TCG.
+    #[arg(long, value_parser = ["auto", "kvm", "tcg"])]
+    pub accelerator: Option<String>,
+}
+
+/// The settings file. Unknown keys are an error: a typo must not be silently ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    accelerator: Option<String>,
+    qemu_binary: Option<String>,
+    console_log_bytes: Option<u64>,
+    stop_timeout_secs: Option<u64>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub accelerator: String,
+    pub qemu_binary: String,
+    pub console_log_bytes: u64,
+    pub stop_timeout_secs: u64,
+}
+
+impl Config {
+    /// Defaults for a data dir; tests use this directly.
+    pub fn with_paths(data_dir: PathBuf, socket: PathBuf) -> Self {
+        Config {
+            data_dir,
+            socket,
+            accelerator: "auto".into(),
+            qemu_binary: "qemu-system-x86_64".into(),
+            console_log_bytes: 1024 * 1024,
+            stop_timeout_secs: 30,
+        }
+    }
+
+    /// Merges defaults, the config file and the flags.
+    pub fn load(args: &DaemonArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        let mut config = Config::with_paths(
+            args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            args.socket.clone().or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        );
+        if let Some(accel) = args.accelerator.clone().or(file.accelerator) {
+            config.accelerator = accel;
+        }
+        if let Some(binary) = file.qemu_binary {
+            config.qemu_binary = binary;
+        }
+        if let Some(bytes) = file.console_log_bytes {
+            config.console_log_bytes = bytes.max(4096);
+        }
+        if let Some(secs) = file.stop_timeout_secs {
+            config.stop_timeout_secs = secs;
+        }
+        if !["auto", "kvm", "tcg"].contains(&config.accelerator.as_str()) {
+            anyhow::bail!("accelerator {:?} is not one of auto, kvm, tcg", config.accelerator);
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vessel.toml");
+        std::fs::write(&file, "data_dir = \"/srv/a\"\nsocket = \"/srv/a.sock\"\nstop_timeout_secs = 5\n").unwrap();
+        let args = DaemonArgs { config: Some(file), socket: Some("/x.sock".into()), ..Default::default() };
+        let config = Config::load(&args).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
+        assert_eq!(config.socket, PathBuf::from("/x.sock"));
+        assert_eq!(config.stop_timeout_secs, 5);
+        assert_eq!(config.accelerator, "auto");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vessel.toml");
+        std::fs::write(&file, "data_dri = \"/srv/a\"\n").unwrap();
+        let err = Config::load(&DaemonArgs { config: Some(file), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

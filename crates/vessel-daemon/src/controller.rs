@@ -1,0 +1,119 @@
+//! The reconciler's dispatcher: it watches the store for new operations and hands each to its
+//! VM's worker, and at start-up re-adopts running VMs and resumes interrupted operations.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use vessel_api::{OperationAction, OperationStatus};
+use vessel_store::{EventKind, Op, Txn};
+
+use crate::ctx::Ctx;
+use crate::model::{decode, encode, now_ms, op_key, OpRecord, OPS_PREFIX, VMS_PREFIX};
+use crate::worker::{Worker, WorkerMsg};
+
+/// Finished operations kept for `vessel operation list`; older ones are pruned at start-up.
+const FINISHED_OPS_KEPT: usize = 1000;
+
+pub struct Controller {
+    ctx: Arc<Ctx>,
+    workers: Mutex<HashMap<String, mpsc::UnboundedSender<WorkerMsg>>>,
+}
+
+impl Controller {
+    pub fn new(ctx: Arc<Ctx>) -> Arc<Controller> {
+        Arc::new(Controller { ctx, workers: Mutex::new(HashMap::new()) })
+    }
+
+    fn dispatch(&self, vm: &str, msg: WorkerMsg) {
+        let mut workers = self.workers.lock().expect("workers lock");
+        let tx = workers
+            .entry(vm.to_string())
+            .or_insert_with(|| Worker::spawn(vm.to_string(), Arc::clone(&self.ctx)));
+        if tx.send(msg).is_err() {
+            tracing::error!(vm, "VM worker is gone");
+        }
+    }
+
+    /// Re-adopts VMs, resumes or fails interrupted operations, then follows new operations.
+    /// Returns once start-up work has been dispatched; following continues in a task.
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        let store = &self.ctx.store;
+        let (vms, _) = store.list(VMS_PREFIX).await?;
+        for kv in vms.iter().filter(|kv| kv.key.ends_with("/spec")) {
+            let name = &kv.key[VMS_PREFIX.len()..kv.key.len() - "/spec".len()];
+            self.dispatch(name, WorkerMsg::Reconcile);
+        }
+        let (ops, revision) = store.list(OPS_PREFIX).await?;
+        let mut finished = Vec::new();
+        for kv in &ops {
+            let mut record: OpRecord = decode(&kv.key, &kv.value)?;
+            match record.operation.status {
+                OperationStatus::Pending => self.dispatch(&record.operation.vm.clone(), WorkerMsg::Op(record.operation.id.clone())),
+                OperationStatus::Running => {
+                    self.recover_interrupted(&mut record).await?;
+                    if record.operation.status == OperationStatus::Pending {
+                        self.dispatch(&record.operation.vm.clone(), WorkerMsg::Op(record.operation.id.clone()));
+                    }
+                }
+                _ => finished.push((record.operation.created_at_ms, kv.key.clone())),
+            }
+        }
+        self.prune(finished).await?;
+        let me = Arc::clone(self);
+        let mut watch = store.watch(OPS_PREFIX, revision + 1).await?;
+        tokio::spawn(async move {
+            loop {
+                let event = match watch.next().await {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::error!(error = %e, "operation watch failed; new requests will not run");
+                        break;
+                    }
+                };
+                if event.kind != EventKind::Put {
+                    continue;
+                }
+                match decode::<OpRecord>(&event.kv.key, &event.kv.value) {
+                    Ok(r) if r.operation.status == OperationStatus::Pending => {
+                        me.dispatch(&r.operation.vm, WorkerMsg::Op(r.operation.id));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "unreadable operation"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// An operation that was running when the daemon died. Convergent ones (start, stop,
+    /// pause, ...) are run again: they are idempotent. A reboot is not, so it is failed with
+    /// the reason; the VM's state is whatever reconcile finds.
+    async fn recover_interrupted(&self, record: &mut OpRecord) -> anyhow::Result<()> {
+        if record.operation.action == OperationAction::Reboot {
+            record.operation.status = OperationStatus::Failed;
+            record.operation.error =
+                Some("the daemon restarted during the reboot; check the VM's state and reboot again if needed".into());
+            record.operation.finished_at_ms = Some(now_ms());
+        } else {
+            record.operation.status = OperationStatus::Pending;
+        }
+        let txn = Txn::new().then(Op::Put(op_key(&record.operation.id), encode(record)));
+        self.ctx.store.txn(txn).await?;
+        Ok(())
+    }
+
+    async fn prune(&self, mut finished: Vec<(u64, String)>) -> anyhow::Result<()> {
+        if finished.len() <= FINISHED_OPS_KEPT {
+            return Ok(());
+        }
+        finished.sort();
+        let excess = finished.len() - FINISHED_OPS_KEPT;
+        let mut txn = Txn::new();
+        for (_, key) in finished.into_iter().take(excess) {
+            txn = txn.then(Op::Delete(key));
+        }
+        self.ctx.store.txn(txn).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! What every part of the daemon shares.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vessel_core::HostCapacity;
+use vessel_qemu::{AccelChoice, Backend};
+use vessel_store::Store;
+
+use crate::config::Config;
+use crate::console::ConsoleHub;
+use crate::model::{encode, event_key, now_ms, Event, EVENTS_PREFIX};
+
+/// How many events the store keeps; older ones are dropped as new ones come.
+const EVENTS_KEPT: u64 = 2000;
+
+pub struct Ctx {
+    pub store: Arc<dyn Store>,
+    pub backend: Arc<dyn Backend>,
+    pub accel: AccelChoice,
+    pub config: Config,
+    pub host: HostCapacity,
+    pub qemu_version: String,
+    consoles: Mutex<HashMap<String, Arc<ConsoleHub>>>,
+    event_seq: AtomicU64,
+}
+
+impl Ctx {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        backend: Arc<dyn Backend>,
+        accel: AccelChoice,
+        config: Config,
+        host: HostCapacity,
+        qemu_version: String,
+    ) -> anyhow::Result<Ctx> {
+        let (events, _) = store.list(EVENTS_PREFIX).await?;
+        let last = events
+            .last()
+            .and_then(|kv| kv.key[EVENTS_PREFIX.len()..].parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(Ctx {
+            store,
+            backend,
+            accel,
+            config,
+            host,
+            qemu_version,
+            consoles: Mutex::new(HashMap::new()),
+            event_seq: AtomicU64::new(last),
+        })
+    }
+
+    /// The directory that holds a VM's sockets, QEMU log and console log.
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.config.data_dir.join("vms").join(name)
+    }
+
+    pub fn console(&self, name: &str) -> Arc<ConsoleHub> {
+        let mut consoles = self.consoles.lock().expect("consoles lock");
+        consoles
+            .entry(name.to_string())
+            .or_insert_with(|| ConsoleHub::new(&self.vm_dir(name), self.config.console_log_bytes))
+            .clone()
+    }
+
+    pub fn forget_console(&self, name: &str) {
+        self.consoles.lock().expect("consoles lock").remove(name);
+    }
+
+    /// Records an event in the store and the log. Failing to record one is logged, not fatal:
+    /// events explain, they do not decide.
+    pub async fn event(&self, vm: &str, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(vm, "{message}");
+        let seq = self.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let event = Event { at_ms: now_ms(), vm: vm.to_string(), message };
+        let mut txn = vessel_store::Txn::new().then(vessel_store::Op::Put(event_key(seq), encode(&event)));
+        if seq > EVENTS_KEPT {
+            txn = txn.then(vessel_store::Op::Delete(event_key(seq - EVENTS_KEPT)));
+        }
+        if let Err(e) = self.store.txn(txn).await {
+            tracing::warn!(error = %e, "could not record event");
+        }
+    }
+}

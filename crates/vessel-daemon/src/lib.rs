@@ -1,0 +1,131 @@
+//! The Vessel host daemon: the composition root. It wires the store, the QEMU backend, the
+//! reconciler and the HTTP API together and serves the API on a unix socket.
+
+mod config;
+mod console;
+mod console_http;
+mod controller;
+mod ctx;
+mod http;
+mod lock;
+mod model;
+mod service;
+mod worker;
+
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use vessel_core::HostCapacity;
+use vessel_qemu::{Accel, AccelChoice, QemuBackend};
+use vessel_store::SqliteStore;
+
+pub use config::{Config, DaemonArgs};
+pub use console_http::CONSOLE_PROTOCOL;
+pub use http::openapi_json;
+
+use crate::controller::Controller;
+use crate::ctx::Ctx;
+use crate::lock::DataDirLock;
+use crate::service::Service;
+
+/// Runs the daemon until `shutdown` resolves. VMs keep running after the daemon exits; the next
+/// daemon re-adopts them.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let store = SqliteStore::open(&config.data_dir.join("vessel.db"))
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let accel = choose_accelerator(&config.accelerator);
+    if accel.accel == Accel::Tcg {
+        tracing::warn!("accelerator: tcg: {}", accel.reason);
+    }
+    let qemu_binary = config.qemu_binary.clone();
+    let qemu_version = tokio::task::spawn_blocking(move || vessel_qemu::host::qemu_version(&qemu_binary)).await?;
+    let qemu_version = qemu_version.unwrap_or_else(|| {
+        tracing::warn!("{} not found: VMs cannot start until QEMU is installed", config.qemu_binary);
+        "not installed".into()
+    });
+    let backend = Arc::new(QemuBackend::new(config.qemu_binary.clone()));
+    let ctx = Arc::new(Ctx::new(Arc::new(store), backend, accel, config.clone(), host_capacity(), qemu_version).await?);
+    let listener = bind_socket(&config.socket)?;
+    Controller::new(Arc::clone(&ctx)).start().await?;
+    tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "vessel daemon ready");
+    serve(listener, http::router(Service { ctx }), shutdown).await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+/// Serves until shutdown, then gives open connections (console followers never end on their own)
+/// a moment to finish.
+async fn serve(listener: tokio::net::UnixListener, router: axum::Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut rx2 = rx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    });
+    let deadline = async move {
+        let _ = rx2.wait_for(|stop| *stop).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        result = graceful => if let Err(e) = result { tracing::error!(error = %e, "API server failed") },
+        _ = deadline => tracing::info!("closing remaining API connections"),
+    }
+}
+
+fn choose_accelerator(setting: &str) -> AccelChoice {
+    match setting {
+        "kvm" => AccelChoice { accel: Accel::Kvm, reason: "forced by configuration".into() },
+        "tcg" => AccelChoice { accel: Accel::Tcg, reason: "forced by configuration".into() },
+        _ => vessel_qemu::detect_accelerator(),
+    }
+}
+
+/// What the host offers a single VM: online CPUs and total memory.
+fn host_capacity() -> HostCapacity {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(1024);
+    HostCapacity { cpus, memory_mib }
+}
+
+/// Binds the API socket (0660), refusing to steal one that another daemon serves.
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("socket {} is served by another daemon; stop it or use --socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}

@@ -1,0 +1,124 @@
+//! How the daemon's state sits in the store. One place for key names and record shapes.
+//!
+//! - `vms/<name>/spec`   [`VmRecord`]: the spec and the desired state (what the user asked for)
+//! - `vms/<name>/status` [`VmStatus`]: the observed state (what the reconciler saw)
+//! - `ops/<id>`          [`vessel_api::Operation`]: one per request, until pruned
+//! - `events/<seq>`      [`Event`]: what happened, newest last, bounded
+
+use serde::{Deserialize, Serialize};
+use vessel_api::{DesiredState, Operation, Vm, VmSpec, VmState};
+
+pub const VMS_PREFIX: &str = "vms/";
+pub const OPS_PREFIX: &str = "ops/";
+pub const EVENTS_PREFIX: &str = "events/";
+
+pub fn spec_key(name: &str) -> String {
+    format!("{VMS_PREFIX}{name}/spec")
+}
+
+pub fn status_key(name: &str) -> String {
+    format!("{VMS_PREFIX}{name}/status")
+}
+
+pub fn vm_prefix(name: &str) -> String {
+    format!("{VMS_PREFIX}{name}/")
+}
+
+pub fn op_key(id: &str) -> String {
+    format!("{OPS_PREFIX}{id}")
+}
+
+pub fn event_key(seq: u64) -> String {
+    format!("{EVENTS_PREFIX}{seq:020}")
+}
+
+/// The user's side of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub spec: VmSpec,
+    pub desired: DesiredState,
+    pub created_at_ms: u64,
+}
+
+/// The reconciler's side of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub state: VmState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The QEMU process, identified by pid and start time (pids get reused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start_time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    #[serde(default)]
+    pub restart_count: u32,
+    pub state_changed_at_ms: u64,
+}
+
+impl VmStatus {
+    pub fn stopped(now_ms: u64) -> Self {
+        VmStatus {
+            state: VmState::Stopped,
+            reason: None,
+            pid: None,
+            pid_start_time: None,
+            accelerator: None,
+            restart_count: 0,
+            state_changed_at_ms: now_ms,
+        }
+    }
+}
+
+/// Something that happened to a VM, for `vessel event list` and later for monitoring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub vm: String,
+    pub message: String,
+}
+
+/// The API view of a VM from its two records.
+pub fn vm_view(record: &VmRecord, status: &VmStatus) -> Vm {
+    Vm {
+        spec: record.spec.clone(),
+        desired_state: record.desired,
+        state: status.state,
+        reason: status.reason.clone(),
+        pid: status.pid,
+        accelerator: status.accelerator.clone(),
+        restart_count: status.restart_count,
+        created_at_ms: record.created_at_ms,
+        state_changed_at_ms: status.state_changed_at_ms,
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records always serialize")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("corrupt record at {key}: {e}"))
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An operation as stored: the API's view plus what the worker needs to carry it out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpRecord {
+    #[serde(flatten)]
+    pub operation: Operation,
+    /// The desired state this request set; a later request that changes it supersedes this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<DesiredState>,
+    /// The edit to apply, for edit operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<vessel_api::EditVmRequest>,
+}

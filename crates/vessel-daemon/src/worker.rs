@@ -1,0 +1,576 @@
+//! One worker task per VM. Everything that changes a VM — operations, QEMU events, process exit,
+//! re-adoption after a restart — goes through its worker, one thing at a time. That is what
+//! serializes conflicting requests: there is never a second QEMU for one VM because only this
+//! task starts QEMU for it, and it does so only after seeing that none runs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use vessel_api::{Boot, DesiredState, OperationAction, OperationStatus, VmState};
+use vessel_core::{after_exit, ExitKind, RestartDecision};
+use vessel_qemu::{Instance, InstanceEvent, LaunchRequest, ProcessId, RunFiles};
+use vessel_store::{Compare, Op, Txn};
+
+use crate::ctx::Ctx;
+use crate::model::{
+    decode, encode, now_ms, op_key, spec_key, status_key, vm_prefix, OpRecord, VmRecord, VmStatus,
+};
+
+/// Restarts allowed within [`RESTART_WINDOW`] before the policy gives up on a crash loop.
+const RESTART_BURST: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+pub enum WorkerMsg {
+    /// Carry out the operation with this id.
+    Op(String),
+    /// Look at the world (adopt a QEMU left by a previous daemon) and converge to desired.
+    Reconcile,
+}
+
+/// A running QEMU and what we learned about how it is ending.
+struct Live {
+    instance: Box<dyn Instance>,
+    events: mpsc::UnboundedReceiver<InstanceEvent>,
+    stop_requested: bool,
+    guest_shutdown: bool,
+    panicked: bool,
+}
+
+pub struct Worker {
+    name: String,
+    ctx: Arc<Ctx>,
+    live: Option<Live>,
+    recent_restarts: VecDeque<Instant>,
+}
+
+enum Next {
+    Msg(Option<WorkerMsg>),
+    Event(Option<InstanceEvent>),
+}
+
+type OpResult = Result<(), String>;
+
+impl Worker {
+    pub fn spawn(name: String, ctx: Arc<Ctx>) -> mpsc::UnboundedSender<WorkerMsg> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = Worker { name, ctx, live: None, recent_restarts: VecDeque::new() };
+        tokio::spawn(worker.run(rx));
+        tx
+    }
+
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<WorkerMsg>) {
+        loop {
+            let next = tokio::select! {
+                msg = inbox.recv() => Next::Msg(msg),
+                event = next_event(&mut self.live) => Next::Event(event),
+            };
+            match next {
+                Next::Msg(None) => break,
+                Next::Msg(Some(WorkerMsg::Op(id))) => self.run_op(&id).await,
+                Next::Msg(Some(WorkerMsg::Reconcile)) => {
+                    if let Err(e) = self.reconcile().await {
+                        tracing::error!(vm = %self.name, error = %e, "reconcile failed");
+                    }
+                }
+                Next::Event(Some(event)) => self.on_event(event).await,
+                Next::Event(None) => {
+                    // The event stream ended without an Exited event; treat the process as gone.
+                    self.on_exit("the QEMU event stream ended".into(), false).await;
+                }
+            }
+        }
+    }
+
+    // ----- store access -------------------------------------------------------------------
+
+    async fn load(&self) -> Result<Option<(VmRecord, VmStatus)>, String> {
+        let store = &self.ctx.store;
+        let spec = store.get(&spec_key(&self.name)).await.map_err(|e| e.to_string())?;
+        let Some(spec) = spec else { return Ok(None) };
+        let record: VmRecord = decode(&spec.key, &spec.value).map_err(|e| e.to_string())?;
+        let status = match store.get(&status_key(&self.name)).await.map_err(|e| e.to_string())? {
+            Some(kv) => decode(&kv.key, &kv.value).map_err(|e| e.to_string())?,
+            None => VmStatus::stopped(now_ms()),
+        };
+        Ok(Some((record, status)))
+    }
+
+    async fn load_existing(&self) -> Result<(VmRecord, VmStatus), String> {
+        self.load().await?.ok_or_else(|| format!("VM {} no longer exists", self.name))
+    }
+
+    /// Writes the observed status, and optionally the desired state with it in one transaction.
+    async fn save(&self, status: &VmStatus, desired: Option<DesiredState>) -> Result<(), String> {
+        let mut txn = Txn::new().when(Compare::Exists(spec_key(&self.name)));
+        txn = txn.then(Op::Put(status_key(&self.name), encode(status)));
+        if let Some(desired) = desired {
+            let (mut record, _) = self.load_existing().await?;
+            record.desired = desired;
+            txn = txn.then(Op::Put(spec_key(&self.name), encode(&record)));
+        }
+        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn set_state(&self, state: VmState, reason: Option<String>) -> Result<(), String> {
+        let (_, mut status) = self.load_existing().await?;
+        if status.state != state || status.reason != reason {
+            status.state = state;
+            status.reason = reason;
+            status.state_changed_at_ms = now_ms();
+            self.save(&status, None).await?;
+        }
+        Ok(())
+    }
+
+    // ----- operations -----------------------------------------------------------------------
+
+    async fn run_op(&mut self, id: &str) {
+        let record = match self.ctx.store.get(&op_key(id)).await {
+            Ok(Some(kv)) => match decode::<OpRecord>(&kv.key, &kv.value) {
+                Ok(record) => record,
+                Err(e) => return tracing::error!(op = id, error = %e, "unreadable operation"),
+            },
+            Ok(None) => return,
+            Err(e) => return tracing::error!(op = id, error = %e, "cannot read operation"),
+        };
+        if record.operation.status != OperationStatus::Pending {
+            return; // dispatched twice (watch and bootstrap); already handled
+        }
+        let mut record = record;
+        record.operation.status = OperationStatus::Running;
+        self.put_op(&record).await;
+        let result = self.execute(&record).await;
+        record.operation.finished_at_ms = Some(now_ms());
+        match result {
+            Ok(()) => record.operation.status = OperationStatus::Succeeded,
+            Err(message) => {
+                tracing::warn!(vm = %self.name, op = id, action = record.operation.action.as_str(), "{message}");
+                record.operation.status = OperationStatus::Failed;
+                record.operation.error = Some(message);
+            }
+        }
+        self.put_op(&record).await;
+    }
+
+    async fn put_op(&self, record: &OpRecord) {
+        let txn = Txn::new().then(Op::Put(op_key(&record.operation.id), encode(record)));
+        if let Err(e) = self.ctx.store.txn(txn).await {
+            tracing::error!(op = %record.operation.id, error = %e, "cannot record operation");
+        }
+    }
+
+    async fn execute(&mut self, record: &OpRecord) -> OpResult {
+        let op = &record.operation;
+        let timeout = Duration::from_secs(op.timeout_secs.unwrap_or(self.ctx.config.stop_timeout_secs));
+        match op.action {
+            OperationAction::Reboot if op.force => self.hard_reset().await,
+            OperationAction::Reboot => self.clean_reboot(timeout).await,
+            OperationAction::Edit => self.apply_edit(record).await,
+            OperationAction::Delete => self.delete(op.force).await,
+            _ => {
+                let (vm, _) = self.load_existing().await?;
+                if let Some(target) = record.target {
+                    if vm.desired != target {
+                        return Err(format!(
+                            "superseded by a later request: the desired state is now {}",
+                            vm.desired.as_str()
+                        ));
+                    }
+                }
+                self.converge(op.force, timeout).await
+            }
+        }
+    }
+
+    /// Drives the VM to its desired state. Safe to call at any time; does nothing when the VM
+    /// already is where it should be.
+    async fn converge(&mut self, force: bool, timeout: Duration) -> OpResult {
+        let (vm, status) = self.load_existing().await?;
+        match (vm.desired, self.live.is_some()) {
+            (DesiredState::Running, false) => self.start(false).await,
+            (DesiredState::Running, true) if status.state == VmState::Paused => self.resume().await,
+            (DesiredState::Paused, true) if status.state != VmState::Paused => self.pause().await,
+            (DesiredState::Paused, false) => {
+                Err("the VM is not running, so it cannot be paused; start it first".into())
+            }
+            (DesiredState::Stopped, true) => self.stop(force, timeout).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn start(&mut self, restart: bool) -> OpResult {
+        let (vm, mut status) = self.load_existing().await?;
+        if let Err(problem) = check_files(&vm) {
+            self.save(&failed_start(&status, &problem), Some(DesiredState::Stopped)).await?;
+            return Err(problem);
+        }
+        status.state = VmState::Starting;
+        status.reason = None;
+        self.save(&status, None).await?;
+        let request = self.launch_request(&vm);
+        let mut instance = match self.ctx.backend.launch(&request).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                let problem = format!("QEMU could not start the VM: {}", error_chain(&e));
+                self.save(&failed_start(&status, &problem), Some(DesiredState::Stopped)).await?;
+                return Err(problem);
+            }
+        };
+        self.attach(&mut instance);
+        let pid = instance.pid();
+        let events = instance.take_events().expect("fresh instance has events");
+        self.live = Some(Live { instance, events, stop_requested: false, guest_shutdown: false, panicked: false });
+        status.state = VmState::Running;
+        status.pid = Some(pid.pid);
+        status.pid_start_time = Some(pid.start_time);
+        status.accelerator = Some(self.ctx.accel.accel.as_str().to_string());
+        status.state_changed_at_ms = now_ms();
+        if restart {
+            status.restart_count += 1;
+        }
+        self.save(&status, None).await?;
+        self.ctx.event(&self.name, format!("started (QEMU pid {})", pid.pid)).await;
+        Ok(())
+    }
+
+    fn launch_request(&self, vm: &VmRecord) -> LaunchRequest {
+        LaunchRequest { spec: vm.spec.clone(), accel: self.ctx.accel.accel, run_dir: self.ctx.vm_dir(&self.name) }
+    }
+
+    fn attach(&self, instance: &mut Box<dyn Instance>) {
+        if let Some(console) = instance.take_console() {
+            self.ctx.console(&self.name).attach(console);
+        }
+    }
+
+    /// ACPI power-down, then a forced kill if the guest does not go within `timeout`.
+    async fn stop(&mut self, force: bool, timeout: Duration) -> OpResult {
+        let Some(live) = self.live.as_mut() else { return Ok(()) };
+        live.stop_requested = true;
+        if !force {
+            self.set_state(VmState::Stopping, None).await?;
+            let live = self.live.as_mut().expect("checked above");
+            if let Err(e) = live.instance.power_down().await {
+                tracing::warn!(vm = %self.name, error = %error_chain(&e), "ACPI power-down failed; killing");
+            } else if let Some((detail, clean)) = self.wait_for_exit(timeout).await {
+                self.on_exit(detail, clean).await;
+                return Ok(());
+            }
+            self.ctx.event(&self.name, format!("guest did not power off within {} s; killing QEMU", timeout.as_secs())).await;
+        }
+        self.kill_and_reap().await
+    }
+
+    async fn kill_and_reap(&mut self) -> OpResult {
+        let Some(live) = self.live.as_mut() else { return Ok(()) };
+        live.stop_requested = true;
+        live.instance.kill().map_err(|e| format!("could not kill QEMU: {}", error_chain(&e)))?;
+        match self.wait_for_exit(Duration::from_secs(30)).await {
+            Some((detail, clean)) => {
+                self.on_exit(detail, clean).await;
+                Ok(())
+            }
+            None => Err("QEMU did not exit within 30 s of SIGKILL".into()),
+        }
+    }
+
+    /// Waits for the process to end, noting shutdown events on the way.
+    async fn wait_for_exit(&mut self, timeout: Duration) -> Option<(String, bool)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let live = self.live.as_mut()?;
+            match tokio::time::timeout_at(deadline, live.events.recv()).await {
+                Err(_) => return None,
+                Ok(None) => return Some(("the QEMU event stream ended".into(), false)),
+                Ok(Some(InstanceEvent::Exited { detail, clean })) => return Some((detail, clean)),
+                Ok(Some(other)) => note_event(live, &other),
+            }
+        }
+    }
+
+    async fn pause(&mut self) -> OpResult {
+        let live = self.live.as_ref().ok_or("the VM is not running")?;
+        live.instance.pause().await.map_err(|e| format!("pause failed: {}", error_chain(&e)))?;
+        self.set_state(VmState::Paused, None).await
+    }
+
+    async fn resume(&mut self) -> OpResult {
+        let live = self.live.as_ref().ok_or("the VM is not running")?;
+        live.instance.resume().await.map_err(|e| format!("resume failed: {}", error_chain(&e)))?;
+        self.set_state(VmState::Running, None).await
+    }
+
+    async fn hard_reset(&mut self) -> OpResult {
+        let live = self.live.as_ref().ok_or("the VM is not running; start it instead")?;
+        live.instance.reset().await.map_err(|e| format!("reset failed: {}", error_chain(&e)))?;
+        self.ctx.event(&self.name, "hard reset").await;
+        Ok(())
+    }
+
+    /// Clean reboot: ACPI power-down (forced after the timeout), then a fresh start, so that a
+    /// spec edited meanwhile takes effect — like Proxmox's reboot.
+    async fn clean_reboot(&mut self, timeout: Duration) -> OpResult {
+        if self.live.is_none() {
+            return Err("the VM is not running; start it instead".into());
+        }
+        self.stop(false, timeout).await?;
+        self.save(&self.load_existing().await?.1, Some(DesiredState::Running)).await?;
+        self.start(false).await
+    }
+
+    async fn apply_edit(&mut self, record: &OpRecord) -> OpResult {
+        let edit = record.edit.as_ref().ok_or("edit operation without an edit")?;
+        let (mut vm, status) = self.load_existing().await?;
+        vessel_core::check_action(OperationAction::Edit, status.state, false)?;
+        vm.spec = vessel_core::apply_edit(&vm.spec, edit, self.ctx.host)?;
+        check_files(&vm)?;
+        let txn = Txn::new()
+            .when(Compare::Exists(spec_key(&self.name)))
+            .then(Op::Put(spec_key(&self.name), encode(&vm)));
+        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        self.ctx.event(&self.name, "spec edited").await;
+        Ok(())
+    }
+
+    async fn delete(&mut self, force: bool) -> OpResult {
+        let Some((_, status)) = self.load().await? else { return Ok(()) };
+        vessel_core::check_action(OperationAction::Delete, status.state, force)?;
+        if self.live.is_some() {
+            self.kill_and_reap().await?;
+        }
+        let txn = Txn::new().then(Op::DeletePrefix(vm_prefix(&self.name)));
+        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        self.ctx.forget_console(&self.name);
+        let dir = self.ctx.vm_dir(&self.name);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(vm = %self.name, error = %e, "could not remove {}", dir.display());
+            }
+        }
+        self.ctx.event(&self.name, "deleted").await;
+        Ok(())
+    }
+
+    // ----- events and exits -----------------------------------------------------------------
+
+    async fn on_event(&mut self, event: InstanceEvent) {
+        let result = match &event {
+            InstanceEvent::Exited { detail, clean } => {
+                self.on_exit(detail.clone(), *clean).await;
+                Ok(())
+            }
+            InstanceEvent::Paused => self.set_state(VmState::Paused, None).await,
+            InstanceEvent::Resumed => self.set_state(VmState::Running, None).await,
+            InstanceEvent::Reset => {
+                self.ctx.event(&self.name, "guest reset").await;
+                Ok(())
+            }
+            other => {
+                if let Some(live) = self.live.as_mut() {
+                    note_event(live, other);
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(vm = %self.name, error = %e, "could not record {event:?}");
+        }
+    }
+
+    /// The process is gone: record why, clean up, and restart if the policy says so.
+    async fn on_exit(&mut self, detail: String, clean: bool) {
+        let Some(live) = self.live.take() else { return };
+        let files = RunFiles::in_dir(&self.ctx.vm_dir(&self.name));
+        let kind = exit_kind(&live, clean);
+        let reason = exit_reason(kind, &live, &detail, &files);
+        remove_run_files(&files);
+        if let Err(e) = self.after_exit(kind, reason).await {
+            tracing::error!(vm = %self.name, error = %e, "could not handle QEMU exit");
+        }
+    }
+
+    async fn after_exit(&mut self, kind: ExitKind, reason: Option<String>) -> OpResult {
+        let Some((vm, mut status)) = self.load().await? else { return Ok(()) };
+        status.state = vessel_core::state_after_exit(kind);
+        status.reason = reason.clone();
+        status.pid = None;
+        status.pid_start_time = None;
+        status.accelerator = None;
+        status.state_changed_at_ms = now_ms();
+        if let Some(reason) = &reason {
+            self.ctx.event(&self.name, format!("{}: {reason}", status.state.as_str())).await;
+        }
+        let decision = after_exit(vm.spec.restart_policy, kind);
+        if decision == RestartDecision::Restart && self.may_restart() {
+            self.save(&status, None).await?;
+            self.ctx.event(&self.name, format!("restarting (restart policy {})", vm.spec.restart_policy.as_str())).await;
+            return self.start(true).await;
+        }
+        if decision == RestartDecision::Restart {
+            status.reason = Some(format!(
+                "{}; restarted {RESTART_BURST} times within {} s, giving up (fix the cause, then vessel vm start)",
+                reason.unwrap_or_default(),
+                RESTART_WINDOW.as_secs()
+            ));
+        }
+        // Nobody wants it running any more: make desired match, so no reconcile restarts it.
+        let desired = (kind != ExitKind::Requested).then_some(DesiredState::Stopped);
+        self.save(&status, desired).await
+    }
+
+    fn may_restart(&mut self) -> bool {
+        let now = Instant::now();
+        while self.recent_restarts.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
+            self.recent_restarts.pop_front();
+        }
+        if self.recent_restarts.len() >= RESTART_BURST {
+            return false;
+        }
+        self.recent_restarts.push_back(now);
+        true
+    }
+
+    // ----- reconcile ------------------------------------------------------------------------
+
+    /// Adopts a QEMU that a previous daemon started, or notices that it died meanwhile, then
+    /// converges to the desired state.
+    async fn reconcile(&mut self) -> OpResult {
+        let Some((vm, status)) = self.load().await? else { return Ok(()) };
+        if self.live.is_none() {
+            if let (Some(pid), Some(start_time)) = (status.pid, status.pid_start_time) {
+                self.adopt(&vm, &status, ProcessId { pid, start_time }).await?;
+            } else if status.state.has_process() {
+                // Recorded as running but no process was ever recorded: a start was cut short.
+                self.set_state(VmState::Stopped, Some("the daemon stopped while the VM was starting".into())).await?;
+            }
+        }
+        let timeout = Duration::from_secs(self.ctx.config.stop_timeout_secs);
+        self.converge(false, timeout).await
+    }
+
+    async fn adopt(&mut self, vm: &VmRecord, status: &VmStatus, pid: ProcessId) -> OpResult {
+        let request = self.launch_request(vm);
+        match self.ctx.backend.adopt(&request, pid).await {
+            Ok(mut instance) => {
+                self.attach(&mut instance);
+                let events = instance.take_events().expect("fresh instance has events");
+                let state = match instance.status().await {
+                    Ok(vessel_qemu::RunState::Paused) => VmState::Paused,
+                    _ => VmState::Running,
+                };
+                let stopping = status.state == VmState::Stopping;
+                self.live = Some(Live { instance, events, stop_requested: stopping, guest_shutdown: false, panicked: false });
+                self.ctx.event(&self.name, format!("re-adopted QEMU pid {} after a daemon restart", pid.pid)).await;
+                if !stopping {
+                    self.set_state(state, None).await?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let kind = if status.state == VmState::Stopping { ExitKind::Requested } else { ExitKind::Crashed };
+                let reason = format!("QEMU (pid {}) exited while the daemon was not running ({})", pid.pid, error_chain(&e));
+                remove_run_files(&RunFiles::in_dir(&self.ctx.vm_dir(&self.name)));
+                self.after_exit(kind, Some(reason)).await
+            }
+        }
+    }
+}
+
+/// Waits for the next instance event, or forever when no instance runs.
+async fn next_event(live: &mut Option<Live>) -> Option<InstanceEvent> {
+    match live {
+        Some(live) => live.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn note_event(live: &mut Live, event: &InstanceEvent) {
+    match event {
+        InstanceEvent::Shutdown { guest: true, reason } if reason == "guest-shutdown" => live.guest_shutdown = true,
+        InstanceEvent::Shutdown { reason, .. } if reason == "guest-panic" => live.panicked = true,
+        InstanceEvent::GuestPanicked => live.panicked = true,
+        _ => {}
+    }
+}
+
+fn exit_kind(live: &Live, clean: bool) -> ExitKind {
+    if live.stop_requested {
+        ExitKind::Requested
+    } else if live.guest_shutdown && !live.panicked && clean {
+        ExitKind::GuestPowerOff
+    } else {
+        ExitKind::Crashed
+    }
+}
+
+fn exit_reason(kind: ExitKind, live: &Live, detail: &str, files: &RunFiles) -> Option<String> {
+    match kind {
+        ExitKind::Requested => None,
+        ExitKind::GuestPowerOff => Some("the guest powered itself off".into()),
+        ExitKind::Crashed if live.panicked => Some("the guest kernel panicked".into()),
+        ExitKind::Crashed => {
+            let last_words = std::fs::read_to_string(&files.qemu_log)
+                .ok()
+                .and_then(|log| log.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string));
+            Some(match last_words {
+                Some(line) => format!("QEMU {detail}; its last message: {line}"),
+                None => format!("QEMU {detail}"),
+            })
+        }
+    }
+}
+
+fn remove_run_files(files: &RunFiles) {
+    for path in [&files.qmp_socket, &files.console_socket, &files.pid_file] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn failed_start(status: &VmStatus, problem: &str) -> VmStatus {
+    VmStatus {
+        state: VmState::Stopped,
+        reason: Some(format!("start failed: {problem}")),
+        pid: None,
+        pid_start_time: None,
+        accelerator: None,
+        restart_count: status.restart_count,
+        state_changed_at_ms: now_ms(),
+    }
+}
+
+/// The files a VM boots from must exist and be readable by the daemon.
+pub fn check_files(vm: &VmRecord) -> Result<(), String> {
+    let files: Vec<(&str, &str)> = match &vm.spec.boot {
+        Boot::Kernel { kernel, initrd, .. } => {
+            let mut f = vec![("kernel", kernel.as_str())];
+            if let Some(initrd) = initrd {
+                f.push(("initrd", initrd.as_str()));
+            }
+            f
+        }
+        Boot::Disk { disk } => vec![("disk", disk.as_str())],
+    };
+    for (what, path) in files {
+        match std::fs::File::open(path).and_then(|f| f.metadata()) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Err(format!("{what} {path} is not a regular file")),
+            Err(e) => return Err(format!("{what} {path} cannot be read: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// An error and its sources on one line: "outer: inner: innermost".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
