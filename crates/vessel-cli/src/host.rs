@@ -1,0 +1,44 @@
+//! `vessel host ...`
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::output;
+use crate::{CliError, Context};
+
+/// `vessel host <verb>`
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Show the host: its name, CPUs and memory, the accelerator VMs get, the QEMU version,
+    /// and how many VMs are defined and running.
+    Info,
+    /// Check the host's virtualization capabilities.
+    ///
+    /// Prints one line per check with its verdict (PASS, WARN or FAIL) and what was found:
+    /// KVM present and usable, the QEMU binary, its version and machine types, tun, bridge
+    /// and cgroups. The last line names the accelerator `auto` picks on this host and why.
+    ///
+    /// Exits with status 1 when any check FAILs, so it can gate scripts.
+    #[command(
+        after_help = "Examples:\n  vessel host check\n  vessel host check -o json | jq '.items[] | select(.verdict != \"pass\")'"
+    )]
+    Check,
+}
+
+pub(crate) async fn run(command: HostCommand, ctx: &Context) -> Result<ExitCode, CliError> {
+    match command {
+        HostCommand::Info => {
+            let info = ctx.client.host_info().await?;
+            ctx.show(&info, output::host_details)?;
+        }
+        HostCommand::Check => {
+            let check = ctx.client.host_check().await?;
+            ctx.show(&check, output::host_check_report)?;
+            if output::host_check_failed(&check) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

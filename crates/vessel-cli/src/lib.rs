@@ -1,0 +1,166 @@
+//! The `vessel` command-line client.
+//!
+//! Every command is a call to the daemon's REST API over its unix socket: [`Command`] is the
+//! clap command tree (`vessel <noun> <verb>`), [`GlobalOpts`] the options every command takes,
+//! and [`run`] carries a parsed command out and returns the process exit code. The `vessel`
+//! binary joins this with `vessel daemon`.
+//!
+//! Exit codes: 0 success; 1 an internal or unexpected error; 2 a usage error or an invalid
+//! argument; 3 not found; 4 already exists or conflicting state; 5 the operation failed;
+//! 6 timeout; 7 the daemon cannot be reached.
+
+pub mod client;
+pub mod console;
+mod error;
+mod host;
+mod operation;
+pub mod output;
+mod vm;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+pub use client::{Client, ClientError, Outcome, Unreachable, VmAction, DEFAULT_SOCKET};
+pub use error::CliError;
+pub use host::HostCommand;
+pub use operation::OperationCommand;
+pub use output::OutputFormat;
+pub use vm::{CreateArgs, EditArgs, VmCommand};
+
+/// The client commands of `vessel`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create, inspect, start, stop and delete virtual machines.
+    ///
+    /// A VM has a desired state (what you asked for) and an observed state (what the daemon
+    /// sees QEMU doing). Commands that change a VM wait until the daemon has carried the change
+    /// out, unless given --no-wait.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Follow the work the daemon does for requests.
+    ///
+    /// Every change to a VM is recorded as an operation, with its status and, when it failed,
+    /// why. Commands given --no-wait print the id of their operation.
+    #[command(subcommand, visible_alias = "op")]
+    Operation(OperationCommand),
+    /// Inspect the host the daemon runs on.
+    #[command(subcommand)]
+    Host(HostCommand),
+}
+
+/// Options every client command takes.
+// `about = None`: when flattened, the struct's doc comment must not become the parent
+// command's description.
+#[derive(Debug, Clone, clap::Args)]
+#[command(about = None, long_about = None)]
+pub struct GlobalOpts {
+    /// Unix socket of the Vessel daemon to talk to.
+    ///
+    /// The daemon listens on /run/vessel/vessel.sock unless it was started with another
+    /// --socket. The socket is only open to root and its group.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH",
+        env = "VESSEL_SOCKET",
+        default_value = DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+    /// How to print results.
+    ///
+    /// `table` prints tables and short messages for people; `json` prints the API's JSON
+    /// response, pretty-printed, for scripts.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        help_heading = "Global options",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = OutputFormat::Table
+    )]
+    pub output: OutputFormat,
+}
+
+impl Default for GlobalOpts {
+    fn default() -> Self {
+        GlobalOpts {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            output: OutputFormat::Table,
+        }
+    }
+}
+
+/// Carries out one client command and returns the exit code. Errors are printed to stderr as
+/// `error: ...` and `hint: ...`.
+pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
+    let ctx = Context {
+        client: Client::new(global.socket),
+        output: global.output,
+    };
+    let result = match command {
+        Command::Vm(command) => vm::run(command, &ctx).await,
+        Command::Operation(command) => operation::run(command, &ctx).await,
+        Command::Host(command) => host::run(command, &ctx).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            err.report();
+            error::exit_code(err.exit_code())
+        }
+    }
+}
+
+/// What a command needs: the client and how to print.
+pub(crate) struct Context {
+    pub client: Client,
+    pub output: OutputFormat,
+}
+
+impl Context {
+    /// Writes to stdout. A closed pipe (`vessel vm list | head -1`) is not an error.
+    pub fn print(&self, text: &str) -> Result<(), CliError> {
+        let mut stdout = io::stdout().lock();
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+                Err(CliError::io("cannot write to standard output", err))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Prints a value as JSON, or as the given table text.
+    pub fn show<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        table: impl FnOnce(&T) -> String,
+    ) -> Result<(), CliError> {
+        match self.output {
+            OutputFormat::Json => self.print(&output::json(value)),
+            OutputFormat::Table => self.print(&table(value)),
+        }
+    }
+
+    /// Prints the outcome of a mutating request: the operation id when it was only accepted
+    /// (`--no-wait`), otherwise what `done` says about the result.
+    pub fn show_outcome<T: Serialize>(
+        &self,
+        outcome: &Outcome<T>,
+        done: impl FnOnce(&T) -> String,
+    ) -> Result<(), CliError> {
+        match outcome {
+            Outcome::Accepted(accepted) => self.show(accepted, |accepted| {
+                format!("operation {} started\n", accepted.operation.id)
+            }),
+            Outcome::Done(value) => self.show(value, done),
+        }
+    }
+}

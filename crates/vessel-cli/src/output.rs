@@ -1,0 +1,535 @@
+//! Rendering API values for people: plain tables, sizes, times. Pure functions; printing is
+//! done by the callers.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use comfy_table::{presets, CellAlignment, ColumnConstraint, ContentArrangement, Table};
+use serde::Serialize;
+use vessel_api::{
+    Boot, CheckVerdict, HostCheck, HostInfo, NicKind, Operation, OperationStatus, Vm,
+};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables and messages.
+    #[default]
+    Table,
+    /// The API's JSON, pretty-printed, for scripts (e.g. piped into jq).
+    Json,
+}
+
+/// Pretty JSON with a trailing newline.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("API types serialize to JSON");
+    text.push('\n');
+    text
+}
+
+/// A table in the style of `docker ps`: no borders, a plain header row, columns separated by
+/// spaces, never wrapped (so that `grep` and `awk` see one row per line).
+fn plain_table(header: Option<&[&str]>) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled);
+    if let Some(header) = header {
+        table.set_header(header.iter().copied());
+    }
+    table
+}
+
+fn finish(mut table: Table) -> String {
+    let columns = table.column_count();
+    for (index, column) in table.column_iter_mut().enumerate() {
+        let right = if index + 1 == columns { 0 } else { 3 };
+        column.set_padding((0, right));
+        column.set_constraint(ColumnConstraint::ContentWidth);
+    }
+    let mut text = table.trim_fmt();
+    text.push('\n');
+    text
+}
+
+/// A two-column key/value table without a header.
+fn key_values(rows: Vec<(&str, String)>) -> String {
+    let mut table = plain_table(None);
+    for (key, value) in rows {
+        table.add_row(vec![key.to_string(), value]);
+    }
+    finish(table)
+}
+
+/// `vessel vm list`.
+pub fn vm_table(vms: &[Vm]) -> String {
+    let mut table = plain_table(Some(&[
+        "NAME", "STATE", "CPUS", "MEMORY", "BOOT", "PID", "RESTARTS",
+    ]));
+    for vm in vms {
+        table.add_row(vec![
+            vm.spec.name.clone(),
+            state_with_goal(vm),
+            vm.spec.cpus.to_string(),
+            format_mib(vm.spec.memory_mib),
+            boot_kind(&vm.spec.boot).to_string(),
+            vm.pid.map_or_else(|| "-".into(), |pid| pid.to_string()),
+            vm.restart_count.to_string(),
+        ]);
+    }
+    for index in [2, 3, 5, 6] {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    finish(table)
+}
+
+/// The observed state, with the desired one when they differ (`stopped->running`), so that a
+/// VM the daemon is still working on shows as such.
+fn state_with_goal(vm: &Vm) -> String {
+    let state = vm.state.as_str();
+    let desired = vm.desired_state.as_str();
+    if state == desired || vm.state == vessel_api::VmState::Crashed {
+        state.to_string()
+    } else {
+        format!("{state}->{desired}")
+    }
+}
+
+/// `vessel vm show`.
+pub fn vm_details(vm: &Vm, now_ms: u64) -> String {
+    let spec = &vm.spec;
+    let mut rows = vec![
+        ("Name", spec.name.clone()),
+        ("State", vm.state.as_str().to_string()),
+        ("Desired state", vm.desired_state.as_str().to_string()),
+        ("Reason", vm.reason.clone().unwrap_or_else(|| "-".into())),
+        (
+            "PID",
+            vm.pid.map_or_else(|| "-".into(), |pid| pid.to_string()),
+        ),
+        (
+            "Accelerator",
+            vm.accelerator.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("CPUs", spec.cpus.to_string()),
+        ("Memory", format_mib(spec.memory_mib)),
+        ("Machine", spec.machine.as_str().to_string()),
+        ("Boot", boot_kind(&spec.boot).to_string()),
+    ];
+    match &spec.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            rows.push(("Kernel", kernel.clone()));
+            rows.push(("Initrd", initrd.clone().unwrap_or_else(|| "-".into())));
+            rows.push(("Cmdline", cmdline.clone().unwrap_or_else(|| "-".into())));
+        }
+        Boot::Disk { disk } => rows.push(("Disk", disk.clone())),
+    }
+    rows.extend([
+        ("NIC", nic_name(spec.nic).to_string()),
+        ("Restart policy", spec.restart_policy.as_str().to_string()),
+        ("Restarts", vm.restart_count.to_string()),
+        ("Created", format_time(vm.created_at_ms, now_ms)),
+        ("State changed", format_time(vm.state_changed_at_ms, now_ms)),
+    ]);
+    key_values(rows)
+}
+
+/// `vessel operation list`.
+pub fn operation_table(operations: &[Operation], now_ms: u64) -> String {
+    let mut table = plain_table(Some(&["ID", "VM", "ACTION", "STATUS", "CREATED", "ERROR"]));
+    for op in operations {
+        table.add_row(vec![
+            op.id.clone(),
+            op.vm.clone(),
+            op.action.as_str().to_string(),
+            status_name(op.status).to_string(),
+            format_age(op.created_at_ms, now_ms),
+            op.error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    finish(table)
+}
+
+/// `vessel operation show`.
+pub fn operation_details(op: &Operation, now_ms: u64) -> String {
+    let mut rows = vec![
+        ("ID", op.id.clone()),
+        ("VM", op.vm.clone()),
+        ("Action", op.action.as_str().to_string()),
+        ("Status", status_name(op.status).to_string()),
+        ("Force", if op.force { "yes" } else { "no" }.to_string()),
+    ];
+    if let Some(timeout) = op.timeout_secs {
+        rows.push(("Timeout", format!("{timeout}s")));
+    }
+    rows.push(("Created", format_time(op.created_at_ms, now_ms)));
+    match op.finished_at_ms {
+        Some(finished) => {
+            rows.push(("Finished", format_time(finished, now_ms)));
+            rows.push((
+                "Duration",
+                format_duration_ms(finished.saturating_sub(op.created_at_ms)),
+            ));
+        }
+        None => rows.push(("Finished", "-".into())),
+    }
+    rows.push(("Error", op.error.clone().unwrap_or_else(|| "-".into())));
+    key_values(rows)
+}
+
+/// `vessel host info`.
+pub fn host_details(host: &HostInfo) -> String {
+    key_values(vec![
+        ("Hostname", host.hostname.clone()),
+        ("Vessel version", host.version.clone()),
+        ("CPUs", host.cpus.to_string()),
+        ("Memory", format_mib(host.memory_mib)),
+        ("Accelerator", host.accelerator.clone()),
+        ("Accelerator reason", host.accelerator_reason.clone()),
+        ("QEMU version", host.qemu_version.clone()),
+        ("VMs defined", host.vms_defined.to_string()),
+        ("VMs running", host.vms_running.to_string()),
+    ])
+}
+
+/// `vessel host check`: one line per check, then the accelerator verdict.
+pub fn host_check_report(check: &HostCheck) -> String {
+    let mut table = plain_table(None);
+    for item in &check.items {
+        table.add_row(vec![
+            verdict_name(item.verdict).to_string(),
+            item.name.clone(),
+            item.detail.clone(),
+        ]);
+    }
+    let mut text = if check.items.is_empty() {
+        String::new()
+    } else {
+        finish(table)
+    };
+    text.push_str(&format!(
+        "accelerator: {} ({})\n",
+        check.accelerator, check.accelerator_reason
+    ));
+    text
+}
+
+/// Whether any host check failed.
+pub fn host_check_failed(check: &HostCheck) -> bool {
+    check
+        .items
+        .iter()
+        .any(|item| item.verdict == CheckVerdict::Fail)
+}
+
+fn verdict_name(verdict: CheckVerdict) -> &'static str {
+    match verdict {
+        CheckVerdict::Pass => "PASS",
+        CheckVerdict::Warn => "WARN",
+        CheckVerdict::Fail => "FAIL",
+    }
+}
+
+pub fn status_name(status: OperationStatus) -> &'static str {
+    match status {
+        OperationStatus::Pending => "pending",
+        OperationStatus::Running => "running",
+        OperationStatus::Succeeded => "succeeded",
+        OperationStatus::Failed => "failed",
+    }
+}
+
+fn nic_name(nic: NicKind) -> &'static str {
+    match nic {
+        NicKind::None => "none",
+        NicKind::User => "user",
+    }
+}
+
+pub fn boot_kind(boot: &Boot) -> &'static str {
+    match boot {
+        Boot::Kernel { .. } => "kernel",
+        Boot::Disk { .. } => "disk",
+    }
+}
+
+/// A size in MiB the way users write it: `256M`, `1G`, `1536M`, `2T`.
+pub fn format_mib(mib: u64) -> String {
+    const GIB: u64 = 1024;
+    const TIB: u64 = 1024 * 1024;
+    if mib != 0 && mib % TIB == 0 {
+        format!("{}T", mib / TIB)
+    } else if mib != 0 && mib % GIB == 0 {
+        format!("{}G", mib / GIB)
+    } else {
+        format!("{mib}M")
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// How long ago a moment was: `12s ago`, `3m ago`, `5h ago`, `4d ago`.
+pub fn format_age(at_ms: u64, now_ms: u64) -> String {
+    if at_ms == 0 {
+        return "-".into();
+    }
+    let secs = now_ms.saturating_sub(at_ms) / 1000;
+    if now_ms < at_ms || secs == 0 {
+        "just now".into()
+    } else if secs < 60 {
+        format!("{secs}s ago")
+    } else if secs < 3600 {
+        format!("{}m ago", secs / 60)
+    } else if secs < 48 * 3600 {
+        format!("{}h ago", secs / 3600)
+    } else {
+        format!("{}d ago", secs / 86400)
+    }
+}
+
+/// A moment as its age and its UTC date: `3m ago (2026-03-21 10:22:03 UTC)`.
+pub fn format_time(at_ms: u64, now_ms: u64) -> String {
+    if at_ms == 0 {
+        return "-".into();
+    }
+    format!("{} ({})", format_age(at_ms, now_ms), format_utc(at_ms))
+}
+
+/// `2026-03-21 10:22:03 UTC`.
+pub fn format_utc(at_ms: u64) -> String {
+    let secs = at_ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86400) as i64);
+    let rem = secs % 86400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A duration for people: `850ms`, `2.4s`, `3m12s`.
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        let secs = ms / 1000;
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vessel_api::{
+        CheckVerdict, DesiredState, HostCheckItem, Machine, OperationAction, RestartPolicy, VmSpec,
+        VmState,
+    };
+
+    fn vm(name: &str, memory_mib: u64, boot: Boot, state: VmState, pid: Option<u32>) -> Vm {
+        Vm {
+            spec: VmSpec {
+                name: name.into(),
+                cpus: 2,
+                memory_mib,
+                boot,
+                machine: Machine::Microvm,
+                nic: NicKind::User,
+                restart_policy: RestartPolicy::OnFailure,
+            },
+            desired_state: match state {
+                VmState::Running => DesiredState::Running,
+                _ => DesiredState::Stopped,
+            },
+            state,
+            reason: None,
+            pid,
+            accelerator: pid.map(|_| "tcg".into()),
+            restart_count: 1,
+            created_at_ms: 1_700_000_000_000,
+            state_changed_at_ms: 1_700_000_060_000,
+        }
+    }
+
+    fn kernel() -> Boot {
+        Boot::Kernel {
+            kernel: "/boot/vmlinuz".into(),
+            initrd: Some("/boot/initrd.img".into()),
+            cmdline: None,
+        }
+    }
+
+    #[test]
+    fn vm_list_has_the_columns_and_formats_memory() {
+        let vms = vec![
+            vm("web1", 256, kernel(), VmState::Running, Some(4242)),
+            vm(
+                "db",
+                2048,
+                Boot::Disk {
+                    disk: "/var/lib/db.qcow2".into(),
+                },
+                VmState::Stopped,
+                None,
+            ),
+        ];
+        let text = vm_table(&vms);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["NAME", "STATE", "CPUS", "MEMORY", "BOOT", "PID", "RESTARTS"]
+        );
+        assert!(lines[0].starts_with("NAME"), "no leading border: {text}");
+        let web1: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            web1,
+            ["web1", "running", "2", "256M", "kernel", "4242", "1"]
+        );
+        let db: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(db, ["db", "stopped", "2", "2G", "disk", "-", "1"]);
+        assert!(!text.contains('|') && !text.contains('+'), "{text}");
+        assert!(text.lines().all(|line| !line.ends_with(' ')), "{text:?}");
+    }
+
+    #[test]
+    fn vm_list_shows_a_pending_change_of_state() {
+        let mut starting = vm("web1", 256, kernel(), VmState::Starting, Some(1));
+        starting.desired_state = DesiredState::Running;
+        let text = vm_table(&[starting]);
+        assert!(text.contains("starting->running"), "{text}");
+    }
+
+    #[test]
+    fn empty_vm_list_is_just_the_header() {
+        let text = vm_table(&[]);
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.starts_with("NAME"));
+    }
+
+    #[test]
+    fn vm_details_show_spec_state_and_ages() {
+        let mut web1 = vm("web1", 1536, kernel(), VmState::Crashed, None);
+        web1.reason = Some("QEMU was killed by signal 9".into());
+        let now = 1_700_000_240_000;
+        let text = vm_details(&web1, now);
+        for expected in [
+            "Desired state",
+            "stopped",
+            "QEMU was killed by signal 9",
+            "1536M",
+            "microvm",
+            "/boot/vmlinuz",
+            "/boot/initrd.img",
+            "on-failure",
+            "4m ago (2023-11-14 22:13:20 UTC)",
+            "3m ago",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn memory_is_written_in_the_largest_whole_unit() {
+        assert_eq!(format_mib(256), "256M");
+        assert_eq!(format_mib(1024), "1G");
+        assert_eq!(format_mib(1536), "1536M");
+        assert_eq!(format_mib(4096), "4G");
+        assert_eq!(format_mib(1024 * 1024), "1T");
+        assert_eq!(format_mib(0), "0M");
+    }
+
+    #[test]
+    fn ages_are_short_and_human() {
+        let now = 10_000_000_000;
+        assert_eq!(format_age(now, now), "just now");
+        assert_eq!(format_age(now + 5000, now), "just now");
+        assert_eq!(format_age(now - 12_000, now), "12s ago");
+        assert_eq!(format_age(now - 180_000, now), "3m ago");
+        assert_eq!(format_age(now - 5 * 3_600_000, now), "5h ago");
+        assert_eq!(format_age(now - 4 * 86_400_000, now), "4d ago");
+        assert_eq!(format_age(0, now), "-");
+    }
+
+    #[test]
+    fn utc_dates_are_correct() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_utc(1_700_000_000_000), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn host_check_lists_verdicts_then_the_accelerator() {
+        let check = HostCheck {
+            items: vec![
+                HostCheckItem {
+                    name: "kvm".into(),
+                    verdict: CheckVerdict::Warn,
+                    detail: "/dev/kvm exists but crashes guests".into(),
+                },
+                HostCheckItem {
+                    name: "qemu".into(),
+                    verdict: CheckVerdict::Pass,
+                    detail: "QEMU 9.2.0".into(),
+                },
+            ],
+            accelerator: "tcg".into(),
+            accelerator_reason: "KVM failed a test boot".into(),
+        };
+        let text = host_check_report(&check);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("WARN   kvm"), "{text}");
+        assert!(lines[1].starts_with("PASS   qemu"), "{text}");
+        assert_eq!(lines[2], "accelerator: tcg (KVM failed a test boot)");
+        assert!(!host_check_failed(&check));
+    }
+
+    #[test]
+    fn operations_table_shows_status_and_error() {
+        let op = Operation {
+            id: "op-1".into(),
+            vm: "web1".into(),
+            action: OperationAction::Start,
+            status: OperationStatus::Failed,
+            error: Some("kernel not found".into()),
+            force: false,
+            timeout_secs: None,
+            created_at_ms: 1_000_000,
+            finished_at_ms: Some(1_002_400),
+        };
+        let text = operation_table(std::slice::from_ref(&op), 1_061_000);
+        assert!(text.starts_with("ID"), "{text}");
+        assert!(text.contains("failed"), "{text}");
+        assert!(text.contains("1m ago"), "{text}");
+        assert!(text.contains("kernel not found"), "{text}");
+        let details = operation_details(&op, 1_061_000);
+        assert!(details.contains("2.4s"), "{details}");
+    }
+}
