@@ -10,13 +10,15 @@ pub const DEFAULT_CONFIG: &str = "/etc/vessel/vessel.toml";
 
 /// `vessel daemon` flags.
 #[derive(Debug, Clone, Default, clap::Args)]
-#[command(after_help = "EXAMPLES:\n  vessel daemon\n  vessel daemon --data-dir /srv/vessel --socket /tmp/vessel.sock\n\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop")]
+#[command(
+    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop"
+)]
 pub struct DaemonArgs {
     /// Where the database, VM run directories and console logs live [default: /var/lib/vessel].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The API's unix socket (mode 0660) [default: /run/vessel/vessel.sock].
-    #[arg(long, value_name = "PATH")]
+    /// The API's unix socket; set from the global `--socket` option (or VESSEL_SOCKET).
+    #[arg(skip)]
     pub socket: Option<PathBuf>,
     /// TOML configuration file [default: /etc/vessel/vessel.toml, if it exists].
     #[arg(long, value_name = "FILE")]
@@ -70,8 +72,14 @@ impl Config {
             None => FileConfig::default(),
         };
         let mut config = Config::with_paths(
-            args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            args.socket.clone().or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            args.data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            args.socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
         );
         if let Some(accel) = args.accelerator.clone().or(file.accelerator) {
             config.accelerator = accel;
@@ -86,7 +94,10 @@ impl Config {
             config.stop_timeout_secs = secs;
         }
         if !["auto", "kvm", "tcg"].contains(&config.accelerator.as_str()) {
-            anyhow::bail!("accelerator {:?} is not one of auto, kvm, tcg", config.accelerator);
+            anyhow::bail!(
+                "accelerator {:?} is not one of auto, kvm, tcg",
+                config.accelerator
+            );
         }
         Ok(config)
     }
@@ -95,7 +106,8 @@ impl Config {
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -106,8 +118,16 @@ mod tests {
     fn flags_override_the_file_and_the_file_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vessel.toml");
-        std::fs::write(&file, "data_dir = \"/srv/a\"\nsocket = \"/srv/a.sock\"\nstop_timeout_secs = 5\n").unwrap();
-        let args = DaemonArgs { config: Some(file), socket: Some("/x.sock".into()), ..Default::default() };
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/a\"\nsocket = \"/srv/a.sock\"\nstop_timeout_secs = 5\n",
+        )
+        .unwrap();
+        let args = DaemonArgs {
+            config: Some(file),
+            socket: Some("/x.sock".into()),
+            ..Default::default()
+        };
         let config = Config::load(&args).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/srv/a"));
         assert_eq!(config.socket, PathBuf::from("/x.sock"));
@@ -120,7 +140,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vessel.toml");
         std::fs::write(&file, "data_dri = \"/srv/a\"\n").unwrap();
-        let err = Config::load(&DaemonArgs { config: Some(file), ..Default::default() }).unwrap_err();
+        let err = Config::load(&DaemonArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

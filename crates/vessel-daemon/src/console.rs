@@ -95,7 +95,12 @@ struct RotatingLog {
 impl RotatingLog {
     fn new(path: PathBuf, max_bytes: u64) -> Self {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        RotatingLog { path, max_bytes, file: None, size }
+        RotatingLog {
+            path,
+            max_bytes,
+            file: None,
+            size,
+        }
     }
 
     fn rotated_path(&self) -> PathBuf {
@@ -112,7 +117,11 @@ impl RotatingLog {
         }
         if self.file.is_none() {
             self.file = Some(
-                OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?,
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.path)?,
             );
         }
         let file = self.file.as_mut().expect("opened above");
@@ -146,10 +155,19 @@ mod tests {
         }
         assert_eq!(log.read_all(), b"aaaabbbbccccdddd");
         log.append(b"eeee").unwrap();
-        assert_eq!(log.read_all(), b"ccccddddeeee", "the oldest rotation is dropped");
+        assert_eq!(
+            log.read_all(),
+            b"ccccddddeeee",
+            "the oldest rotation is dropped"
+        );
         let current = std::fs::read(dir.path().join("console.log")).unwrap();
         assert!(current.len() <= 10);
-        assert!(std::fs::metadata(dir.path().join("console.log.1")).unwrap().len() <= 10);
+        assert!(
+            std::fs::metadata(dir.path().join("console.log.1"))
+                .unwrap()
+                .len()
+                <= 10
+        );
     }
 
     #[tokio::test]

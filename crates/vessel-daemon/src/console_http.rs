@@ -21,19 +21,26 @@ fn params(raw: Option<String>) -> Result<bool, HttpError> {
     match raw.as_deref() {
         None | Some("") | Some("follow=false") | Some("follow=0") => Ok(false),
         Some("follow=true") | Some("follow=1") | Some("follow") => Ok(true),
-        Some(other) => Err(HttpError(ApiError::invalid(format!("unknown query {other:?}; the only parameter is follow=true|false")))),
+        Some(other) => Err(HttpError(ApiError::invalid(format!(
+            "unknown query {other:?}; the only parameter is follow=true|false"
+        )))),
     }
 }
 
 /// Chunks from a broadcast subscription until it closes; a subscriber that falls behind says so
 /// in the stream instead of silently missing output.
-fn follow_stream(rx: broadcast::Receiver<Bytes>) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+fn follow_stream(
+    rx: broadcast::Receiver<Bytes>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {
             Ok(chunk) => Some((Ok(chunk), rx)),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                Some((Ok(Bytes::from(format!("\r\n[vessel: {n} console chunks skipped: reader too slow]\r\n"))), rx))
-            }
+            Err(broadcast::error::RecvError::Lagged(n)) => Some((
+                Ok(Bytes::from(format!(
+                    "\r\n[vessel: {n} console chunks skipped: reader too slow]\r\n"
+                ))),
+                rx,
+            )),
             Err(broadcast::error::RecvError::Closed) => None,
         }
     })
@@ -42,7 +49,11 @@ fn follow_stream(rx: broadcast::Receiver<Bytes>) -> impl futures::Stream<Item = 
 #[utoipa::path(get, path = "/v1/vms/{name}/console/log",
     params(("follow" = Option<bool>, Query, description = "keep streaming new output")),
     responses((status = 200, description = "console output (text/plain)", content_type = "text/plain")))]
-pub async fn console_log(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Response, HttpError> {
+pub async fn console_log(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, HttpError> {
     let follow = params(q)?;
     s.get_vm(&name).await?;
     let hub = s.ctx.console(&name);
@@ -58,7 +69,11 @@ pub async fn console_log(State(s): State<Service>, Path(name): Path<String>, Raw
 #[utoipa::path(get, path = "/v1/vms/{name}/console",
     responses((status = 101, description = "switches to a raw byte stream with the serial console (Upgrade: vessel-console)"),
               (status = 409, body = vessel_api::ErrorBody)))]
-pub async fn console_attach(State(s): State<Service>, Path(name): Path<String>, mut req: Request) -> Result<Response, HttpError> {
+pub async fn console_attach(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    mut req: Request,
+) -> Result<Response, HttpError> {
     let vm = s.get_vm(&name).await?;
     let wants_upgrade = req
         .headers()
@@ -66,14 +81,22 @@ pub async fn console_attach(State(s): State<Service>, Path(name): Path<String>, 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case(CONSOLE_PROTOCOL));
     if !wants_upgrade {
-        return Err(HttpError(ApiError::invalid(format!(
+        return Err(HttpError(
+            ApiError::invalid(format!(
             "the console needs an HTTP upgrade (Connection: Upgrade, Upgrade: {CONSOLE_PROTOCOL})"
-        )).with_hint("use `vessel vm console NAME`")));
+        ))
+            .with_hint("use `vessel vm console NAME`"),
+        ));
     }
     let hub = s.ctx.console(&name);
     if !hub.is_connected() {
-        return Err(HttpError(ApiError::conflict(format!("VM {name:?} is {}; its console is not live", vm.state.as_str()))
-            .with_hint("start the VM, or read the log with `vessel vm log NAME`")));
+        return Err(HttpError(
+            ApiError::conflict(format!(
+                "VM {name:?} is {}; its console is not live",
+                vm.state.as_str()
+            ))
+            .with_hint("start the VM, or read the log with `vessel vm log NAME`"),
+        ));
     }
     let on_upgrade = req
         .extensions_mut()

@@ -22,7 +22,10 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(ctx: Arc<Ctx>) -> Arc<Controller> {
-        Arc::new(Controller { ctx, workers: Mutex::new(HashMap::new()) })
+        Arc::new(Controller {
+            ctx,
+            workers: Mutex::new(HashMap::new()),
+        })
     }
 
     fn dispatch(&self, vm: &str, msg: WorkerMsg) {
@@ -49,11 +52,17 @@ impl Controller {
         for kv in &ops {
             let mut record: OpRecord = decode(&kv.key, &kv.value)?;
             match record.operation.status {
-                OperationStatus::Pending => self.dispatch(&record.operation.vm.clone(), WorkerMsg::Op(record.operation.id.clone())),
+                OperationStatus::Pending => self.dispatch(
+                    &record.operation.vm.clone(),
+                    WorkerMsg::Op(record.operation.id.clone()),
+                ),
                 OperationStatus::Running => {
                     self.recover_interrupted(&mut record).await?;
                     if record.operation.status == OperationStatus::Pending {
-                        self.dispatch(&record.operation.vm.clone(), WorkerMsg::Op(record.operation.id.clone()));
+                        self.dispatch(
+                            &record.operation.vm.clone(),
+                            WorkerMsg::Op(record.operation.id.clone()),
+                        );
                     }
                 }
                 _ => finished.push((record.operation.created_at_ms, kv.key.clone())),

@@ -76,8 +76,13 @@ impl Ctx {
         let message = message.into();
         tracing::info!(vm, "{message}");
         let seq = self.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let event = Event { at_ms: now_ms(), vm: vm.to_string(), message };
-        let mut txn = vessel_store::Txn::new().then(vessel_store::Op::Put(event_key(seq), encode(&event)));
+        let event = Event {
+            at_ms: now_ms(),
+            vm: vm.to_string(),
+            message,
+        };
+        let mut txn =
+            vessel_store::Txn::new().then(vessel_store::Op::Put(event_key(seq), encode(&event)));
         if seq > EVENTS_KEPT {
             txn = txn.then(vessel_store::Op::Delete(event_key(seq - EVENTS_KEPT)));
         }

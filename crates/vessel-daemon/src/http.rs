@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 use vessel_api::{
-    Accepted, ApiError, CreateVmRequest, EditVmRequest, ErrorBody, ErrorCode, HostCheck, HostInfo, Operation,
-    OperationAction, OperationStatus, StopVmRequest, Vm, MAX_BODY_BYTES,
+    Accepted, ApiError, CreateVmRequest, EditVmRequest, ErrorBody, ErrorCode, HostCheck, HostInfo,
+    Operation, OperationAction, OperationStatus, StopVmRequest, Vm, MAX_BODY_BYTES,
 };
 
 use crate::console_http;
@@ -30,7 +30,8 @@ impl From<ApiError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(ErrorBody { error: self.0 })).into_response()
     }
 }
@@ -51,7 +52,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     format!("request body is larger than {MAX_BODY_BYTES} bytes"),
                 ))
             } else {
-                HttpError(ApiError::invalid(format!("could not read the request body: {e}")))
+                HttpError(ApiError::invalid(format!(
+                    "could not read the request body: {e}"
+                )))
             }
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -91,7 +94,9 @@ impl Params {
             None => Ok(default),
             Some("true") | Some("1") => Ok(true),
             Some("false") | Some("0") => Ok(false),
-            Some(other) => Err(HttpError(ApiError::invalid(format!("{key}={other:?} is not true or false")))),
+            Some(other) => Err(HttpError(ApiError::invalid(format!(
+                "{key}={other:?} is not true or false"
+            )))),
         }
     }
 }
@@ -100,9 +105,23 @@ impl Params {
 #[openapi(
     info(title = "Vessel API", description = "Vessel host daemon REST API"),
     paths(
-        list_vms, create_vm, get_vm, edit_vm, delete_vm, start_vm, stop_vm, kill_vm, reboot_vm, pause_vm,
-        resume_vm, list_operations, get_operation, host_info, host_check,
-        crate::console_http::console_log, crate::console_http::console_attach
+        list_vms,
+        create_vm,
+        get_vm,
+        edit_vm,
+        delete_vm,
+        start_vm,
+        stop_vm,
+        kill_vm,
+        reboot_vm,
+        pause_vm,
+        resume_vm,
+        list_operations,
+        get_operation,
+        host_info,
+        host_check,
+        crate::console_http::console_log,
+        crate::console_http::console_attach
     ),
     components(schemas(ErrorBody, Accepted, vessel_api::RebootVmRequest))
 )]
@@ -110,14 +129,22 @@ pub struct ApiDoc;
 
 /// The OpenAPI document, as served at `/v1/openapi.json`.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().expect("OpenAPI document serializes")
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("OpenAPI document serializes")
 }
 
 pub fn router(service: Service) -> Router {
     Router::new()
-        .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
         .route("/v1/vms", get(list_vms).post(create_vm))
-        .route("/v1/vms/{name}", get(get_vm).patch(edit_vm).delete(delete_vm))
+        .route(
+            "/v1/vms/{name}",
+            get(get_vm).patch(edit_vm).delete(delete_vm),
+        )
         .route("/v1/vms/{name}/start", post(start_vm))
         .route("/v1/vms/{name}/stop", post(stop_vm))
         .route("/v1/vms/{name}/kill", post(kill_vm))
@@ -131,21 +158,36 @@ pub fn router(service: Service) -> Router {
         .route("/v1/host", get(host_info))
         .route("/v1/host/check", get(host_check))
         .fallback(|| async {
-            HttpError(ApiError::not_found("no such API route").with_hint("see /v1/openapi.json for the routes"))
+            HttpError(
+                ApiError::not_found("no such API route")
+                    .with_hint("see /v1/openapi.json for the routes"),
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
 }
 
 /// Runs the operation's wait (unless `wait=false`) and shapes the response.
-async fn finish(service: &Service, op: Operation, wait: bool, ok: StatusCode) -> ApiResult<Response> {
+async fn finish(
+    service: &Service,
+    op: Operation,
+    wait: bool,
+    ok: StatusCode,
+) -> ApiResult<Response> {
     if !wait {
         return Ok((StatusCode::ACCEPTED, Json(Accepted { operation: op })).into_response());
     }
     let done = service.wait(&op.id).await?;
     if done.status == OperationStatus::Failed {
         let message = done.error.unwrap_or_else(|| "the operation failed".into());
-        return Err(HttpError(ApiError::new(ErrorCode::OperationFailed, format!("{} of VM {:?} failed: {message}", done.action.as_str(), done.vm))));
+        return Err(HttpError(ApiError::new(
+            ErrorCode::OperationFailed,
+            format!(
+                "{} of VM {:?} failed: {message}",
+                done.action.as_str(),
+                done.vm
+            ),
+        )));
     }
     if done.action == OperationAction::Delete {
         return Ok((ok, Json(done)).into_response());
@@ -162,7 +204,11 @@ async fn list_vms(State(s): State<Service>) -> ApiResult<Json<Vec<Vm>>> {
 #[utoipa::path(post, path = "/v1/vms", request_body = CreateVmRequest,
     params(("wait" = Option<bool>, Query, description = "wait for the operation (default true)")),
     responses((status = 201, body = Vm), (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn create_vm(State(s): State<Service>, RawQuery(q): RawQuery, ApiJson(req): ApiJson<CreateVmRequest>) -> ApiResult<Response> {
+async fn create_vm(
+    State(s): State<Service>,
+    RawQuery(q): RawQuery,
+    ApiJson(req): ApiJson<CreateVmRequest>,
+) -> ApiResult<Response> {
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
     let op = s.create_vm(&req).await?;
     finish(&s, op, wait, StatusCode::CREATED).await
@@ -175,9 +221,17 @@ async fn get_vm(State(s): State<Service>, Path(name): Path<String>) -> ApiResult
 
 #[utoipa::path(patch, path = "/v1/vms/{name}", request_body = EditVmRequest,
     responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn edit_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery, ApiJson(edit): ApiJson<EditVmRequest>) -> ApiResult<Response> {
+async fn edit_vm(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    ApiJson(edit): ApiJson<EditVmRequest>,
+) -> ApiResult<Response> {
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
-    let options = ActionOptions { edit: Some(edit), ..Default::default() };
+    let options = ActionOptions {
+        edit: Some(edit),
+        ..Default::default()
+    };
     let op = s.submit(&name, OperationAction::Edit, options).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
@@ -185,54 +239,107 @@ async fn edit_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q)
 #[utoipa::path(delete, path = "/v1/vms/{name}",
     params(("force" = Option<bool>, Query, description = "kill a running VM first"), ("wait" = Option<bool>, Query)),
     responses((status = 200, body = Operation), (status = 409, body = ErrorBody)))]
-async fn delete_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+async fn delete_vm(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     let params = Params::parse(q, &["wait", "force"])?;
-    let options = ActionOptions { force: params.flag("force", false)?, ..Default::default() };
+    let options = ActionOptions {
+        force: params.flag("force", false)?,
+        ..Default::default()
+    };
     let op = s.submit(&name, OperationAction::Delete, options).await?;
     finish(&s, op, params.flag("wait", true)?, StatusCode::OK).await
 }
 
-async fn simple_action(s: Service, name: String, q: Option<String>, action: OperationAction) -> ApiResult<Response> {
+async fn simple_action(
+    s: Service,
+    name: String,
+    q: Option<String>,
+    action: OperationAction,
+) -> ApiResult<Response> {
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
     let op = s.submit(&name, action, ActionOptions::default()).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/start", responses((status = 200, body = Vm), (status = 500, body = ErrorBody)))]
-async fn start_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+async fn start_vm(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     simple_action(s, name, q, OperationAction::Start).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/stop", request_body = Option<StopVmRequest>, responses((status = 200, body = Vm)))]
-async fn stop_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery, body: Bytes) -> ApiResult<Response> {
+async fn stop_vm(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult<Response> {
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
-    let req: StopVmRequest = if body.is_empty() { StopVmRequest::default() } else { parse_json(&body)? };
-    let options = ActionOptions { force: req.force, timeout_secs: req.timeout_secs, edit: None };
+    let req: StopVmRequest = if body.is_empty() {
+        StopVmRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let options = ActionOptions {
+        force: req.force,
+        timeout_secs: req.timeout_secs,
+        edit: None,
+    };
     let op = s.submit(&name, OperationAction::Stop, options).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/kill", responses((status = 200, body = Vm)))]
-async fn kill_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+async fn kill_vm(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     simple_action(s, name, q, OperationAction::Kill).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/reboot", request_body = Option<vessel_api::RebootVmRequest>, responses((status = 200, body = Vm)))]
-async fn reboot_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery, body: Bytes) -> ApiResult<Response> {
+async fn reboot_vm(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult<Response> {
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
-    let req: vessel_api::RebootVmRequest = if body.is_empty() { Default::default() } else { parse_json(&body)? };
-    let options = ActionOptions { force: req.force, ..Default::default() };
+    let req: vessel_api::RebootVmRequest = if body.is_empty() {
+        Default::default()
+    } else {
+        parse_json(&body)?
+    };
+    let options = ActionOptions {
+        force: req.force,
+        ..Default::default()
+    };
     let op = s.submit(&name, OperationAction::Reboot, options).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/pause", responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-async fn pause_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+async fn pause_vm(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     simple_action(s, name, q, OperationAction::Pause).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/resume", responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
-async fn resume_vm(State(s): State<Service>, Path(name): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+async fn resume_vm(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     simple_action(s, name, q, OperationAction::Resume).await
 }
 
@@ -242,7 +349,10 @@ async fn list_operations(State(s): State<Service>) -> ApiResult<Json<Vec<Operati
 }
 
 #[utoipa::path(get, path = "/v1/operations/{id}", responses((status = 200, body = Operation), (status = 404, body = ErrorBody)))]
-async fn get_operation(State(s): State<Service>, Path(id): Path<String>) -> ApiResult<Json<Operation>> {
+async fn get_operation(
+    State(s): State<Service>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Operation>> {
     Ok(Json(s.get_operation(&id).await?))
 }
 
@@ -262,6 +372,9 @@ async fn host_check(State(s): State<Service>) -> ApiResult<Json<HostCheck>> {
 
 pub fn plain_text(body: Body) -> Response {
     let mut response = Response::new(body);
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -34,7 +34,10 @@ use crate::service::Service;
 
 /// Runs the daemon until `shutdown` resolves. VMs keep running after the daemon exits; the next
 /// daemon re-adopts them.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -48,13 +51,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tracing::warn!("accelerator: tcg: {}", accel.reason);
     }
     let qemu_binary = config.qemu_binary.clone();
-    let qemu_version = tokio::task::spawn_blocking(move || vessel_qemu::host::qemu_version(&qemu_binary)).await?;
+    let qemu_version =
+        tokio::task::spawn_blocking(move || vessel_qemu::host::qemu_version(&qemu_binary)).await?;
     let qemu_version = qemu_version.unwrap_or_else(|| {
-        tracing::warn!("{} not found: VMs cannot start until QEMU is installed", config.qemu_binary);
+        tracing::warn!(
+            "{} not found: VMs cannot start until QEMU is installed",
+            config.qemu_binary
+        );
         "not installed".into()
     });
     let backend = Arc::new(QemuBackend::new(config.qemu_binary.clone()));
-    let ctx = Arc::new(Ctx::new(Arc::new(store), backend, accel, config.clone(), host_capacity(), qemu_version).await?);
+    let ctx = Arc::new(
+        Ctx::new(
+            Arc::new(store),
+            backend,
+            accel,
+            config.clone(),
+            host_capacity(),
+            qemu_version,
+        )
+        .await?,
+    );
     let listener = bind_socket(&config.socket)?;
     Controller::new(Arc::clone(&ctx)).start().await?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "vessel daemon ready");
@@ -65,7 +82,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
 /// Serves until shutdown, then gives open connections (console followers never end on their own)
 /// a moment to finish.
-async fn serve(listener: tokio::net::UnixListener, router: axum::Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+async fn serve(
+    listener: tokio::net::UnixListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
     tokio::spawn(async move {
@@ -88,15 +109,23 @@ async fn serve(listener: tokio::net::UnixListener, router: axum::Router, shutdow
 
 fn choose_accelerator(setting: &str) -> AccelChoice {
     match setting {
-        "kvm" => AccelChoice { accel: Accel::Kvm, reason: "forced by configuration".into() },
-        "tcg" => AccelChoice { accel: Accel::Tcg, reason: "forced by configuration".into() },
+        "kvm" => AccelChoice {
+            accel: Accel::Kvm,
+            reason: "forced by configuration".into(),
+        },
+        "tcg" => AccelChoice {
+            accel: Accel::Tcg,
+            reason: "forced by configuration".into(),
+        },
         _ => vessel_qemu::detect_accelerator(),
     }
 }
 
 /// What the host offers a single VM: online CPUs and total memory.
 fn host_capacity() -> HostCapacity {
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     let memory_mib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -121,11 +150,16 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("socket {} is served by another daemon; stop it or use --socket", path.display());
+            anyhow::bail!(
+                "socket {} is served by another daemon; stop it or use --socket",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }

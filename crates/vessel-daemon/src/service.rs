@@ -5,16 +5,16 @@
 use std::sync::Arc;
 
 use vessel_api::{
-    ApiError, CreateVmRequest, DesiredState, EditVmRequest, ErrorCode, HostInfo, Operation, OperationAction,
-    OperationStatus, Vm, VmState,
+    ApiError, CreateVmRequest, DesiredState, EditVmRequest, ErrorCode, HostInfo, Operation,
+    OperationAction, OperationStatus, Vm, VmState,
 };
 use vessel_core::{check_action, spec_from_create, validate_name};
 use vessel_store::{Compare, Op, StoreError, Txn};
 
 use crate::ctx::Ctx;
 use crate::model::{
-    decode, encode, now_ms, op_key, spec_key, status_key, vm_view, OpRecord, VmRecord, VmStatus, OPS_PREFIX,
-    VMS_PREFIX,
+    decode, encode, now_ms, op_key, spec_key, status_key, vm_view, OpRecord, VmRecord, VmStatus,
+    OPS_PREFIX, VMS_PREFIX,
 };
 use crate::worker::check_files;
 
@@ -43,7 +43,8 @@ fn internal(e: anyhow::Error) -> ApiError {
 }
 
 fn not_found(name: &str) -> ApiError {
-    ApiError::not_found(format!("VM {name:?} not found")).with_hint("list VMs with `vessel vm list`")
+    ApiError::not_found(format!("VM {name:?} not found"))
+        .with_hint("list VMs with `vessel vm list`")
 }
 
 impl Service {
@@ -75,7 +76,11 @@ impl Service {
     async fn load(&self, name: &str) -> Result<(VmRecord, VmStatus, i64), ApiError> {
         validate_name("VM", name).map_err(ApiError::invalid)?;
         let store = &self.ctx.store;
-        let spec = store.get(&spec_key(name)).await.map_err(store_error)?.ok_or_else(|| not_found(name))?;
+        let spec = store
+            .get(&spec_key(name))
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| not_found(name))?;
         let record: VmRecord = decode(&spec.key, &spec.value).map_err(internal)?;
         let status = match store.get(&status_key(name)).await.map_err(store_error)? {
             Some(kv) => decode(&kv.key, &kv.value).map_err(internal)?,
@@ -93,37 +98,71 @@ impl Service {
     pub async fn create_vm(&self, request: &CreateVmRequest) -> Result<Operation, ApiError> {
         validate_name("VM", &request.name).map_err(ApiError::invalid)?;
         let spec = spec_from_create(request, self.ctx.host).map_err(ApiError::invalid)?;
-        let desired = if request.start { DesiredState::Running } else { DesiredState::Stopped };
+        let desired = if request.start {
+            DesiredState::Running
+        } else {
+            DesiredState::Stopped
+        };
         let now = now_ms();
-        let record = VmRecord { spec, desired, created_at_ms: now };
-        check_files(&record).map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
-        let op = new_op(&request.name, OperationAction::Create, desired, ActionOptions::default());
+        let record = VmRecord {
+            spec,
+            desired,
+            created_at_ms: now,
+        };
+        check_files(&record)
+            .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
+        let op = new_op(
+            &request.name,
+            OperationAction::Create,
+            desired,
+            ActionOptions::default(),
+        );
         let txn = Txn::new()
             .when(Compare::Missing(spec_key(&request.name)))
             .then(Op::Put(spec_key(&request.name), encode(&record)))
-            .then(Op::Put(status_key(&request.name), encode(&VmStatus::stopped(now))))
+            .then(Op::Put(
+                status_key(&request.name),
+                encode(&VmStatus::stopped(now)),
+            ))
             .then(Op::Put(op_key(&op.operation.id), encode(&op)));
         let result = self.ctx.store.txn(txn).await.map_err(store_error)?;
         if !result.succeeded {
-            return Err(ApiError::new(ErrorCode::AlreadyExists, format!("a VM named {:?} already exists", request.name))
-                .with_hint("choose another name, or delete the existing VM first"));
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("a VM named {:?} already exists", request.name),
+            )
+            .with_hint("choose another name, or delete the existing VM first"));
         }
         Ok(op.operation)
     }
 
     /// Checks an action against the VM's current state and records it (with the desired state it
     /// implies) for the VM's worker.
-    pub async fn submit(&self, name: &str, action: OperationAction, options: ActionOptions) -> Result<Operation, ApiError> {
+    pub async fn submit(
+        &self,
+        name: &str,
+        action: OperationAction,
+        options: ActionOptions,
+    ) -> Result<Operation, ApiError> {
         for _ in 0..TXN_ATTEMPTS {
             let (mut record, status, revision) = self.load(name).await?;
             check_action(action, status.state, options.force).map_err(ApiError::conflict)?;
             if let Some(edit) = &options.edit {
-                let spec = vessel_core::apply_edit(&record.spec, edit, self.ctx.host).map_err(ApiError::invalid)?;
-                check_files(&VmRecord { spec, ..record.clone() })
-                    .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
+                let spec = vessel_core::apply_edit(&record.spec, edit, self.ctx.host)
+                    .map_err(ApiError::invalid)?;
+                check_files(&VmRecord {
+                    spec,
+                    ..record.clone()
+                })
+                .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
             }
             let target = desired_after(action, status.state);
-            let op = new_op(name, action, target.unwrap_or(record.desired), options.clone());
+            let op = new_op(
+                name,
+                action,
+                target.unwrap_or(record.desired),
+                options.clone(),
+            );
             let mut txn = Txn::new()
                 .when(Compare::ModRevision(spec_key(name), revision))
                 .then(Op::Put(op_key(&op.operation.id), encode(&op)));
@@ -131,11 +170,21 @@ impl Service {
                 record.desired = target;
                 txn = txn.then(Op::Put(spec_key(name), encode(&record)));
             }
-            if self.ctx.store.txn(txn).await.map_err(store_error)?.succeeded {
+            if self
+                .ctx
+                .store
+                .txn(txn)
+                .await
+                .map_err(store_error)?
+                .succeeded
+            {
                 return Ok(op.operation);
             }
         }
-        Err(ApiError::conflict(format!("VM {name:?} kept changing while the request was recorded")).with_hint("retry"))
+        Err(ApiError::conflict(format!(
+            "VM {name:?} kept changing while the request was recorded"
+        ))
+        .with_hint("retry"))
     }
 
     /// Waits until the operation has finished and returns it.
@@ -146,20 +195,32 @@ impl Service {
         while !current.status.is_terminal() {
             let event = watch.next().await.map_err(store_error)?;
             if event.kv.key == key && !event.kv.value.is_empty() {
-                current = decode::<OpRecord>(&key, &event.kv.value).map_err(internal)?.operation;
+                current = decode::<OpRecord>(&key, &event.kv.value)
+                    .map_err(internal)?
+                    .operation;
             }
         }
         Ok(current)
     }
 
     pub async fn get_operation(&self, id: &str) -> Result<Operation, ApiError> {
-        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
             return Err(ApiError::invalid(format!("{id:?} is not an operation id")));
         }
-        let kv = self.ctx.store.get(&op_key(id)).await.map_err(store_error)?.ok_or_else(|| {
-            ApiError::not_found(format!("operation {id} not found")).with_hint("list operations with `vessel operation list`")
-        })?;
-        Ok(decode::<OpRecord>(&kv.key, &kv.value).map_err(internal)?.operation)
+        let kv = self
+            .ctx
+            .store
+            .get(&op_key(id))
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("operation {id} not found"))
+                    .with_hint("list operations with `vessel operation list`")
+            })?;
+        Ok(decode::<OpRecord>(&kv.key, &kv.value)
+            .map_err(internal)?
+            .operation)
     }
 
     pub async fn list_operations(&self) -> Result<Vec<Operation>, ApiError> {
@@ -176,7 +237,10 @@ impl Service {
     pub async fn host_info(&self) -> Result<HostInfo, ApiError> {
         let vms = self.list_vms().await?;
         Ok(HostInfo {
-            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             cpus: self.ctx.host.cpus,
             memory_mib: self.ctx.host.memory_mib,
@@ -199,7 +263,12 @@ fn desired_after(action: OperationAction, state: VmState) -> Option<DesiredState
     }
 }
 
-fn new_op(vm: &str, action: OperationAction, target: DesiredState, options: ActionOptions) -> OpRecord {
+fn new_op(
+    vm: &str,
+    action: OperationAction,
+    target: DesiredState,
+    options: ActionOptions,
+) -> OpRecord {
     OpRecord {
         operation: Operation {
             id: uuid::Uuid::new_v4().to_string(),

@@ -55,7 +55,12 @@ type OpResult = Result<(), String>;
 impl Worker {
     pub fn spawn(name: String, ctx: Arc<Ctx>) -> mpsc::UnboundedSender<WorkerMsg> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = Worker { name, ctx, live: None, recent_restarts: VecDeque::new() };
+        let worker = Worker {
+            name,
+            ctx,
+            live: None,
+            recent_restarts: VecDeque::new(),
+        };
         tokio::spawn(worker.run(rx));
         tx
     }
@@ -77,7 +82,8 @@ impl Worker {
                 Next::Event(Some(event)) => self.on_event(event).await,
                 Next::Event(None) => {
                     // The event stream ended without an Exited event; treat the process as gone.
-                    self.on_exit("the QEMU event stream ended".into(), false).await;
+                    self.on_exit("the QEMU event stream ended".into(), false)
+                        .await;
                 }
             }
         }
@@ -87,10 +93,17 @@ impl Worker {
 
     async fn load(&self) -> Result<Option<(VmRecord, VmStatus)>, String> {
         let store = &self.ctx.store;
-        let spec = store.get(&spec_key(&self.name)).await.map_err(|e| e.to_string())?;
+        let spec = store
+            .get(&spec_key(&self.name))
+            .await
+            .map_err(|e| e.to_string())?;
         let Some(spec) = spec else { return Ok(None) };
         let record: VmRecord = decode(&spec.key, &spec.value).map_err(|e| e.to_string())?;
-        let status = match store.get(&status_key(&self.name)).await.map_err(|e| e.to_string())? {
+        let status = match store
+            .get(&status_key(&self.name))
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Some(kv) => decode(&kv.key, &kv.value).map_err(|e| e.to_string())?,
             None => VmStatus::stopped(now_ms()),
         };
@@ -98,7 +111,9 @@ impl Worker {
     }
 
     async fn load_existing(&self) -> Result<(VmRecord, VmStatus), String> {
-        self.load().await?.ok_or_else(|| format!("VM {} no longer exists", self.name))
+        self.load()
+            .await?
+            .ok_or_else(|| format!("VM {} no longer exists", self.name))
     }
 
     /// Writes the observed status, and optionally the desired state with it in one transaction.
@@ -164,7 +179,8 @@ impl Worker {
 
     async fn execute(&mut self, record: &OpRecord) -> OpResult {
         let op = &record.operation;
-        let timeout = Duration::from_secs(op.timeout_secs.unwrap_or(self.ctx.config.stop_timeout_secs));
+        let timeout =
+            Duration::from_secs(op.timeout_secs.unwrap_or(self.ctx.config.stop_timeout_secs));
         match op.action {
             OperationAction::Reboot if op.force => self.hard_reset().await,
             OperationAction::Reboot => self.clean_reboot(timeout).await,
@@ -204,7 +220,11 @@ impl Worker {
     async fn start(&mut self, restart: bool) -> OpResult {
         let (vm, mut status) = self.load_existing().await?;
         if let Err(problem) = check_files(&vm) {
-            self.save(&failed_start(&status, &problem), Some(DesiredState::Stopped)).await?;
+            self.save(
+                &failed_start(&status, &problem),
+                Some(DesiredState::Stopped),
+            )
+            .await?;
             return Err(problem);
         }
         status.state = VmState::Starting;
@@ -215,14 +235,24 @@ impl Worker {
             Ok(instance) => instance,
             Err(e) => {
                 let problem = format!("QEMU could not start the VM: {}", error_chain(&e));
-                self.save(&failed_start(&status, &problem), Some(DesiredState::Stopped)).await?;
+                self.save(
+                    &failed_start(&status, &problem),
+                    Some(DesiredState::Stopped),
+                )
+                .await?;
                 return Err(problem);
             }
         };
         self.attach(&mut instance);
         let pid = instance.pid();
         let events = instance.take_events().expect("fresh instance has events");
-        self.live = Some(Live { instance, events, stop_requested: false, guest_shutdown: false, panicked: false });
+        self.live = Some(Live {
+            instance,
+            events,
+            stop_requested: false,
+            guest_shutdown: false,
+            panicked: false,
+        });
         status.state = VmState::Running;
         status.pid = Some(pid.pid);
         status.pid_start_time = Some(pid.start_time);
@@ -232,12 +262,18 @@ impl Worker {
             status.restart_count += 1;
         }
         self.save(&status, None).await?;
-        self.ctx.event(&self.name, format!("started (QEMU pid {})", pid.pid)).await;
+        self.ctx
+            .event(&self.name, format!("started (QEMU pid {})", pid.pid))
+            .await;
         Ok(())
     }
 
     fn launch_request(&self, vm: &VmRecord) -> LaunchRequest {
-        LaunchRequest { spec: vm.spec.clone(), accel: self.ctx.accel.accel, run_dir: self.ctx.vm_dir(&self.name) }
+        LaunchRequest {
+            spec: vm.spec.clone(),
+            accel: self.ctx.accel.accel,
+            run_dir: self.ctx.vm_dir(&self.name),
+        }
     }
 
     fn attach(&self, instance: &mut Box<dyn Instance>) {
@@ -248,7 +284,9 @@ impl Worker {
 
     /// ACPI power-down, then a forced kill if the guest does not go within `timeout`.
     async fn stop(&mut self, force: bool, timeout: Duration) -> OpResult {
-        let Some(live) = self.live.as_mut() else { return Ok(()) };
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
         live.stop_requested = true;
         if !force {
             self.set_state(VmState::Stopping, None).await?;
@@ -259,15 +297,27 @@ impl Worker {
                 self.on_exit(detail, clean).await;
                 return Ok(());
             }
-            self.ctx.event(&self.name, format!("guest did not power off within {} s; killing QEMU", timeout.as_secs())).await;
+            self.ctx
+                .event(
+                    &self.name,
+                    format!(
+                        "guest did not power off within {} s; killing QEMU",
+                        timeout.as_secs()
+                    ),
+                )
+                .await;
         }
         self.kill_and_reap().await
     }
 
     async fn kill_and_reap(&mut self) -> OpResult {
-        let Some(live) = self.live.as_mut() else { return Ok(()) };
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
         live.stop_requested = true;
-        live.instance.kill().map_err(|e| format!("could not kill QEMU: {}", error_chain(&e)))?;
+        live.instance
+            .kill()
+            .map_err(|e| format!("could not kill QEMU: {}", error_chain(&e)))?;
         match self.wait_for_exit(Duration::from_secs(30)).await {
             Some((detail, clean)) => {
                 self.on_exit(detail, clean).await;
@@ -293,19 +343,31 @@ impl Worker {
 
     async fn pause(&mut self) -> OpResult {
         let live = self.live.as_ref().ok_or("the VM is not running")?;
-        live.instance.pause().await.map_err(|e| format!("pause failed: {}", error_chain(&e)))?;
+        live.instance
+            .pause()
+            .await
+            .map_err(|e| format!("pause failed: {}", error_chain(&e)))?;
         self.set_state(VmState::Paused, None).await
     }
 
     async fn resume(&mut self) -> OpResult {
         let live = self.live.as_ref().ok_or("the VM is not running")?;
-        live.instance.resume().await.map_err(|e| format!("resume failed: {}", error_chain(&e)))?;
+        live.instance
+            .resume()
+            .await
+            .map_err(|e| format!("resume failed: {}", error_chain(&e)))?;
         self.set_state(VmState::Running, None).await
     }
 
     async fn hard_reset(&mut self) -> OpResult {
-        let live = self.live.as_ref().ok_or("the VM is not running; start it instead")?;
-        live.instance.reset().await.map_err(|e| format!("reset failed: {}", error_chain(&e)))?;
+        let live = self
+            .live
+            .as_ref()
+            .ok_or("the VM is not running; start it instead")?;
+        live.instance
+            .reset()
+            .await
+            .map_err(|e| format!("reset failed: {}", error_chain(&e)))?;
         self.ctx.event(&self.name, "hard reset").await;
         Ok(())
     }
@@ -317,12 +379,16 @@ impl Worker {
             return Err("the VM is not running; start it instead".into());
         }
         self.stop(false, timeout).await?;
-        self.save(&self.load_existing().await?.1, Some(DesiredState::Running)).await?;
+        self.save(&self.load_existing().await?.1, Some(DesiredState::Running))
+            .await?;
         self.start(false).await
     }
 
     async fn apply_edit(&mut self, record: &OpRecord) -> OpResult {
-        let edit = record.edit.as_ref().ok_or("edit operation without an edit")?;
+        let edit = record
+            .edit
+            .as_ref()
+            .ok_or("edit operation without an edit")?;
         let (mut vm, status) = self.load_existing().await?;
         vessel_core::check_action(OperationAction::Edit, status.state, false)?;
         vm.spec = vessel_core::apply_edit(&vm.spec, edit, self.ctx.host)?;
@@ -336,7 +402,9 @@ impl Worker {
     }
 
     async fn delete(&mut self, force: bool) -> OpResult {
-        let Some((_, status)) = self.load().await? else { return Ok(()) };
+        let Some((_, status)) = self.load().await? else {
+            return Ok(());
+        };
         vessel_core::check_action(OperationAction::Delete, status.state, force)?;
         if self.live.is_some() {
             self.kill_and_reap().await?;
@@ -393,7 +461,9 @@ impl Worker {
     }
 
     async fn after_exit(&mut self, kind: ExitKind, reason: Option<String>) -> OpResult {
-        let Some((vm, mut status)) = self.load().await? else { return Ok(()) };
+        let Some((vm, mut status)) = self.load().await? else {
+            return Ok(());
+        };
         status.state = vessel_core::state_after_exit(kind);
         status.reason = reason.clone();
         status.pid = None;
@@ -401,12 +471,22 @@ impl Worker {
         status.accelerator = None;
         status.state_changed_at_ms = now_ms();
         if let Some(reason) = &reason {
-            self.ctx.event(&self.name, format!("{}: {reason}", status.state.as_str())).await;
+            self.ctx
+                .event(&self.name, format!("{}: {reason}", status.state.as_str()))
+                .await;
         }
         let decision = after_exit(vm.spec.restart_policy, kind);
         if decision == RestartDecision::Restart && self.may_restart() {
             self.save(&status, None).await?;
-            self.ctx.event(&self.name, format!("restarting (restart policy {})", vm.spec.restart_policy.as_str())).await;
+            self.ctx
+                .event(
+                    &self.name,
+                    format!(
+                        "restarting (restart policy {})",
+                        vm.spec.restart_policy.as_str()
+                    ),
+                )
+                .await;
             return self.start(true).await;
         }
         if decision == RestartDecision::Restart {
@@ -423,7 +503,11 @@ impl Worker {
 
     fn may_restart(&mut self) -> bool {
         let now = Instant::now();
-        while self.recent_restarts.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
+        while self
+            .recent_restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
             self.recent_restarts.pop_front();
         }
         if self.recent_restarts.len() >= RESTART_BURST {
@@ -438,13 +522,20 @@ impl Worker {
     /// Adopts a QEMU that a previous daemon started, or notices that it died meanwhile, then
     /// converges to the desired state.
     async fn reconcile(&mut self) -> OpResult {
-        let Some((vm, status)) = self.load().await? else { return Ok(()) };
+        let Some((vm, status)) = self.load().await? else {
+            return Ok(());
+        };
         if self.live.is_none() {
             if let (Some(pid), Some(start_time)) = (status.pid, status.pid_start_time) {
-                self.adopt(&vm, &status, ProcessId { pid, start_time }).await?;
+                self.adopt(&vm, &status, ProcessId { pid, start_time })
+                    .await?;
             } else if status.state.has_process() {
                 // Recorded as running but no process was ever recorded: a start was cut short.
-                self.set_state(VmState::Stopped, Some("the daemon stopped while the VM was starting".into())).await?;
+                self.set_state(
+                    VmState::Stopped,
+                    Some("the daemon stopped while the VM was starting".into()),
+                )
+                .await?;
             }
         }
         let timeout = Duration::from_secs(self.ctx.config.stop_timeout_secs);
@@ -462,16 +553,35 @@ impl Worker {
                     _ => VmState::Running,
                 };
                 let stopping = status.state == VmState::Stopping;
-                self.live = Some(Live { instance, events, stop_requested: stopping, guest_shutdown: false, panicked: false });
-                self.ctx.event(&self.name, format!("re-adopted QEMU pid {} after a daemon restart", pid.pid)).await;
+                self.live = Some(Live {
+                    instance,
+                    events,
+                    stop_requested: stopping,
+                    guest_shutdown: false,
+                    panicked: false,
+                });
+                self.ctx
+                    .event(
+                        &self.name,
+                        format!("re-adopted QEMU pid {} after a daemon restart", pid.pid),
+                    )
+                    .await;
                 if !stopping {
                     self.set_state(state, None).await?;
                 }
                 Ok(())
             }
             Err(e) => {
-                let kind = if status.state == VmState::Stopping { ExitKind::Requested } else { ExitKind::Crashed };
-                let reason = format!("QEMU (pid {}) exited while the daemon was not running ({})", pid.pid, error_chain(&e));
+                let kind = if status.state == VmState::Stopping {
+                    ExitKind::Requested
+                } else {
+                    ExitKind::Crashed
+                };
+                let reason = format!(
+                    "QEMU (pid {}) exited while the daemon was not running ({})",
+                    pid.pid,
+                    error_chain(&e)
+                );
                 remove_run_files(&RunFiles::in_dir(&self.ctx.vm_dir(&self.name)));
                 self.after_exit(kind, Some(reason)).await
             }
@@ -489,7 +599,10 @@ async fn next_event(live: &mut Option<Live>) -> Option<InstanceEvent> {
 
 fn note_event(live: &mut Live, event: &InstanceEvent) {
     match event {
-        InstanceEvent::Shutdown { guest: true, reason } if reason == "guest-shutdown" => live.guest_shutdown = true,
+        InstanceEvent::Shutdown {
+            guest: true,
+            reason,
+        } if reason == "guest-shutdown" => live.guest_shutdown = true,
         InstanceEvent::Shutdown { reason, .. } if reason == "guest-panic" => live.panicked = true,
         InstanceEvent::GuestPanicked => live.panicked = true,
         _ => {}
@@ -514,7 +627,12 @@ fn exit_reason(kind: ExitKind, live: &Live, detail: &str, files: &RunFiles) -> O
         ExitKind::Crashed => {
             let last_words = std::fs::read_to_string(&files.qemu_log)
                 .ok()
-                .and_then(|log| log.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string));
+                .and_then(|log| {
+                    log.lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .map(str::to_string)
+                });
             Some(match last_words {
                 Some(line) => format!("QEMU {detail}; its last message: {line}"),
                 None => format!("QEMU {detail}"),

@@ -1,0 +1,283 @@
+//! Test harness: a real `vessel daemon` process on a temporary data dir, the real test guest
+//! (built from Debian packages by scripts/build-test-guest.sh), and helpers that await what the
+//! guest prints.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use vessel_api::{CreateVmRequest, RestartPolicy, Vm, VmState};
+use vessel_cli::{Client, Outcome};
+
+/// Generous: ten TCG guests booting at once on two cores take a while.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub struct Guest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// The test guest, built once per test process (the script itself caches across runs).
+pub fn guest() -> &'static Guest {
+    static GUEST: OnceLock<Guest> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let dir = std::env::var_os("VESSEL_TEST_GUEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").unwrap_or("/root".into()))
+                    .join(".cache/vessel/test-guest")
+            });
+        let status = Command::new("bash")
+            .arg(root.join("scripts/build-test-guest.sh"))
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run scripts/build-test-guest.sh");
+        assert!(status.success(), "scripts/build-test-guest.sh failed");
+        Guest {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initramfs.img"),
+        }
+    })
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// A daemon on a fresh data dir.
+    pub fn start() -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("vessel-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mut daemon = Daemon {
+            child: None,
+            data_dir: tmp.path().join("data"),
+            socket: tmp.path().join("vessel.sock"),
+            _tmp: Some(tmp),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vessel"));
+        cmd.arg("daemon")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--socket")
+            .arg(&self.socket);
+        cmd.env("VESSEL_LOG", "info,vessel_daemon=debug");
+        cmd
+    }
+
+    /// Starts (or restarts) the daemon process and waits until its API answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_file_name("daemon.log"))
+            .expect("daemon log");
+        let child = self
+            .command()
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn vessel daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "daemon exited during start-up ({status}); log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not open its socket; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_file_name("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// kill -9 of the daemon; its VMs keep running.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill daemon");
+            child.wait().expect("reap daemon");
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Pids of QEMU processes that belong to this daemon's data dir.
+    pub fn qemu_pids(&self) -> Vec<u32> {
+        let marker = self.data_dir.to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let zombie = std::fs::read_to_string(entry.path().join("stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true);
+            if cmdline.starts_with("qemu-system") && cmdline.contains(&marker) && !zombie {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    pub fn qemu_pids_of(&self, vm: &str) -> Vec<u32> {
+        let dir = self
+            .data_dir
+            .join("vms")
+            .join(vm)
+            .to_string_lossy()
+            .into_owned()
+            + "/";
+        self.qemu_pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&dir))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.qemu_pids() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A kernel-boot VM of the test guest.
+pub fn guest_vm(name: &str) -> CreateVmRequest {
+    let guest = guest();
+    CreateVmRequest {
+        name: name.into(),
+        cpus: 1,
+        memory_mib: 128,
+        kernel: Some(guest.kernel.to_string_lossy().into_owned()),
+        initrd: Some(guest.initrd.to_string_lossy().into_owned()),
+        cmdline: Some("quiet".into()),
+        restart_policy: Some(RestartPolicy::Never),
+        ..Default::default()
+    }
+}
+
+pub async fn create(client: &Client, request: &CreateVmRequest) -> Vm {
+    match client.create_vm(request, true).await {
+        Ok(Outcome::Done(vm)) => vm,
+        Ok(Outcome::Accepted(_)) => panic!("create with wait returned 202"),
+        Err(e) => panic!("create {} failed: {e}", request.name),
+    }
+}
+
+pub async fn act(client: &Client, name: &str, action: vessel_cli::VmAction) -> Vm {
+    match client.vm_action(name, &action, true).await {
+        Ok(Outcome::Done(vm)) => vm,
+        Ok(Outcome::Accepted(_)) => panic!("{action:?} with wait returned 202"),
+        Err(e) => panic!("{action:?} of {name} failed: {e}"),
+    }
+}
+
+/// Follows the VM's console until `needle` has appeared `count` times; returns all output seen.
+pub async fn await_console(client: &Client, vm: &str, needle: &str, count: usize) -> String {
+    let follow = async {
+        let mut body = client.console_log(vm, true).await.expect("console log");
+        let mut seen = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("console stream").into_data() {
+                seen.extend_from_slice(&data);
+                let text = String::from_utf8_lossy(&seen);
+                if text.matches(needle).count() >= count {
+                    return text.into_owned();
+                }
+            }
+        }
+        panic!("console of {vm} ended before {needle:?} appeared {count} times");
+    };
+    match tokio::time::timeout(BOOT_TIMEOUT, follow).await {
+        Ok(text) => text,
+        Err(_) => {
+            let log = client.console_log(vm, false).await.expect("console log");
+            let bytes = log
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            panic!(
+                "{needle:?} x{count} did not appear on {vm}'s console; console so far:\n{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+}
+
+/// Waits until the VM's observed state satisfies `done` (the daemon writes state changes as they
+/// happen; this polls the API for them with a deadline).
+pub async fn await_vm(client: &Client, vm: &str, what: &str, done: impl Fn(&Vm) -> bool) -> Vm {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let current = client.get_vm(vm).await.expect("get vm");
+        if done(&current) {
+            return current;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{vm} never became {what}; last seen: {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub async fn await_state(client: &Client, vm: &str, state: VmState) -> Vm {
+    await_vm(client, vm, state.as_str(), |v| v.state == state).await
+}
+
+/// The boot ids the guest printed, in order.
+pub fn boot_ids(console: &str) -> Vec<String> {
+    console
+        .lines()
+        .filter_map(|l| l.split("VESSEL-GUEST-READY boot=").nth(1))
+        .map(|rest| {
+            rest.trim()
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .collect()
+        })
+        .collect()
+}
