@@ -41,6 +41,8 @@ pub struct CmdlineInputs<'a> {
     pub accel: Accel,
     pub pid_file: &'a str,
     pub disk_format: Option<DiskFormat>,
+    /// The host's TSC frequency; a TCG guest's TSC runs at it.
+    pub host_tsc_khz: Option<u64>,
 }
 
 /// QEMU's option parser splits on commas; a literal comma is written twice.
@@ -92,7 +94,7 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
     ]);
     push(&["-msg", "timestamp=on"]);
     drop(push);
-    boot_args(spec, inputs.disk_format, &mut args);
+    boot_args(inputs, &mut args);
     if spec.nic == NicKind::User {
         args.extend(["-netdev".into(), "user,id=net0".into()]);
         args.extend([
@@ -119,16 +121,28 @@ fn device(machine: Machine, kind: &str) -> String {
     }
 }
 
-/// Kernel command line: the serial console always, then the user's options.
-pub fn kernel_cmdline(user: Option<&str>) -> String {
-    match user {
-        Some(extra) if !extra.is_empty() => format!("console=ttyS0 {extra}"),
-        _ => "console=ttyS0".to_string(),
+/// Kernel command line: the serial console, what the machine type needs, then the user's options
+/// (last, so that they win where the kernel takes the last occurrence).
+pub fn kernel_cmdline(inputs: &CmdlineInputs<'_>, user: Option<&str>) -> String {
+    let mut line = String::from("console=ttyS0");
+    if inputs.spec.machine == Machine::Microvm {
+        // microvm has no PC reset hardware; a triple fault is how its guests reboot.
+        line.push_str(" reboot=t");
+        // Without PIT calibration, HPET or a PM timer, a TCG guest on microvm cannot measure its
+        // TSC and hangs early in boot; tell it the rate (under KVM, kvm-clock does this).
+        if let (Accel::Tcg, Some(khz)) = (inputs.accel, inputs.host_tsc_khz) {
+            line.push_str(&format!(" tsc_early_khz={khz}"));
+        }
     }
+    if let Some(extra) = user.filter(|u| !u.is_empty()) {
+        line.push(' ');
+        line.push_str(extra);
+    }
+    line
 }
 
-fn boot_args(spec: &VmSpec, disk_format: Option<DiskFormat>, args: &mut Vec<String>) {
-    match &spec.boot {
+fn boot_args(inputs: &CmdlineInputs<'_>, args: &mut Vec<String>) {
+    match &inputs.spec.boot {
         Boot::Kernel {
             kernel,
             initrd,
@@ -138,10 +152,10 @@ fn boot_args(spec: &VmSpec, disk_format: Option<DiskFormat>, args: &mut Vec<Stri
             if let Some(initrd) = initrd {
                 args.extend(["-initrd".into(), initrd.clone()]);
             }
-            args.extend(["-append".into(), kernel_cmdline(cmdline.as_deref())]);
+            args.extend(["-append".into(), kernel_cmdline(inputs, cmdline.as_deref())]);
         }
         Boot::Disk { disk } => {
-            let format = disk_format.unwrap_or(DiskFormat::Raw);
+            let format = inputs.disk_format.unwrap_or(DiskFormat::Raw);
             args.extend([
                 "-blockdev".into(),
                 format!(
@@ -157,7 +171,7 @@ fn boot_args(spec: &VmSpec, disk_format: Option<DiskFormat>, args: &mut Vec<Stri
                 "-device".into(),
                 format!(
                     "{},drive=disk0,bootindex=1",
-                    device(spec.machine, "virtio-blk")
+                    device(inputs.spec.machine, "virtio-blk")
                 ),
             ]);
         }
@@ -187,6 +201,7 @@ mod tests {
             accel,
             pid_file: "/run/x.pid",
             disk_format: Some(DiskFormat::Qcow2),
+            host_tsc_khz: Some(2_000_000),
         })
         .join(" ")
     }
@@ -201,7 +216,7 @@ mod tests {
         let line = joined(&spec(boot, Machine::Microvm), Accel::Tcg);
         assert!(line.contains("-machine microvm,acpi=on"), "{line}");
         assert!(
-            line.contains("-kernel /k -initrd /i -append console=ttyS0 quiet"),
+            line.contains("-kernel /k -initrd /i -append console=ttyS0 reboot=t tsc_early_khz=2000000 quiet"),
             "{line}"
         );
         assert!(line.contains("virtio-net-device,netdev=net0"), "{line}");

@@ -70,6 +70,7 @@ impl Backend for QemuBackend {
             accel: request.accel,
             pid_file: &pid_file,
             disk_format,
+            host_tsc_khz: host_tsc_khz(),
         });
         tracing::debug!(vm = %request.spec.name, ?args, "launching QEMU");
         let child = process::spawn(&self.binary, &args, sockets, log).map_err(|source| {
@@ -117,6 +118,13 @@ impl Backend for QemuBackend {
         let attached = attach(&files).await?;
         Ok(Box::new(QemuInstance::new(id, attached, exit)))
     }
+}
+
+/// The host's TSC rate in kHz, from the kernel's "cpu MHz" figure.
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse::<f64>().ok()?;
+    Some((mhz * 1000.0) as u64)
 }
 
 fn prepare_run_dir(dir: &Path, files: &RunFiles) -> Result<(), BackendError> {
