@@ -12,6 +12,9 @@ use crate::ctx::Ctx;
 use crate::model::{decode, encode, now_ms, op_key, OpRecord, OPS_PREFIX, VMS_PREFIX};
 use crate::worker::{Worker, WorkerMsg};
 
+/// How long start-up waits for running VMs to be re-adopted before serving the API.
+const ADOPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Finished operations kept for `vessel operation list`; older ones are pruned at start-up.
 const FINISHED_OPS_KEPT: usize = 1000;
 
@@ -43,9 +46,22 @@ impl Controller {
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         let store = &self.ctx.store;
         let (vms, _) = store.list(VMS_PREFIX).await?;
+        let mut adopted = Vec::new();
         for kv in vms.iter().filter(|kv| kv.key.ends_with("/spec")) {
             let name = &kv.key[VMS_PREFIX.len()..kv.key.len() - "/spec".len()];
-            self.dispatch(name, WorkerMsg::Reconcile);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.dispatch(name, WorkerMsg::Reconcile(Some(tx)));
+            adopted.push(rx);
+        }
+        // Serve the API only once running VMs are re-adopted, so that no client sees the state a
+        // previous daemon left behind. Bounded: a VM that cannot be adopted in time is reported by
+        // its worker later.
+        let all = futures::future::join_all(adopted);
+        if tokio::time::timeout(ADOPT_TIMEOUT, all).await.is_err() {
+            tracing::warn!(
+                "re-adopting VMs took longer than {} s; serving the API anyway",
+                ADOPT_TIMEOUT.as_secs()
+            );
         }
         let (ops, revision) = store.list(OPS_PREFIX).await?;
         let mut finished = Vec::new();

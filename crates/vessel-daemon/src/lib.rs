@@ -72,8 +72,8 @@ pub async fn run(
         )
         .await?,
     );
-    let listener = bind_socket(&config.socket)?;
     Controller::new(Arc::clone(&ctx)).start().await?;
+    let listener = bind_socket(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "vessel daemon ready");
     serve(listener, http::router(Service { ctx }), shutdown).await;
     let _ = std::fs::remove_file(&config.socket);

@@ -1,6 +1,8 @@
 //! How the daemon's state sits in the store. One place for key names and record shapes.
 //!
-//! - `vms/<name>/spec`   [`VmRecord`]: the spec and the desired state (what the user asked for)
+//! - `vms/<name>/spec`    [`VmRecord`]: the spec (what the user described)
+//! - `vms/<name>/desired` [`DesiredState`]: what the user asked for; its own key so that a
+//!   start or stop is a blind write that never races with an edit of the spec
 //! - `vms/<name>/status` [`VmStatus`]: the observed state (what the reconciler saw)
 //! - `ops/<id>`          [`vessel_api::Operation`]: one per request, until pruned
 //! - `events/<seq>`      [`Event`]: what happened, newest last, bounded
@@ -14,6 +16,10 @@ pub const EVENTS_PREFIX: &str = "events/";
 
 pub fn spec_key(name: &str) -> String {
     format!("{VMS_PREFIX}{name}/spec")
+}
+
+pub fn desired_key(name: &str) -> String {
+    format!("{VMS_PREFIX}{name}/desired")
 }
 
 pub fn status_key(name: &str) -> String {
@@ -32,11 +38,10 @@ pub fn event_key(seq: u64) -> String {
     format!("{EVENTS_PREFIX}{seq:020}")
 }
 
-/// The user's side of a VM.
+/// The user's description of a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRecord {
     pub spec: VmSpec,
-    pub desired: DesiredState,
     pub created_at_ms: u64,
 }
 
@@ -81,10 +86,10 @@ pub struct Event {
 }
 
 /// The API view of a VM from its two records.
-pub fn vm_view(record: &VmRecord, status: &VmStatus) -> Vm {
+pub fn vm_view(record: &VmRecord, desired: DesiredState, status: &VmStatus) -> Vm {
     Vm {
         spec: record.spec.clone(),
-        desired_state: record.desired,
+        desired_state: desired,
         state: status.state,
         reason: status.reason.clone(),
         pid: status.pid,
@@ -121,4 +126,62 @@ pub struct OpRecord {
     /// The edit to apply, for edit operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edit: Option<vessel_api::EditVmRequest>,
+}
+
+/// A VM's three records, read together in one consistent listing.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub record: VmRecord,
+    pub desired: DesiredState,
+    pub status: VmStatus,
+}
+
+impl Loaded {
+    pub fn view(&self) -> Vm {
+        vm_view(&self.record, self.desired, &self.status)
+    }
+}
+
+/// Groups a listing of `vms/` (sorted by key) into VMs. A VM whose spec is missing is skipped: it
+/// is being deleted or was never fully created.
+pub fn group_vms(kvs: &[vessel_store::KeyValue]) -> anyhow::Result<Vec<Loaded>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < kvs.len() {
+        let name = vm_name_of(&kvs[i].key);
+        let (mut record, mut desired, mut status) = (None, DesiredState::Stopped, None);
+        while i < kvs.len() && vm_name_of(&kvs[i].key) == name {
+            let kv = &kvs[i];
+            match kv.key.rsplit('/').next() {
+                Some("spec") => record = Some(decode::<VmRecord>(&kv.key, &kv.value)?),
+                Some("desired") => desired = decode(&kv.key, &kv.value)?,
+                Some("status") => status = Some(decode::<VmStatus>(&kv.key, &kv.value)?),
+                _ => {}
+            }
+            i += 1;
+        }
+        if let Some(record) = record {
+            let status = status.unwrap_or_else(|| VmStatus::stopped(record.created_at_ms));
+            out.push(Loaded {
+                record,
+                desired,
+                status,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn vm_name_of(key: &str) -> &str {
+    let rest = key.strip_prefix(VMS_PREFIX).unwrap_or(key);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Reads one VM's records.
+pub async fn load_vm(
+    store: &dyn vessel_store::Store,
+    name: &str,
+) -> anyhow::Result<Option<Loaded>> {
+    let (kvs, _) = store.list(&vm_prefix(name)).await?;
+    Ok(group_vms(&kvs)?.into_iter().next())
 }

@@ -13,13 +13,10 @@ use vessel_store::{Compare, Op, StoreError, Txn};
 
 use crate::ctx::Ctx;
 use crate::model::{
-    decode, encode, now_ms, op_key, spec_key, status_key, vm_view, OpRecord, VmRecord, VmStatus,
-    OPS_PREFIX, VMS_PREFIX,
+    decode, desired_key, encode, group_vms, load_vm, now_ms, op_key, spec_key, status_key, Loaded,
+    OpRecord, VmRecord, VmStatus, OPS_PREFIX, VMS_PREFIX,
 };
 use crate::worker::check_files;
-
-/// How often a request retries its transaction when another request changed the VM in between.
-const TXN_ATTEMPTS: usize = 5;
 
 #[derive(Clone)]
 pub struct Service {
@@ -50,48 +47,23 @@ fn not_found(name: &str) -> ApiError {
 impl Service {
     pub async fn list_vms(&self) -> Result<Vec<Vm>, ApiError> {
         let (kvs, _) = self.ctx.store.list(VMS_PREFIX).await.map_err(store_error)?;
-        let mut vms = Vec::with_capacity(kvs.len() / 2);
-        let mut pending_spec: Option<VmRecord> = None;
-        // Keys sort as vms/<name>/spec then vms/<name>/status, so each spec precedes its status.
-        for kv in &kvs {
-            if kv.key.ends_with("/spec") {
-                if let Some(record) = pending_spec.take() {
-                    vms.push(vm_view(&record, &VmStatus::stopped(record.created_at_ms)));
-                }
-                pending_spec = Some(decode(&kv.key, &kv.value).map_err(internal)?);
-            } else if kv.key.ends_with("/status") {
-                if let Some(record) = pending_spec.take() {
-                    let status: VmStatus = decode(&kv.key, &kv.value).map_err(internal)?;
-                    vms.push(vm_view(&record, &status));
-                }
-            }
-        }
-        if let Some(record) = pending_spec {
-            vms.push(vm_view(&record, &VmStatus::stopped(record.created_at_ms)));
-        }
-        Ok(vms)
+        Ok(group_vms(&kvs)
+            .map_err(internal)?
+            .iter()
+            .map(Loaded::view)
+            .collect())
     }
 
-    /// The VM's records and the spec's mod revision (for compare-and-swap).
-    async fn load(&self, name: &str) -> Result<(VmRecord, VmStatus, i64), ApiError> {
+    async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
         validate_name("VM", name).map_err(ApiError::invalid)?;
-        let store = &self.ctx.store;
-        let spec = store
-            .get(&spec_key(name))
+        load_vm(self.ctx.store.as_ref(), name)
             .await
-            .map_err(store_error)?
-            .ok_or_else(|| not_found(name))?;
-        let record: VmRecord = decode(&spec.key, &spec.value).map_err(internal)?;
-        let status = match store.get(&status_key(name)).await.map_err(store_error)? {
-            Some(kv) => decode(&kv.key, &kv.value).map_err(internal)?,
-            None => VmStatus::stopped(record.created_at_ms),
-        };
-        Ok((record, status, spec.mod_revision))
+            .map_err(internal)?
+            .ok_or_else(|| not_found(name))
     }
 
     pub async fn get_vm(&self, name: &str) -> Result<Vm, ApiError> {
-        let (record, status, _) = self.load(name).await?;
-        Ok(vm_view(&record, &status))
+        Ok(self.load(name).await?.view())
     }
 
     /// Records a new VM (and its create operation) atomically; a duplicate name changes nothing.
@@ -106,7 +78,6 @@ impl Service {
         let now = now_ms();
         let record = VmRecord {
             spec,
-            desired,
             created_at_ms: now,
         };
         check_files(&record)
@@ -120,6 +91,7 @@ impl Service {
         let txn = Txn::new()
             .when(Compare::Missing(spec_key(&request.name)))
             .then(Op::Put(spec_key(&request.name), encode(&record)))
+            .then(Op::Put(desired_key(&request.name), encode(&desired)))
             .then(Op::Put(
                 status_key(&request.name),
                 encode(&VmStatus::stopped(now)),
@@ -144,47 +116,39 @@ impl Service {
         action: OperationAction,
         options: ActionOptions,
     ) -> Result<Operation, ApiError> {
-        for _ in 0..TXN_ATTEMPTS {
-            let (mut record, status, revision) = self.load(name).await?;
-            check_action(action, status.state, options.force).map_err(ApiError::conflict)?;
-            if let Some(edit) = &options.edit {
-                let spec = vessel_core::apply_edit(&record.spec, edit, self.ctx.host)
-                    .map_err(ApiError::invalid)?;
-                check_files(&VmRecord {
-                    spec,
-                    ..record.clone()
-                })
+        let Loaded {
+            record,
+            desired,
+            status,
+        } = self.load(name).await?;
+        check_action(action, status.state, options.force).map_err(ApiError::conflict)?;
+        if let Some(edit) = &options.edit {
+            let spec = vessel_core::apply_edit(&record.spec, edit, self.ctx.host)
+                .map_err(ApiError::invalid)?;
+            check_files(&VmRecord { spec, ..record })
                 .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
-            }
-            let target = desired_after(action, status.state);
-            let op = new_op(
-                name,
-                action,
-                target.unwrap_or(record.desired),
-                options.clone(),
-            );
-            let mut txn = Txn::new()
-                .when(Compare::ModRevision(spec_key(name), revision))
-                .then(Op::Put(op_key(&op.operation.id), encode(&op)));
-            if let Some(target) = target {
-                record.desired = target;
-                txn = txn.then(Op::Put(spec_key(name), encode(&record)));
-            }
-            if self
-                .ctx
-                .store
-                .txn(txn)
-                .await
-                .map_err(store_error)?
-                .succeeded
-            {
-                return Ok(op.operation);
-            }
         }
-        Err(ApiError::conflict(format!(
-            "VM {name:?} kept changing while the request was recorded"
-        ))
-        .with_hint("retry"))
+        let target = desired_after(action, status.state);
+        let op = new_op(name, action, target.unwrap_or(desired), options);
+        // A blind write of the desired state: the VM's worker runs operations one at a time and
+        // re-checks the state when it gets to this one, so no compare on the state is needed.
+        let mut txn = Txn::new()
+            .when(Compare::Exists(spec_key(name)))
+            .then(Op::Put(op_key(&op.operation.id), encode(&op)));
+        if let Some(target) = target {
+            txn = txn.then(Op::Put(desired_key(name), encode(&target)));
+        }
+        if !self
+            .ctx
+            .store
+            .txn(txn)
+            .await
+            .map_err(store_error)?
+            .succeeded
+        {
+            return Err(not_found(name));
+        }
+        Ok(op.operation)
     }
 
     /// Waits until the operation has finished and returns it.

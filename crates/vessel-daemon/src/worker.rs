@@ -15,7 +15,8 @@ use vessel_store::{Compare, Op, Txn};
 
 use crate::ctx::Ctx;
 use crate::model::{
-    decode, encode, now_ms, op_key, spec_key, status_key, vm_prefix, OpRecord, VmRecord, VmStatus,
+    decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key, vm_prefix, Loaded,
+    OpRecord, VmRecord, VmStatus,
 };
 
 /// Restarts allowed within [`RESTART_WINDOW`] before the policy gives up on a crash loop.
@@ -25,8 +26,9 @@ const RESTART_WINDOW: Duration = Duration::from_secs(60);
 pub enum WorkerMsg {
     /// Carry out the operation with this id.
     Op(String),
-    /// Look at the world (adopt a QEMU left by a previous daemon) and converge to desired.
-    Reconcile,
+    /// Look at the world (adopt a QEMU left by a previous daemon) and converge to desired; the
+    /// sender, if any, hears when that is done.
+    Reconcile(Option<tokio::sync::oneshot::Sender<()>>),
 }
 
 /// A running QEMU and what we learned about how it is ending.
@@ -74,9 +76,12 @@ impl Worker {
             match next {
                 Next::Msg(None) => break,
                 Next::Msg(Some(WorkerMsg::Op(id))) => self.run_op(&id).await,
-                Next::Msg(Some(WorkerMsg::Reconcile)) => {
+                Next::Msg(Some(WorkerMsg::Reconcile(done))) => {
                     if let Err(e) = self.reconcile().await {
                         tracing::error!(vm = %self.name, error = %e, "reconcile failed");
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(());
                     }
                 }
                 Next::Event(Some(event)) => self.on_event(event).await,
@@ -91,26 +96,13 @@ impl Worker {
 
     // ----- store access -------------------------------------------------------------------
 
-    async fn load(&self) -> Result<Option<(VmRecord, VmStatus)>, String> {
-        let store = &self.ctx.store;
-        let spec = store
-            .get(&spec_key(&self.name))
+    async fn load(&self) -> Result<Option<Loaded>, String> {
+        load_vm(self.ctx.store.as_ref(), &self.name)
             .await
-            .map_err(|e| e.to_string())?;
-        let Some(spec) = spec else { return Ok(None) };
-        let record: VmRecord = decode(&spec.key, &spec.value).map_err(|e| e.to_string())?;
-        let status = match store
-            .get(&status_key(&self.name))
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Some(kv) => decode(&kv.key, &kv.value).map_err(|e| e.to_string())?,
-            None => VmStatus::stopped(now_ms()),
-        };
-        Ok(Some((record, status)))
+            .map_err(|e| e.to_string())
     }
 
-    async fn load_existing(&self) -> Result<(VmRecord, VmStatus), String> {
+    async fn load_existing(&self) -> Result<Loaded, String> {
         self.load()
             .await?
             .ok_or_else(|| format!("VM {} no longer exists", self.name))
@@ -121,16 +113,14 @@ impl Worker {
         let mut txn = Txn::new().when(Compare::Exists(spec_key(&self.name)));
         txn = txn.then(Op::Put(status_key(&self.name), encode(status)));
         if let Some(desired) = desired {
-            let (mut record, _) = self.load_existing().await?;
-            record.desired = desired;
-            txn = txn.then(Op::Put(spec_key(&self.name), encode(&record)));
+            txn = txn.then(Op::Put(desired_key(&self.name), encode(&desired)));
         }
         self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
         Ok(())
     }
 
     async fn set_state(&self, state: VmState, reason: Option<String>) -> Result<(), String> {
-        let (_, mut status) = self.load_existing().await?;
+        let Loaded { mut status, .. } = self.load_existing().await?;
         if status.state != state || status.reason != reason {
             status.state = state;
             status.reason = reason;
@@ -187,12 +177,12 @@ impl Worker {
             OperationAction::Edit => self.apply_edit(record).await,
             OperationAction::Delete => self.delete(op.force).await,
             _ => {
-                let (vm, _) = self.load_existing().await?;
+                let Loaded { desired, .. } = self.load_existing().await?;
                 if let Some(target) = record.target {
-                    if vm.desired != target {
+                    if desired != target {
                         return Err(format!(
                             "superseded by a later request: the desired state is now {}",
-                            vm.desired.as_str()
+                            desired.as_str()
                         ));
                     }
                 }
@@ -204,8 +194,10 @@ impl Worker {
     /// Drives the VM to its desired state. Safe to call at any time; does nothing when the VM
     /// already is where it should be.
     async fn converge(&mut self, force: bool, timeout: Duration) -> OpResult {
-        let (vm, status) = self.load_existing().await?;
-        match (vm.desired, self.live.is_some()) {
+        let Loaded {
+            desired, status, ..
+        } = self.load_existing().await?;
+        match (desired, self.live.is_some()) {
             (DesiredState::Running, false) => self.start(false).await,
             (DesiredState::Running, true) if status.state == VmState::Paused => self.resume().await,
             (DesiredState::Paused, true) if status.state != VmState::Paused => self.pause().await,
@@ -218,7 +210,11 @@ impl Worker {
     }
 
     async fn start(&mut self, restart: bool) -> OpResult {
-        let (vm, mut status) = self.load_existing().await?;
+        let Loaded {
+            record: vm,
+            mut status,
+            ..
+        } = self.load_existing().await?;
         if let Err(problem) = check_files(&vm) {
             self.save(
                 &failed_start(&status, &problem),
@@ -379,8 +375,11 @@ impl Worker {
             return Err("the VM is not running; start it instead".into());
         }
         self.stop(false, timeout).await?;
-        self.save(&self.load_existing().await?.1, Some(DesiredState::Running))
-            .await?;
+        self.save(
+            &self.load_existing().await?.status,
+            Some(DesiredState::Running),
+        )
+        .await?;
         self.start(false).await
     }
 
@@ -389,7 +388,11 @@ impl Worker {
             .edit
             .as_ref()
             .ok_or("edit operation without an edit")?;
-        let (mut vm, status) = self.load_existing().await?;
+        let Loaded {
+            record: mut vm,
+            status,
+            ..
+        } = self.load_existing().await?;
         vessel_core::check_action(OperationAction::Edit, status.state, false)?;
         vm.spec = vessel_core::apply_edit(&vm.spec, edit, self.ctx.host)?;
         check_files(&vm)?;
@@ -402,7 +405,7 @@ impl Worker {
     }
 
     async fn delete(&mut self, force: bool) -> OpResult {
-        let Some((_, status)) = self.load().await? else {
+        let Some(Loaded { status, .. }) = self.load().await? else {
             return Ok(());
         };
         vessel_core::check_action(OperationAction::Delete, status.state, force)?;
@@ -461,7 +464,12 @@ impl Worker {
     }
 
     async fn after_exit(&mut self, kind: ExitKind, reason: Option<String>) -> OpResult {
-        let Some((vm, mut status)) = self.load().await? else {
+        let Some(Loaded {
+            record: vm,
+            mut status,
+            ..
+        }) = self.load().await?
+        else {
             return Ok(());
         };
         status.state = vessel_core::state_after_exit(kind);
@@ -522,7 +530,10 @@ impl Worker {
     /// Adopts a QEMU that a previous daemon started, or notices that it died meanwhile, then
     /// converges to the desired state.
     async fn reconcile(&mut self) -> OpResult {
-        let Some((vm, status)) = self.load().await? else {
+        let Some(Loaded {
+            record: vm, status, ..
+        }) = self.load().await?
+        else {
             return Ok(());
         };
         if self.live.is_none() {

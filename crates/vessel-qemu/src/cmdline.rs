@@ -216,7 +216,9 @@ mod tests {
         let line = joined(&spec(boot, Machine::Microvm), Accel::Tcg);
         assert!(line.contains("-machine microvm,acpi=on"), "{line}");
         assert!(
-            line.contains("-kernel /k -initrd /i -append console=ttyS0 reboot=t tsc_early_khz=2000000 quiet"),
+            line.contains(
+                "-kernel /k -initrd /i -append console=ttyS0 reboot=t tsc_early_khz=2000000 quiet"
+            ),
             "{line}"
         );
         assert!(line.contains("virtio-net-device,netdev=net0"), "{line}");

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what Vessel needs on a Debian/Ubuntu host: QEMU (system emulator + qemu-img) and the
+# tools the test-guest build uses. Idempotent; safe to run again.
+set -euo pipefail
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+	log "run as root (apt-get needs it)"
+	exit 1
+fi
+
+have_qemu() {
+	command -v qemu-system-x86_64 >/dev/null 2>&1 && command -v qemu-img >/dev/null 2>&1 &&
+		command -v depmod >/dev/null 2>&1 && command -v cpio >/dev/null 2>&1
+}
+
+if have_qemu; then
+	log "QEMU present: $(qemu-system-x86_64 --version | head -n1)"
+	exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+log "apt-get update"
+apt-get update -qq
+# qemu-system-x86 and qemu-utils must come from the same QEMU release: some images ship a newer
+# qemu-utils (backports), and installing qemu-system-x86 alone would remove it, taking qemu-img
+# with it. Pin qemu-utils to the emulator's version.
+version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+	log "no qemu-system-x86 package available from apt"
+	exit 1
+fi
+log "installing qemu-system-x86 and qemu-utils $version"
+apt-get install -y -qq --no-install-recommends --allow-downgrades \
+	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates >/dev/null
+have_qemu || { log "QEMU still missing after install"; exit 1; }
+log "installed: $(qemu-system-x86_64 --version | head -n1)"
