@@ -93,7 +93,6 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
     push(&["-msg", "timestamp=on"]);
-    drop(push);
     boot_args(inputs, &mut args);
     if spec.nic == NicKind::User {
         args.extend(["-netdev".into(), "user,id=net0".into()]);
