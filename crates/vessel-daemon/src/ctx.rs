@@ -12,6 +12,7 @@ use vessel_store::Store;
 use crate::config::Config;
 use crate::console::ConsoleHub;
 use crate::model::{encode, event_key, now_ms, Event, EVENTS_PREFIX};
+use crate::view::VmView;
 
 /// How many events the store keeps; older ones are dropped as new ones come.
 const EVENTS_KEPT: u64 = 2000;
@@ -23,6 +24,7 @@ pub struct Ctx {
     pub config: Config,
     pub host: HostCapacity,
     pub qemu_version: String,
+    pub view: Arc<VmView>,
     consoles: Mutex<HashMap<String, Arc<ConsoleHub>>>,
     event_seq: AtomicU64,
 }
@@ -41,7 +43,9 @@ impl Ctx {
             .last()
             .and_then(|kv| kv.key[EVENTS_PREFIX.len()..].parse::<u64>().ok())
             .unwrap_or(0);
+        let view = VmView::start(Arc::clone(&store)).await?;
         Ok(Ctx {
+            view,
             store,
             backend,
             accel,

@@ -197,8 +197,9 @@ async fn finish(
 }
 
 #[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = Vec<Vm>)))]
-async fn list_vms(State(s): State<Service>) -> ApiResult<Json<Vec<Vm>>> {
-    Ok(Json(s.list_vms().await?))
+async fn list_vms(State(s): State<Service>) -> ApiResult<Response> {
+    let json = s.list_vms_json().await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/vms", request_body = CreateVmRequest,

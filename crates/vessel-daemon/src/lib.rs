@@ -10,6 +10,7 @@ mod http;
 mod lock;
 mod model;
 mod service;
+mod view;
 mod worker;
 
 use std::future::Future;

@@ -13,8 +13,8 @@ use vessel_store::{Compare, Op, StoreError, Txn};
 
 use crate::ctx::Ctx;
 use crate::model::{
-    decode, desired_key, encode, group_vms, load_vm, now_ms, op_key, spec_key, status_key, Loaded,
-    OpRecord, VmRecord, VmStatus, OPS_PREFIX, VMS_PREFIX,
+    decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key, Loaded, OpRecord,
+    VmRecord, VmStatus, OPS_PREFIX,
 };
 use crate::worker::check_files;
 
@@ -45,13 +45,9 @@ fn not_found(name: &str) -> ApiError {
 }
 
 impl Service {
-    pub async fn list_vms(&self) -> Result<Vec<Vm>, ApiError> {
-        let (kvs, _) = self.ctx.store.list(VMS_PREFIX).await.map_err(store_error)?;
-        Ok(group_vms(&kvs)
-            .map_err(internal)?
-            .iter()
-            .map(Loaded::view)
-            .collect())
+    /// The VM list as JSON, from the in-memory view.
+    pub async fn list_vms_json(&self) -> Result<bytes::Bytes, ApiError> {
+        self.ctx.view.list_json().await.map_err(internal)
     }
 
     async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
@@ -63,7 +59,9 @@ impl Service {
     }
 
     pub async fn get_vm(&self, name: &str) -> Result<Vm, ApiError> {
-        Ok(self.load(name).await?.view())
+        validate_name("VM", name).map_err(ApiError::invalid)?;
+        let loaded = self.ctx.view.get(name).await.map_err(internal)?;
+        Ok(loaded.ok_or_else(|| not_found(name))?.view())
     }
 
     /// Records a new VM (and its create operation) atomically; a duplicate name changes nothing.
@@ -199,7 +197,15 @@ impl Service {
     }
 
     pub async fn host_info(&self) -> Result<HostInfo, ApiError> {
-        let vms = self.list_vms().await?;
+        let vms: Vec<Vm> = self
+            .ctx
+            .view
+            .all()
+            .await
+            .map_err(internal)?
+            .iter()
+            .map(Loaded::view)
+            .collect();
         Ok(HostInfo {
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .unwrap_or_default()

@@ -35,7 +35,10 @@ fn openapi_document_lists_every_vm_route() {
         "/v1/operations/{id}",
         "/v1/host/check",
     ] {
-        assert!(paths.contains_key(route), "{route} missing from the OpenAPI document");
+        assert!(
+            paths.contains_key(route),
+            "{route} missing from the OpenAPI document"
+        );
     }
     assert!(doc["components"]["schemas"]["CreateVmRequest"].is_object());
 }

@@ -256,5 +256,7 @@ async fn listing_1000_keys_returns_exactly_the_prefix_in_order() {
     assert_eq!(kvs.len(), 1000);
     assert_eq!(revision, 10);
     assert!(kvs.windows(2).all(|w| w[0].key < w[1].key), "sorted by key");
-    assert!(kvs.iter().all(|kv| kv.key.starts_with("vms/") && kv.value.len() == 1024));
+    assert!(kvs
+        .iter()
+        .all(|kv| kv.key.starts_with("vms/") && kv.value.len() == 1024));
 }
