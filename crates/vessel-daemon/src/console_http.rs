@@ -14,6 +14,9 @@ use vessel_api::ApiError;
 use crate::http::{plain_text, HttpError};
 use crate::service::Service;
 
+/// How long output keeps flowing to a client that closed its input, after the last output.
+const DRAIN_AFTER_INPUT_CLOSED: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The protocol name of the console upgrade (`Upgrade: vessel-console`).
 pub const CONSOLE_PROTOCOL: &str = "vessel-console";
 
@@ -109,9 +112,25 @@ pub async fn console_attach(
         };
         let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
         let (_, mut rx) = hub.snapshot_and_subscribe();
+        // The client may half-close (stdin was a pipe that ended): its last command's output
+        // still has to reach it, so output keeps flowing until the console has been quiet for
+        // a moment, or the client goes away.
+        let input_done = tokio::sync::Notify::new();
         let to_client = async {
+            let mut input_closed = false;
             loop {
-                match rx.recv().await {
+                let next = if input_closed {
+                    match tokio::time::timeout(DRAIN_AFTER_INPUT_CLOSED, rx.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                } else {
+                    tokio::select! {
+                        next = rx.recv() => next,
+                        _ = input_done.notified() => { input_closed = true; continue; }
+                    }
+                };
+                match next {
                     Ok(chunk) => {
                         if writer.write_all(&chunk).await.is_err() {
                             break;
@@ -121,6 +140,7 @@ pub async fn console_attach(
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
+            let _ = writer.shutdown().await;
         };
         let from_client = async {
             let mut buf = vec![0u8; 4096];
@@ -134,6 +154,8 @@ pub async fn console_attach(
                     }
                 }
             }
+            input_done.notify_one();
+            std::future::pending::<()>().await;
         };
         tokio::select! { _ = to_client => {}, _ = from_client => {} }
     });
