@@ -24,9 +24,6 @@ step "Building the demo guest (Debian cloud kernel + busybox initramfs, cached)"
 guest_dir="${VESSEL_TEST_GUEST_DIR:-$HOME/.cache/vessel/test-guest}"
 bash scripts/build-test-guest.sh "$guest_dir" >/dev/null
 
-step "Host check"
-"$vessel" host check --output table || true
-
 mkdir -p "$demo"
 if ! "$vessel" host info >/dev/null 2>&1; then
 	step "Starting the daemon (data dir $demo/data, log $demo/daemon.log)"
@@ -37,6 +34,9 @@ if ! "$vessel" host info >/dev/null 2>&1; then
 	done
 fi
 "$vessel" host info
+
+step "Host check"
+"$vessel" host check || true
 
 step "Creating and starting the VM 'demo'"
 if "$vessel" vm show demo >/dev/null 2>&1; then
@@ -49,6 +49,9 @@ fi
 
 step "The demo VM's console (until it reaches userspace)"
 timeout 120 "$vessel" vm log demo --follow | sed -u '/VESSEL-GUEST-READY/q'
+
+step "A command typed on the demo VM's serial console"
+printf 'uname -a; echo "hello from $(hostname)"\n' | "$vessel" vm console demo
 
 cat <<MSG
 

@@ -35,7 +35,16 @@ pub enum ConsoleEnd {
 }
 
 /// Copies a streamed log body to stdout as it arrives, until it ends or Ctrl-C.
-pub async fn stream_log(mut body: Incoming) -> io::Result<()> {
+/// Streams a console log body to stdout. A reader that goes away (`vessel vm log X | head`) is a
+/// normal end, not an error.
+pub async fn stream_log(body: Incoming) -> io::Result<()> {
+    match copy_log(body).await {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+async fn copy_log(mut body: Incoming) -> io::Result<()> {
     let mut stdout = tokio::io::stdout();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
