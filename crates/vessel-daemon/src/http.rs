@@ -70,6 +70,15 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
     })
 }
 
+/// A body that may be left out entirely, meaning all defaults.
+fn optional_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, HttpError> {
+    if bytes.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_json(bytes)
+    }
+}
+
 /// Query parameters; unknown ones are refused like unknown body fields.
 struct Params(HashMap<String, String>);
 
@@ -282,11 +291,7 @@ async fn stop_vm(
     body: Bytes,
 ) -> ApiResult<Response> {
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
-    let req: StopVmRequest = if body.is_empty() {
-        StopVmRequest::default()
-    } else {
-        parse_json(&body)?
-    };
+    let req: StopVmRequest = optional_json(&body)?;
     let options = ActionOptions {
         force: req.force,
         timeout_secs: req.timeout_secs,
@@ -313,11 +318,7 @@ async fn reboot_vm(
     body: Bytes,
 ) -> ApiResult<Response> {
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
-    let req: vessel_api::RebootVmRequest = if body.is_empty() {
-        Default::default()
-    } else {
-        parse_json(&body)?
-    };
+    let req: vessel_api::RebootVmRequest = optional_json(&body)?;
     let options = ActionOptions {
         force: req.force,
         ..Default::default()

@@ -42,15 +42,7 @@ async fn guest_boots_to_userspace_and_its_console_is_logged() {
 async fn acpi_stop_powers_the_guest_off_cleanly() {
     let daemon = Daemon::start();
     let client = daemon.client();
-    let vm = create(
-        &client,
-        &vessel_api::CreateVmRequest {
-            start: true,
-            ..guest_vm("stop1")
-        },
-    )
-    .await;
-    await_console(&client, "stop1", "VESSEL-GUEST-READY", 1).await;
+    let vm = booted(&client, guest_vm("stop1")).await;
     let stopped = act(&client, "stop1", VmAction::Stop(StopVmRequest::default())).await;
     assert_eq!(stopped.state, VmState::Stopped);
     assert_eq!(stopped.desired_state, DesiredState::Stopped);
@@ -76,15 +68,7 @@ async fn acpi_stop_powers_the_guest_off_cleanly() {
 async fn pause_and_resume_keep_the_same_qemu() {
     let daemon = Daemon::start();
     let client = daemon.client();
-    let vm = create(
-        &client,
-        &vessel_api::CreateVmRequest {
-            start: true,
-            ..guest_vm("pause1")
-        },
-    )
-    .await;
-    await_console(&client, "pause1", "VESSEL-GUEST-READY", 1).await;
+    let vm = booted(&client, guest_vm("pause1")).await;
     let paused = act(&client, "pause1", VmAction::Pause).await;
     assert_eq!(paused.state, VmState::Paused);
     assert_eq!(paused.desired_state, DesiredState::Paused);
@@ -110,15 +94,7 @@ async fn pause_and_resume_keep_the_same_qemu() {
 async fn reboot_boots_the_guest_again() {
     let daemon = Daemon::start();
     let client = daemon.client();
-    create(
-        &client,
-        &vessel_api::CreateVmRequest {
-            start: true,
-            ..guest_vm("reboot1")
-        },
-    )
-    .await;
-    await_console(&client, "reboot1", "VESSEL-GUEST-READY", 1).await;
+    booted(&client, guest_vm("reboot1")).await;
     // Clean reboot: ACPI power-off, then a fresh QEMU.
     let rebooted = act(&client, "reboot1", VmAction::Reboot { force: false }).await;
     assert_eq!(rebooted.state, VmState::Running);
@@ -142,15 +118,7 @@ async fn reboot_boots_the_guest_again() {
 async fn daemon_kill9_and_restart_readopts_the_running_vm() {
     let mut daemon = Daemon::start();
     let client = daemon.client();
-    let vm = create(
-        &client,
-        &vessel_api::CreateVmRequest {
-            start: true,
-            ..guest_vm("adopt1")
-        },
-    )
-    .await;
-    await_console(&client, "adopt1", "VESSEL-GUEST-READY", 1).await;
+    let vm = booted(&client, guest_vm("adopt1")).await;
     daemon.kill9();
     assert_eq!(
         daemon.qemu_pids_of("adopt1"),

@@ -281,3 +281,18 @@ pub fn boot_ids(console: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Creates a started test-guest VM and waits until the guest reached userspace.
+pub async fn booted(client: &Client, request: CreateVmRequest) -> Vm {
+    let name = request.name.clone();
+    let vm = create(
+        client,
+        &CreateVmRequest {
+            start: true,
+            ..request
+        },
+    )
+    .await;
+    await_console(client, &name, "VESSEL-GUEST-READY", 1).await;
+    vm
+}
