@@ -11,7 +11,7 @@ mod vm;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo};
-pub use operation::{Accepted, Operation, OperationAction, OperationStatus};
+pub use operation::{Accepted, Event, Operation, OperationAction, OperationStatus};
 pub use vm::{
     Boot, CreateVmRequest, DeleteVmRequest, DesiredState, EditVmRequest, Machine, NicKind,
     RebootVmRequest, RestartPolicy, StopVmRequest, Vm, VmSpec, VmState,

@@ -75,3 +75,12 @@ pub struct Operation {
 pub struct Accepted {
     pub operation: Operation,
 }
+
+/// Something that happened to a VM (started, crashed, restarted, re-adopted...), newest last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub vm: String,
+    pub message: String,
+}

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
 use vessel_api::{
-    Accepted, ApiError, CreateVmRequest, EditVmRequest, ErrorBody, ErrorCode, HostCheck, HostInfo,
-    Operation, StopVmRequest, Vm,
+    Accepted, ApiError, CreateVmRequest, EditVmRequest, ErrorBody, ErrorCode, Event, HostCheck,
+    HostInfo, Operation, StopVmRequest, Vm,
 };
 
 /// The socket the daemon listens on unless told otherwise.
@@ -235,6 +235,20 @@ impl Client {
     ) -> Result<Outcome<Vm>, ClientError> {
         let path = with_wait(vm_path(name, action.verb()), wait);
         self.mutate(Method::POST, &path, action.body()).await
+    }
+
+    /// `GET /v1/events?vm=&limit=`
+    pub async fn list_events(
+        &self,
+        vm: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, ClientError> {
+        let mut path = format!("/v1/events?limit={limit}");
+        if let Some(vm) = vm {
+            path.push_str("&vm=");
+            path.push_str(&encode_segment(vm));
+        }
+        self.get(&path).await
     }
 
     /// `GET /v1/operations`

@@ -12,6 +12,7 @@
 pub mod client;
 pub mod console;
 mod error;
+mod event;
 mod host;
 mod operation;
 pub mod output;
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 pub use client::{Client, ClientError, Outcome, Unreachable, VmAction, DEFAULT_SOCKET};
 pub use error::CliError;
+pub use event::EventCommand;
 pub use host::HostCommand;
 pub use operation::OperationCommand;
 pub use output::OutputFormat;
@@ -46,6 +48,9 @@ pub enum Command {
     /// why. Commands given --no-wait print the id of their operation.
     #[command(subcommand, visible_alias = "op")]
     Operation(OperationCommand),
+    /// See what happened to VMs: starts, stops, crashes, restarts, re-adoptions.
+    #[command(subcommand)]
+    Event(EventCommand),
     /// Inspect the host the daemon runs on.
     #[command(subcommand)]
     Host(HostCommand),
@@ -105,6 +110,7 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
     let result = match command {
         Command::Vm(command) => vm::run(command, &ctx).await,
         Command::Operation(command) => operation::run(command, &ctx).await,
+        Command::Event(command) => event::run(command, &ctx).await,
         Command::Host(command) => host::run(command, &ctx).await,
     };
     match result {

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use comfy_table::{presets, CellAlignment, ColumnConstraint, ContentArrangement, Table};
 use serde::Serialize;
 use vessel_api::{
-    Boot, CheckVerdict, HostCheck, HostInfo, NicKind, Operation, OperationStatus, Vm,
+    Boot, CheckVerdict, Event, HostCheck, HostInfo, NicKind, Operation, OperationStatus, Vm,
 };
 
 /// How results are printed.
@@ -150,6 +150,19 @@ pub fn operation_table(operations: &[Operation], now_ms: u64) -> String {
             status_name(op.status).to_string(),
             format_age(op.created_at_ms, now_ms),
             op.error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    finish(table)
+}
+
+/// `vessel event list`.
+pub fn event_table(events: &[Event], now_ms: u64) -> String {
+    let mut table = plain_table(Some(&["TIME", "VM", "EVENT"]));
+    for event in events {
+        table.add_row(vec![
+            format_time(event.at_ms, now_ms),
+            event.vm.clone(),
+            event.message.clone(),
         ]);
     }
     finish(table)

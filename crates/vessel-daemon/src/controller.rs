@@ -1,7 +1,7 @@
 //! The reconciler's dispatcher: it watches the store for new operations and hands each to its
 //! VM's worker, and at start-up re-adopts running VMs and resumes interrupted operations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -45,12 +45,29 @@ impl Controller {
     /// Returns once start-up work has been dispatched; following continues in a task.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         let store = &self.ctx.store;
+        let (ops, revision) = store.list(OPS_PREFIX).await?;
+        let ops = ops
+            .iter()
+            .map(|kv| Ok((kv.key.clone(), decode::<OpRecord>(&kv.key, &kv.value)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let busy: HashSet<&str> = ops
+            .iter()
+            .filter(|(_, r)| !r.operation.status.is_terminal())
+            .map(|(_, r)| r.operation.vm.as_str())
+            .collect();
         let (vms, _) = store.list(VMS_PREFIX).await?;
         let mut adopted = Vec::new();
         for kv in vms.iter().filter(|kv| kv.key.ends_with("/spec")) {
             let name = &kv.key[VMS_PREFIX.len()..kv.key.len() - "/spec".len()];
             let (tx, rx) = tokio::sync::oneshot::channel();
-            self.dispatch(name, WorkerMsg::Reconcile(Some(tx)));
+            let converge = !busy.contains(name);
+            self.dispatch(
+                name,
+                WorkerMsg::Reconcile {
+                    adopted: Some(tx),
+                    converge,
+                },
+            );
             adopted.push(rx);
         }
         // Serve the API only once running VMs are re-adopted, so that no client sees the state a
@@ -63,10 +80,8 @@ impl Controller {
                 ADOPT_TIMEOUT.as_secs()
             );
         }
-        let (ops, revision) = store.list(OPS_PREFIX).await?;
         let mut finished = Vec::new();
-        for kv in &ops {
-            let mut record: OpRecord = decode(&kv.key, &kv.value)?;
+        for (key, mut record) in ops {
             match record.operation.status {
                 OperationStatus::Pending => self.dispatch(
                     &record.operation.vm.clone(),
@@ -81,7 +96,7 @@ impl Controller {
                         );
                     }
                 }
-                _ => finished.push((record.operation.created_at_ms, kv.key.clone())),
+                _ => finished.push((record.operation.created_at_ms, key)),
             }
         }
         self.prune(finished).await?;

@@ -162,6 +162,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/vms/{name}/resume", post(resume_vm))
         .route("/v1/vms/{name}/console/log", get(console_http::console_log))
         .route("/v1/vms/{name}/console", get(console_http::console_attach))
+        .route("/v1/events", get(list_events))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
         .route("/v1/host", get(host_info))
@@ -343,6 +344,33 @@ async fn resume_vm(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     simple_action(s, name, q, OperationAction::Resume).await
+}
+
+#[utoipa::path(get, path = "/v1/events",
+    params(("vm" = Option<String>, Query, description = "only this VM's events"),
+           ("limit" = Option<usize>, Query, description = "newest N events (default 100, at most 2000)")),
+    responses((status = 200, body = Vec<vessel_api::Event>)))]
+async fn list_events(
+    State(s): State<Service>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Vec<vessel_api::Event>>> {
+    let params = Params::parse(q, &["vm", "limit"])?;
+    let limit = match params.0.get("limit") {
+        None => 100,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=2000).contains(n))
+            .ok_or_else(|| {
+                HttpError(ApiError::invalid(format!(
+                    "limit={text:?} is not a number from 1 to 2000"
+                )))
+            })?,
+    };
+    Ok(Json(
+        s.list_events(params.0.get("vm").map(String::as_str), limit)
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/operations", responses((status = 200, body = Vec<Operation>)))]

@@ -8,6 +8,7 @@
 //! - `events/<seq>`      [`Event`]: what happened, newest last, bounded
 
 use serde::{Deserialize, Serialize};
+pub use vessel_api::Event;
 use vessel_api::{DesiredState, Operation, Vm, VmSpec, VmState};
 
 pub const VMS_PREFIX: &str = "vms/";
@@ -75,14 +76,6 @@ impl VmStatus {
             state_changed_at_ms: now_ms,
         }
     }
-}
-
-/// Something that happened to a VM, for `vessel event list` and later for monitoring.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub at_ms: u64,
-    pub vm: String,
-    pub message: String,
 }
 
 /// The API view of a VM from its two records.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use vessel_api::{
-    ApiError, CreateVmRequest, DesiredState, EditVmRequest, ErrorCode, HostInfo, Operation,
+    ApiError, CreateVmRequest, DesiredState, EditVmRequest, ErrorCode, Event, HostInfo, Operation,
     OperationAction, OperationStatus, Vm, VmState,
 };
 use vessel_core::{check_action, spec_from_create, validate_name};
@@ -14,7 +14,7 @@ use vessel_store::{Compare, Op, StoreError, Txn};
 use crate::ctx::Ctx;
 use crate::model::{
     decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key, Loaded, OpRecord,
-    VmRecord, VmStatus, OPS_PREFIX,
+    VmRecord, VmStatus, EVENTS_PREFIX, OPS_PREFIX,
 };
 use crate::worker::check_files;
 
@@ -194,6 +194,35 @@ impl Service {
             .map_err(internal)?;
         ops.sort_by_key(|op| op.created_at_ms);
         Ok(ops)
+    }
+
+    /// The newest `limit` events, oldest first, of one VM or of all.
+    pub async fn list_events(
+        &self,
+        vm: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, ApiError> {
+        if let Some(vm) = vm {
+            validate_name("VM", vm).map_err(ApiError::invalid)?;
+        }
+        let (kvs, _) = self
+            .ctx
+            .store
+            .list(EVENTS_PREFIX)
+            .await
+            .map_err(store_error)?;
+        let mut events = Vec::new();
+        for kv in kvs.iter().rev() {
+            let event: Event = decode(&kv.key, &kv.value).map_err(internal)?;
+            if vm.is_none_or(|vm| event.vm == vm) {
+                events.push(event);
+                if events.len() == limit {
+                    break;
+                }
+            }
+        }
+        events.reverse();
+        Ok(events)
     }
 
     pub async fn host_info(&self) -> Result<HostInfo, ApiError> {

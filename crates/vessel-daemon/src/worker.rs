@@ -26,9 +26,13 @@ const RESTART_WINDOW: Duration = Duration::from_secs(60);
 pub enum WorkerMsg {
     /// Carry out the operation with this id.
     Op(String),
-    /// Look at the world (adopt a QEMU left by a previous daemon) and converge to desired; the
-    /// sender, if any, hears when that is done.
-    Reconcile(Option<tokio::sync::oneshot::Sender<()>>),
+    /// Look at the world (adopt a QEMU left by a previous daemon); `adopted` hears when that is
+    /// done. Then, if `converge`, drive the VM to its desired state (start-up leaves that to the
+    /// VM's unfinished operations when it has some, so that they run with their own options).
+    Reconcile {
+        adopted: Option<tokio::sync::oneshot::Sender<()>>,
+        converge: bool,
+    },
 }
 
 /// A running QEMU and what we learned about how it is ending.
@@ -76,12 +80,18 @@ impl Worker {
             match next {
                 Next::Msg(None) => break,
                 Next::Msg(Some(WorkerMsg::Op(id))) => self.run_op(&id).await,
-                Next::Msg(Some(WorkerMsg::Reconcile(done))) => {
-                    if let Err(e) = self.reconcile().await {
-                        tracing::error!(vm = %self.name, error = %e, "reconcile failed");
+                Next::Msg(Some(WorkerMsg::Reconcile { adopted, converge })) => {
+                    if let Err(e) = self.observe().await {
+                        tracing::error!(vm = %self.name, error = %e, "could not re-adopt the VM");
                     }
-                    if let Some(done) = done {
-                        let _ = done.send(());
+                    if let Some(adopted) = adopted {
+                        let _ = adopted.send(());
+                    }
+                    let timeout = Duration::from_secs(self.ctx.config.stop_timeout_secs);
+                    if converge {
+                        if let Err(e) = self.converge(false, timeout).await {
+                            tracing::error!(vm = %self.name, error = %e, "reconcile failed");
+                        }
                     }
                 }
                 Next::Event(Some(event)) => self.on_event(event).await,
@@ -527,9 +537,8 @@ impl Worker {
 
     // ----- reconcile ------------------------------------------------------------------------
 
-    /// Adopts a QEMU that a previous daemon started, or notices that it died meanwhile, then
-    /// converges to the desired state.
-    async fn reconcile(&mut self) -> OpResult {
+    /// Adopts a QEMU that a previous daemon started, or notices that it died meanwhile.
+    async fn observe(&mut self) -> OpResult {
         let Some(Loaded {
             record: vm, status, ..
         }) = self.load().await?
@@ -549,8 +558,7 @@ impl Worker {
                 .await?;
             }
         }
-        let timeout = Duration::from_secs(self.ctx.config.stop_timeout_secs);
-        self.converge(false, timeout).await
+        Ok(())
     }
 
     async fn adopt(&mut self, vm: &VmRecord, status: &VmStatus, pid: ProcessId) -> OpResult {

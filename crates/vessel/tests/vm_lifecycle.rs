@@ -316,3 +316,55 @@ async fn edit_applies_while_stopped_and_is_refused_while_running() {
     let err = client.edit_vm("edit1", &edit, true).await.unwrap_err();
     assert!(err.to_string().contains("stop it before editing"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_cut_short_by_a_daemon_crash_is_finished_after_restart() {
+    let mut daemon = Daemon::start();
+    let client = daemon.client();
+    let vm = booted(&client, guest_vm("inflight1")).await;
+    // A paused guest cannot answer the ACPI power button, so this stop stays in flight until its
+    // timeout forces it.
+    act(&client, "inflight1", VmAction::Pause).await;
+    let stop = VmAction::Stop(StopVmRequest {
+        force: false,
+        timeout_secs: Some(8),
+    });
+    let vessel_cli::Outcome::Accepted(accepted) =
+        client.vm_action("inflight1", &stop, false).await.unwrap()
+    else {
+        panic!("--no-wait returns the operation")
+    };
+    let id = accepted.operation.id;
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    while client.get_operation(&id).await.unwrap().status != vessel_api::OperationStatus::Running {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stop never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    daemon.kill9();
+    assert_eq!(
+        daemon.qemu_pids_of("inflight1"),
+        vec![vm.pid.unwrap()],
+        "QEMU survives the daemon"
+    );
+    daemon.spawn();
+    let client = daemon.client();
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    let op = loop {
+        let op = client.get_operation(&id).await.unwrap();
+        if op.status.is_terminal() {
+            break op;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interrupted stop never finished: {op:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(op.status, vessel_api::OperationStatus::Succeeded, "{op:?}");
+    let stopped = client.get_vm("inflight1").await.unwrap();
+    assert_eq!(stopped.state, VmState::Stopped, "{stopped:?}");
+    assert!(daemon.qemu_pids_of("inflight1").is_empty());
+}
