@@ -90,6 +90,13 @@ async fn create_list_console_and_stop_through_the_cli() {
         text(&out.stderr)
     );
 
+    let events = vessel(&daemon, &["event", "list", "--vm", "cli1"]);
+    let events = text(&events.stdout);
+    assert!(
+        events.contains("EVENT") && events.contains("started (QEMU pid"),
+        "{events}"
+    );
+
     let stop = vessel(&daemon, &["vm", "stop", "cli1"]);
     assert!(stop.status.success(), "{}", text(&stop.stderr));
     let show = vessel(&daemon, &["vm", "show", "cli1", "--output", "json"]);

@@ -174,6 +174,14 @@ async fn qemu_kill9_is_a_crash_and_the_restart_policy_decides() {
         "the reason names the kill: {reason}"
     );
     assert_eq!(crashed.desired_state, DesiredState::Stopped);
+    let events = client.list_events(Some("never1"), 100).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.starts_with("crashed: QEMU killed by signal 9")),
+        "the crash is an event: {events:?}"
+    );
+    assert!(events.iter().all(|e| e.vm == "never1"));
     let restarted = await_vm(&client, "onfail1", "restarted", |v| {
         v.restart_count == 1 && v.state == VmState::Running
     })
