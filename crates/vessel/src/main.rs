@@ -62,6 +62,8 @@ fn run_daemon(args: vessel_daemon::DaemonArgs) -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match vessel_daemon::Config::load(&args) {
         Ok(config) => config,
