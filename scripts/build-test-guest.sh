@@ -59,6 +59,7 @@ modules=(
 	virtio_console virtio_balloon virtio_rng
 	vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
 	button evdev
+	pvpanic pvpanic_mmio pvpanic_pci
 )
 
 log() { echo "build-test-guest: $*" >&2; }

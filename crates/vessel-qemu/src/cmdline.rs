@@ -93,6 +93,9 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
     push(&["-msg", "timestamp=on"]);
+    // A guest kernel that panics tells QEMU through this device (GUEST_PANICKED), so the VM is
+    // reported as crashed instead of hanging forever as "running".
+    push(&["-device", "pvpanic"]);
     boot_args(inputs, &mut args);
     if spec.nic == NicKind::User {
         args.extend(["-netdev".into(), "user,id=net0".into()]);
@@ -225,6 +228,7 @@ mod tests {
         assert!(!line.contains("-cpu host"), "{line}");
         assert!(line.contains("-smp 2 -m 256M"), "{line}");
         assert!(line.contains(" -S "), "vCPUs must start stopped: {line}");
+        assert!(line.contains("-device pvpanic"), "{line}");
     }
 
     #[test]

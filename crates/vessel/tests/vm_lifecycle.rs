@@ -376,3 +376,19 @@ async fn an_operation_cut_short_by_a_daemon_crash_is_finished_after_restart() {
     assert_eq!(stopped.state, VmState::Stopped, "{stopped:?}");
     assert!(daemon.qemu_pids_of("inflight1").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_kernel_panic_is_a_crash() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let panicking = vessel_api::CreateVmRequest {
+        start: true,
+        cmdline: Some("quiet vessel.panic".into()),
+        ..guest_vm("panic1")
+    };
+    create(&client, &panicking).await;
+    await_console(&client, "panic1", "VESSEL-GUEST-PANIC", 1).await;
+    let crashed = await_state(&client, "panic1", VmState::Crashed).await;
+    assert_eq!(crashed.reason.as_deref(), Some("the guest kernel panicked"));
+    assert!(daemon.qemu_pids_of("panic1").is_empty());
+}
