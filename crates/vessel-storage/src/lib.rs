@@ -1,0 +1,16 @@
+//! Vessel's storage layer.
+//!
+//! - [`qemu_img`]: a typed async wrapper over the `qemu-img` binary. Every call names the image
+//!   format explicitly, so qemu-img never probes a raw image (a guest that writes a qcow2 header
+//!   into a raw disk must not be able to make the host open it as qcow2 with a backing file).
+//! - [`pool`]: the [`StoragePool`] trait and [`DirPool`], volumes as files in a directory.
+//! - [`size`]: disk sizes with units (the parser lives in `vessel_core::units`).
+
+pub mod format;
+pub mod pool;
+pub mod qemu_img;
+pub mod size;
+
+pub use format::{detect_format, Format};
+pub use pool::{CloneMode, DirPool, PoolError, PoolUsage, StoragePool, VolumeInfo, VolumeSpec};
+pub use qemu_img::{CheckReport, ConvertJob, ImageInfo, Measurement, QemuImg, QemuImgError};

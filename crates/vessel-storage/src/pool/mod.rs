@@ -1,0 +1,161 @@
+//! Storage pools: where volumes live.
+//!
+//! [`StoragePool`] is the interface the daemon will use; [`DirPool`] keeps volumes as files in a
+//! directory. LVM-thin and Ceph RBD pools can implement the same trait later.
+
+mod dir;
+mod statvfs;
+
+use std::io;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::format::Format;
+use crate::qemu_img::{ImageInfo, QemuImgError};
+pub use dir::DirPool;
+
+/// A pool's space, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolUsage {
+    pub total: u64,
+    pub used: u64,
+    /// What an unprivileged writer can still use (excludes the filesystem's root reserve).
+    pub available: u64,
+}
+
+/// One volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub format: Format,
+    pub path: PathBuf,
+    /// The size the guest sees.
+    pub virtual_size: u64,
+    /// Bytes the volume occupies in the pool (its own file only, not its backing chain).
+    pub allocated_size: u64,
+    /// The volume in this pool that this one is a linked clone of, if any.
+    pub backing_volume: Option<String>,
+    /// The images below this one, nearest first (empty for a self-contained volume).
+    pub backing_chain: Vec<ImageInfo>,
+    pub encrypted: bool,
+}
+
+/// A volume to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub format: Format,
+    /// Required without a backing volume; with one it defaults to the backing volume's size and
+    /// may not be smaller.
+    pub size: Option<u64>,
+    /// Make the volume a linked clone (qcow2 overlay) of this volume of the same pool.
+    pub backing: Option<String>,
+}
+
+impl VolumeSpec {
+    /// A self-contained volume of `size` bytes.
+    pub fn new(name: impl Into<String>, format: Format, size: u64) -> Self {
+        Self {
+            name: name.into(),
+            format,
+            size: Some(size),
+            backing: None,
+        }
+    }
+}
+
+/// How to clone a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneMode {
+    /// A qcow2 overlay on top of the source: instant, but the source must then stay.
+    Linked,
+    /// An independent copy in the source's format.
+    Full,
+}
+
+/// What went wrong in a pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(
+        "volume {name:?} already exists in pool {pool:?}; choose another name or delete it first"
+    )]
+    AlreadyExists { pool: String, name: String },
+    #[error("volume {name:?} does not exist in pool {pool:?}")]
+    NotFound { pool: String, name: String },
+    #[error(
+        "volume {name:?} is the backing file of {}; delete those volumes or make them full \
+         copies first", dependents.join(", ")
+    )]
+    InUse {
+        name: String,
+        dependents: Vec<String>,
+    },
+    #[error(
+        "pool {pool:?} has {} free but this needs {}; free some space or use another pool",
+        crate::size::format_size_bytes(*available), crate::size::format_size_bytes(*needed)
+    )]
+    NoSpace {
+        pool: String,
+        needed: u64,
+        available: u64,
+    },
+    #[error("pool directory {path} is not usable")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    QemuImg(#[from] QemuImgError),
+}
+
+/// A place that holds volumes. Every mutation is all-or-nothing: a failed or cancelled call leaves
+/// the pool as it was.
+#[async_trait]
+pub trait StoragePool: Send + Sync {
+    /// The pool's name, used in error messages.
+    fn name(&self) -> &str;
+
+    /// Space in the pool.
+    async fn capacity(&self) -> Result<PoolUsage, PoolError>;
+
+    /// Creates a volume; `AlreadyExists` when the name is taken.
+    async fn create_volume(&self, spec: &VolumeSpec) -> Result<VolumeInfo, PoolError>;
+
+    /// Clones `src` into a new volume `dst`. A full clone reports progress in percent.
+    async fn clone_volume(
+        &self,
+        src: &str,
+        dst: &str,
+        mode: CloneMode,
+        progress: &mut (dyn FnMut(f64) + Send),
+    ) -> Result<VolumeInfo, PoolError>;
+
+    /// Changes a volume's virtual size; shrinking needs `shrink`.
+    async fn resize_volume(
+        &self,
+        name: &str,
+        new_size: u64,
+        shrink: bool,
+    ) -> Result<VolumeInfo, PoolError>;
+
+    /// Deletes a volume; refused while other volumes are linked clones of it.
+    async fn delete_volume(&self, name: &str) -> Result<(), PoolError>;
+
+    /// One volume.
+    async fn volume(&self, name: &str) -> Result<VolumeInfo, PoolError>;
+
+    /// All volumes, by name.
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, PoolError>;
+
+    /// The volume's file, where QEMU opens it. File and LVM pools have paths; an RBD pool will
+    /// need a different locator, which is when this becomes an enum.
+    async fn volume_path(&self, name: &str) -> Result<PathBuf, PoolError>;
+}
