@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use crate::output;
-use crate::{CliError, Context};
+use crate::{CliError, ClientError, Context};
 
 /// `vessel host <verb>`
 #[derive(Debug, Subcommand)]
@@ -19,7 +19,8 @@ pub enum HostCommand {
     /// KVM present and usable, the QEMU binary, its version and machine types, tun, bridge
     /// and cgroups. The last line names the accelerator `auto` picks on this host and why.
     ///
-    /// Exits with status 1 when any check FAILs, so it can gate scripts.
+    /// Exits with status 1 when any check FAILs, so it can gate scripts. When no daemon is
+    /// running (before installing one, say), the checks run right here instead.
     #[command(
         after_help = "Examples:\n  vessel host check\n  vessel host check -o json | jq '.items[] | select(.verdict != \"pass\")'"
     )]
@@ -33,7 +34,20 @@ pub(crate) async fn run(command: HostCommand, ctx: &Context) -> Result<ExitCode,
             ctx.show(&info, output::host_details)?;
         }
         HostCommand::Check => {
-            let check = ctx.client.host_check().await?;
+            let check = match ctx.client.host_check().await {
+                Err(ClientError::Unreachable { .. }) => {
+                    eprintln!(
+                        "note: no daemon reachable at {}; checking this host directly",
+                        ctx.client.socket().display()
+                    );
+                    tokio::task::spawn_blocking(|| {
+                        vessel_qemu::host::check_host("qemu-system-x86_64")
+                    })
+                    .await
+                    .map_err(|e| CliError::io("the host check failed", std::io::Error::other(e)))?
+                }
+                other => other?,
+            };
             ctx.show(&check, output::host_check_report)?;
             if output::host_check_failed(&check) {
                 return Ok(ExitCode::FAILURE);

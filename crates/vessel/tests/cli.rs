@@ -131,6 +131,18 @@ fn exit_codes_tell_errors_apart() {
         text(&unreachable.stderr)
     );
     assert!(text(&unreachable.stderr).contains("/nonexistent/vessel.sock"));
+    // `host check` works before any daemon exists: it checks this host directly.
+    let local = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .args(["--socket", "/nonexistent/vessel.sock", "host", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(local.status.code(), Some(0), "{}", text(&local.stderr));
+    assert!(
+        text(&local.stdout).contains("PASS   QEMU"),
+        "{}",
+        text(&local.stdout)
+    );
+    assert!(text(&local.stderr).contains("checking this host directly"));
     let help = Command::new(env!("CARGO_BIN_EXE_vessel"))
         .args(["vm", "create", "--help"])
         .output()
