@@ -1,6 +1,7 @@
 //! The QEMU command line for a VM spec. Pure: no IO, so every flag is unit-tested.
 
 use vessel_api::{Boot, Machine, NicKind, VmSpec};
+use vessel_storage::Format;
 
 use crate::accel::Accel;
 
@@ -8,39 +9,15 @@ use crate::accel::Accel;
 pub const QMP_FD: i32 = 3;
 pub const CONSOLE_FD: i32 = 4;
 
-/// Disk image formats QEMU is told about explicitly (never let QEMU probe a raw image: a guest
-/// could write a qcow2 header into it and make the host open arbitrary backing files).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskFormat {
-    Raw,
-    Qcow2,
-}
-
-impl DiskFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiskFormat::Raw => "raw",
-            DiskFormat::Qcow2 => "qcow2",
-        }
-    }
-
-    /// Detects the format from the first bytes of the image.
-    pub fn from_magic(head: &[u8]) -> DiskFormat {
-        if head.starts_with(b"QFI\xfb") {
-            DiskFormat::Qcow2
-        } else {
-            DiskFormat::Raw
-        }
-    }
-}
-
 /// Inputs of the command line that are not in the spec.
 #[derive(Debug, Clone)]
 pub struct CmdlineInputs<'a> {
     pub spec: &'a VmSpec,
     pub accel: Accel,
     pub pid_file: &'a str,
-    pub disk_format: Option<DiskFormat>,
+    /// The disk's format, always named to QEMU: never let QEMU probe a raw image, or a guest
+    /// could write a qcow2 header into it and make the host open arbitrary backing files.
+    pub disk_format: Option<Format>,
     /// The host's TSC frequency; a TCG guest's TSC runs at it.
     pub host_tsc_khz: Option<u64>,
 }
@@ -157,7 +134,7 @@ fn boot_args(inputs: &CmdlineInputs<'_>, args: &mut Vec<String>) {
             args.extend(["-append".into(), kernel_cmdline(inputs, cmdline.as_deref())]);
         }
         Boot::Disk { disk } => {
-            let format = inputs.disk_format.unwrap_or(DiskFormat::Raw);
+            let format = inputs.disk_format.unwrap_or(Format::Raw);
             args.extend([
                 "-blockdev".into(),
                 format!(
@@ -202,7 +179,7 @@ mod tests {
             spec,
             accel,
             pid_file: "/run/x.pid",
-            disk_format: Some(DiskFormat::Qcow2),
+            disk_format: Some(Format::Qcow2),
             host_tsc_khz: Some(2_000_000),
         })
         .join(" ")
@@ -258,14 +235,5 @@ mod tests {
             Accel::Tcg,
         );
         assert!(line.contains("guest=web,,1,debug-threads=on"), "{line}");
-    }
-
-    #[test]
-    fn qcow2_magic_is_detected_and_anything_else_is_raw() {
-        assert_eq!(
-            DiskFormat::from_magic(b"QFI\xfb\0\0\0\x03"),
-            DiskFormat::Qcow2
-        );
-        assert_eq!(DiskFormat::from_magic(b"\0\0\0\0"), DiskFormat::Raw);
     }
 }

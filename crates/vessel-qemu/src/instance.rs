@@ -1,7 +1,6 @@
 //! [`Backend`] and [`Instance`] for QEMU.
 
 use std::fs::OpenOptions;
-use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -14,7 +13,7 @@ use tokio::sync::mpsc;
 use vessel_api::Boot;
 use vessel_qmp::{EventStream, Qmp, QmpEvent};
 
-use crate::cmdline::{self, CmdlineInputs, DiskFormat};
+use crate::cmdline::{self, CmdlineInputs};
 use crate::process::{self, ExitWatch, InheritedSockets, ProcessId};
 use crate::{Backend, BackendError, Instance, InstanceEvent, LaunchRequest, RunFiles, RunState};
 
@@ -52,7 +51,7 @@ impl Backend for QemuBackend {
         let files = RunFiles::in_dir(&request.run_dir);
         prepare_run_dir(&request.run_dir, &files)?;
         let disk_format = match &request.spec.boot {
-            Boot::Disk { disk } => Some(detect_disk_format(Path::new(disk))?),
+            Boot::Disk { disk } => Some(vessel_storage::detect_format(Path::new(disk)).await?),
             Boot::Kernel { .. } => None,
         };
         let sockets = InheritedSockets {
@@ -156,13 +155,6 @@ fn prepare_run_dir(dir: &Path, files: &RunFiles) -> Result<(), BackendError> {
         }
     }
     Ok(())
-}
-
-fn detect_disk_format(path: &Path) -> Result<DiskFormat, BackendError> {
-    let mut head = [0u8; 8];
-    let mut file = std::fs::File::open(path)?;
-    let n = file.read(&mut head)?;
-    Ok(DiskFormat::from_magic(&head[..n]))
 }
 
 struct Attached {
