@@ -7,6 +7,10 @@
 # The daemon keeps running afterwards; the script prints how to talk to it and how to stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v cargo >/dev/null 2>&1; then
+	echo "error: cargo not found. Vessel needs Rust 1.85 or newer: install it with rustup (https://rustup.rs), then run this again." >&2
+	exit 1
+fi
 root=$(pwd)
 demo="$root/.vessel-demo"
 export VESSEL_SOCKET="$demo/vessel.sock"
