@@ -15,6 +15,9 @@ use crate::worker::{Worker, WorkerMsg};
 /// How long start-up waits for running VMs to be re-adopted before serving the API.
 const ADOPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often every VM is reconciled even when nothing asked for it.
+const RESYNC_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Finished operations kept for `vessel operation list`; older ones are pruned at start-up.
 const FINISHED_OPS_KEPT: usize = 1000;
 
@@ -100,6 +103,7 @@ impl Controller {
             }
         }
         self.prune(finished).await?;
+        tokio::spawn(Arc::clone(self).resync_periodically());
         let me = Arc::clone(self);
         let mut watch = store.watch(OPS_PREFIX, revision + 1).await?;
         tokio::spawn(async move {
@@ -124,6 +128,34 @@ impl Controller {
             }
         });
         Ok(())
+    }
+
+    /// Every [`RESYNC_PERIOD`], every VM's worker looks at the world again and converges. Events
+    /// and operations drive the VMs; this is the safety net for anything they missed, as in
+    /// any level-triggered controller.
+    async fn resync_periodically(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(RESYNC_PERIOD);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate; start-up already reconciled
+        loop {
+            ticks.tick().await;
+            let names: Vec<String> = self
+                .workers
+                .lock()
+                .expect("workers lock")
+                .keys()
+                .cloned()
+                .collect();
+            for name in names {
+                self.dispatch(
+                    &name,
+                    WorkerMsg::Reconcile {
+                        adopted: None,
+                        converge: true,
+                    },
+                );
+            }
+        }
     }
 
     /// An operation that was running when the daemon died. Convergent ones (start, stop,
