@@ -78,25 +78,6 @@ class Virsh:
         subprocess.run(["virsh", "-q", "undefine", "vessel-bench"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def vessel_boot_once(d, name):
-    before = bench.api_log_count(d, name)
-    t0 = time.perf_counter()
-    d.cli("vm", "start", name)
-    conn = bench.UnixHTTP(d.sock)
-    conn.request("GET", f"/v1/vms/{name}/console/log?follow=true")
-    resp = conn.getresponse()
-    buf = b""
-    while buf.count(READY) <= before:
-        chunk = resp.read1(65536)
-        if not chunk:
-            raise RuntimeError("console ended")
-        buf += chunk
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    d.cli("vm", "kill", name)
-    return elapsed
-
-
 def libvirtd_rss_kib():
     pid = subprocess.run(["pidof", "libvirtd"], capture_output=True, text=True).stdout.split()
     if not pid:
@@ -124,8 +105,8 @@ def main():
         # Interleaved, so that drift in the host's speed hits all three alike.
         for _ in range(a.runs):
             times["virsh"].append(virsh.boot())
-            times["q35"].append(vessel_boot_once(d, "cmp-q35"))
-            times["microvm"].append(vessel_boot_once(d, "cmp-microvm"))
+            times["q35"].append(bench.vessel_boot_once(d, "cmp-q35"))
+            times["microvm"].append(bench.vessel_boot_once(d, "cmp-microvm"))
     finally:
         d.close()
         virsh.close()

@@ -183,26 +183,32 @@ def bench_start_overhead(d, guest, runs):
             "overhead_median_ms": median_ms(overhead)}
 
 
+def vessel_boot_once(d, name):
+    """`vessel vm start NAME` to a new READY line on its console (followed through the API)."""
+    before = api_log_count(d, name)
+    t0 = time.perf_counter()
+    d.cli("vm", "start", name)
+    conn = UnixHTTP(d.sock)
+    conn.request("GET", f"/v1/vms/{name}/console/log?follow=true")
+    resp = conn.getresponse()
+    buf = b""
+    while buf.count(READY) <= before:
+        chunk = resp.read1(65536)
+        if not chunk:
+            raise RuntimeError("console ended")
+        buf += chunk
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    d.cli("vm", "kill", name)
+    return elapsed
+
+
 def bench_boot(d, guest, runs):
     api(d.sock, "POST", "/v1/vms", vm_body("boot-bench", guest))
     vessel, raw = [], []
     for _ in range(runs):
         raw.append(raw_boot_to_ready(guest))
-        before = api_log_count(d, "boot-bench")
-        t0 = time.perf_counter()
-        d.cli("vm", "start", "boot-bench")
-        conn = UnixHTTP(d.sock)
-        conn.request("GET", "/v1/vms/boot-bench/console/log?follow=true")
-        resp = conn.getresponse()
-        buf = b""
-        while buf.count(READY) <= before:
-            chunk = resp.read1(65536)
-            if not chunk:
-                raise RuntimeError("console ended")
-            buf += chunk
-        vessel.append(time.perf_counter() - t0)
-        conn.close()
-        d.cli("vm", "kill", "boot-bench")
+        vessel.append(vessel_boot_once(d, "boot-bench"))
     return {"raw_boot_ms": median_ms(raw), "vessel_boot_ms": median_ms(vessel),
             "ratio": statistics.median(vessel) / statistics.median(raw)}
 
