@@ -7,11 +7,13 @@
 mod error;
 mod host;
 mod operation;
+mod pool;
 mod vm;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo};
 pub use operation::{Accepted, Event, Operation, OperationAction, OperationStatus};
+pub use pool::{CreatePoolRequest, Pool, PoolKind};
 pub use vm::{
     Boot, CreateVmRequest, DeleteVmRequest, DesiredState, EditVmRequest, Machine, NicKind,
     RebootVmRequest, RestartPolicy, StopVmRequest, Vm, VmSpec, VmState,

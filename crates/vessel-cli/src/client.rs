@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
 use vessel_api::{
-    Accepted, ApiError, CreateVmRequest, EditVmRequest, ErrorBody, ErrorCode, Event, HostCheck,
-    HostInfo, Operation, StopVmRequest, Vm,
+    Accepted, ApiError, CreatePoolRequest, CreateVmRequest, EditVmRequest, ErrorBody, ErrorCode,
+    Event, HostCheck, HostInfo, Operation, Pool, StopVmRequest, Vm,
 };
 
 /// The socket the daemon listens on unless told otherwise.
@@ -235,6 +235,36 @@ impl Client {
     ) -> Result<Outcome<Vm>, ClientError> {
         let path = with_wait(vm_path(name, action.verb()), wait);
         self.mutate(Method::POST, &path, action.body()).await
+    }
+
+    /// `GET /v1/pools`
+    pub async fn list_pools(&self) -> Result<Vec<Pool>, ClientError> {
+        self.get("/v1/pools").await
+    }
+
+    /// `GET /v1/pools/{name}`
+    pub async fn get_pool(&self, name: &str) -> Result<Pool, ClientError> {
+        self.get(&format!("/v1/pools/{}", encode_segment(name)))
+            .await
+    }
+
+    /// `POST /v1/pools`
+    pub async fn create_pool(&self, req: &CreatePoolRequest) -> Result<Pool, ClientError> {
+        let (status, body) = self
+            .exchange(Method::POST, "/v1/pools", Some(to_json(req)))
+            .await?;
+        self.decode(status, &body)
+    }
+
+    /// `DELETE /v1/pools/{name}`
+    pub async fn delete_pool(&self, name: &str) -> Result<(), ClientError> {
+        self.exchange(
+            Method::DELETE,
+            &format!("/v1/pools/{}", encode_segment(name)),
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     /// `GET /v1/events?vm=&limit=`

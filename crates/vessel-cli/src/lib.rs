@@ -16,6 +16,7 @@ mod event;
 mod host;
 mod operation;
 pub mod output;
+mod pool;
 mod vm;
 
 use std::io::{self, Write};
@@ -30,6 +31,7 @@ pub use event::EventCommand;
 pub use host::HostCommand;
 pub use operation::OperationCommand;
 pub use output::OutputFormat;
+pub use pool::PoolCommand;
 pub use vm::{CreateArgs, EditArgs, VmCommand};
 
 /// The client commands of `vessel`.
@@ -48,6 +50,9 @@ pub enum Command {
     /// why. Commands given --no-wait print the id of their operation.
     #[command(subcommand, visible_alias = "op")]
     Operation(OperationCommand),
+    /// Manage storage pools, where VM volumes live.
+    #[command(subcommand)]
+    Pool(PoolCommand),
     /// See what happened to VMs: starts, stops, crashes, restarts, re-adoptions.
     #[command(subcommand)]
     Event(EventCommand),
@@ -110,6 +115,7 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
     let result = match command {
         Command::Vm(command) => vm::run(command, &ctx).await,
         Command::Operation(command) => operation::run(command, &ctx).await,
+        Command::Pool(command) => pool::run(command, &ctx).await,
         Command::Event(command) => event::run(command, &ctx).await,
         Command::Host(command) => host::run(command, &ctx).await,
     };

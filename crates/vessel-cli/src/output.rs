@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use comfy_table::{presets, CellAlignment, ColumnConstraint, ContentArrangement, Table};
 use serde::Serialize;
 use vessel_api::{
-    Boot, CheckVerdict, Event, HostCheck, HostInfo, NicKind, Operation, OperationStatus, Vm,
+    Boot, CheckVerdict, Event, HostCheck, HostInfo, NicKind, Operation, OperationStatus, Pool, Vm,
 };
 
 /// How results are printed.
@@ -153,6 +153,61 @@ pub fn operation_table(operations: &[Operation], now_ms: u64) -> String {
         ]);
     }
     finish(table)
+}
+
+/// Bytes as people read them: 512B, 1.5K, 20G.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value >= 100.0 || value.fract() == 0.0 {
+        format!("{value:.0}{}", UNITS[unit])
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+/// `vessel pool list`.
+pub fn pool_table(pools: &[Pool]) -> String {
+    let mut table = plain_table(Some(&[
+        "NAME",
+        "KIND",
+        "PATH",
+        "SIZE",
+        "USED",
+        "AVAILABLE",
+        "VOLUMES",
+    ]));
+    for pool in pools {
+        table.add_row(vec![
+            pool.name.clone(),
+            pool.kind.as_str().to_string(),
+            pool.path.clone(),
+            format_bytes(pool.total_bytes),
+            format_bytes(pool.used_bytes),
+            format_bytes(pool.available_bytes),
+            pool.volumes.to_string(),
+        ]);
+    }
+    finish(table)
+}
+
+/// `vessel pool show`.
+pub fn pool_details(pool: &Pool, now_ms: u64) -> String {
+    key_values(vec![
+        ("Name", pool.name.clone()),
+        ("Kind", pool.kind.as_str().to_string()),
+        ("Path", pool.path.clone()),
+        ("Size", format_bytes(pool.total_bytes)),
+        ("Used", format_bytes(pool.used_bytes)),
+        ("Available", format_bytes(pool.available_bytes)),
+        ("Volumes", pool.volumes.to_string()),
+        ("Created", format_time(pool.created_at_ms, now_ms)),
+    ])
 }
 
 /// `vessel event list`.

@@ -162,6 +162,8 @@ pub fn router(service: Service) -> Router {
         .route("/v1/vms/{name}/resume", post(resume_vm))
         .route("/v1/vms/{name}/console/log", get(console_http::console_log))
         .route("/v1/vms/{name}/console", get(console_http::console_attach))
+        .route("/v1/pools", get(list_pools).post(create_pool))
+        .route("/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/v1/events", get(list_events))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
@@ -344,6 +346,34 @@ async fn resume_vm(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     simple_action(s, name, q, OperationAction::Resume).await
+}
+
+#[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = Vec<vessel_api::Pool>)))]
+async fn list_pools(State(s): State<Service>) -> ApiResult<Json<Vec<vessel_api::Pool>>> {
+    Ok(Json(s.list_pools().await?))
+}
+
+#[utoipa::path(post, path = "/v1/pools", request_body = vessel_api::CreatePoolRequest,
+    responses((status = 201, body = vessel_api::Pool), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_pool(
+    State(s): State<Service>,
+    ApiJson(req): ApiJson<vessel_api::CreatePoolRequest>,
+) -> ApiResult<Response> {
+    Ok((StatusCode::CREATED, Json(s.create_pool(&req).await?)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/pools/{name}", responses((status = 200, body = vessel_api::Pool), (status = 404, body = ErrorBody)))]
+async fn get_pool(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<vessel_api::Pool>> {
+    Ok(Json(s.get_pool(&name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/pools/{name}", responses((status = 204), (status = 409, body = ErrorBody)))]
+async fn delete_pool(State(s): State<Service>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    s.delete_pool(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/events",

@@ -9,6 +9,7 @@ mod ctx;
 mod http;
 mod lock;
 mod model;
+mod pools;
 mod service;
 mod view;
 mod worker;
@@ -73,6 +74,7 @@ pub async fn run(
         )
         .await?,
     );
+    pools::ensure_default_pool(&ctx).await?;
     Controller::new(Arc::clone(&ctx)).start().await?;
     let listener = bind_socket(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "vessel daemon ready");
