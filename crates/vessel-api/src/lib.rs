@@ -13,7 +13,10 @@ mod vm;
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo};
 pub use operation::{Accepted, Event, Operation, OperationAction, OperationStatus};
-pub use pool::{CreatePoolRequest, Pool, PoolKind};
+pub use pool::{
+    CloneVolumeRequest, CreatePoolRequest, CreateVolumeRequest, Pool, PoolKind,
+    ResizeVolumeRequest, Volume, VolumeFormat,
+};
 pub use vm::{
     Boot, CreateVmRequest, DeleteVmRequest, DesiredState, EditVmRequest, Machine, NicKind,
     RebootVmRequest, RestartPolicy, StopVmRequest, Vm, VmSpec, VmState,

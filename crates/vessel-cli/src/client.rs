@@ -16,8 +16,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
 use vessel_api::{
-    Accepted, ApiError, CreatePoolRequest, CreateVmRequest, EditVmRequest, ErrorBody, ErrorCode,
-    Event, HostCheck, HostInfo, Operation, Pool, StopVmRequest, Vm,
+    Accepted, ApiError, CloneVolumeRequest, CreatePoolRequest, CreateVmRequest,
+    CreateVolumeRequest, EditVmRequest, ErrorBody, ErrorCode, Event, HostCheck, HostInfo,
+    Operation, Pool, ResizeVolumeRequest, StopVmRequest, Vm, Volume,
 };
 
 /// The socket the daemon listens on unless told otherwise.
@@ -264,6 +265,80 @@ impl Client {
             None,
         )
         .await?;
+        Ok(())
+    }
+
+    fn volumes_path(pool: &str) -> String {
+        format!("/v1/pools/{}/volumes", encode_segment(pool))
+    }
+
+    /// `GET /v1/pools/{pool}/volumes`
+    pub async fn list_volumes(&self, pool: &str) -> Result<Vec<Volume>, ClientError> {
+        self.get(&Self::volumes_path(pool)).await
+    }
+
+    /// `GET /v1/pools/{pool}/volumes/{name}`
+    pub async fn get_volume(&self, pool: &str, name: &str) -> Result<Volume, ClientError> {
+        self.get(&format!(
+            "{}/{}",
+            Self::volumes_path(pool),
+            encode_segment(name)
+        ))
+        .await
+    }
+
+    /// `POST /v1/pools/{pool}/volumes`
+    pub async fn create_volume(
+        &self,
+        pool: &str,
+        req: &CreateVolumeRequest,
+    ) -> Result<Volume, ClientError> {
+        let (status, body) = self
+            .exchange(Method::POST, &Self::volumes_path(pool), Some(to_json(req)))
+            .await?;
+        self.decode(status, &body)
+    }
+
+    /// `POST /v1/pools/{pool}/volumes/{name}/resize`
+    pub async fn resize_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        req: &ResizeVolumeRequest,
+    ) -> Result<Volume, ClientError> {
+        let path = format!(
+            "{}/{}/resize",
+            Self::volumes_path(pool),
+            encode_segment(name)
+        );
+        let (status, body) = self
+            .exchange(Method::POST, &path, Some(to_json(req)))
+            .await?;
+        self.decode(status, &body)
+    }
+
+    /// `POST /v1/pools/{pool}/volumes/{name}/clone`
+    pub async fn clone_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        req: &CloneVolumeRequest,
+    ) -> Result<Volume, ClientError> {
+        let path = format!(
+            "{}/{}/clone",
+            Self::volumes_path(pool),
+            encode_segment(name)
+        );
+        let (status, body) = self
+            .exchange(Method::POST, &path, Some(to_json(req)))
+            .await?;
+        self.decode(status, &body)
+    }
+
+    /// `DELETE /v1/pools/{pool}/volumes/{name}`
+    pub async fn delete_volume(&self, pool: &str, name: &str) -> Result<(), ClientError> {
+        let path = format!("{}/{}", Self::volumes_path(pool), encode_segment(name));
+        self.exchange(Method::DELETE, &path, None).await?;
         Ok(())
     }
 

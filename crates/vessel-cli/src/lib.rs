@@ -18,6 +18,7 @@ mod operation;
 pub mod output;
 mod pool;
 mod vm;
+mod volume;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ pub use operation::OperationCommand;
 pub use output::OutputFormat;
 pub use pool::PoolCommand;
 pub use vm::{CreateArgs, EditArgs, VmCommand};
+pub use volume::VolumeCommand;
 
 /// The client commands of `vessel`.
 #[derive(Debug, clap::Subcommand)]
@@ -53,6 +55,9 @@ pub enum Command {
     /// Manage storage pools, where VM volumes live.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Manage volumes: disk images in a pool.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// See what happened to VMs: starts, stops, crashes, restarts, re-adoptions.
     #[command(subcommand)]
     Event(EventCommand),
@@ -116,6 +121,7 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
         Command::Vm(command) => vm::run(command, &ctx).await,
         Command::Operation(command) => operation::run(command, &ctx).await,
         Command::Pool(command) => pool::run(command, &ctx).await,
+        Command::Volume(command) => volume::run(command, &ctx).await,
         Command::Event(command) => event::run(command, &ctx).await,
         Command::Host(command) => host::run(command, &ctx).await,
     };

@@ -7,6 +7,7 @@ use comfy_table::{presets, CellAlignment, ColumnConstraint, ContentArrangement, 
 use serde::Serialize;
 use vessel_api::{
     Boot, CheckVerdict, Event, HostCheck, HostInfo, NicKind, Operation, OperationStatus, Pool, Vm,
+    Volume,
 };
 
 /// How results are printed.
@@ -155,21 +156,7 @@ pub fn operation_table(operations: &[Operation], now_ms: u64) -> String {
     finish(table)
 }
 
-/// Bytes as people read them: 512B, 1.5K, 20G.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value >= 100.0 || value.fract() == 0.0 {
-        format!("{value:.0}{}", UNITS[unit])
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
+use vessel_core::units::format_size_bytes as format_bytes;
 
 /// `vessel pool list`.
 pub fn pool_table(pools: &[Pool]) -> String {
@@ -207,6 +194,65 @@ pub fn pool_details(pool: &Pool, now_ms: u64) -> String {
         ("Available", format_bytes(pool.available_bytes)),
         ("Volumes", pool.volumes.to_string()),
         ("Created", format_time(pool.created_at_ms, now_ms)),
+    ])
+}
+
+/// `vessel volume list`.
+pub fn volume_table(volumes: &[Volume]) -> String {
+    let mut table = plain_table(Some(&[
+        "POOL",
+        "NAME",
+        "FORMAT",
+        "SIZE",
+        "ALLOCATED",
+        "BACKING",
+        "USED BY",
+    ]));
+    for volume in volumes {
+        table.add_row(vec![
+            volume.pool.clone(),
+            volume.name.clone(),
+            volume.format.as_str().to_string(),
+            format_bytes(volume.virtual_bytes),
+            format_bytes(volume.allocated_bytes),
+            volume.backing_volume.clone().unwrap_or_else(|| "-".into()),
+            if volume.used_by.is_empty() {
+                "-".into()
+            } else {
+                volume.used_by.join(",")
+            },
+        ]);
+    }
+    finish(table)
+}
+
+/// `vessel volume show`.
+pub fn volume_details(volume: &Volume) -> String {
+    let chain = if volume.backing_chain.is_empty() {
+        "-".to_string()
+    } else {
+        volume.backing_chain.join(" <- ")
+    };
+    key_values(vec![
+        ("Pool", volume.pool.clone()),
+        ("Name", volume.name.clone()),
+        ("Format", volume.format.as_str().to_string()),
+        ("Path", volume.path.clone()),
+        ("Virtual size", format_bytes(volume.virtual_bytes)),
+        ("Allocated", format_bytes(volume.allocated_bytes)),
+        (
+            "Backing volume",
+            volume.backing_volume.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("Backing chain", chain),
+        (
+            "Used by",
+            if volume.used_by.is_empty() {
+                "-".into()
+            } else {
+                volume.used_by.join(", ")
+            },
+        ),
     ])
 }
 

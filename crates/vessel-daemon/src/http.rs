@@ -164,6 +164,19 @@ pub fn router(service: Service) -> Router {
         .route("/v1/vms/{name}/console", get(console_http::console_attach))
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{name}", get(get_pool).delete(delete_pool))
+        .route(
+            "/v1/pools/{pool}/volumes",
+            get(list_volumes).post(create_volume),
+        )
+        .route(
+            "/v1/pools/{pool}/volumes/{name}",
+            get(get_volume).delete(delete_volume),
+        )
+        .route(
+            "/v1/pools/{pool}/volumes/{name}/resize",
+            post(resize_volume),
+        )
+        .route("/v1/pools/{pool}/volumes/{name}/clone", post(clone_volume))
         .route("/v1/events", get(list_events))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
@@ -374,6 +387,69 @@ async fn get_pool(
 async fn delete_pool(State(s): State<Service>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     s.delete_pool(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/pools/{pool}/volumes", responses((status = 200, body = Vec<vessel_api::Volume>), (status = 404, body = ErrorBody)))]
+async fn list_volumes(
+    State(s): State<Service>,
+    Path(pool): Path<String>,
+) -> ApiResult<Json<Vec<vessel_api::Volume>>> {
+    Ok(Json(s.list_volumes(&pool).await?))
+}
+
+#[utoipa::path(post, path = "/v1/pools/{pool}/volumes", request_body = vessel_api::CreateVolumeRequest,
+    responses((status = 201, body = vessel_api::Volume), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_volume(
+    State(s): State<Service>,
+    Path(pool): Path<String>,
+    ApiJson(req): ApiJson<vessel_api::CreateVolumeRequest>,
+) -> ApiResult<Response> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.create_volume(&pool, &req).await?),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/pools/{pool}/volumes/{name}", responses((status = 200, body = vessel_api::Volume), (status = 404, body = ErrorBody)))]
+async fn get_volume(
+    State(s): State<Service>,
+    Path((pool, name)): Path<(String, String)>,
+) -> ApiResult<Json<vessel_api::Volume>> {
+    Ok(Json(s.get_volume(&pool, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/pools/{pool}/volumes/{name}", responses((status = 204), (status = 409, body = ErrorBody)))]
+async fn delete_volume(
+    State(s): State<Service>,
+    Path((pool, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.delete_volume(&pool, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/pools/{pool}/volumes/{name}/resize", request_body = vessel_api::ResizeVolumeRequest,
+    responses((status = 200, body = vessel_api::Volume), (status = 409, body = ErrorBody)))]
+async fn resize_volume(
+    State(s): State<Service>,
+    Path((pool, name)): Path<(String, String)>,
+    ApiJson(req): ApiJson<vessel_api::ResizeVolumeRequest>,
+) -> ApiResult<Json<vessel_api::Volume>> {
+    Ok(Json(s.resize_volume(&pool, &name, &req).await?))
+}
+
+#[utoipa::path(post, path = "/v1/pools/{pool}/volumes/{name}/clone", request_body = vessel_api::CloneVolumeRequest,
+    responses((status = 201, body = vessel_api::Volume), (status = 409, body = ErrorBody)))]
+async fn clone_volume(
+    State(s): State<Service>,
+    Path((pool, name)): Path<(String, String)>,
+    ApiJson(req): ApiJson<vessel_api::CloneVolumeRequest>,
+) -> ApiResult<Response> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.clone_volume(&pool, &name, &req).await?),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/events",

@@ -12,6 +12,7 @@ mod model;
 mod pools;
 mod service;
 mod view;
+mod volumes;
 mod worker;
 
 use std::future::Future;

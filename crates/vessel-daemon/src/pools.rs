@@ -56,7 +56,7 @@ fn not_found(name: &str) -> ApiError {
         .with_hint("list pools with `vessel pool list`")
 }
 
-async fn open(record: &PoolRecord) -> Result<DirPool, ApiError> {
+pub(crate) async fn open(record: &PoolRecord) -> Result<DirPool, ApiError> {
     DirPool::open(record.name.clone(), record.path.clone(), QemuImg::new())
         .await
         .map_err(|e| {
@@ -135,7 +135,7 @@ impl Service {
             .collect()
     }
 
-    async fn pool_record(&self, name: &str) -> Result<PoolRecord, ApiError> {
+    pub(crate) async fn pool_record(&self, name: &str) -> Result<PoolRecord, ApiError> {
         validate_name("pool", name).map_err(ApiError::invalid)?;
         let kv = self
             .ctx

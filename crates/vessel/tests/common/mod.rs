@@ -296,3 +296,22 @@ pub async fn booted(client: &Client, request: CreateVmRequest) -> Vm {
     await_console(client, &name, "VESSEL-GUEST-READY", 1).await;
     vm
 }
+
+pub const BOOT_SECTOR_MARKER: &[u8] = b"VESSEL-DISK-BOOT\r\n\0";
+
+/// A boot sector: `cli; xor ax,ax; mov ds,ax; mov si,msg; mov dx,0x3f8; next: lodsb; test al,al;
+/// jz done; out dx,al; jmp next; done: hlt; jmp done; msg: db "VESSEL-DISK-BOOT",13,10,0`.
+pub fn boot_sector() -> Vec<u8> {
+    let msg_at: u16 = 0x7c00 + 22;
+    let mut code = vec![0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0xbe];
+    code.extend_from_slice(&msg_at.to_le_bytes());
+    code.extend_from_slice(&[
+        0xba, 0xf8, 0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8, 0xf4, 0xeb, 0xfd,
+    ]);
+    assert_eq!(code.len(), 22);
+    code.extend_from_slice(BOOT_SECTOR_MARKER);
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xaa]);
+    code.resize(1024 * 1024, 0);
+    code
+}

@@ -1,0 +1,190 @@
+//! `vessel volume ...`
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use vessel_api::{CloneVolumeRequest, CreateVolumeRequest, ResizeVolumeRequest, VolumeFormat};
+
+use crate::output;
+use crate::{CliError, Context};
+
+/// `vessel volume <verb>`
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume: empty, or a linked clone of another volume with --backing.
+    #[command(
+        after_help = "Examples:\n  vessel volume create data1 --size 20G\n  vessel volume create scratch --size 512M --format raw --pool fast\n  vessel volume create web1-root --backing debian-base    # linked clone, instant"
+    )]
+    Create(VolumeCreateArgs),
+    /// List volumes with their size, allocation, backing volume and the VMs that use them.
+    #[command(visible_alias = "ls")]
+    List(VolumeListArgs),
+    /// Show one volume, with its backing chain.
+    Show(VolumeArgs),
+    /// Change a volume's virtual size (offline: no running VM may use it).
+    #[command(
+        after_help = "Examples:\n  vessel volume resize data1 --size 40G\n  vessel volume resize data1 --size 10G --shrink"
+    )]
+    Resize(VolumeResizeArgs),
+    /// Copy a volume into a new one in the same pool: a full copy, or an instant linked clone.
+    #[command(
+        after_help = "Examples:\n  vessel volume clone debian-base web1-root --linked\n  vessel volume clone data1 data1-copy"
+    )]
+    Clone(VolumeCloneArgs),
+    /// Delete a volume. Refused while a VM uses it or a linked clone depends on it.
+    #[command(visible_alias = "rm")]
+    Delete(VolumeArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Qcow2,
+    Raw,
+}
+
+impl From<FormatArg> for VolumeFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Qcow2 => VolumeFormat::Qcow2,
+            FormatArg::Raw => VolumeFormat::Raw,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PoolArg {
+    /// The pool the volume is in.
+    #[arg(long, value_name = "POOL", default_value = "default")]
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeArgs {
+    /// Name of the volume.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub pool: PoolArg,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeCreateArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// Virtual size, e.g. 20G or 512M (a multiple of 512 bytes). Optional with --backing.
+    #[arg(long, value_name = "SIZE", value_parser = vessel_core::units::parse_size_bytes)]
+    pub size: Option<u64>,
+    /// Image format.
+    #[arg(long, value_enum, default_value = "qcow2")]
+    pub format: FormatArg,
+    /// Make it a linked clone (qcow2 overlay) of this volume of the same pool.
+    #[arg(long, value_name = "VOLUME")]
+    pub backing: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeListArgs {
+    /// Only this pool's volumes [default: every pool].
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeResizeArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// New virtual size, e.g. 40G.
+    #[arg(long, value_name = "SIZE", value_parser = vessel_core::units::parse_size_bytes)]
+    pub size: u64,
+    /// Allow making it smaller: data past the new end is lost.
+    #[arg(long)]
+    pub shrink: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeCloneArgs {
+    /// The volume to copy.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// Name of the new volume.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub pool: PoolArg,
+    /// A linked clone: instant, but the source must stay as long as the clone exists.
+    #[arg(long)]
+    pub linked: bool,
+}
+
+pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCode, CliError> {
+    let client = &ctx.client;
+    match command {
+        VolumeCommand::Create(args) => {
+            let request = CreateVolumeRequest {
+                name: args.volume.name,
+                format: args.format.into(),
+                size_bytes: args.size,
+                backing: args.backing,
+            };
+            let volume = client
+                .create_volume(&args.volume.pool.pool, &request)
+                .await?;
+            ctx.show(&volume, |v| {
+                format!(
+                    "volume {} created in pool {} ({})\n",
+                    v.name, v.pool, v.path
+                )
+            })?;
+        }
+        VolumeCommand::List(args) => {
+            let pools = match args.pool {
+                Some(pool) => vec![pool],
+                None => client
+                    .list_pools()
+                    .await?
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect(),
+            };
+            let mut volumes = Vec::new();
+            for pool in pools {
+                volumes.extend(client.list_volumes(&pool).await?);
+            }
+            ctx.show(&volumes, |v| output::volume_table(v))?;
+        }
+        VolumeCommand::Show(args) => {
+            let volume = client.get_volume(&args.pool.pool, &args.name).await?;
+            ctx.show(&volume, output::volume_details)?;
+        }
+        VolumeCommand::Resize(args) => {
+            let request = ResizeVolumeRequest {
+                size_bytes: args.size,
+                shrink: args.shrink,
+            };
+            let volume = client
+                .resize_volume(&args.volume.pool.pool, &args.volume.name, &request)
+                .await?;
+            ctx.show(&volume, output::volume_details)?;
+        }
+        VolumeCommand::Clone(args) => {
+            let request = CloneVolumeRequest {
+                name: args.name,
+                linked: args.linked,
+            };
+            let volume = client
+                .clone_volume(&args.pool.pool, &args.source, &request)
+                .await?;
+            ctx.show(&volume, |v| {
+                format!(
+                    "volume {} created in pool {} ({})\n",
+                    v.name, v.pool, v.path
+                )
+            })?;
+        }
+        VolumeCommand::Delete(args) => {
+            client.delete_volume(&args.pool.pool, &args.name).await?;
+            ctx.print(&format!("volume {} deleted\n", args.name))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

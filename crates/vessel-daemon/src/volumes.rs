@@ -1,0 +1,183 @@
+//! Volumes: disk images in a pool. The pool's directory is the source of truth for which volumes
+//! exist; a VM uses a volume when its disk path is the volume's file.
+
+use vessel_api::{
+    ApiError, Boot, CloneVolumeRequest, CreateVolumeRequest, ErrorCode, ResizeVolumeRequest,
+    Volume, VolumeFormat,
+};
+use vessel_core::validate_name;
+use vessel_storage::{CloneMode, DirPool, Format, PoolError, StoragePool, VolumeInfo, VolumeSpec};
+
+use crate::model::Loaded;
+use crate::service::Service;
+
+fn to_format(format: VolumeFormat) -> Format {
+    match format {
+        VolumeFormat::Qcow2 => Format::Qcow2,
+        VolumeFormat::Raw => Format::Raw,
+    }
+}
+
+fn from_format(format: Format) -> VolumeFormat {
+    match format {
+        Format::Qcow2 => VolumeFormat::Qcow2,
+        Format::Raw => VolumeFormat::Raw,
+    }
+}
+
+/// A pool error as the API reports it.
+fn api_error(e: PoolError) -> ApiError {
+    let code = match &e {
+        PoolError::InvalidName(_) | PoolError::InvalidRequest(_) => ErrorCode::InvalidArgument,
+        PoolError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+        PoolError::NotFound { .. } => ErrorCode::NotFound,
+        PoolError::InUse { .. } | PoolError::NoSpace { .. } => ErrorCode::Conflict,
+        PoolError::Io { .. } | PoolError::QemuImg(_) => ErrorCode::Internal,
+    };
+    ApiError::new(code, crate::worker::error_chain(&e))
+}
+
+/// VMs whose disk is the file at `path`.
+fn users_of(vms: &[Loaded], path: &std::path::Path) -> Vec<String> {
+    vms.iter()
+        .filter(|vm| matches!(&vm.record.spec.boot, Boot::Disk { disk } if std::path::Path::new(disk) == path))
+        .map(|vm| vm.record.spec.name.clone())
+        .collect()
+}
+
+fn view(pool: &str, info: VolumeInfo, vms: &[Loaded]) -> Volume {
+    Volume {
+        pool: pool.to_string(),
+        used_by: users_of(vms, &info.path),
+        name: info.name,
+        format: from_format(info.format),
+        path: info.path.to_string_lossy().into_owned(),
+        virtual_bytes: info.virtual_size,
+        allocated_bytes: info.allocated_size,
+        backing_volume: info.backing_volume,
+        backing_chain: info
+            .backing_chain
+            .iter()
+            .map(|i| i.path.to_string_lossy().into_owned())
+            .collect(),
+    }
+}
+
+impl Service {
+    async fn vms(&self) -> Result<Vec<Loaded>, ApiError> {
+        self.ctx
+            .view
+            .all()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    pub async fn list_volumes(&self, pool: &str) -> Result<Vec<Volume>, ApiError> {
+        let dir = self.open_pool(pool).await?;
+        let vms = self.vms().await?;
+        let volumes = dir.list_volumes().await.map_err(api_error)?;
+        Ok(volumes.into_iter().map(|v| view(pool, v, &vms)).collect())
+    }
+
+    pub async fn get_volume(&self, pool: &str, name: &str) -> Result<Volume, ApiError> {
+        validate_name("volume", name).map_err(ApiError::invalid)?;
+        let dir = self.open_pool(pool).await?;
+        let info = dir.volume(name).await.map_err(api_error)?;
+        Ok(view(pool, info, &self.vms().await?))
+    }
+
+    /// Creates an empty volume, or a linked clone when `backing` is given.
+    pub async fn create_volume(
+        &self,
+        pool: &str,
+        request: &CreateVolumeRequest,
+    ) -> Result<Volume, ApiError> {
+        let dir = self.open_pool(pool).await?;
+        let spec = VolumeSpec {
+            name: request.name.clone(),
+            format: to_format(request.format),
+            size: request.size_bytes,
+            backing: request.backing.clone(),
+        };
+        if spec.size.is_none() && spec.backing.is_none() {
+            return Err(
+                ApiError::invalid("a new volume needs a size (size_bytes), e.g. 20G")
+                    .with_hint("vessel volume create NAME --size 20G"),
+            );
+        }
+        let info = dir.create_volume(&spec).await.map_err(api_error)?;
+        Ok(view(pool, info, &self.vms().await?))
+    }
+
+    pub async fn clone_volume(
+        &self,
+        pool: &str,
+        source: &str,
+        request: &CloneVolumeRequest,
+    ) -> Result<Volume, ApiError> {
+        validate_name("volume", source).map_err(ApiError::invalid)?;
+        let dir = self.open_pool(pool).await?;
+        let mode = if request.linked {
+            CloneMode::Linked
+        } else {
+            CloneMode::Full
+        };
+        let info = dir
+            .clone_volume(source, &request.name, mode, &mut |_| {})
+            .await
+            .map_err(api_error)?;
+        Ok(view(pool, info, &self.vms().await?))
+    }
+
+    /// Offline resize: refused while a running VM uses the volume.
+    pub async fn resize_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        request: &ResizeVolumeRequest,
+    ) -> Result<Volume, ApiError> {
+        validate_name("volume", name).map_err(ApiError::invalid)?;
+        let dir = self.open_pool(pool).await?;
+        let path = dir.volume(name).await.map_err(api_error)?.path;
+        let vms = self.vms().await?;
+        let running: Vec<String> = users_of(&vms, &path)
+            .into_iter()
+            .filter(|user| {
+                vms.iter()
+                    .any(|vm| &vm.record.spec.name == user && vm.status.state.has_process())
+            })
+            .collect();
+        if !running.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} is the disk of running VM {}; stop it before resizing (online resize is not supported yet)",
+                running.join(", ")
+            )));
+        }
+        let info = dir
+            .resize_volume(name, request.size_bytes, request.shrink)
+            .await
+            .map_err(api_error)?;
+        Ok(view(pool, info, &vms))
+    }
+
+    /// Deletes a volume no VM uses and no linked clone depends on.
+    pub async fn delete_volume(&self, pool: &str, name: &str) -> Result<(), ApiError> {
+        let current = self.get_volume(pool, name).await?;
+        if !current.used_by.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} is the disk of VM {}; delete the VM or give it another disk first",
+                current.used_by.join(", ")
+            )));
+        }
+        self.open_pool(pool)
+            .await?
+            .delete_volume(name)
+            .await
+            .map_err(api_error)
+    }
+
+    async fn open_pool(&self, pool: &str) -> Result<DirPool, ApiError> {
+        let record = self.pool_record(pool).await?;
+        crate::pools::open(&record).await
+    }
+}
