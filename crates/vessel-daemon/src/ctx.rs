@@ -25,6 +25,8 @@ pub struct Ctx {
     pub host: HostCapacity,
     pub qemu_version: String,
     pub view: Arc<VmView>,
+    /// Open storage pools by name, with the path each was opened at.
+    pub pools: tokio::sync::Mutex<HashMap<String, (PathBuf, Arc<vessel_storage::DirPool>)>>,
     consoles: Mutex<HashMap<String, Arc<ConsoleHub>>>,
     event_seq: AtomicU64,
 }
@@ -46,6 +48,7 @@ impl Ctx {
         let view = VmView::start(Arc::clone(&store)).await?;
         Ok(Ctx {
             view,
+            pools: tokio::sync::Mutex::new(HashMap::new()),
             store,
             backend,
             accel,

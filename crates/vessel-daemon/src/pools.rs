@@ -2,6 +2,7 @@
 //! pool's directory holds its volumes. A `default` directory pool is made at first start.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vessel_api::{ApiError, CreatePoolRequest, ErrorCode, Pool, PoolKind};
@@ -56,7 +57,7 @@ fn not_found(name: &str) -> ApiError {
         .with_hint("list pools with `vessel pool list`")
 }
 
-pub(crate) async fn open(record: &PoolRecord) -> Result<DirPool, ApiError> {
+async fn open_uncached(record: &PoolRecord) -> Result<DirPool, ApiError> {
     DirPool::open(record.name.clone(), record.path.clone(), QemuImg::new())
         .await
         .map_err(|e| {
@@ -68,9 +69,26 @@ pub(crate) async fn open(record: &PoolRecord) -> Result<DirPool, ApiError> {
         })
 }
 
+/// The daemon's one handle on a pool. Opened once per daemon run: opening clears temporary
+/// files a crash left behind, which must never happen while a request is building one, and the
+/// handle's lock serializes name checks across requests.
+pub(crate) async fn open(ctx: &Ctx, record: &PoolRecord) -> Result<Arc<DirPool>, ApiError> {
+    let mut pools = ctx.pools.lock().await;
+    if let Some((path, pool)) = pools.get(&record.name) {
+        if *path == record.path {
+            return Ok(Arc::clone(pool));
+        }
+    }
+    let pool = Arc::new(open_uncached(record).await?);
+    pools.insert(
+        record.name.clone(),
+        (record.path.clone(), Arc::clone(&pool)),
+    );
+    Ok(pool)
+}
+
 /// The API view: the record plus the pool's space and volume count, read now.
-async fn view(record: &PoolRecord) -> Result<Pool, ApiError> {
-    let pool = open(record).await?;
+async fn view(pool: &DirPool, record: &PoolRecord) -> Result<Pool, ApiError> {
     let usage = pool
         .capacity()
         .await
@@ -150,13 +168,14 @@ impl Service {
     pub async fn list_pools(&self) -> Result<Vec<Pool>, ApiError> {
         let mut pools = Vec::new();
         for record in self.pool_records().await? {
-            pools.push(view(&record).await?);
+            pools.push(view(&*open(&self.ctx, &record).await?, &record).await?);
         }
         Ok(pools)
     }
 
     pub async fn get_pool(&self, name: &str) -> Result<Pool, ApiError> {
-        view(&self.pool_record(name).await?).await
+        let record = self.pool_record(name).await?;
+        view(&*open(&self.ctx, &record).await?, &record).await
     }
 
     /// Records a new directory pool, creating its directory if needed. A refused request leaves
@@ -200,7 +219,13 @@ impl Service {
             path: path.clone(),
             created_at_ms: now_ms(),
         };
-        let pool = match view(&record).await {
+        // Not through the daemon's pool handles: the name is not this pool's until the
+        // transaction below succeeds.
+        let pool = match open_uncached(&record).await {
+            Ok(dir) => view(&dir, &record).await,
+            Err(e) => Err(e),
+        };
+        let pool = match pool {
             Ok(pool) => pool,
             Err(e) => {
                 if created_dir {
@@ -238,7 +263,7 @@ impl Service {
         if name == DEFAULT_POOL {
             return Err(ApiError::conflict("the default pool cannot be deleted"));
         }
-        let volumes = open(&record)
+        let volumes = open(&self.ctx, &record)
             .await?
             .list_volumes()
             .await
@@ -265,6 +290,7 @@ impl Service {
         {
             return Err(not_found(name));
         }
+        self.ctx.pools.lock().await.remove(name);
         // Only an empty directory goes; anything else in it is not ours to remove.
         let _ = std::fs::remove_dir(&record.path);
         Ok(())

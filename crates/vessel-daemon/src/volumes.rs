@@ -176,8 +176,8 @@ impl Service {
             .map_err(api_error)
     }
 
-    async fn open_pool(&self, pool: &str) -> Result<DirPool, ApiError> {
+    async fn open_pool(&self, pool: &str) -> Result<std::sync::Arc<DirPool>, ApiError> {
         let record = self.pool_record(pool).await?;
-        crate::pools::open(&record).await
+        crate::pools::open(&self.ctx, &record).await
     }
 }
