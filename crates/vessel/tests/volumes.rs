@@ -236,3 +236,44 @@ async fn a_vm_boots_from_a_pool_volume_which_is_then_in_use() {
         .await
         .expect("no longer in use");
 }
+
+#[test]
+fn the_volume_commands_work_from_the_cli() {
+    let daemon = Daemon::start();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vessel"))
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&["volume", "create", "cli-vol", "--size", "16M"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&["volume", "clone", "cli-vol", "cli-child", "--linked"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, table, _) = run(&["volume", "list"]);
+    assert!(
+        table.contains("cli-vol") && table.contains("16 MiB"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("cli-child") && l.contains("cli-vol")),
+        "backing shown: {table}"
+    );
+    let (code, _, err) = run(&["volume", "delete", "cli-vol"]);
+    assert_eq!(code, Some(4), "a base with dependents is a conflict: {err}");
+    let (code, json, _) = run(&["volume", "show", "cli-child", "-o", "json"]);
+    assert_eq!(code, Some(0));
+    let shown: vessel_api::Volume = serde_json::from_str(&json).unwrap();
+    assert_eq!(shown.backing_volume.as_deref(), Some("cli-vol"));
+    let (code, _, err) = run(&["volume", "create", "x", "--size", "12Q"]);
+    assert_eq!(code, Some(2), "{err}");
+}
