@@ -306,15 +306,7 @@ impl Client {
         name: &str,
         req: &ResizeVolumeRequest,
     ) -> Result<Volume, ClientError> {
-        let path = format!(
-            "{}/{}/resize",
-            Self::volumes_path(pool),
-            encode_segment(name)
-        );
-        let (status, body) = self
-            .exchange(Method::POST, &path, Some(to_json(req)))
-            .await?;
-        self.decode(status, &body)
+        self.volume_action(pool, name, "resize", to_json(req)).await
     }
 
     /// `POST /v1/pools/{pool}/volumes/{name}/clone`
@@ -324,14 +316,22 @@ impl Client {
         name: &str,
         req: &CloneVolumeRequest,
     ) -> Result<Volume, ClientError> {
+        self.volume_action(pool, name, "clone", to_json(req)).await
+    }
+
+    async fn volume_action(
+        &self,
+        pool: &str,
+        name: &str,
+        verb: &str,
+        body: Vec<u8>,
+    ) -> Result<Volume, ClientError> {
         let path = format!(
-            "{}/{}/clone",
+            "{}/{}/{verb}",
             Self::volumes_path(pool),
             encode_segment(name)
         );
-        let (status, body) = self
-            .exchange(Method::POST, &path, Some(to_json(req)))
-            .await?;
+        let (status, body) = self.exchange(Method::POST, &path, Some(body)).await?;
         self.decode(status, &body)
     }
 

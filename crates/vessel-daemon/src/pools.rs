@@ -12,7 +12,7 @@ use vessel_store::{Compare, Op, Txn};
 
 use crate::ctx::Ctx;
 use crate::model::{decode, encode, now_ms};
-use crate::service::Service;
+use crate::service::{store_error, Service};
 
 pub const POOLS_PREFIX: &str = "pools/";
 pub const DEFAULT_POOL: &str = "default";
@@ -46,10 +46,6 @@ pub async fn ensure_default_pool(ctx: &Ctx) -> anyhow::Result<()> {
         .then(Op::Put(key, encode(&record)));
     ctx.store.txn(txn).await?;
     Ok(())
-}
-
-fn store_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("the store failed: {e}"))
 }
 
 fn not_found(name: &str) -> ApiError {

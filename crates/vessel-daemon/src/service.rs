@@ -31,7 +31,7 @@ pub struct ActionOptions {
     pub edit: Option<EditVmRequest>,
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     ApiError::internal(format!("the store failed: {e}"))
 }
 
