@@ -90,7 +90,7 @@ async fn view(pool: &DirPool, record: &PoolRecord) -> Result<Pool, ApiError> {
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let volumes = pool
-        .list_volumes()
+        .volume_names()
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Pool {
@@ -259,13 +259,12 @@ impl Service {
         if name == DEFAULT_POOL {
             return Err(ApiError::conflict("the default pool cannot be deleted"));
         }
-        let volumes = open(&self.ctx, &record)
+        let names = open(&self.ctx, &record)
             .await?
-            .list_volumes()
+            .volume_names()
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        if !volumes.is_empty() {
-            let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        if !names.is_empty() {
             return Err(ApiError::conflict(format!(
                 "pool {name:?} still holds volumes: {}",
                 names.join(", ")

@@ -363,6 +363,17 @@ impl StoragePool for DirPool {
         Ok(volume_info(name, top, backing_volume, chain))
     }
 
+    async fn volume_names(&self) -> Result<Vec<String>, PoolError> {
+        let mut names: Vec<String> = self
+            .volume_files()
+            .await?
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, PoolError> {
         let mut volumes = Vec::new();
         for (name, _, _) in self.volume_files().await? {

@@ -152,6 +152,10 @@ pub trait StoragePool: Send + Sync {
     /// One volume.
     async fn volume(&self, name: &str) -> Result<VolumeInfo, PoolError>;
 
+    /// The names of all volumes, sorted, without inspecting the images (cheap: for counts and
+    /// "still holds" checks).
+    async fn volume_names(&self) -> Result<Vec<String>, PoolError>;
+
     /// All volumes, by name.
     async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, PoolError>;
 
