@@ -141,15 +141,6 @@ pub struct StopVmRequest {
     pub timeout_secs: Option<u64>,
 }
 
-/// `DELETE /v1/vms/{name}` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeleteVmRequest {
-    /// Kill the VM first if it is running.
-    #[serde(default)]
-    pub force: bool,
-}
-
 /// The state the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
