@@ -116,6 +116,13 @@ pub struct VolumeCloneArgs {
     pub linked: bool,
 }
 
+fn created(volume: &vessel_api::Volume) -> String {
+    format!(
+        "volume {} created in pool {} ({})\n",
+        volume.name, volume.pool, volume.path
+    )
+}
+
 pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     let client = &ctx.client;
     match command {
@@ -129,12 +136,7 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
             let volume = client
                 .create_volume(&args.volume.pool.pool, &request)
                 .await?;
-            ctx.show(&volume, |v| {
-                format!(
-                    "volume {} created in pool {} ({})\n",
-                    v.name, v.pool, v.path
-                )
-            })?;
+            ctx.show(&volume, created)?;
         }
         VolumeCommand::List(args) => {
             let pools = match args.pool {
@@ -174,12 +176,7 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
             let volume = client
                 .clone_volume(&args.pool.pool, &args.source, &request)
                 .await?;
-            ctx.show(&volume, |v| {
-                format!(
-                    "volume {} created in pool {} ({})\n",
-                    v.name, v.pool, v.path
-                )
-            })?;
+            ctx.show(&volume, created)?;
         }
         VolumeCommand::Delete(args) => {
             client.delete_volume(&args.pool.pool, &args.name).await?;
