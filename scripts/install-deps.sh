@@ -33,6 +33,6 @@ if [ -z "$version" ] || [ "$version" = "(none)" ]; then
 fi
 log "installing qemu-system-x86 and qemu-utils $version"
 apt-get install -y -qq --no-install-recommends --allow-downgrades \
-	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates >/dev/null
+	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates genisoimage >/dev/null
 have_qemu || { log "QEMU still missing after install"; exit 1; }
 log "installed: $(qemu-system-x86_64 --version | head -n1)"
