@@ -5,6 +5,9 @@
 //!   into a raw disk must not be able to make the host open it as qcow2 with a backing file).
 //! - [`pool`]: the [`StoragePool`] trait and [`DirPool`], volumes as files in a directory.
 //! - [`size`]: disk sizes with units (the parser lives in `vessel_core::units`).
+//! - Encryption: LUKS inside qcow2 with a per-volume [`VolumeKey`] that reaches qemu-img only
+//!   through a [`SecretPipe`] (see [`qemu_img`] and [`pool`]); keys are wrapped and stored by the
+//!   caller with `vessel_secrets`.
 
 pub mod format;
 pub mod pool;
@@ -14,3 +17,5 @@ pub mod size;
 pub use format::{detect_format, Format};
 pub use pool::{CloneMode, DirPool, PoolError, PoolUsage, StoragePool, VolumeInfo, VolumeSpec};
 pub use qemu_img::{CheckReport, ConvertJob, ImageInfo, Measurement, QemuImg, QemuImgError};
+/// The key type of encrypted volumes and the pipe that hands keys to qemu-img and QEMU.
+pub use vessel_secrets::{SecretPipe, VolumeKey};

@@ -9,6 +9,10 @@
 //! A volume's format comes from its file name, never from its contents: a guest can write a
 //! qcow2 header into a raw disk, and reading that as qcow2 would let it name any host file as its
 //! backing file.
+//!
+//! Encrypted volumes are `<name>.qcow2` files with LUKS inside; whether a volume is encrypted is
+//! read from its qcow2 header (`qemu-img info`), and keys only pass through (see
+//! [`super`](crate::pool)).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use super::{statvfs, CloneMode, PoolError, PoolUsage, StoragePool, VolumeInfo, V
 use crate::format::{read_qcow2_backing_file, Format};
 use crate::qemu_img::{ConvertJob, ImageInfo, QemuImg};
 use crate::size::check_volume_size;
+use vessel_secrets::VolumeKey;
 
 const TEMP_PREFIX: &str = ".vessel-tmp-";
 
@@ -151,7 +156,14 @@ impl DirPool {
         sync_dir(&self.dir).await
     }
 
-    async fn create_checked(&self, spec: &VolumeSpec) -> Result<VolumeInfo, PoolError> {
+    async fn create_checked(
+        &self,
+        spec: &VolumeSpec,
+        key: Option<&VolumeKey>,
+    ) -> Result<VolumeInfo, PoolError> {
+        if key.is_some() {
+            check_encryptable(spec)?;
+        }
         self.ensure_free(&spec.name).await?;
         let backing = match &spec.backing {
             Some(b) => Some(self.backing_for(b, spec).await?),
@@ -164,9 +176,18 @@ impl DirPool {
         let backing_arg = backing
             .as_ref()
             .map(|(file, format, _)| (Path::new(file), *format));
-        self.qemu_img
-            .create(&temp.path, spec.format, Some(size), backing_arg)
-            .await?;
+        match key {
+            Some(key) => {
+                self.qemu_img
+                    .create_encrypted(&temp.path, spec.format, size, key)
+                    .await?
+            }
+            None => {
+                self.qemu_img
+                    .create(&temp.path, spec.format, Some(size), backing_arg)
+                    .await?
+            }
+        }
         self.publish(temp, &spec.name, spec.format, spec.backing.as_deref())
             .await?;
         self.volume(&spec.name).await
@@ -186,30 +207,91 @@ impl DirPool {
             )));
         }
         let (path, format) = self.locate(backing).await?;
-        let size = self.qemu_img.info(&path, Some(format)).await?.virtual_size;
+        let info = self.qemu_img.info(&path, Some(format)).await?;
+        if info.encrypted {
+            return Err(PoolError::InvalidRequest(format!(
+                "volume {backing:?} is encrypted, and an encrypted volume cannot be the backing \
+                 file of a linked clone; make a full clone of it instead"
+            )));
+        }
         let file = file_name(&path);
-        Ok((file, format, size))
+        Ok((file, format, info.virtual_size))
     }
 
+    /// A full copy of `src` as `dst`: in the source's format, or encrypted qcow2 with `dst_key`.
     async fn full_clone(
         &self,
         src: &str,
+        src_key: Option<&VolumeKey>,
         dst: &str,
+        dst_key: Option<&VolumeKey>,
         progress: &mut (dyn FnMut(f64) + Send),
     ) -> Result<VolumeInfo, PoolError> {
         let (src_path, format) = self.locate(src).await?;
         self.ensure_free(dst).await?;
-        let needed = self
-            .qemu_img
-            .measure(&src_path, format, format)
-            .await?
-            .required;
+        let encrypted = self.qemu_img.info(&src_path, Some(format)).await?.encrypted;
+        if encrypted && (src_key.is_none() || dst_key.is_none()) {
+            return Err(PoolError::InvalidRequest(format!(
+                "volume {src:?} is encrypted: copying it needs its key, and the copy is \
+                 encrypted with a key of its own; make an encrypted clone"
+            )));
+        }
+        // A key offered for an unencrypted source has nothing to unlock.
+        let src_key = src_key.filter(|_| encrypted);
+        let dst_format = if dst_key.is_some() {
+            Format::Qcow2
+        } else {
+            format
+        };
+        let temp = self.new_temp(dst_format);
+        let mut job = ConvertJob::new(&src_path, format, &temp.path, dst_format);
+        job.src_key = src_key;
+        job.dst_key = dst_key;
+        let needed = self.qemu_img.measure_convert(&job).await?.required;
         self.ensure_space(needed).await?;
-        let temp = self.new_temp(format);
-        let job = ConvertJob::new(&src_path, format, &temp.path, format);
         self.qemu_img.convert(&job, &mut *progress).await?;
-        self.publish(temp, dst, format, None).await?;
+        self.publish(temp, dst, dst_format, None).await?;
         self.volume(dst).await
+    }
+
+    async fn resize_checked(
+        &self,
+        name: &str,
+        key: Option<&VolumeKey>,
+        new_size: u64,
+        shrink: bool,
+    ) -> Result<VolumeInfo, PoolError> {
+        check_volume_size(new_size).map_err(PoolError::InvalidRequest)?;
+        let (path, format) = self.locate(name).await?;
+        let info = self.qemu_img.info(&path, Some(format)).await?;
+        if info.encrypted && key.is_none() {
+            return Err(PoolError::InvalidRequest(format!(
+                "volume {name:?} is encrypted: resizing it needs its key"
+            )));
+        }
+        if new_size < info.virtual_size {
+            // Linked clones read the base's clusters; cutting the base would cut their data.
+            let dependents = self.dependents(&path).await?;
+            if !dependents.is_empty() {
+                return Err(PoolError::InUse {
+                    name: name.to_string(),
+                    dependents,
+                });
+            }
+        }
+        match key.filter(|_| info.encrypted) {
+            Some(key) => {
+                self.qemu_img
+                    .resize_encrypted(&path, format, new_size, shrink, key)
+                    .await?
+            }
+            None => {
+                self.qemu_img
+                    .resize(&path, format, new_size, shrink)
+                    .await?
+            }
+        }
+        self.volume(name).await
     }
 
     async fn ensure_space(&self, needed: u64) -> Result<(), PoolError> {
@@ -285,7 +367,37 @@ impl StoragePool for DirPool {
     }
 
     async fn create_volume(&self, spec: &VolumeSpec) -> Result<VolumeInfo, PoolError> {
-        self.create_checked(spec).await
+        self.create_checked(spec, None).await
+    }
+
+    async fn create_encrypted_volume(
+        &self,
+        spec: &VolumeSpec,
+        key: &VolumeKey,
+    ) -> Result<VolumeInfo, PoolError> {
+        self.create_checked(spec, Some(key)).await
+    }
+
+    async fn clone_encrypted_volume(
+        &self,
+        src: &str,
+        src_key: Option<&VolumeKey>,
+        dst: &str,
+        dst_key: &VolumeKey,
+        progress: &mut (dyn FnMut(f64) + Send),
+    ) -> Result<VolumeInfo, PoolError> {
+        self.full_clone(src, src_key, dst, Some(dst_key), progress)
+            .await
+    }
+
+    async fn resize_encrypted_volume(
+        &self,
+        name: &str,
+        key: &VolumeKey,
+        new_size: u64,
+        shrink: bool,
+    ) -> Result<VolumeInfo, PoolError> {
+        self.resize_checked(name, Some(key), new_size, shrink).await
     }
 
     async fn clone_volume(
@@ -303,11 +415,11 @@ impl StoragePool for DirPool {
                     size: None,
                     backing: Some(src.to_string()),
                 };
-                let info = self.create_checked(&spec).await?;
+                let info = self.create_checked(&spec, None).await?;
                 progress(100.0);
                 Ok(info)
             }
-            CloneMode::Full => self.full_clone(src, dst, progress).await,
+            CloneMode::Full => self.full_clone(src, None, dst, None, progress).await,
         }
     }
 
@@ -317,23 +429,7 @@ impl StoragePool for DirPool {
         new_size: u64,
         shrink: bool,
     ) -> Result<VolumeInfo, PoolError> {
-        check_volume_size(new_size).map_err(PoolError::InvalidRequest)?;
-        let (path, format) = self.locate(name).await?;
-        let current = self.qemu_img.info(&path, Some(format)).await?.virtual_size;
-        if new_size < current {
-            // Linked clones read the base's clusters; cutting the base would cut their data.
-            let dependents = self.dependents(&path).await?;
-            if !dependents.is_empty() {
-                return Err(PoolError::InUse {
-                    name: name.to_string(),
-                    dependents,
-                });
-            }
-        }
-        self.qemu_img
-            .resize(&path, format, new_size, shrink)
-            .await?;
-        self.volume(name).await
+        self.resize_checked(name, None, new_size, shrink).await
     }
 
     async fn delete_volume(&self, name: &str) -> Result<(), PoolError> {
@@ -403,6 +499,24 @@ fn volume_info(
         backing_volume,
         backing_chain,
     }
+}
+
+/// Encrypted volumes are qcow2 (LUKS inside qcow2) and self-contained.
+fn check_encryptable(spec: &VolumeSpec) -> Result<(), PoolError> {
+    if spec.format != Format::Qcow2 {
+        return Err(PoolError::InvalidRequest(format!(
+            "volume {:?}: encryption needs qcow2 (LUKS inside qcow2); create it with format qcow2",
+            spec.name
+        )));
+    }
+    if let Some(backing) = &spec.backing {
+        return Err(PoolError::InvalidRequest(format!(
+            "volume {:?} cannot be both encrypted and a linked clone of {backing:?}; make an \
+             encrypted full clone instead",
+            spec.name
+        )));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), PoolError> {

@@ -2,6 +2,16 @@
 //!
 //! [`StoragePool`] is the interface the daemon will use; [`DirPool`] keeps volumes as files in a
 //! directory. LVM-thin and Ceph RBD pools can implement the same trait later.
+//!
+//! # Encrypted volumes
+//!
+//! An encrypted volume is qcow2 with LUKS encryption inside, unlocked by its own random
+//! [`VolumeKey`] ([`VolumeKey::generate`] for each new volume). Pools never keep keys: the
+//! `*_encrypted_*` methods take the plaintext key for the one call, and the caller stores it
+//! wrapped by the master key (`vessel_secrets::Keyring::wrap_volume_key`). Describing a volume
+//! needs no key ([`VolumeInfo::encrypted`]). Encrypted volumes are always self-contained: they
+//! cannot be linked clones or the base of one, since QEMU would then need several volumes' keys
+//! to open one disk; a full clone re-encrypts the data under the new volume's own key.
 
 mod dir;
 mod statvfs;
@@ -15,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::format::Format;
 use crate::qemu_img::{ImageInfo, QemuImgError};
 pub use dir::DirPool;
+use vessel_secrets::VolumeKey;
 
 /// A pool's space, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +50,7 @@ pub struct VolumeInfo {
     pub backing_volume: Option<String>,
     /// The images below this one, nearest first (empty for a self-contained volume).
     pub backing_chain: Vec<ImageInfo>,
+    /// LUKS-encrypted: attaching it to a VM or copying it needs its key.
     pub encrypted: bool,
 }
 
@@ -130,6 +142,8 @@ pub trait StoragePool: Send + Sync {
     async fn create_volume(&self, spec: &VolumeSpec) -> Result<VolumeInfo, PoolError>;
 
     /// Clones `src` into a new volume `dst`. A full clone reports progress in percent.
+    /// Encrypted volumes cannot be linked-cloned, and their full clones need
+    /// [`clone_encrypted_volume`](Self::clone_encrypted_volume).
     async fn clone_volume(
         &self,
         src: &str,
@@ -138,10 +152,41 @@ pub trait StoragePool: Send + Sync {
         progress: &mut (dyn FnMut(f64) + Send),
     ) -> Result<VolumeInfo, PoolError>;
 
-    /// Changes a volume's virtual size; shrinking needs `shrink`.
+    /// Changes a volume's virtual size; shrinking needs `shrink`. An encrypted volume needs
+    /// [`resize_encrypted_volume`](Self::resize_encrypted_volume).
     async fn resize_volume(
         &self,
         name: &str,
+        new_size: u64,
+        shrink: bool,
+    ) -> Result<VolumeInfo, PoolError>;
+
+    /// Creates an encrypted volume (qcow2 with LUKS inside) unlocked by `key`, which should be a
+    /// fresh [`VolumeKey::generate`]. `spec.format` must be qcow2 and `spec.backing` empty.
+    async fn create_encrypted_volume(
+        &self,
+        spec: &VolumeSpec,
+        key: &VolumeKey,
+    ) -> Result<VolumeInfo, PoolError>;
+
+    /// A full clone of `src` into a new volume `dst`, encrypted with `dst_key` (its own key;
+    /// the data is re-encrypted on the way). `src_key` is the source's key if the source is
+    /// encrypted; an unencrypted source needs none and is encrypted by the copy. The clone is
+    /// qcow2 whatever the source's format. Reports progress in percent.
+    async fn clone_encrypted_volume(
+        &self,
+        src: &str,
+        src_key: Option<&VolumeKey>,
+        dst: &str,
+        dst_key: &VolumeKey,
+        progress: &mut (dyn FnMut(f64) + Send),
+    ) -> Result<VolumeInfo, PoolError>;
+
+    /// [`resize_volume`](Self::resize_volume) for an encrypted volume, unlocked with `key`.
+    async fn resize_encrypted_volume(
+        &self,
+        name: &str,
+        key: &VolumeKey,
         new_size: u64,
         shrink: bool,
     ) -> Result<VolumeInfo, PoolError>;

@@ -8,6 +8,19 @@
 //! - `LC_ALL=C`, so that the stderr we pass on in errors is stable English.
 //! - Read-only inspection (`info`, `measure`) uses `-U` (force-share): an image that a running VM
 //!   holds open is locked by QEMU, and without `-U` qemu-img refuses to look at it.
+//!
+//! # Encrypted images
+//!
+//! Encrypted volumes are qcow2 with LUKS encryption inside (`encrypt.format=luks`), keyed by a
+//! per-volume [`VolumeKey`]. The key reaches qemu-img only through a pipe: each call that needs it
+//! writes the key's LUKS passphrase into a [`SecretPipe`], passes the pipe's read end to the child
+//! and names it in `--object secret,id=ID,file=/dev/fd/N,format=raw`; the image is then opened with
+//! `--image-opts driver=qcow2,file.driver=file,file.filename=PATH,encrypt.key-secret=ID`. The
+//! arguments, and so the error messages that quote them, never hold the key. `info` needs no key
+//! (the LUKS header is public) and reports [`ImageInfo::encrypted`]; `create_encrypted`,
+//! `resize_encrypted`, `check_encrypted`, and `convert`/`measure_convert` with
+//! [`ConvertJob::src_key`]/[`ConvertJob::dst_key`] take one. A wrong key is
+//! [`QemuImgError::WrongKey`]; a keyed operation run without the key is [`QemuImgError::KeyNeeded`].
 
 mod progress;
 mod types;
@@ -19,6 +32,8 @@ use std::process::{ExitStatus, Stdio};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
+
+use vessel_secrets::{SecretPipe, VolumeKey};
 
 use crate::format::{detect_format, Format};
 use progress::{MonotonicProgress, ProgressParser};
@@ -59,6 +74,18 @@ pub enum QemuImgError {
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
     #[error(
+        "qemu-img {op}: the key given does not unlock the encrypted image (no LUKS keyslot \
+         opens with it) [command: {command}]"
+    )]
+    WrongKey { op: &'static str, command: String },
+    #[error(
+        "qemu-img {op}: the image is encrypted and this operation needs its key \
+         [command: {command}]"
+    )]
+    KeyNeeded { op: &'static str, command: String },
+    #[error("could not pass the encryption key to qemu-img through a pipe")]
+    SecretPipe(#[source] io::Error),
+    #[error(
         "refusing to shrink {path} from {current} to {requested} bytes: data past the new end \
          would be lost; pass shrink=true if that is intended"
     )]
@@ -90,6 +117,10 @@ pub struct ConvertJob<'a> {
     pub compress: bool,
     /// Bytes per second qemu-img may read (`-r`), so a big import does not starve running VMs.
     pub rate_limit: Option<u64>,
+    /// The key of an encrypted (LUKS-in-qcow2) source.
+    pub src_key: Option<&'a VolumeKey>,
+    /// Encrypt the (qcow2) target with this key. Targets cannot be both encrypted and compressed.
+    pub dst_key: Option<&'a VolumeKey>,
 }
 
 impl<'a> ConvertJob<'a> {
@@ -102,6 +133,8 @@ impl<'a> ConvertJob<'a> {
             dst_format,
             compress: false,
             rate_limit: None,
+            src_key: None,
+            dst_key: None,
         }
     }
 }
@@ -133,7 +166,7 @@ impl QemuImg {
 
     /// The first line of `qemu-img --version`, e.g. `qemu-img version 7.2.22 (Debian ...)`.
     pub async fn version(&self) -> Result<String> {
-        let out = self.run("version", args(["--version"])).await?;
+        let out = self.run("version", args(["--version"]), Vec::new()).await?;
         let text = String::from_utf8_lossy(&out);
         Ok(text.lines().next().unwrap_or_default().trim().to_string())
     }
@@ -144,7 +177,7 @@ impl QemuImg {
         let mut a = args(["info", "-U", "--output=json", "-f", format.as_str()]);
         a.push(path.into());
         let command = render(&a);
-        let out = self.run("info", a).await?;
+        let out = self.run("info", a, Vec::new()).await?;
         let raw: RawInfo = parse_json("info", &command, &out)?;
         to_info(raw, path)
     }
@@ -167,7 +200,7 @@ impl QemuImg {
         ]);
         a.push(path.into());
         let command = render(&a);
-        let out = self.run("info", a).await?;
+        let out = self.run("info", a, Vec::new()).await?;
         let raws: Vec<RawInfo> = parse_json("info", &command, &out)?;
         chain_from_raw(raws, path)
     }
@@ -192,7 +225,22 @@ impl QemuImg {
         if let Some(size) = size {
             a.push(size.to_string().into());
         }
-        self.run("create", a).await.map(drop)
+        self.run("create", a, Vec::new()).await.map(drop)
+    }
+
+    /// Creates an encrypted qcow2 image of `size` bytes: LUKS inside qcow2, unlocked by `key`.
+    /// Only qcow2 can be encrypted; encrypted images have no backing file.
+    pub async fn create_encrypted(
+        &self,
+        path: &Path,
+        format: Format,
+        size: u64,
+        key: &VolumeKey,
+    ) -> Result<()> {
+        need_qcow2(path, format)?;
+        let pipe = secret_pipe(SRC_SECRET, key)?;
+        let a = create_encrypted_args(path, size, &pipe);
+        self.run("create", a, vec![pipe]).await.map(drop)
     }
 
     /// Copies `job.src` into a new file `job.dst`, flattening any backing chain, and reports
@@ -205,9 +253,18 @@ impl QemuImg {
                     .to_string(),
             });
         }
-        let a = convert_args(job);
+        if job.compress && job.dst_key.is_some() {
+            return Err(QemuImgError::Unsupported {
+                path: job.dst.to_path_buf(),
+                reason: "an encrypted target cannot be compressed (qemu-img does not support \
+                         both); drop compression"
+                    .to_string(),
+            });
+        }
+        let secrets = job_secrets(job)?;
+        let a = convert_args(job, &secrets)?;
         let command = render(&a);
-        let mut child = self.spawn(&a, &command)?;
+        let mut child = self.spawn(&a, &command, secrets.into_vec())?;
         let mut progress = MonotonicProgress::new(progress);
         let (read, stderr) = tokio::join!(
             follow_progress(child.stdout.take(), &mut progress),
@@ -231,6 +288,30 @@ impl QemuImg {
         new_size: u64,
         shrink: bool,
     ) -> Result<()> {
+        self.resize_with(path, format, new_size, shrink, None).await
+    }
+
+    /// [`resize`](Self::resize) for an encrypted image, which qemu-img must unlock with `key`.
+    pub async fn resize_encrypted(
+        &self,
+        path: &Path,
+        format: Format,
+        new_size: u64,
+        shrink: bool,
+        key: &VolumeKey,
+    ) -> Result<()> {
+        self.resize_with(path, format, new_size, shrink, Some(key))
+            .await
+    }
+
+    async fn resize_with(
+        &self,
+        path: &Path,
+        format: Format,
+        new_size: u64,
+        shrink: bool,
+        key: Option<&VolumeKey>,
+    ) -> Result<()> {
         let current = self.info(path, Some(format)).await?.virtual_size;
         if new_size < current && !shrink {
             return Err(QemuImgError::ShrinkRefused {
@@ -239,28 +320,49 @@ impl QemuImg {
                 requested: new_size,
             });
         }
-        let mut a = args(["resize", "-q", "-f", format.as_str()]);
+        let mut a = args(["resize", "-q"]);
         if new_size < current {
             a.extend(args(["--shrink"]));
         }
-        a.push(path.into());
+        let (image, secrets) = image_args(path, format, key)?;
+        a.extend(image);
         a.push(new_size.to_string().into());
-        self.run("resize", a).await.map(drop)
+        self.run("resize", a, secrets).await.map(drop)
     }
 
     /// Checks a qcow2 image's metadata. qemu-img exits 2 for corruptions and 3 for leaks and
     /// still prints its report; both are returned as a report, not as an error.
     pub async fn check(&self, path: &Path, format: Format) -> Result<CheckReport> {
+        self.check_with(path, format, None).await
+    }
+
+    /// [`check`](Self::check) for an encrypted image, which qemu-img must unlock with `key`.
+    pub async fn check_encrypted(
+        &self,
+        path: &Path,
+        format: Format,
+        key: &VolumeKey,
+    ) -> Result<CheckReport> {
+        self.check_with(path, format, Some(key)).await
+    }
+
+    async fn check_with(
+        &self,
+        path: &Path,
+        format: Format,
+        key: Option<&VolumeKey>,
+    ) -> Result<CheckReport> {
         if format == Format::Raw {
             return Err(QemuImgError::Unsupported {
                 path: path.to_path_buf(),
                 reason: "raw images have no metadata to check".to_string(),
             });
         }
-        let mut a = args(["check", "--output=json", "-f", format.as_str()]);
-        a.push(path.into());
+        let mut a = args(["check", "--output=json"]);
+        let (image, secrets) = image_args(path, format, key)?;
+        a.extend(image);
         let command = render(&a);
-        let (status, stdout, stderr) = self.run_raw(&a, &command).await?;
+        let (status, stdout, stderr) = self.run_raw(&a, &command, secrets).await?;
         // 0: clean, 2: corruptions, 3: leaks; the JSON report is printed in all three cases.
         if !matches!(status.code(), Some(0 | 2 | 3)) {
             check_status("check", &command, status, &stderr)?;
@@ -286,7 +388,25 @@ impl QemuImg {
         ]);
         a.push(path.into());
         let command = render(&a);
-        let out = self.run("measure", a).await?;
+        let out = self.run("measure", a, Vec::new()).await?;
+        parse_json("measure", &command, &out)
+    }
+
+    /// Bytes the target of `job` would need, with its keys: an encrypted source is opened with
+    /// [`ConvertJob::src_key`], and an encrypted target counts its LUKS header.
+    pub async fn measure_convert(&self, job: &ConvertJob<'_>) -> Result<Measurement> {
+        let secrets = job_secrets(job)?;
+        let mut a = args(["measure", "-U", "--output=json"]);
+        a.extend(secrets.object_args());
+        a.extend(args(["-O", job.dst_format.as_str()]));
+        if let Some(dst) = &secrets.dst {
+            need_qcow2(job.dst, job.dst_format)?;
+            a.extend(args(["-o"]));
+            a.push(encrypt_options(dst.id()).into());
+        }
+        a.extend(source_args(job.src, job.src_format, secrets.src.as_ref())?);
+        let command = render(&a);
+        let out = self.run("measure", a, secrets.into_vec()).await?;
         parse_json("measure", &command, &out)
     }
 
@@ -326,9 +446,14 @@ impl QemuImg {
     }
 
     /// Runs qemu-img to completion; `Ok` is its stdout when it exited 0.
-    async fn run(&self, op: &'static str, a: Vec<OsString>) -> Result<Vec<u8>> {
+    async fn run(
+        &self,
+        op: &'static str,
+        a: Vec<OsString>,
+        secrets: Vec<SecretPipe>,
+    ) -> Result<Vec<u8>> {
         let command = render(&a);
-        let (status, stdout, stderr) = self.run_raw(&a, &command).await?;
+        let (status, stdout, stderr) = self.run_raw(&a, &command, secrets).await?;
         check_status(op, &command, status, &stderr)?;
         Ok(stdout)
     }
@@ -337,8 +462,9 @@ impl QemuImg {
         &self,
         a: &[OsString],
         command: &str,
+        secrets: Vec<SecretPipe>,
     ) -> Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
-        let child = self.spawn(a, command)?;
+        let child = self.spawn(a, command, secrets)?;
         let out = child
             .wait_with_output()
             .await
@@ -349,24 +475,31 @@ impl QemuImg {
         Ok((out.status, out.stdout, out.stderr))
     }
 
-    fn spawn(&self, a: &[OsString], command: &str) -> Result<Child> {
-        Command::new(&self.program)
-            .args(a)
+    /// Starts qemu-img. The child inherits the read ends of `secrets` (and no other descriptor
+    /// of ours); this process's copies are closed when the `Command` is dropped, right after the
+    /// spawn.
+    fn spawn(&self, a: &[OsString], command: &str, secrets: Vec<SecretPipe>) -> Result<Child> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(a)
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => QemuImgError::NotInstalled {
-                    program: self.program.clone(),
-                },
-                _ => QemuImgError::Spawn {
-                    command: command.to_string(),
-                    source,
-                },
-            })
+            .kill_on_drop(true);
+        for pipe in secrets {
+            pipe.pass_to(cmd.as_std_mut());
+        }
+        let spawned = cmd.spawn();
+        drop(cmd);
+        spawned.map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => QemuImgError::NotInstalled {
+                program: self.program.clone(),
+            },
+            _ => QemuImgError::Spawn {
+                command: command.to_string(),
+                source,
+            },
+        })
     }
 }
 
@@ -381,15 +514,143 @@ fn render(a: &[OsString]) -> String {
     format!("qemu-img {}", parts.join(" "))
 }
 
-fn convert_args(job: &ConvertJob<'_>) -> Vec<OsString> {
-    let mut a = args([
-        "convert",
-        "-p",
-        "-f",
-        job.src_format.as_str(),
-        "-O",
-        job.dst_format.as_str(),
-    ]);
+/// Secret object ids: the image an operation opens (or creates), and a convert's target.
+const SRC_SECRET: &str = "sec0";
+const DST_SECRET: &str = "sec1";
+
+/// PBKDF2 time, in milliseconds, that QEMU spends on a new LUKS header's keyslot (QEMU's default
+/// is 2000). PBKDF2 stretches guessable passphrases; ours are 256-bit random keys that no
+/// stretching makes any harder to guess, while every open of the image (each VM start, each
+/// qemu-img call) pays this time again.
+const LUKS_ITER_TIME_MS: u32 = 10;
+
+fn secret_pipe(id: &str, key: &VolumeKey) -> Result<SecretPipe> {
+    SecretPipe::for_volume_key(id, key).map_err(QemuImgError::SecretPipe)
+}
+
+fn need_qcow2(path: &Path, format: Format) -> Result<()> {
+    if format == Format::Qcow2 {
+        return Ok(());
+    }
+    Err(QemuImgError::Unsupported {
+        path: path.to_path_buf(),
+        reason: "encryption needs qcow2 (LUKS inside qcow2); raw images cannot be encrypted"
+            .to_string(),
+    })
+}
+
+/// `-o` options that make a new qcow2 image LUKS-encrypted with the secret `id`.
+fn encrypt_options(id: &str) -> String {
+    format!("encrypt.format=luks,encrypt.key-secret={id},encrypt.iter-time={LUKS_ITER_TIME_MS}")
+}
+
+fn create_encrypted_args(path: &Path, size: u64, pipe: &SecretPipe) -> Vec<OsString> {
+    let mut a = args(["create", "-q", "-f", "qcow2", "--object"]);
+    a.push(pipe.object_arg().into());
+    a.extend(args(["-o"]));
+    a.push(encrypt_options(pipe.id()).into());
+    a.push(path.into());
+    a.push(size.to_string().into());
+    a
+}
+
+/// The `--image-opts` string that opens the encrypted qcow2 image `path` with secret `id`. The
+/// protocol driver is named too (`file`), so that QEMU never interprets the path as a protocol
+/// (`nbd:`, `json:`); commas in the path are doubled, QEMU's escape.
+fn image_opts(path: &Path, id: &str) -> Result<OsString> {
+    let Some(text) = path.to_str() else {
+        return Err(QemuImgError::Unsupported {
+            path: path.to_path_buf(),
+            reason: "an encrypted image's path must be UTF-8 (it goes into --image-opts)"
+                .to_string(),
+        });
+    };
+    let escaped = text.replace(',', ",,");
+    Ok(
+        format!("driver=qcow2,file.driver=file,file.filename={escaped},encrypt.key-secret={id}")
+            .into(),
+    )
+}
+
+/// How an operation names the image it opens: `-f FORMAT PATH`, or for an encrypted image
+/// `--image-opts OPTIONS` unlocked by the secret object of `pipe` (whose `--object` comes
+/// separately, before it).
+fn source_args(path: &Path, format: Format, pipe: Option<&SecretPipe>) -> Result<Vec<OsString>> {
+    match pipe {
+        None => {
+            let mut a = args(["-f", format.as_str()]);
+            a.push(path.into());
+            Ok(a)
+        }
+        Some(pipe) => {
+            need_qcow2(path, format)?;
+            let mut a = args(["--image-opts"]);
+            a.push(image_opts(path, pipe.id())?);
+            Ok(a)
+        }
+    }
+}
+
+/// `--object ... --image-opts ...` or `-f FORMAT PATH` for one image, and the pipe to pass.
+fn image_args(
+    path: &Path,
+    format: Format,
+    key: Option<&VolumeKey>,
+) -> Result<(Vec<OsString>, Vec<SecretPipe>)> {
+    let Some(key) = key else {
+        return Ok((source_args(path, format, None)?, Vec::new()));
+    };
+    need_qcow2(path, format)?;
+    let pipe = secret_pipe(SRC_SECRET, key)?;
+    let mut a = args(["--object"]);
+    a.push(pipe.object_arg().into());
+    a.extend(source_args(path, format, Some(&pipe))?);
+    Ok((a, vec![pipe]))
+}
+
+/// The secret pipes of a convert: the source's key and the target's.
+struct JobSecrets {
+    src: Option<SecretPipe>,
+    dst: Option<SecretPipe>,
+}
+
+impl JobSecrets {
+    fn object_args(&self) -> Vec<OsString> {
+        let mut a = Vec::new();
+        for pipe in self.src.iter().chain(&self.dst) {
+            a.extend(args(["--object"]));
+            a.push(pipe.object_arg().into());
+        }
+        a
+    }
+
+    fn into_vec(self) -> Vec<SecretPipe> {
+        self.src.into_iter().chain(self.dst).collect()
+    }
+}
+
+fn job_secrets(job: &ConvertJob<'_>) -> Result<JobSecrets> {
+    Ok(JobSecrets {
+        src: job
+            .src_key
+            .map(|k| secret_pipe(SRC_SECRET, k))
+            .transpose()?,
+        dst: job
+            .dst_key
+            .map(|k| secret_pipe(DST_SECRET, k))
+            .transpose()?,
+    })
+}
+
+fn convert_args(job: &ConvertJob<'_>, secrets: &JobSecrets) -> Result<Vec<OsString>> {
+    let mut a = args(["convert", "-p"]);
+    a.extend(secrets.object_args());
+    a.extend(args(["-O", job.dst_format.as_str()]));
+    if let Some(dst) = &secrets.dst {
+        need_qcow2(job.dst, job.dst_format)?;
+        a.extend(args(["-o"]));
+        a.push(encrypt_options(dst.id()).into());
+    }
     if job.compress {
         a.extend(args(["-c"]));
     }
@@ -397,9 +658,9 @@ fn convert_args(job: &ConvertJob<'_>) -> Vec<OsString> {
         a.extend(args(["-r"]));
         a.push(rate.to_string().into());
     }
-    a.push(job.src.into());
+    a.extend(source_args(job.src, job.src_format, secrets.src.as_ref())?);
     a.push(job.dst.into());
-    a
+    Ok(a)
 }
 
 fn check_create(
@@ -421,9 +682,26 @@ fn check_create(
     })
 }
 
+/// What qemu-img 7.2 prints when a LUKS image's key is wrong, and when it is missing.
+const WRONG_KEY: &str = "Invalid password, cannot unlock any keyslot";
+const KEY_NEEDED: &str = "Parameter 'encrypt.key-secret' is required for cipher";
+
 fn check_status(op: &'static str, command: &str, status: ExitStatus, stderr: &[u8]) -> Result<()> {
     if status.success() {
         return Ok(());
+    }
+    let text = String::from_utf8_lossy(stderr);
+    if text.contains(WRONG_KEY) {
+        return Err(QemuImgError::WrongKey {
+            op,
+            command: command.to_string(),
+        });
+    }
+    if text.contains(KEY_NEEDED) {
+        return Err(QemuImgError::KeyNeeded {
+            op,
+            command: command.to_string(),
+        });
     }
     Err(QemuImgError::Failed {
         op,
@@ -593,6 +871,14 @@ fn self_contained(info: &ImageInfo) -> Result<()> {
             ),
         ));
     }
+    if info.encrypted {
+        return Err(invalid(
+            &info.path,
+            "it is encrypted, and Vessel has no key for it; an image must be unencrypted: \
+             decrypt it with `qemu-img convert --object secret,... --image-opts ... -O qcow2` \
+             first (volumes made from it can then be encrypted with their own keys)",
+        ));
+    }
     if info.corrupt {
         return Err(invalid(
             &info.path,
@@ -623,4 +909,134 @@ fn judge_check(path: &Path, len: u64, report: &CheckReport) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every form in which a key could leak into an argument.
+    fn leaks(a: &[OsString], key: &VolumeKey) -> Vec<String> {
+        use std::os::unix::ffi::OsStrExt;
+        let joined: Vec<u8> = a
+            .iter()
+            .flat_map(|s| s.as_bytes().iter().copied().chain([0]))
+            .collect();
+        let hex: String = key
+            .expose_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let forms: [(&str, Vec<u8>); 3] = [
+            ("passphrase", key.luks_passphrase().as_bytes().to_vec()),
+            ("raw key", key.expose_bytes().to_vec()),
+            ("hex key", hex.into_bytes()),
+        ];
+        forms
+            .into_iter()
+            .filter(|(_, form)| joined.windows(form.len()).any(|w| w == form.as_slice()))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    fn strings(a: &[OsString]) -> Vec<String> {
+        a.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn create_passes_the_key_as_a_secret_object_only() {
+        let key = VolumeKey::generate().unwrap();
+        let pipe = secret_pipe(SRC_SECRET, &key).unwrap();
+        let a = create_encrypted_args(Path::new("/pool/web.qcow2"), 1 << 30, &pipe);
+        assert!(leaks(&a, &key).is_empty(), "{:?}", leaks(&a, &key));
+        let fd = pipe.fd();
+        assert_eq!(
+            strings(&a),
+            [
+                "create".to_string(),
+                "-q".into(),
+                "-f".into(),
+                "qcow2".into(),
+                "--object".into(),
+                format!("secret,id=sec0,file=/dev/fd/{fd},format=raw"),
+                "-o".into(),
+                "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10".into(),
+                "/pool/web.qcow2".into(),
+                "1073741824".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_re_encrypting_convert_names_two_secrets_and_holds_neither_key() {
+        let (k1, k2) = (
+            VolumeKey::generate().unwrap(),
+            VolumeKey::generate().unwrap(),
+        );
+        let mut job = ConvertJob::new(
+            Path::new("/p/a,b.qcow2"),
+            Format::Qcow2,
+            Path::new("/p/c.qcow2"),
+            Format::Qcow2,
+        );
+        job.src_key = Some(&k1);
+        job.dst_key = Some(&k2);
+        let secrets = job_secrets(&job).unwrap();
+        let (fd1, fd2) = (
+            secrets.src.as_ref().unwrap().fd(),
+            secrets.dst.as_ref().unwrap().fd(),
+        );
+        let a = convert_args(&job, &secrets).unwrap();
+        assert!(leaks(&a, &k1).is_empty() && leaks(&a, &k2).is_empty());
+        assert_eq!(
+            strings(&a),
+            [
+                "convert".to_string(),
+                "-p".into(),
+                "--object".into(),
+                format!("secret,id=sec0,file=/dev/fd/{fd1},format=raw"),
+                "--object".into(),
+                format!("secret,id=sec1,file=/dev/fd/{fd2},format=raw"),
+                "-O".into(),
+                "qcow2".into(),
+                "-o".into(),
+                "encrypt.format=luks,encrypt.key-secret=sec1,encrypt.iter-time=10".into(),
+                "--image-opts".into(),
+                "driver=qcow2,file.driver=file,file.filename=/p/a,,b.qcow2,\
+                 encrypt.key-secret=sec0"
+                    .into(),
+                "/p/c.qcow2".into(),
+            ]
+        );
+        // The debugging form of a job shows no key either.
+        assert!(!format!("{job:?}").contains(k1.luks_passphrase().as_str()));
+    }
+
+    #[test]
+    fn keyed_operations_refuse_raw_images() {
+        let key = VolumeKey::generate().unwrap();
+        let err = image_args(Path::new("/p/x.raw"), Format::Raw, Some(&key)).unwrap_err();
+        assert!(err.to_string().contains("encryption needs qcow2"), "{err}");
+        let (a, pipes) = image_args(Path::new("/p/x.raw"), Format::Raw, None).unwrap();
+        assert_eq!(strings(&a), ["-f", "raw", "/p/x.raw"]);
+        assert!(pipes.is_empty());
+    }
+
+    #[test]
+    fn qemu_img_key_errors_become_typed_errors() {
+        use std::os::unix::process::ExitStatusExt;
+        let failed = ExitStatus::from_raw(1 << 8);
+        let wrong = b"qemu-img: Could not open 'driver=qcow2,...': Invalid password, cannot \
+                      unlock any keyslot\n";
+        assert!(matches!(
+            check_status("check", "qemu-img check", failed, wrong),
+            Err(QemuImgError::WrongKey { op: "check", .. })
+        ));
+        let missing = b"qemu-img: Could not open 'e.qcow2': Parameter 'encrypt.key-secret' is \
+                        required for cipher\n";
+        assert!(matches!(
+            check_status("resize", "qemu-img resize", failed, missing),
+            Err(QemuImgError::KeyNeeded { op: "resize", .. })
+        ));
+    }
 }

@@ -27,7 +27,13 @@ pub struct ImageInfo {
     pub backing_path: Option<PathBuf>,
     /// The backing file's format as recorded in the image.
     pub backing_format: Option<Format>,
+    /// The image's data is encrypted (LUKS inside qcow2 for Vessel's encrypted volumes); opening
+    /// it for IO needs its key, describing it does not.
     pub encrypted: bool,
+    /// How a qcow2 image is encrypted, as qemu-img names it: `luks`, or `aes` for the legacy
+    /// (insecure) qcow2 encryption that Vessel never creates.
+    #[serde(default)]
+    pub encryption_format: Option<String>,
     /// Set while a writer with lazy refcounts has the image open, or after it crashed.
     pub dirty: bool,
     /// qcow2's corrupt bit: QEMU found inconsistent metadata and refuses to write to the image.
@@ -105,6 +111,13 @@ pub(crate) struct RawQcow2Data {
     #[serde(default)]
     pub(crate) corrupt: bool,
     pub(crate) data_file: Option<String>,
+    pub(crate) encrypt: Option<RawEncrypt>,
+}
+
+/// `format-specific.data.encrypt` of an encrypted qcow2 image.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawEncrypt {
+    pub(crate) format: String,
 }
 
 impl RawInfo {
@@ -132,6 +145,10 @@ impl RawInfo {
             backing_path,
             backing_format,
             encrypted: self.encrypted,
+            encryption_format: qcow2
+                .as_ref()
+                .and_then(|d| d.encrypt.as_ref())
+                .map(|e| e.format.clone()),
             dirty: self.dirty_flag,
             corrupt: qcow2.as_ref().is_some_and(|d| d.corrupt),
             data_file: qcow2.and_then(|d| d.data_file),
@@ -173,6 +190,29 @@ mod tests {
         assert_eq!(info.backing_path, Some(PathBuf::from("/pool/base.qcow2")));
         assert_eq!(info.backing_format, Some(Format::Qcow2));
         assert!(!info.encrypted && !info.dirty && !info.corrupt);
+        assert_eq!(info.encryption_format, None);
+    }
+
+    #[test]
+    fn a_luks_encrypted_qcow2_is_reported_as_encrypted() {
+        // qemu-img 7.2, abridged (one keyslot of eight).
+        let json = r#"{
+            "virtual-size": 67108864, "filename": "e.qcow2", "cluster-size": 65536,
+            "format": "qcow2", "actual-size": 2297856,
+            "format-specific": {"type": "qcow2", "data": {"compat": "1.1",
+                "compression-type": "zlib", "lazy-refcounts": false, "refcount-bits": 16,
+                "encrypt": {"ivgen-alg": "plain64", "hash-alg": "sha256",
+                    "cipher-alg": "aes-256", "uuid": "cc3d457f-ec7a-4600-b6ec-508d57eee976",
+                    "format": "luks", "cipher-mode": "xts",
+                    "slots": [{"active": true, "iters": 5116320, "key-offset": 4096,
+                        "stripes": 4000}],
+                    "payload-offset": 2068480, "master-key-iters": 1325463},
+                "corrupt": false, "extended-l2": false}},
+            "encrypted": true, "dirty-flag": false}"#;
+        let raw: RawInfo = serde_json::from_str(json).unwrap();
+        let info = raw.into_info(Path::new("/pool/e.qcow2")).unwrap();
+        assert!(info.encrypted);
+        assert_eq!(info.encryption_format.as_deref(), Some("luks"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vessel_storage::{Format, QemuImg};
+use vessel_storage::{Format, QemuImg, SecretPipe, VolumeKey};
 
 /// The real qemu-img; fails the test with an install hint when it is missing.
 pub fn qemu_img() -> QemuImg {
@@ -100,4 +100,62 @@ pub fn files_in(dir: &Path) -> Vec<String> {
 
 pub fn path_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
+}
+
+/// A string that must never appear in an encrypted volume's file.
+pub const MARKER: &[u8] = b"VESSEL-PLAINTEXT-MARKER-5c1e9b";
+
+/// Runs one qemu-io command on an encrypted qcow2 image, unlocked with `key` through a pipe;
+/// `Ok(stdout)` or `Err(stderr and stdout)`.
+pub fn qemu_io_encrypted(path: &Path, key: &VolumeKey, command: &str) -> Result<String, String> {
+    require("qemu-io");
+    let pipe = SecretPipe::for_volume_key("sec0", key).unwrap();
+    let mut cmd = Command::new("qemu-io");
+    cmd.arg("--object")
+        .arg(pipe.object_arg())
+        .arg("--image-opts")
+        .arg(format!(
+            "driver=qcow2,file.driver=file,file.filename={},encrypt.key-secret=sec0",
+            path.display()
+        ))
+        .args(["-c", command]);
+    pipe.pass_to(&mut cmd);
+    let out = cmd.output().expect("run qemu-io");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() && !stdout.contains("verification failed") {
+        Ok(stdout)
+    } else {
+        Err(format!("{stderr}{stdout}"))
+    }
+}
+
+/// Fills `len` bytes at `offset` with [`MARKER`] repeated, the way a guest would write them.
+pub fn write_marker(path: &Path, key: &VolumeKey, offset: u64, len: u64) {
+    let pattern = path.with_extension("marker.tmp");
+    std::fs::write(&pattern, MARKER).unwrap();
+    let result = qemu_io_encrypted(
+        path,
+        key,
+        &format!("write -s {} {offset} {len}", pattern.display()),
+    );
+    std::fs::remove_file(&pattern).unwrap();
+    result.expect("qemu-io write");
+}
+
+/// How often `needle` occurs in `haystack`.
+pub fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// Whether this process still has the pipe with inode `inode` open.
+pub fn pipe_open_here(inode: u64) -> bool {
+    let wanted = format!("pipe:[{inode}]");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == wanted))
 }
