@@ -55,6 +55,7 @@ modules=(
 	virtio virtio_ring virtio_mmio
 	virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
 	virtio_blk
+	scsi_common scsi_mod sd_mod virtio_scsi
 	failover net_failover virtio_net
 	virtio_console virtio_balloon virtio_rng
 	vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport

@@ -18,8 +18,8 @@ pub use pool::{
     ResizeVolumeRequest, Volume, VolumeFormat,
 };
 pub use vm::{
-    Boot, CreateVmRequest, DesiredState, EditVmRequest, Machine, NicKind, RebootVmRequest,
-    RestartPolicy, StopVmRequest, Vm, VmSpec, VmState,
+    AttachDiskRequest, Boot, CreateVmRequest, DesiredState, EditVmRequest, Machine, NicKind,
+    RebootVmRequest, RestartPolicy, StopVmRequest, Vm, VmDisk, VmSpec, VmState,
 };
 
 /// The API version prefix every route lives under.

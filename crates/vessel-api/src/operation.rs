@@ -13,6 +13,8 @@ pub enum OperationAction {
     Resume,
     Edit,
     Delete,
+    AttachDisk,
+    DetachDisk,
     /// Started by the daemon itself: a restart after a crash, per the VM's restart policy.
     Restart,
 }
@@ -29,6 +31,8 @@ impl OperationAction {
             OperationAction::Resume => "resume",
             OperationAction::Edit => "edit",
             OperationAction::Delete => "delete",
+            OperationAction::AttachDisk => "attach-disk",
+            OperationAction::DetachDisk => "detach-disk",
             OperationAction::Restart => "restart",
         }
     }

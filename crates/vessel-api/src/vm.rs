@@ -77,6 +77,39 @@ pub struct VmSpec {
     pub machine: Machine,
     pub nic: NicKind,
     pub restart_policy: RestartPolicy,
+    /// Pool volumes attached as SCSI disks, in attach order (the guest sees sda, sdb, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<VmDisk>,
+}
+
+/// A pool volume attached to a VM. It is a SCSI disk on the VM's virtio-scsi controller, which
+/// takes disks while the VM runs (hot-plug) on every machine type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisk {
+    pub pool: String,
+    pub volume: String,
+    /// The guest cannot write to the disk.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Several running VMs may use the volume at once (for cluster file systems). Without it,
+    /// a volume is written by one running VM at a time, which QEMU's image locks enforce.
+    #[serde(default)]
+    pub shareable: bool,
+}
+
+/// `POST /v1/vms/{name}/disks`: attach a pool volume, also while the VM runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachDiskRequest {
+    /// The volume's pool; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    pub volume: String,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub shareable: bool,
 }
 
 /// `POST /v1/vms`. Exactly one of `kernel` or `disk` must be given.

@@ -238,6 +238,37 @@ impl Client {
         self.mutate(Method::POST, &path, action.body()).await
     }
 
+    /// `POST /v1/vms/{name}/disks`
+    pub async fn attach_disk(
+        &self,
+        vm: &str,
+        req: &vessel_api::AttachDiskRequest,
+        wait: bool,
+    ) -> Result<Outcome<Vm>, ClientError> {
+        let path = with_wait(vm_path(vm, "disks"), wait);
+        self.mutate(Method::POST, &path, Some(to_json(req))).await
+    }
+
+    /// `DELETE /v1/vms/{name}/disks/{pool}/{volume}`
+    pub async fn detach_disk(
+        &self,
+        vm: &str,
+        pool: &str,
+        volume: &str,
+        wait: bool,
+    ) -> Result<Outcome<Vm>, ClientError> {
+        let path = with_wait(
+            format!(
+                "{}/{}/{}",
+                vm_path(vm, "disks"),
+                encode_segment(pool),
+                encode_segment(volume)
+            ),
+            wait,
+        );
+        self.mutate(Method::DELETE, &path, None).await
+    }
+
     /// `GET /v1/pools`
     pub async fn list_pools(&self) -> Result<Vec<Pool>, ClientError> {
         self.get("/v1/pools").await

@@ -130,6 +130,16 @@ pub fn vm_details(vm: &Vm, now_ms: u64) -> String {
         }
         Boot::Disk { disk } => rows.push(("Disk", disk.clone())),
     }
+    for disk in &spec.disks {
+        let mut text = format!("{}/{}", disk.pool, disk.volume);
+        if disk.read_only {
+            text.push_str(" (read-only)");
+        }
+        if disk.shareable {
+            text.push_str(" (shareable)");
+        }
+        rows.push(("Attached disk", text));
+    }
     rows.extend([
         ("NIC", nic_name(spec.nic).to_string()),
         ("Restart policy", spec.restart_policy.as_str().to_string()),
@@ -476,6 +486,7 @@ mod tests {
                 machine: Machine::Microvm,
                 nic: NicKind::User,
                 restart_policy: RestartPolicy::OnFailure,
+                disks: vec![],
             },
             desired_state: match state {
                 VmState::Running => DesiredState::Running,

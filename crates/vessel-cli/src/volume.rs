@@ -34,6 +34,48 @@ pub enum VolumeCommand {
     /// Delete a volume. Refused while a VM uses it or a linked clone depends on it.
     #[command(visible_alias = "rm")]
     Delete(VolumeArgs),
+    /// Attach a volume to a VM as a disk, also while the VM runs (hot-plug).
+    ///
+    /// The volume becomes the VM's next SCSI disk (sda, sdb, ... in a Linux guest, in attach
+    /// order; its serial number is the volume's name). A running VM sees the new disk at once.
+    /// A volume is written by one running VM at a time unless every attachment is --shareable.
+    #[command(
+        after_help = "Examples:\n  vessel volume attach data1 web1\n  vessel volume attach iso1 web1 --read-only\n  vessel volume attach shared web1 --shareable   # cluster file systems only"
+    )]
+    Attach(VolumeAttachArgs),
+    /// Detach a volume from a VM, also while the VM runs (hot-unplug).
+    ///
+    /// A running guest is told the disk goes away; unmount it in the guest first.
+    #[command(after_help = "Examples:\n  vessel volume detach data1 web1")]
+    Detach(VolumeDetachArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeAttachArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// The VM to attach it to.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    /// The guest cannot write to the disk.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let several running VMs use the volume at once (for cluster file systems).
+    #[arg(long)]
+    pub shareable: bool,
+    #[command(flatten)]
+    pub wait: crate::vm::WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeDetachArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// The VM to detach it from.
+    #[arg(value_name = "VM")]
+    pub vm: String,
+    #[command(flatten)]
+    pub wait: crate::vm::WaitArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -181,6 +223,41 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
         VolumeCommand::Delete(args) => {
             client.delete_volume(&args.pool.pool, &args.name).await?;
             ctx.print(&format!("volume {} deleted\n", args.name))?;
+        }
+        VolumeCommand::Attach(args) => {
+            let request = vessel_api::AttachDiskRequest {
+                pool: Some(args.volume.pool.pool.clone()),
+                volume: args.volume.name.clone(),
+                read_only: args.read_only,
+                shareable: args.shareable,
+            };
+            let outcome = client
+                .attach_disk(&args.vm, &request, !args.wait.no_wait)
+                .await?;
+            ctx.show_outcome(&outcome, |vm| {
+                format!(
+                    "volume {} attached to VM {} ({})\n",
+                    args.volume.name,
+                    vm.spec.name,
+                    vm.state.as_str()
+                )
+            })?;
+        }
+        VolumeCommand::Detach(args) => {
+            let outcome = client
+                .detach_disk(
+                    &args.vm,
+                    &args.volume.pool.pool,
+                    &args.volume.name,
+                    !args.wait.no_wait,
+                )
+                .await?;
+            ctx.show_outcome(&outcome, |vm| {
+                format!(
+                    "volume {} detached from VM {}\n",
+                    args.volume.name, vm.spec.name
+                )
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -100,6 +100,7 @@ fn sample_vm() -> Vm {
             machine: Machine::Microvm,
             nic: NicKind::User,
             restart_policy: RestartPolicy::Never,
+            disks: vec![],
         },
         desired_state: DesiredState::Running,
         state: VmState::Running,

@@ -3,11 +3,13 @@
 //! Invariant: this crate does no IO. Everything it needs to know about the world (host capacity,
 //! whether a file exists) is passed in, so every rule is a plain function that tests can call.
 
+pub mod disks;
 pub mod lifecycle;
 pub mod name;
 pub mod spec;
 pub mod units;
 
+pub use disks::{attach_disk, detach_disk, disk_node_name, validate_disks};
 pub use lifecycle::{after_exit, check_action, state_after_exit, ExitKind, RestartDecision};
 pub use name::validate_name;
 pub use spec::{apply_edit, spec_from_create, validate_spec, HostCapacity};

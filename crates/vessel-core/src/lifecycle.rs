@@ -69,6 +69,16 @@ pub fn check_action(action: OperationAction, state: VmState, force: bool) -> Res
             "the VM is {}; stop it before editing (vessel vm stop NAME)",
             state.as_str()
         )),
+        // Hot-plug needs the VM settled: not while QEMU is coming up or going down.
+        OperationAction::AttachDisk | OperationAction::DetachDisk
+            if !matches!(state, VmState::Starting | VmState::Stopping) =>
+        {
+            Ok(())
+        }
+        OperationAction::AttachDisk | OperationAction::DetachDisk => Err(format!(
+            "the VM is {}; wait until it is running or stopped, then try again",
+            state.as_str()
+        )),
         OperationAction::Delete if !running || force => Ok(()),
         OperationAction::Delete => Err(format!(
             "the VM is {}; stop it first, or delete with --force to kill it",

@@ -54,6 +54,7 @@ pub fn spec_from_create(req: &CreateVmRequest, host: HostCapacity) -> Result<VmS
         boot,
         nic: req.nic.unwrap_or(NicKind::None),
         restart_policy: req.restart_policy.unwrap_or_default(),
+        disks: Vec::new(),
     };
     validate_spec(&spec, host)?;
     Ok(spec)
@@ -166,7 +167,7 @@ pub fn validate_spec(spec: &VmSpec, host: HostCapacity) -> Result<(), String> {
         }
         Boot::Disk { disk } => validate_path("disk", disk)?,
     }
-    Ok(())
+    crate::disks::validate_disks(&spec.disks)
 }
 
 fn validate_path(what: &str, path: &str) -> Result<(), String> {

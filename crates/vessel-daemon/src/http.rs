@@ -125,6 +125,19 @@ impl Params {
         reboot_vm,
         pause_vm,
         resume_vm,
+        attach_disk,
+        detach_disk,
+        list_pools,
+        create_pool,
+        get_pool,
+        delete_pool,
+        list_volumes,
+        create_volume,
+        get_volume,
+        delete_volume,
+        resize_volume,
+        clone_volume,
+        list_events,
         list_operations,
         get_operation,
         host_info,
@@ -160,6 +173,11 @@ pub fn router(service: Service) -> Router {
         .route("/v1/vms/{name}/reboot", post(reboot_vm))
         .route("/v1/vms/{name}/pause", post(pause_vm))
         .route("/v1/vms/{name}/resume", post(resume_vm))
+        .route("/v1/vms/{name}/disks", post(attach_disk))
+        .route(
+            "/v1/vms/{name}/disks/{pool}/{volume}",
+            axum::routing::delete(detach_disk),
+        )
         .route("/v1/vms/{name}/console/log", get(console_http::console_log))
         .route("/v1/vms/{name}/console", get(console_http::console_attach))
         .route("/v1/pools", get(list_pools).post(create_pool))
@@ -311,7 +329,7 @@ async fn stop_vm(
     let options = ActionOptions {
         force: req.force,
         timeout_secs: req.timeout_secs,
-        edit: None,
+        ..Default::default()
     };
     let op = s.submit(&name, OperationAction::Stop, options).await?;
     finish(&s, op, wait, StatusCode::OK).await
@@ -359,6 +377,33 @@ async fn resume_vm(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     simple_action(s, name, q, OperationAction::Resume).await
+}
+
+#[utoipa::path(post, path = "/v1/vms/{name}/disks", request_body = vessel_api::AttachDiskRequest,
+    params(("wait" = Option<bool>, Query, description = "wait for the operation (default true)")),
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn attach_disk(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    ApiJson(req): ApiJson<vessel_api::AttachDiskRequest>,
+) -> ApiResult<Response> {
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.attach_disk(&name, &req).await?;
+    finish(&s, op, wait, StatusCode::OK).await
+}
+
+#[utoipa::path(delete, path = "/v1/vms/{name}/disks/{pool}/{volume}",
+    params(("wait" = Option<bool>, Query, description = "wait for the operation (default true)")),
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn detach_disk(
+    State(s): State<Service>,
+    Path((name, pool, volume)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.detach_disk(&name, &pool, &volume).await?;
+    finish(&s, op, wait, StatusCode::OK).await
 }
 
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = Vec<vessel_api::Pool>)))]

@@ -12,6 +12,7 @@ mod model;
 mod pools;
 mod service;
 mod view;
+mod vm_disks;
 mod volumes;
 mod worker;
 

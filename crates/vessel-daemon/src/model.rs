@@ -119,6 +119,9 @@ pub struct OpRecord {
     /// The edit to apply, for edit operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edit: Option<vessel_api::EditVmRequest>,
+    /// The disk to attach or detach, for disk operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<vessel_api::VmDisk>,
 }
 
 /// A VM's three records, read together in one consistent listing.

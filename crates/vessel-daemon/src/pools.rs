@@ -83,6 +83,22 @@ pub(crate) async fn open(ctx: &Ctx, record: &PoolRecord) -> Result<Arc<DirPool>,
     Ok(pool)
 }
 
+async fn pool_record(ctx: &Ctx, name: &str) -> Result<PoolRecord, ApiError> {
+    validate_name("pool", name).map_err(ApiError::invalid)?;
+    let kv = ctx
+        .store
+        .get(&pool_key(name))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(name))?;
+    decode(&kv.key, &kv.value).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The handle of the pool named `name`.
+pub(crate) async fn open_by_name(ctx: &Ctx, name: &str) -> Result<Arc<DirPool>, ApiError> {
+    open(ctx, &pool_record(ctx, name).await?).await
+}
+
 /// The API view: the record plus the pool's space and volume count, read now.
 async fn view(pool: &DirPool, record: &PoolRecord) -> Result<Pool, ApiError> {
     let usage = pool
@@ -150,15 +166,7 @@ impl Service {
     }
 
     pub(crate) async fn pool_record(&self, name: &str) -> Result<PoolRecord, ApiError> {
-        validate_name("pool", name).map_err(ApiError::invalid)?;
-        let kv = self
-            .ctx
-            .store
-            .get(&pool_key(name))
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| not_found(name))?;
-        decode(&kv.key, &kv.value).map_err(|e| ApiError::internal(e.to_string()))
+        pool_record(&self.ctx, name).await
     }
 
     pub async fn list_pools(&self) -> Result<Vec<Pool>, ApiError> {

@@ -29,6 +29,8 @@ pub struct ActionOptions {
     pub force: bool,
     pub timeout_secs: Option<u64>,
     pub edit: Option<EditVmRequest>,
+    /// The disk of an attach or detach.
+    pub disk: Option<vessel_api::VmDisk>,
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {
@@ -125,6 +127,24 @@ impl Service {
                 .map_err(ApiError::invalid)?;
             check_files(&VmRecord { spec, ..record })
                 .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
+        }
+        if let Some(disk) = &options.disk {
+            let changed = match action {
+                OperationAction::AttachDisk => vessel_core::attach_disk(&record.spec, disk.clone()),
+                _ => vessel_core::detach_disk(&record.spec, &disk.pool, &disk.volume),
+            };
+            changed.map_err(ApiError::invalid)?;
+            if action == OperationAction::AttachDisk && status.state.has_process() {
+                let vms = self.ctx.view.all().await.map_err(internal)?;
+                let users = crate::vm_disks::conflicting_users(&vms, name, disk);
+                if !users.is_empty() {
+                    return Err(ApiError::conflict(format!(
+                        "volume {:?} of pool {:?} is in use by running VM {}; a volume is written by one running VM at a time",
+                        disk.volume, disk.pool, users.join(", ")
+                    ))
+                    .with_hint("stop that VM or detach the volume from it, or attach read-only; mark both attachments shareable only for cluster file systems"));
+                }
+            }
         }
         let target = desired_after(action, status.state);
         let op = new_op(name, action, target.unwrap_or(desired), options);
@@ -282,5 +302,6 @@ fn new_op(
         },
         target: Some(target),
         edit: options.edit,
+        disk: options.disk,
     }
 }

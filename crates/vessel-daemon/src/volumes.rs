@@ -37,10 +37,17 @@ fn api_error(e: PoolError) -> ApiError {
     ApiError::new(code, crate::worker::error_chain(&e))
 }
 
-/// VMs whose disk is the file at `path`.
-fn users_of(vms: &[Loaded], path: &std::path::Path) -> Vec<String> {
+/// VMs that boot from the volume's file or have the volume attached.
+fn users_of(vms: &[Loaded], pool: &str, volume: &str, path: &std::path::Path) -> Vec<String> {
     vms.iter()
-        .filter(|vm| matches!(&vm.record.spec.boot, Boot::Disk { disk } if std::path::Path::new(disk) == path))
+        .filter(|vm| {
+            let spec = &vm.record.spec;
+            matches!(&spec.boot, Boot::Disk { disk } if std::path::Path::new(disk) == path)
+                || spec
+                    .disks
+                    .iter()
+                    .any(|d| d.pool == pool && d.volume == volume)
+        })
         .map(|vm| vm.record.spec.name.clone())
         .collect()
 }
@@ -48,7 +55,7 @@ fn users_of(vms: &[Loaded], path: &std::path::Path) -> Vec<String> {
 fn view(pool: &str, info: VolumeInfo, vms: &[Loaded]) -> Volume {
     Volume {
         pool: pool.to_string(),
-        used_by: users_of(vms, &info.path),
+        used_by: users_of(vms, pool, &info.name, &info.path),
         name: info.name,
         format: from_format(info.format),
         path: info.path.to_string_lossy().into_owned(),
@@ -140,7 +147,7 @@ impl Service {
         let dir = self.open_pool(pool).await?;
         let path = dir.volume(name).await.map_err(api_error)?.path;
         let vms = self.vms().await?;
-        let running: Vec<String> = users_of(&vms, &path)
+        let running: Vec<String> = users_of(&vms, pool, name, &path)
             .into_iter()
             .filter(|user| {
                 vms.iter()

@@ -18,10 +18,13 @@ use crate::model::{
     decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key, vm_prefix, Loaded,
     OpRecord, VmRecord, VmStatus,
 };
+use crate::vm_disks;
 
 /// Restarts allowed within [`RESTART_WINDOW`] before the policy gives up on a crash loop.
 const RESTART_BURST: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long a guest may take to let go of a hot-unplugged disk.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub enum WorkerMsg {
     /// Carry out the operation with this id.
@@ -185,6 +188,8 @@ impl Worker {
             OperationAction::Reboot if op.force => self.hard_reset().await,
             OperationAction::Reboot => self.clean_reboot(timeout).await,
             OperationAction::Edit => self.apply_edit(record).await,
+            OperationAction::AttachDisk => self.attach_disk(record).await,
+            OperationAction::DetachDisk => self.detach_disk(record).await,
             OperationAction::Delete => self.delete(op.force).await,
             _ => {
                 let Loaded { desired, .. } = self.load_existing().await?;
@@ -233,10 +238,20 @@ impl Worker {
             .await?;
             return Err(problem);
         }
+        let request = match self.prepare_launch(&vm).await {
+            Ok(request) => request,
+            Err(problem) => {
+                self.save(
+                    &failed_start(&status, &problem),
+                    Some(DesiredState::Stopped),
+                )
+                .await?;
+                return Err(problem);
+            }
+        };
         status.state = VmState::Starting;
         status.reason = None;
         self.save(&status, None).await?;
-        let request = self.launch_request(&vm);
         let mut instance = match self.ctx.backend.launch(&request).await {
             Ok(instance) => instance,
             Err(e) => {
@@ -274,12 +289,31 @@ impl Worker {
         Ok(())
     }
 
-    fn launch_request(&self, vm: &VmRecord) -> LaunchRequest {
+    fn launch_request(&self, vm: &VmRecord, disks: Vec<vessel_qemu::DiskFile>) -> LaunchRequest {
         LaunchRequest {
             spec: vm.spec.clone(),
             accel: self.ctx.accel.accel,
             run_dir: self.ctx.vm_dir(&self.name),
+            disks,
         }
+    }
+
+    /// Resolves the disks and checks that no other running VM writes one of them.
+    async fn prepare_launch(&self, vm: &VmRecord) -> Result<LaunchRequest, String> {
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        let vms = self.ctx.view.all().await.map_err(|e| e.to_string())?;
+        for disk in &vm.spec.disks {
+            let users = vm_disks::conflicting_users(&vms, &self.name, disk);
+            if !users.is_empty() {
+                return Err(format!(
+                    "volume {:?} of pool {:?} is in use by running VM {}; stop it or detach the volume there first",
+                    disk.volume,
+                    disk.pool,
+                    users.join(", ")
+                ));
+            }
+        }
+        Ok(self.launch_request(vm, disks))
     }
 
     fn attach(&self, instance: &mut Box<dyn Instance>) {
@@ -411,6 +445,139 @@ impl Worker {
             .then(Op::Put(spec_key(&self.name), encode(&vm)));
         self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
         self.ctx.event(&self.name, "spec edited").await;
+        Ok(())
+    }
+
+    async fn attach_disk(&mut self, record: &OpRecord) -> OpResult {
+        let disk = record
+            .disk
+            .clone()
+            .ok_or("attach operation without a disk")?;
+        let Loaded {
+            record: mut vm,
+            status,
+            ..
+        } = self.load_existing().await?;
+        vessel_core::check_action(OperationAction::AttachDisk, status.state, false)?;
+        vm.spec = vessel_core::attach_disk(&vm.spec, disk.clone())?;
+        if let Some(live) = &self.live {
+            let vms = self.ctx.view.all().await.map_err(|e| e.to_string())?;
+            let users = vm_disks::conflicting_users(&vms, &self.name, &disk);
+            if !users.is_empty() {
+                return Err(format!(
+                    "volume {:?} is in use by running VM {}",
+                    disk.volume,
+                    users.join(", ")
+                ));
+            }
+            let file = vm_disks::resolve_disk(&self.ctx, &disk).await?;
+            live.instance
+                .attach_disk(&file)
+                .await
+                .map_err(|e| format!("hot-plug failed: {}", error_chain(&e)))?;
+        }
+        self.put_spec(&vm).await?;
+        self.ctx
+            .event(
+                &self.name,
+                format!("disk {}/{} attached", disk.pool, disk.volume),
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn detach_disk(&mut self, record: &OpRecord) -> OpResult {
+        let disk = record
+            .disk
+            .clone()
+            .ok_or("detach operation without a disk")?;
+        let Loaded {
+            record: mut vm,
+            status,
+            ..
+        } = self.load_existing().await?;
+        vessel_core::check_action(OperationAction::DetachDisk, status.state, false)?;
+        vm.spec = vessel_core::detach_disk(&vm.spec, &disk.pool, &disk.volume)?;
+        if self.live.is_some() {
+            self.unplug(&vessel_core::disk_node_name(&disk.pool, &disk.volume))
+                .await?;
+        }
+        self.put_spec(&vm).await?;
+        self.ctx
+            .event(
+                &self.name,
+                format!("disk {}/{} detached", disk.pool, disk.volume),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Hot-unplugs a disk: the device goes (the guest is told), then the block node, which
+    /// closes the file.
+    async fn unplug(&mut self, node_name: &str) -> OpResult {
+        let live = self.live.as_ref().ok_or("the VM is not running")?;
+        live.instance
+            .unplug_disk(node_name)
+            .await
+            .map_err(|e| format!("hot-unplug failed: {}", error_chain(&e)))?;
+        let device = vessel_qemu::disk::device_id(node_name);
+        let gone = self
+            .wait_for_event(
+                UNPLUG_TIMEOUT,
+                |event| matches!(event, InstanceEvent::DeviceDeleted { device: d } if *d == device),
+            )
+            .await?;
+        if !gone {
+            return Err(format!(
+                "the guest did not release the disk within {} s; try again, or stop the VM and detach it then",
+                UNPLUG_TIMEOUT.as_secs()
+            ));
+        }
+        let live = self
+            .live
+            .as_ref()
+            .ok_or("the VM stopped during the unplug")?;
+        live.instance
+            .remove_block_node(node_name)
+            .await
+            .map_err(|e| format!("could not close the disk: {}", error_chain(&e)))
+    }
+
+    /// Waits for an instance event that matches, handling the others as usual (an exit ends the
+    /// wait with an error). Returns false on timeout.
+    async fn wait_for_event(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&InstanceEvent) -> bool,
+    ) -> Result<bool, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let live = self.live.as_mut().ok_or("the VM is not running")?;
+            let event = match tokio::time::timeout_at(deadline, live.events.recv()).await {
+                Err(_) => return Ok(false),
+                Ok(event) => event,
+            };
+            match event {
+                Some(event) if wanted(&event) => return Ok(true),
+                Some(event @ InstanceEvent::Exited { .. }) => {
+                    self.on_event(event).await;
+                    return Err("QEMU exited while waiting".into());
+                }
+                Some(event) => self.on_event(event).await,
+                None => {
+                    self.on_exit("the QEMU event stream ended".into(), false)
+                        .await;
+                    return Err("QEMU exited while waiting".into());
+                }
+            }
+        }
+    }
+
+    async fn put_spec(&self, vm: &VmRecord) -> OpResult {
+        let txn = Txn::new()
+            .when(Compare::Exists(spec_key(&self.name)))
+            .then(Op::Put(spec_key(&self.name), encode(vm)));
+        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -562,7 +729,8 @@ impl Worker {
     }
 
     async fn adopt(&mut self, vm: &VmRecord, status: &VmStatus, pid: ProcessId) -> OpResult {
-        let request = self.launch_request(vm);
+        // Adoption attaches to what runs; the disks are already in QEMU.
+        let request = self.launch_request(vm, Vec::new());
         match self.ctx.backend.adopt(&request, pid).await {
             Ok(mut instance) => {
                 self.attach(&mut instance);

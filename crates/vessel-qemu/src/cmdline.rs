@@ -4,6 +4,7 @@ use vessel_api::{Boot, Machine, NicKind, VmSpec};
 use vessel_storage::Format;
 
 use crate::accel::Accel;
+use crate::disk::{self, DiskFile};
 
 /// File descriptor numbers the QMP and console listening sockets have inside QEMU.
 pub const QMP_FD: i32 = 3;
@@ -20,6 +21,8 @@ pub struct CmdlineInputs<'a> {
     pub disk_format: Option<Format>,
     /// The host's TSC frequency; a TCG guest's TSC runs at it.
     pub host_tsc_khz: Option<u64>,
+    /// Data disks, on the SCSI controller, in this order.
+    pub disks: &'a [DiskFile],
 }
 
 /// QEMU's option parser splits on commas; a literal comma is written twice.
@@ -74,6 +77,12 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
     // reported as crashed instead of hanging forever as "running".
     push(&["-device", "pvpanic"]);
     boot_args(inputs, &mut args);
+    // Every VM gets the controller, so that a disk can be hot-plugged into a VM started without.
+    args.extend(["-device".into(), disk::controller(spec.machine)]);
+    for d in inputs.disks {
+        args.extend(["-blockdev".into(), d.blockdev().to_string()]);
+        args.extend(["-device".into(), d.device().to_string()]);
+    }
     if spec.nic == NicKind::User {
         args.extend(["-netdev".into(), "user,id=net0".into()]);
         args.extend([
@@ -171,6 +180,7 @@ mod tests {
             machine,
             nic: NicKind::User,
             restart_policy: RestartPolicy::Never,
+            disks: vec![],
         }
     }
 
@@ -181,6 +191,7 @@ mod tests {
             pid_file: "/run/x.pid",
             disk_format: Some(Format::Qcow2),
             host_tsc_khz: Some(2_000_000),
+            disks: &[],
         })
         .join(" ")
     }
@@ -226,6 +237,34 @@ mod tests {
         assert!(line.contains("driver=qcow2,node-name=disk0"), "{line}");
         assert!(line.contains("virtio-blk-pci,drive=disk0"), "{line}");
         assert!(line.contains("-accel kvm -cpu host"), "{line}");
+    }
+
+    #[test]
+    fn data_disks_sit_on_the_scsi_controller_in_order() {
+        let disks =
+            [("vda1", Format::Qcow2), ("vdb2", Format::Raw)].map(|(node, format)| DiskFile {
+                node_name: node.into(),
+                path: format!("/p/{node}").into(),
+                format,
+                read_only: false,
+                shareable: false,
+                serial: node.into(),
+            });
+        let s = spec(Boot::Disk { disk: "/d".into() }, Machine::Q35);
+        let args = build(&CmdlineInputs {
+            spec: &s,
+            accel: Accel::Tcg,
+            pid_file: "/run/x.pid",
+            disk_format: None,
+            host_tsc_khz: None,
+            disks: &disks,
+        });
+        let line = args.join(" ");
+        assert!(line.contains("-device virtio-scsi-pci,id=scsi0"), "{line}");
+        let a = line.find(r#""node-name":"vda1""#).expect("first disk");
+        let b = line.find(r#""node-name":"vdb2""#).expect("second disk");
+        assert!(a < b, "{line}");
+        assert!(line.contains(r#""drive":"vdb2""#), "{line}");
     }
 
     #[test]

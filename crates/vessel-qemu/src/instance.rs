@@ -15,7 +15,9 @@ use vessel_qmp::{EventStream, Qmp, QmpEvent};
 
 use crate::cmdline::{self, CmdlineInputs};
 use crate::process::{self, ExitWatch, InheritedSockets, ProcessId};
-use crate::{Backend, BackendError, Instance, InstanceEvent, LaunchRequest, RunFiles, RunState};
+use crate::{
+    Backend, BackendError, DiskFile, Instance, InstanceEvent, LaunchRequest, RunFiles, RunState,
+};
 
 /// How long QEMU may take from exec to a finished QMP handshake. Generous because a loaded
 /// TCG host can be slow; a QEMU that fails exits, which ends the wait early.
@@ -70,6 +72,7 @@ impl Backend for QemuBackend {
             pid_file: &pid_file,
             disk_format,
             host_tsc_khz: host_tsc_khz(),
+            disks: &request.disks,
         });
         tracing::debug!(vm = %request.spec.name, ?args, "launching QEMU");
         let child = process::spawn(&self.binary, &args, sockets, log).map_err(|source| {
@@ -229,6 +232,13 @@ fn map_event(event: &QmpEvent) -> Option<InstanceEvent> {
         "RESUME" => Some(InstanceEvent::Resumed),
         "RESET" => Some(InstanceEvent::Reset),
         "GUEST_PANICKED" => Some(InstanceEvent::GuestPanicked),
+        "DEVICE_DELETED" => {
+            data.get("device")
+                .and_then(Value::as_str)
+                .map(|device| InstanceEvent::DeviceDeleted {
+                    device: device.to_string(),
+                })
+        }
         "SHUTDOWN" => Some(InstanceEvent::Shutdown {
             guest: data.get("guest").and_then(Value::as_bool).unwrap_or(false),
             reason: data
@@ -289,6 +299,40 @@ impl Instance for QemuInstance {
 
     fn kill(&self) -> Result<(), BackendError> {
         process::kill(self.id)?;
+        Ok(())
+    }
+
+    async fn attach_disk(&self, disk: &DiskFile) -> Result<(), BackendError> {
+        self.qmp
+            .execute("blockdev-add", Some(disk.blockdev()))
+            .await?;
+        if let Err(e) = self.qmp.execute("device_add", Some(disk.device())).await {
+            // Leave nothing behind: the node would keep the image file open and locked.
+            if let Err(undo) = self.remove_block_node(&disk.node_name).await {
+                tracing::warn!(node = %disk.node_name, error = %undo, "could not undo blockdev-add");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn unplug_disk(&self, node_name: &str) -> Result<(), BackendError> {
+        self.qmp
+            .execute(
+                "device_del",
+                Some(serde_json::json!({ "id": crate::disk::device_id(node_name) })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError> {
+        self.qmp
+            .execute(
+                "blockdev-del",
+                Some(serde_json::json!({ "node-name": node_name })),
+            )
+            .await?;
         Ok(())
     }
 }

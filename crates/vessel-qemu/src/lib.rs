@@ -7,6 +7,7 @@
 
 pub mod accel;
 pub mod cmdline;
+pub mod disk;
 pub mod host;
 mod instance;
 mod process;
@@ -18,6 +19,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 pub use accel::{detect_accelerator, Accel, AccelChoice};
+pub use disk::DiskFile;
 pub use instance::QemuBackend;
 pub use process::ProcessId;
 use vessel_api::VmSpec;
@@ -29,6 +31,8 @@ pub struct LaunchRequest {
     pub accel: Accel,
     /// Directory owned by this VM: sockets, pid file, QEMU's own log.
     pub run_dir: PathBuf,
+    /// The spec's data disks, resolved to files, in the spec's order.
+    pub disks: Vec<DiskFile>,
 }
 
 /// The files of a VM's run directory, in one place so that launch and adopt agree.
@@ -65,6 +69,10 @@ pub enum InstanceEvent {
         reason: String,
     },
     GuestPanicked,
+    /// A device was removed (the end of a hot-unplug); `device` is its id.
+    DeviceDeleted {
+        device: String,
+    },
     /// The process is gone. `detail` says how (exit code or signal, and QEMU's last words).
     Exited {
         detail: String,
@@ -135,4 +143,11 @@ pub trait Instance: Send + Sync {
     async fn reset(&self) -> Result<(), BackendError>;
     /// Ends the process at once (SIGKILL).
     fn kill(&self) -> Result<(), BackendError>;
+    /// Hot-plugs a disk. All or nothing: on error the VM has no trace of it.
+    async fn attach_disk(&self, disk: &DiskFile) -> Result<(), BackendError>;
+    /// Asks to unplug a disk's device. The device is gone at the matching
+    /// [`InstanceEvent::DeviceDeleted`]; then [`Instance::remove_block_node`] closes the file.
+    async fn unplug_disk(&self, node_name: &str) -> Result<(), BackendError>;
+    /// Closes a disk's block node once its device is gone.
+    async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError>;
 }

@@ -1,0 +1,110 @@
+//! A VM's data disks: attaching and detaching pool volumes (also while the VM runs), and
+//! resolving the spec's disks to files when QEMU starts.
+
+use std::sync::Arc;
+
+use vessel_api::{ApiError, AttachDiskRequest, Operation, OperationAction, VmDisk, VmSpec};
+use vessel_core::{disk_node_name, validate_name};
+use vessel_qemu::DiskFile;
+use vessel_storage::{DirPool, StoragePool};
+
+use crate::ctx::Ctx;
+use crate::model::Loaded;
+use crate::pools::DEFAULT_POOL;
+use crate::service::{ActionOptions, Service};
+
+impl Service {
+    /// Attaches a pool volume; hot-plugged when the VM runs.
+    pub async fn attach_disk(
+        &self,
+        vm: &str,
+        request: &AttachDiskRequest,
+    ) -> Result<Operation, ApiError> {
+        let disk = VmDisk {
+            pool: request.pool.clone().unwrap_or_else(|| DEFAULT_POOL.into()),
+            volume: request.volume.clone(),
+            read_only: request.read_only,
+            shareable: request.shareable,
+        };
+        validate_name("volume", &disk.volume).map_err(ApiError::invalid)?;
+        // The volume must exist now; the worker resolves it again when it plugs it in.
+        self.get_volume(&disk.pool, &disk.volume).await?;
+        let options = ActionOptions {
+            disk: Some(disk),
+            ..Default::default()
+        };
+        self.submit(vm, OperationAction::AttachDisk, options).await
+    }
+
+    pub async fn detach_disk(
+        &self,
+        vm: &str,
+        pool: &str,
+        volume: &str,
+    ) -> Result<Operation, ApiError> {
+        validate_name("pool", pool).map_err(ApiError::invalid)?;
+        validate_name("volume", volume).map_err(ApiError::invalid)?;
+        let options = ActionOptions {
+            disk: Some(VmDisk {
+                pool: pool.into(),
+                volume: volume.into(),
+                read_only: false,
+                shareable: false,
+            }),
+            ..Default::default()
+        };
+        self.submit(vm, OperationAction::DetachDisk, options).await
+    }
+}
+
+/// Finds the pool handle for a disk's pool.
+async fn pool_of(ctx: &Ctx, pool: &str) -> Result<Arc<DirPool>, String> {
+    crate::pools::open_by_name(ctx, pool)
+        .await
+        .map_err(|e| e.message)
+}
+
+/// One disk of a spec, resolved to its file.
+pub async fn resolve_disk(ctx: &Ctx, disk: &VmDisk) -> Result<DiskFile, String> {
+    let pool = pool_of(ctx, &disk.pool).await?;
+    let info = pool
+        .volume(&disk.volume)
+        .await
+        .map_err(|e| format!("disk {}/{}: {e}", disk.pool, disk.volume))?;
+    Ok(DiskFile {
+        node_name: disk_node_name(&disk.pool, &disk.volume),
+        path: info.path,
+        format: info.format,
+        read_only: disk.read_only,
+        shareable: disk.shareable,
+        serial: disk.volume.clone(),
+    })
+}
+
+/// All disks of a spec, resolved, in order.
+pub async fn resolve_disks(ctx: &Ctx, spec: &VmSpec) -> Result<Vec<DiskFile>, String> {
+    let mut files = Vec::with_capacity(spec.disks.len());
+    for disk in &spec.disks {
+        files.push(resolve_disk(ctx, disk).await?);
+    }
+    Ok(files)
+}
+
+/// Running VMs other than `vm` whose use of the volume conflicts with `disk`. A volume is used
+/// by one running VM at a time, unless every user only reads it or every user shares it; these
+/// are the combinations QEMU's image locks allow, so this check names the VM holding the lock
+/// before QEMU refuses.
+pub fn conflicting_users(vms: &[Loaded], vm: &str, disk: &VmDisk) -> Vec<String> {
+    vms.iter()
+        .filter(|other| other.record.spec.name != vm && other.status.state.has_process())
+        .filter(|other| {
+            other.record.spec.disks.iter().any(|d| {
+                d.pool == disk.pool
+                    && d.volume == disk.volume
+                    && !(d.read_only && disk.read_only)
+                    && !(d.shareable && disk.shareable)
+            })
+        })
+        .map(|other| other.record.spec.name.clone())
+        .collect()
+}

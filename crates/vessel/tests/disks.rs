@@ -1,0 +1,189 @@
+//! Pool volumes as VM disks: attached while stopped or hot-plugged into a running guest, with
+//! what the guest wrote read back. Real QEMU, real guest, real image files.
+
+mod common;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use vessel_api::{AttachDiskRequest, CreateVolumeRequest, StopVmRequest, VmState, VolumeFormat};
+use vessel_cli::{Outcome, VmAction};
+
+const MIB: u64 = 1024 * 1024;
+
+async fn new_volume(client: &vessel_cli::Client, name: &str) {
+    client
+        .create_volume(
+            "default",
+            &CreateVolumeRequest {
+                name: name.into(),
+                format: VolumeFormat::Qcow2,
+                size_bytes: Some(16 * MIB),
+                backing: None,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create volume {name}: {e}"));
+}
+
+fn attach_request(volume: &str) -> AttachDiskRequest {
+    AttachDiskRequest {
+        pool: None,
+        volume: volume.into(),
+        read_only: false,
+        shareable: false,
+    }
+}
+
+async fn attach(client: &vessel_cli::Client, vm: &str, volume: &str) -> vessel_api::Vm {
+    match client.attach_disk(vm, &attach_request(volume), true).await {
+        Ok(Outcome::Done(vm)) => vm,
+        other => panic!("attach {volume} to {vm}: {other:?}"),
+    }
+}
+
+/// Types a shell command on the VM's console.
+async fn run_in_guest(client: &vessel_cli::Client, vm: &str, command: &str) {
+    let mut console = client.console_attach(vm).await.expect("attach console");
+    console
+        .write_all(format!("{command}\n").as_bytes())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_attached_while_stopped_keeps_what_the_guest_wrote() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    new_volume(&client, "data1").await;
+    create(&client, &guest_vm("disk1")).await;
+    let vm = attach(&client, "disk1", "data1").await;
+    assert_eq!(vm.spec.disks.len(), 1);
+    let volume = client.get_volume("default", "data1").await.unwrap();
+    assert_eq!(volume.used_by, vec!["disk1".to_string()]);
+    let refused = client.delete_volume("default", "data1").await.unwrap_err();
+    assert!(refused.to_string().contains("disk1"), "{refused}");
+
+    act(&client, "disk1", VmAction::Start).await;
+    let console = await_console(&client, "disk1", "VESSEL-GUEST-READY", 1).await;
+    assert!(
+        console.contains("VESSEL-DISKS sda:16384"),
+        "the guest sees the 16 MiB volume as sda:\n{console}"
+    );
+    // Written through the guest's page cache and flushed to the volume.
+    run_in_guest(
+        &client,
+        "disk1",
+        "echo MARK-$((6*7))-first >/dev/sda; sync; echo written-$((1+1))",
+    )
+    .await;
+    await_console(&client, "disk1", "written-2", 1).await;
+    act(&client, "disk1", VmAction::Stop(StopVmRequest::default())).await;
+
+    // A fresh QEMU and a fresh guest read it back from the file.
+    act(&client, "disk1", VmAction::Start).await;
+    await_console(&client, "disk1", "VESSEL-GUEST-READY", 2).await;
+    run_in_guest(&client, "disk1", "head -c 14 /dev/sda; echo").await;
+    await_console(&client, "disk1", "MARK-42-first", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_plug_shows_the_disk_in_the_running_guest_and_unplug_removes_it() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    new_volume(&client, "hot1").await;
+    let vm = booted(&client, guest_vm("plug1")).await;
+    let console = await_console(&client, "plug1", "VESSEL-DISKS", 1).await;
+    assert!(
+        !console.contains("sda"),
+        "no disk before the plug:\n{console}"
+    );
+
+    let attached = attach(&client, "plug1", "hot1").await;
+    assert_eq!(attached.pid, vm.pid, "hot-plug keeps the QEMU process");
+    assert_eq!(attached.state, VmState::Running);
+    // The guest kernel scans the new LUN; the guest's shell waits for the disk to appear.
+    run_in_guest(
+        &client,
+        "plug1",
+        "until grep -q sda /proc/partitions; do sleep 0.1; done; echo plugged-$((2*2))",
+    )
+    .await;
+    await_console(&client, "plug1", "plugged-4", 1).await;
+
+    let detached = match client.detach_disk("plug1", "default", "hot1", true).await {
+        Ok(Outcome::Done(vm)) => vm,
+        other => panic!("detach: {other:?}"),
+    };
+    assert!(detached.spec.disks.is_empty());
+    assert_eq!(detached.pid, vm.pid);
+    run_in_guest(
+        &client,
+        "plug1",
+        "while grep -q sda /proc/partitions; do sleep 0.1; done; echo unplugged-$((3*3))",
+    )
+    .await;
+    await_console(&client, "plug1", "unplugged-9", 1).await;
+    // QEMU closed the file: the volume is free again and can be deleted.
+    assert!(client
+        .get_volume("default", "hot1")
+        .await
+        .unwrap()
+        .used_by
+        .is_empty());
+    client.delete_volume("default", "hot1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_is_written_by_one_running_vm_at_a_time() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    new_volume(&client, "excl1").await;
+    booted(&client, guest_vm("owner1")).await;
+    booted(&client, guest_vm("other1")).await;
+    attach(&client, "owner1", "excl1").await;
+    let refused = client
+        .attach_disk("other1", &attach_request("excl1"), true)
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        text.contains("owner1"),
+        "names the VM that holds it: {text}"
+    );
+    assert!(
+        client.get_vm("other1").await.unwrap().spec.disks.is_empty(),
+        "a refused attach changes nothing"
+    );
+    // Not even for reading while another VM writes it.
+    let read_only = AttachDiskRequest {
+        read_only: true,
+        ..attach_request("excl1")
+    };
+    let refused = client
+        .attach_disk("other1", &read_only, true)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("owner1"), "{refused}");
+    // Readers share: once the writer lets go, two VMs read it at once.
+    match client.detach_disk("owner1", "default", "excl1", true).await {
+        Ok(Outcome::Done(_)) => {}
+        other => panic!("detach: {other:?}"),
+    }
+    for vm in ["owner1", "other1"] {
+        match client.attach_disk(vm, &read_only, true).await {
+            Ok(Outcome::Done(vm)) => assert!(vm.spec.disks[0].read_only),
+            other => panic!("read-only attach to {vm}: {other:?}"),
+        }
+    }
+    // Unknown volumes and double attachments are refused with the reason.
+    let missing = client
+        .attach_disk("owner1", &attach_request("nope"), true)
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("nope"), "{missing}");
+    let twice = client
+        .attach_disk("owner1", &read_only, true)
+        .await
+        .unwrap_err();
+    assert!(twice.to_string().contains("already attached"), "{twice}");
+}
