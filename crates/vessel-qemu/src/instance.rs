@@ -9,12 +9,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use vessel_api::Boot;
 use vessel_qmp::{EventStream, Qmp, QmpEvent};
+use vessel_storage::SnapshotInfo;
 
 use crate::cmdline::{self, CmdlineInputs};
 use crate::process::{self, ExitWatch, InheritedSockets, ProcessId};
+use crate::snapshot;
 use crate::{
     Backend, BackendError, DiskFile, Instance, InstanceEvent, LaunchRequest, RunFiles, RunState,
 };
@@ -27,12 +29,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
     binary: String,
+    /// Leave the vCPUs stopped after start-up ([`Backend::launch_paused`]).
+    start_paused: bool,
 }
 
 impl QemuBackend {
     pub fn new(binary: impl Into<String>) -> Self {
         QemuBackend {
             binary: binary.into(),
+            start_paused: false,
         }
     }
 }
@@ -92,8 +97,21 @@ impl Backend for QemuBackend {
                 .unwrap_or_else(|| "QEMU vanished".into()),
         })?;
         let instance = QemuInstance::new(id, attached, exit);
-        instance.qmp.execute("cont", None).await?;
+        if !self.start_paused {
+            instance.qmp.execute("cont", None).await?;
+        }
         Ok(Box::new(instance))
+    }
+
+    async fn launch_paused(
+        &self,
+        request: &LaunchRequest,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        let paused = QemuBackend {
+            start_paused: true,
+            ..self.clone()
+        };
+        paused.launch(request).await
     }
 
     async fn adopt(
@@ -195,17 +213,21 @@ struct QemuInstance {
     qmp: Qmp,
     events: Option<mpsc::UnboundedReceiver<InstanceEvent>>,
     console: Option<UnixStream>,
+    /// Bumped by the event pump at every `JOB_STATUS_CHANGE`: what job waits wake up on.
+    jobs: watch::Receiver<u64>,
 }
 
 impl QemuInstance {
     fn new(id: ProcessId, attached: Attached, exit: ExitWatch) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(pump_events(attached.events, exit, tx));
+        let (jobs_tx, jobs) = watch::channel(0);
+        tokio::spawn(pump_events(attached.events, exit, tx, jobs_tx));
         QemuInstance {
             id,
             qmp: attached.qmp,
             events: Some(rx),
             console: Some(attached.console),
+            jobs,
         }
     }
 }
@@ -215,8 +237,12 @@ async fn pump_events(
     mut events: EventStream,
     exit: ExitWatch,
     tx: mpsc::UnboundedSender<InstanceEvent>,
+    jobs: watch::Sender<u64>,
 ) {
     while let Some(event) = events.next().await {
+        if event.event == "JOB_STATUS_CHANGE" {
+            jobs.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if let Some(mapped) = map_event(&event) {
             let _ = tx.send(mapped);
         }
@@ -334,6 +360,36 @@ impl Instance for QemuInstance {
             )
             .await?;
         Ok(())
+    }
+
+    async fn snapshot_disks(&self, nodes: &[String], tag: &str) -> Result<Duration, BackendError> {
+        snapshot::snapshot_disks(&self.qmp, nodes, tag).await
+    }
+
+    async fn snapshot_save(
+        &self,
+        tag: &str,
+        vmstate_node: &str,
+        nodes: &[String],
+    ) -> Result<(), BackendError> {
+        snapshot::save(&self.qmp, &self.jobs, tag, vmstate_node, nodes).await
+    }
+
+    async fn snapshot_load(
+        &self,
+        tag: &str,
+        vmstate_node: &str,
+        nodes: &[String],
+    ) -> Result<(), BackendError> {
+        snapshot::load(&self.qmp, &self.jobs, tag, vmstate_node, nodes).await
+    }
+
+    async fn snapshot_delete(&self, nodes: &[String], tag: &str) -> Result<(), BackendError> {
+        snapshot::delete(&self.qmp, nodes, tag).await
+    }
+
+    async fn snapshot_list(&self, node: &str) -> Result<Vec<SnapshotInfo>, BackendError> {
+        snapshot::list(&self.qmp, node).await
     }
 }
 

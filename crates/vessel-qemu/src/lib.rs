@@ -11,8 +11,10 @@ pub mod disk;
 pub mod host;
 mod instance;
 mod process;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::net::UnixStream;
@@ -23,6 +25,7 @@ pub use disk::DiskFile;
 pub use instance::QemuBackend;
 pub use process::ProcessId;
 use vessel_api::VmSpec;
+use vessel_storage::SnapshotInfo;
 
 /// Everything needed to launch one VM.
 #[derive(Debug, Clone)]
@@ -110,6 +113,9 @@ pub enum BackendError {
     NotAdoptable { pid: u32, why: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A snapshot operation was refused or failed; the text says why (QEMU's words included).
+    #[error("{0}")]
+    Snapshot(String),
 }
 
 /// A hypervisor that can launch VMs and re-attach to ones launched before a daemon restart.
@@ -124,6 +130,19 @@ pub trait Backend: Send + Sync + 'static {
         request: &LaunchRequest,
         pid: ProcessId,
     ) -> Result<Box<dyn Instance>, BackendError>;
+    /// Like [`Backend::launch`], but the vCPUs stay stopped (QEMU's `prelaunch` state): the
+    /// guest has not run a single instruction. For reverting to a snapshot with memory state:
+    /// [`Instance::snapshot_load`], then [`Instance::resume`].
+    async fn launch_paused(
+        &self,
+        request: &LaunchRequest,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        let _ = request;
+        Err(BackendError::Snapshot(format!(
+            "the {} backend cannot start a VM paused",
+            self.name()
+        )))
+    }
 }
 
 /// A running VM process.
@@ -150,4 +169,49 @@ pub trait Instance: Send + Sync {
     async fn unplug_disk(&self, node_name: &str) -> Result<(), BackendError>;
     /// Closes a disk's block node once its device is gone.
     async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError>;
+
+    // Snapshots (see [`snapshot`]): internal qcow2 snapshots named `tag` in the disks whose
+    // format nodes are `nodes` ([`snapshot::vm_disk_nodes`]).
+
+    /// Disk-only snapshot of the running VM: one atomic QMP `transaction` of
+    /// `blockdev-snapshot-internal-sync` for all `nodes`. Returns how long the transaction took,
+    /// during which guest IO is drained and QEMU holds its big lock: the guest's pause.
+    async fn snapshot_disks(&self, nodes: &[String], tag: &str) -> Result<Duration, BackendError> {
+        let _ = (nodes, tag);
+        Err(snapshot::unsupported())
+    }
+    /// Snapshot with the running state (RAM, devices) saved into `vmstate_node`: the
+    /// `snapshot-save` job. The guest is paused while its state is written and resumes after.
+    async fn snapshot_save(
+        &self,
+        tag: &str,
+        vmstate_node: &str,
+        nodes: &[String],
+    ) -> Result<(), BackendError> {
+        let _ = (tag, vmstate_node, nodes);
+        Err(snapshot::unsupported())
+    }
+    /// Reverts the VM to a snapshot taken with [`Instance::snapshot_save`]: disks, RAM and
+    /// devices (the `snapshot-load` job). On a VM started with [`Backend::launch_paused`] it stays
+    /// paused until [`Instance::resume`]; a running VM keeps running from the restored state.
+    async fn snapshot_load(
+        &self,
+        tag: &str,
+        vmstate_node: &str,
+        nodes: &[String],
+    ) -> Result<(), BackendError> {
+        let _ = (tag, vmstate_node, nodes);
+        Err(snapshot::unsupported())
+    }
+    /// Deletes snapshot `tag` from every disk in `nodes` that has it
+    /// (`blockdev-snapshot-delete-internal-sync`); an error if none has it.
+    async fn snapshot_delete(&self, nodes: &[String], tag: &str) -> Result<(), BackendError> {
+        let _ = (nodes, tag);
+        Err(snapshot::unsupported())
+    }
+    /// The snapshots of one disk as the running QEMU sees them (`query-named-block-nodes`).
+    async fn snapshot_list(&self, node: &str) -> Result<Vec<SnapshotInfo>, BackendError> {
+        let _ = node;
+        Err(snapshot::unsupported())
+    }
 }

@@ -16,6 +16,7 @@ pub mod size;
 
 pub use format::{detect_format, Format};
 pub use pool::{CloneMode, DirPool, PoolError, PoolUsage, StoragePool, VolumeInfo, VolumeSpec};
+pub use qemu_img::snapshot::{validate_snapshot_tag, SnapshotDisk, SnapshotError, SnapshotInfo};
 pub use qemu_img::{CheckReport, ConvertJob, ImageInfo, Measurement, QemuImg, QemuImgError};
 /// The key type of encrypted volumes and the pipe that hands keys to qemu-img and QEMU.
 pub use vessel_secrets::{SecretPipe, VolumeKey};

@@ -23,6 +23,7 @@
 //! [`QemuImgError::WrongKey`]; a keyed operation run without the key is [`QemuImgError::KeyNeeded`].
 
 mod progress;
+pub mod snapshot;
 mod types;
 
 use std::ffi::{OsStr, OsString};
