@@ -14,6 +14,8 @@
 //! read from its qcow2 header (`qemu-img info`), and keys only pass through (see
 //! [`super`](crate::pool)).
 
+mod import;
+
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,9 @@ use tokio::sync::Mutex;
 
 use super::{statvfs, CloneMode, PoolError, PoolUsage, StoragePool, VolumeInfo, VolumeSpec};
 use crate::format::{read_qcow2_backing_file, Format};
+use crate::import::{
+    ExportOptions, ExportedFile, ImportOptions, ImportProgress, ImportSource, ImportedVolume,
+};
 use crate::qemu_img::{ConvertJob, ImageInfo, QemuImg};
 use crate::size::check_volume_size;
 use vessel_secrets::VolumeKey;
@@ -263,6 +268,11 @@ impl DirPool {
     ) -> Result<VolumeInfo, PoolError> {
         check_volume_size(new_size).map_err(PoolError::InvalidRequest)?;
         let (path, format) = self.locate(name).await?;
+        if is_read_only_file(&path).await? {
+            return Err(PoolError::InvalidRequest(format!(
+                "volume {name:?} is read-only (an image); clone it first and resize the clone"
+            )));
+        }
         let info = self.qemu_img.info(&path, Some(format)).await?;
         if info.encrypted && key.is_none() {
             return Err(PoolError::InvalidRequest(format!(
@@ -456,7 +466,9 @@ impl StoragePool for DirPool {
             .backing_path
             .as_deref()
             .and_then(|p| self.volume_name_of(p));
-        Ok(volume_info(name, top, backing_volume, chain))
+        let mut info = volume_info(name, top, backing_volume, chain);
+        info.read_only = is_read_only_file(&path).await?;
+        Ok(info)
     }
 
     async fn volume_names(&self) -> Result<Vec<String>, PoolError> {
@@ -481,6 +493,34 @@ impl StoragePool for DirPool {
     async fn volume_path(&self, name: &str) -> Result<PathBuf, PoolError> {
         self.locate(name).await.map(|(path, _)| path)
     }
+
+    async fn import_volume(
+        &self,
+        name: &str,
+        source: ImportSource,
+        opts: &ImportOptions,
+        progress: &mut (dyn FnMut(ImportProgress) + Send),
+    ) -> Result<ImportedVolume, PoolError> {
+        self.import_checked(name, source, opts, progress).await
+    }
+
+    async fn export_volume(
+        &self,
+        name: &str,
+        dest: &Path,
+        opts: &ExportOptions<'_>,
+        progress: &mut (dyn FnMut(ImportProgress) + Send),
+    ) -> Result<ExportedFile, PoolError> {
+        self.export_checked(name, dest, opts, progress).await
+    }
+}
+
+/// Whether a volume's file has no write bit (an image; see [`VolumeInfo::read_only`]).
+async fn is_read_only_file(path: &Path) -> Result<bool, PoolError> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| io_error(path, e))?;
+    Ok(import::is_read_only(&meta))
 }
 
 fn volume_info(
@@ -495,6 +535,7 @@ fn volume_info(
         virtual_size: top.virtual_size,
         allocated_size: top.actual_size.unwrap_or(0),
         encrypted: top.encrypted,
+        read_only: false,
         path: top.path,
         backing_volume,
         backing_chain,

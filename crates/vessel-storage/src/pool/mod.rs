@@ -17,12 +17,15 @@ mod dir;
 mod statvfs;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::format::Format;
+use crate::import::{
+    ExportOptions, ExportedFile, ImportOptions, ImportProgress, ImportSource, ImportedVolume,
+};
 use crate::qemu_img::{ImageInfo, QemuImgError};
 pub use dir::DirPool;
 use vessel_secrets::VolumeKey;
@@ -52,6 +55,11 @@ pub struct VolumeInfo {
     pub backing_chain: Vec<ImageInfo>,
     /// LUKS-encrypted: attaching it to a VM or copying it needs its key.
     pub encrypted: bool,
+    /// The file has no write bit (mode 0444): an image, imported with
+    /// [`ImportOptions::read_only`]. VMs use it through clones; resizing it is refused. Deleting
+    /// it works as for any volume.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A volume to create.
@@ -207,4 +215,29 @@ pub trait StoragePool: Send + Sync {
     /// The volume's file, where QEMU opens it. File and LVM pools have paths; an RBD pool will
     /// need a different locator, which is when this becomes an enum.
     async fn volume_path(&self, name: &str) -> Result<PathBuf, PoolError>;
+
+    /// Imports a disk image (a host file or an http(s) URL) as a new volume `name`: streams it
+    /// into the pool while hashing it, checks `opts.expected_sha256`, refuses anything that is
+    /// not a self-contained raw or qcow2 image, converts it to `opts.format` if given, and
+    /// publishes it (mode 0444 with `opts.read_only`). All or nothing: a failure, a dropped
+    /// future or a tripped `opts.cancel` leaves no partial volume. See [`crate::import`].
+    async fn import_volume(
+        &self,
+        name: &str,
+        source: ImportSource,
+        opts: &ImportOptions,
+        progress: &mut (dyn FnMut(ImportProgress) + Send),
+    ) -> Result<ImportedVolume, PoolError>;
+
+    /// Writes volume `name` to `dest` as one standalone qcow2 file (its backing chain
+    /// flattened), compressed with `opts.compress`. `dest` must not exist unless
+    /// `opts.overwrite`; it appears complete or not at all. An encrypted volume needs
+    /// `opts.key` and is written decrypted. Returns the file's size and SHA-256.
+    async fn export_volume(
+        &self,
+        name: &str,
+        dest: &Path,
+        opts: &ExportOptions<'_>,
+        progress: &mut (dyn FnMut(ImportProgress) + Send),
+    ) -> Result<ExportedFile, PoolError>;
 }
