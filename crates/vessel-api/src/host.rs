@@ -38,3 +38,12 @@ pub struct HostInfo {
     pub vms_defined: u32,
     pub vms_running: u32,
 }
+
+/// `POST /v1/host/master-key/rotate`: what the rotation did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MasterKeyRotation {
+    /// Stored secrets (volume keys) re-wrapped under the new master key.
+    pub rewrapped: usize,
+    /// Id of the master key now in use.
+    pub key_id: String,
+}

@@ -6,20 +6,25 @@
 
 mod error;
 mod host;
+mod image;
 mod operation;
 mod pool;
 mod vm;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
-pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo};
+pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo, MasterKeyRotation};
+pub use image::{
+    ExportVolumeRequest, ExportedVolume, Image, ImportImageRequest, ImportVolumeRequest,
+};
 pub use operation::{Accepted, Event, Operation, OperationAction, OperationStatus};
 pub use pool::{
     CloneVolumeRequest, CreatePoolRequest, CreateVolumeRequest, Pool, PoolKind,
     ResizeVolumeRequest, Volume, VolumeFormat,
 };
 pub use vm::{
-    AttachDiskRequest, Boot, CreateVmRequest, DesiredState, EditVmRequest, Machine, NicKind,
-    RebootVmRequest, RestartPolicy, StopVmRequest, Vm, VmDisk, VmSpec, VmState,
+    AttachDiskRequest, Boot, CreateSnapshotRequest, CreateVmRequest, DesiredState, EditVmRequest,
+    Machine, NicKind, RebootVmRequest, RestartPolicy, Snapshot, StopVmRequest, Vm, VmDisk, VmSpec,
+    VmState,
 };
 
 /// The API version prefix every route lives under.

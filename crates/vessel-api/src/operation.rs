@@ -15,6 +15,15 @@ pub enum OperationAction {
     Delete,
     AttachDisk,
     DetachDisk,
+    SnapshotCreate,
+    SnapshotRevert,
+    SnapshotDelete,
+    /// Importing a disk image (`target` names it); not tied to a VM.
+    ImportImage,
+    /// Importing a file or URL as a volume.
+    ImportVolume,
+    /// Exporting a volume to a file.
+    ExportVolume,
     /// Started by the daemon itself: a restart after a crash, per the VM's restart policy.
     Restart,
 }
@@ -33,6 +42,12 @@ impl OperationAction {
             OperationAction::Delete => "delete",
             OperationAction::AttachDisk => "attach-disk",
             OperationAction::DetachDisk => "detach-disk",
+            OperationAction::SnapshotCreate => "snapshot-create",
+            OperationAction::SnapshotRevert => "snapshot-revert",
+            OperationAction::SnapshotDelete => "snapshot-delete",
+            OperationAction::ImportImage => "import-image",
+            OperationAction::ImportVolume => "import-volume",
+            OperationAction::ExportVolume => "export-volume",
             OperationAction::Restart => "restart",
         }
     }
@@ -45,11 +60,26 @@ pub enum OperationStatus {
     Running,
     Succeeded,
     Failed,
+    /// Stopped on request before it finished; it left nothing behind.
+    Cancelled,
 }
 
 impl OperationStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, OperationStatus::Succeeded | OperationStatus::Failed)
+        matches!(
+            self,
+            OperationStatus::Succeeded | OperationStatus::Failed | OperationStatus::Cancelled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationStatus::Pending => "pending",
+            OperationStatus::Running => "running",
+            OperationStatus::Succeeded => "succeeded",
+            OperationStatus::Failed => "failed",
+            OperationStatus::Cancelled => "cancelled",
+        }
     }
 }
 
@@ -57,7 +87,18 @@ impl OperationStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Operation {
     pub id: String,
+    /// The VM the operation works on; empty for host-level work (image imports, exports).
     pub vm: String,
+    /// What a host-level operation works on, e.g. `image/debian12` or `volume/default/data1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// How far a long operation (import, export, full clone) has got, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// What a finished host-level operation produced (the image, the exported file...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
     pub action: OperationAction,
     pub status: OperationStatus,
     /// Why the operation failed, in words that say what to do next.

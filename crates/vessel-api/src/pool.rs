@@ -85,6 +85,9 @@ pub struct Volume {
     /// VMs whose disk is this volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub used_by: Vec<String>,
+    /// LUKS-encrypted with the volume's own key (kept wrapped by the host's master key).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// `POST /v1/pools/{pool}/volumes`.
@@ -101,6 +104,9 @@ pub struct CreateVolumeRequest {
     /// Make the new volume a linked clone (qcow2) of this volume of the same pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backing: Option<String>,
+    /// Encrypt the volume (LUKS inside qcow2) with a new random key of its own.
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// `POST /v1/pools/{pool}/volumes/{name}/resize`.

@@ -64,6 +64,9 @@ pub enum Boot {
     },
     /// Boot from a disk image through the firmware.
     Disk { disk: String },
+    /// Boot from the VM's first attached disk (`disks[0]`, a pool volume) through the firmware:
+    /// how VMs created from an image boot.
+    FirstDisk,
 }
 
 /// The validated, stored description of a VM.
@@ -80,6 +83,10 @@ pub struct VmSpec {
     /// Pool volumes attached as SCSI disks, in attach order (the guest sees sda, sdb, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<VmDisk>,
+    /// A cloud-init NoCloud seed is attached (as a CD-ROM labelled `cidata`); its user-data is
+    /// kept encrypted by the daemon, not in the spec.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cloud_init: bool,
 }
 
 /// A pool volume attached to a VM. It is a SCSI disk on the VM's virtio-scsi controller, which
@@ -96,6 +103,9 @@ pub struct VmDisk {
     /// a volume is written by one running VM at a time, which QEMU's image locks enforce.
     #[serde(default)]
     pub shareable: bool,
+    /// The volume was made for this VM (its root disk from an image) and is deleted with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_with_vm: bool,
 }
 
 /// `POST /v1/vms/{name}/disks`: attach a pool volume, also while the VM runs.
@@ -112,7 +122,7 @@ pub struct AttachDiskRequest {
     pub shareable: bool,
 }
 
-/// `POST /v1/vms`. Exactly one of `kernel` or `disk` must be given.
+/// `POST /v1/vms`. Exactly one of `kernel`, `disk` or `image` must be given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
@@ -136,6 +146,28 @@ pub struct CreateVmRequest {
     /// Start the VM once it is created.
     #[serde(default)]
     pub start: bool,
+    /// Make the VM's root disk from this image (volume `<name>-root`) and boot from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Size of the root disk made from the image, in bytes; at least the image's size (which is
+    /// the default). The guest grows its file system into it (cloud-init's growpart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size_bytes: Option<u64>,
+    /// Copy the image instead of a linked clone (independent of it, slower to make).
+    #[serde(default)]
+    pub full_clone: bool,
+    /// Encrypt the root disk with a key of its own (a full, encrypting copy of the image).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// The pool for the root disk; the image's pool when absent (linked clones must stay in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// cloud-init user-data (`#cloud-config` YAML or a script); attaches a NoCloud seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// cloud-init network-config (version 1 or 2); attaches a NoCloud seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<String>,
 }
 
 /// `PATCH /v1/vms/{name}`: only allowed while the VM is stopped. Absent fields stay as they are.
@@ -254,4 +286,32 @@ pub struct RebootVmRequest {
     /// Hard reset (same QEMU process) instead of a clean power-off and start.
     #[serde(default)]
     pub force: bool,
+}
+
+/// A snapshot of a VM: its disks (and, with `memory`, its running state) at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Snapshot {
+    pub name: String,
+    pub created_at_ms: u64,
+    /// The running state (RAM, devices) was saved too: reverting resumes the VM where it was.
+    pub memory: bool,
+    /// Bytes of saved running state (0 without `memory`).
+    pub vm_state_bytes: u64,
+    /// The snapshot the VM was at when this one was taken: the chain, newest last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The VM's current state descends from this snapshot (the last taken or reverted to).
+    pub current: bool,
+    /// The VM's settings when the snapshot was taken; a revert restores them.
+    pub spec: VmSpec,
+}
+
+/// `POST /v1/vms/{name}/snapshots`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    pub name: String,
+    /// Save the running state too (the VM must be running); the guest pauses while it is saved.
+    #[serde(default)]
+    pub memory: bool,
 }

@@ -269,6 +269,127 @@ impl Client {
         self.mutate(Method::DELETE, &path, None).await
     }
 
+    /// `GET /v1/vms/{name}/snapshots`
+    pub async fn list_snapshots(&self, vm: &str) -> Result<Vec<vessel_api::Snapshot>, ClientError> {
+        self.get(&vm_path(vm, "snapshots")).await
+    }
+
+    /// `POST /v1/vms/{name}/snapshots`
+    pub async fn create_snapshot(
+        &self,
+        vm: &str,
+        req: &vessel_api::CreateSnapshotRequest,
+        wait: bool,
+    ) -> Result<Outcome<Vm>, ClientError> {
+        let path = with_wait(vm_path(vm, "snapshots"), wait);
+        self.mutate(Method::POST, &path, Some(to_json(req))).await
+    }
+
+    /// `POST /v1/vms/{name}/snapshots/{snapshot}/revert`
+    pub async fn revert_snapshot(
+        &self,
+        vm: &str,
+        snapshot: &str,
+        wait: bool,
+    ) -> Result<Outcome<Vm>, ClientError> {
+        let path = with_wait(
+            format!(
+                "{}/{}/revert",
+                vm_path(vm, "snapshots"),
+                encode_segment(snapshot)
+            ),
+            wait,
+        );
+        self.mutate(Method::POST, &path, None).await
+    }
+
+    /// `DELETE /v1/vms/{name}/snapshots/{snapshot}`
+    pub async fn delete_snapshot(
+        &self,
+        vm: &str,
+        snapshot: &str,
+        wait: bool,
+    ) -> Result<Outcome<Vm>, ClientError> {
+        let path = with_wait(
+            format!("{}/{}", vm_path(vm, "snapshots"), encode_segment(snapshot)),
+            wait,
+        );
+        self.mutate(Method::DELETE, &path, None).await
+    }
+
+    /// `POST /v1/operations/{id}/cancel`
+    pub async fn cancel_operation(&self, id: &str) -> Result<Operation, ClientError> {
+        let path = format!("/v1/operations/{}/cancel", encode_segment(id));
+        let (status, body) = self.exchange(Method::POST, &path, None).await?;
+        self.decode(status, &body)
+    }
+
+    /// `GET /v1/images`
+    pub async fn list_images(&self) -> Result<Vec<vessel_api::Image>, ClientError> {
+        self.get("/v1/images").await
+    }
+
+    /// `GET /v1/images/{name}`
+    pub async fn get_image(&self, name: &str) -> Result<vessel_api::Image, ClientError> {
+        self.get(&format!("/v1/images/{}", encode_segment(name)))
+            .await
+    }
+
+    /// `POST /v1/images`: the import's outcome (the image, or the operation with `wait=false`).
+    pub async fn import_image(
+        &self,
+        req: &vessel_api::ImportImageRequest,
+        wait: bool,
+    ) -> Result<Outcome<vessel_api::Image>, ClientError> {
+        let path = with_wait("/v1/images".to_string(), wait);
+        self.mutate(Method::POST, &path, Some(to_json(req))).await
+    }
+
+    /// `DELETE /v1/images/{name}`
+    pub async fn delete_image(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/images/{}", encode_segment(name));
+        self.exchange(Method::DELETE, &path, None).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/pools/{pool}/imports`
+    pub async fn import_volume(
+        &self,
+        pool: &str,
+        req: &vessel_api::ImportVolumeRequest,
+        wait: bool,
+    ) -> Result<Outcome<Volume>, ClientError> {
+        let path = with_wait(format!("/v1/pools/{}/imports", encode_segment(pool)), wait);
+        self.mutate(Method::POST, &path, Some(to_json(req))).await
+    }
+
+    /// `POST /v1/pools/{pool}/volumes/{name}/export`
+    pub async fn export_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        req: &vessel_api::ExportVolumeRequest,
+        wait: bool,
+    ) -> Result<Outcome<vessel_api::ExportedVolume>, ClientError> {
+        let path = with_wait(
+            format!(
+                "{}/{}/export",
+                Self::volumes_path(pool),
+                encode_segment(name)
+            ),
+            wait,
+        );
+        self.mutate(Method::POST, &path, Some(to_json(req))).await
+    }
+
+    /// `POST /v1/host/master-key/rotate`
+    pub async fn rotate_master_key(&self) -> Result<vessel_api::MasterKeyRotation, ClientError> {
+        let (status, body) = self
+            .exchange(Method::POST, "/v1/host/master-key/rotate", None)
+            .await?;
+        self.decode(status, &body)
+    }
+
     /// `GET /v1/pools`
     pub async fn list_pools(&self) -> Result<Vec<Pool>, ClientError> {
         self.get("/v1/pools").await

@@ -29,6 +29,9 @@ pub enum CliError {
     /// An operation the daemon reports as failed.
     #[error("operation {id} failed: {message}")]
     OperationFailed { id: String, message: String },
+    /// An operation that was cancelled (Ctrl-C, or `vessel operation cancel`).
+    #[error("operation {id} was cancelled; nothing was kept")]
+    Cancelled { id: String },
 }
 
 impl CliError {
@@ -53,6 +56,8 @@ impl CliError {
             CliError::Usage { .. } => EXIT_USAGE,
             CliError::Io { .. } => 1,
             CliError::OperationFailed { .. } => vessel_api::ErrorCode::OperationFailed.exit_code(),
+            // As a shell reports a command stopped by Ctrl-C.
+            CliError::Cancelled { .. } => 130,
         }
     }
 
@@ -64,6 +69,7 @@ impl CliError {
             CliError::OperationFailed { id, .. } => {
                 Some(format!("see `vessel operation show {id}` for details"))
             }
+            CliError::Cancelled { .. } => None,
         }
     }
 

@@ -25,10 +25,27 @@ pub enum HostCommand {
         after_help = "Examples:\n  vessel host check\n  vessel host check -o json | jq '.items[] | select(.verdict != \"pass\")'"
     )]
     Check,
+    /// Replace the host's master key and re-wrap every volume key under the new one.
+    ///
+    /// Volume keys are stored only wrapped (encrypted) by the master key file in the daemon's
+    /// data dir. Rotation makes a new master key, re-wraps every stored key with it, then
+    /// replaces the file. Volume data is not re-encrypted: each volume keeps its own key. Safe
+    /// to interrupt: the old key stays valid until every key is re-wrapped.
+    #[command(after_help = "Examples:\n  vessel host rotate-master-key")]
+    RotateMasterKey,
 }
 
 pub(crate) async fn run(command: HostCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     match command {
+        HostCommand::RotateMasterKey => {
+            let done = ctx.client.rotate_master_key().await?;
+            ctx.show(&done, |d| {
+                format!(
+                    "master key rotated; {} volume keys re-wrapped under key {}\n",
+                    d.rewrapped, d.key_id
+                )
+            })?;
+        }
         HostCommand::Info => {
             let info = ctx.client.host_info().await?;
             ctx.show(&info, output::host_details)?;

@@ -14,9 +14,12 @@ pub mod console;
 mod error;
 mod event;
 mod host;
+mod image;
 mod operation;
 pub mod output;
 mod pool;
+mod progress;
+mod snapshot;
 mod vm;
 mod volume;
 
@@ -58,6 +61,9 @@ pub enum Command {
     /// Manage volumes: disk images in a pool.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Import and manage images, the read-only disks VMs are created from.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// See what happened to VMs: starts, stops, crashes, restarts, re-adoptions.
     #[command(subcommand)]
     Event(EventCommand),
@@ -122,6 +128,7 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
         Command::Operation(command) => operation::run(command, &ctx).await,
         Command::Pool(command) => pool::run(command, &ctx).await,
         Command::Volume(command) => volume::run(command, &ctx).await,
+        Command::Image(command) => image::run(command, &ctx).await,
         Command::Event(command) => event::run(command, &ctx).await,
         Command::Host(command) => host::run(command, &ctx).await,
     };

@@ -26,6 +26,14 @@ pub enum OperationCommand {
         after_help = "Examples:\n  vessel vm start web1 --no-wait   # prints: operation <ID> started\n  vessel operation show <ID>"
     )]
     Show(OperationIdArgs),
+    /// Cancel a running import, export or full clone.
+    ///
+    /// The daemon stops the work and removes what it had made so far; the operation ends as
+    /// `cancelled`. Other operations (start, stop...) cannot be cancelled.
+    #[command(
+        after_help = "Examples:\n  vessel image import big /srv/big.qcow2 --no-wait\n  vessel operation cancel <ID>"
+    )]
+    Cancel(OperationIdArgs),
 }
 
 /// An operation id.
@@ -43,6 +51,12 @@ pub(crate) async fn run(command: OperationCommand, ctx: &Context) -> Result<Exit
             let operations = ctx.client.list_operations().await?;
             ctx.show(&operations, |ops| {
                 output::operation_table(ops, output::now_ms())
+            })?;
+        }
+        OperationCommand::Cancel(args) => {
+            let operation = ctx.client.cancel_operation(&args.id).await?;
+            ctx.show(&operation, |op| {
+                format!("operation {} {}\n", op.id, op.status.as_str())
             })?;
         }
         OperationCommand::Show(args) => {

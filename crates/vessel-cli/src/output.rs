@@ -129,6 +129,7 @@ pub fn vm_details(vm: &Vm, now_ms: u64) -> String {
             rows.push(("Cmdline", cmdline.clone().unwrap_or_else(|| "-".into())));
         }
         Boot::Disk { disk } => rows.push(("Disk", disk.clone())),
+        Boot::FirstDisk => {}
     }
     for disk in &spec.disks {
         let mut text = format!("{}/{}", disk.pool, disk.volume);
@@ -139,6 +140,9 @@ pub fn vm_details(vm: &Vm, now_ms: u64) -> String {
             text.push_str(" (shareable)");
         }
         rows.push(("Attached disk", text));
+    }
+    if spec.cloud_init {
+        rows.push(("cloud-init", "NoCloud seed attached".into()));
     }
     rows.extend([
         ("NIC", nic_name(spec.nic).to_string()),
@@ -247,6 +251,10 @@ pub fn volume_details(volume: &Volume) -> String {
         ("Pool", volume.pool.clone()),
         ("Name", volume.name.clone()),
         ("Format", volume.format.as_str().to_string()),
+        (
+            "Encrypted",
+            if volume.encrypted { "yes (LUKS)" } else { "no" }.to_string(),
+        ),
         ("Path", volume.path.clone()),
         ("Virtual size", format_bytes(volume.virtual_bytes)),
         ("Allocated", format_bytes(volume.allocated_bytes)),
@@ -360,12 +368,7 @@ fn verdict_name(verdict: CheckVerdict) -> &'static str {
 }
 
 pub fn status_name(status: OperationStatus) -> &'static str {
-    match status {
-        OperationStatus::Pending => "pending",
-        OperationStatus::Running => "running",
-        OperationStatus::Succeeded => "succeeded",
-        OperationStatus::Failed => "failed",
-    }
+    status.as_str()
 }
 
 fn nic_name(nic: NicKind) -> &'static str {
@@ -379,6 +382,7 @@ pub fn boot_kind(boot: &Boot) -> &'static str {
     match boot {
         Boot::Kernel { .. } => "kernel",
         Boot::Disk { .. } => "disk",
+        Boot::FirstDisk => "volume",
     }
 }
 
@@ -468,6 +472,71 @@ pub fn format_duration_ms(ms: u64) -> String {
     }
 }
 
+/// `vessel image list`.
+pub fn image_table(images: &[vessel_api::Image]) -> String {
+    let mut table = plain_table(Some(&[
+        "NAME",
+        "POOL",
+        "FORMAT",
+        "SIZE",
+        "ALLOCATED",
+        "CLONES",
+        "SHA256",
+    ]));
+    for image in images {
+        table.add_row(vec![
+            image.name.clone(),
+            image.pool.clone(),
+            image.format.as_str().to_string(),
+            format_bytes(image.virtual_bytes),
+            format_bytes(image.allocated_bytes),
+            image.dependents.len().to_string(),
+            image.sha256.chars().take(12).collect(),
+        ]);
+    }
+    finish(table)
+}
+
+/// `vessel image show`.
+pub fn image_details(image: &vessel_api::Image) -> String {
+    key_values(vec![
+        ("Name", image.name.clone()),
+        ("Pool", image.pool.clone()),
+        ("Format", image.format.as_str().to_string()),
+        ("Virtual size", format_bytes(image.virtual_bytes)),
+        ("Allocated", format_bytes(image.allocated_bytes)),
+        ("SHA-256", image.sha256.clone()),
+        ("Source", image.source.clone()),
+        (
+            "Linked clones",
+            if image.dependents.is_empty() {
+                "-".into()
+            } else {
+                image.dependents.join(", ")
+            },
+        ),
+    ])
+}
+
+/// `vessel vm snapshot list`: oldest first, the current one marked.
+pub fn snapshot_table(snapshots: &[vessel_api::Snapshot], now_ms: u64) -> String {
+    let mut table = plain_table(Some(&["", "NAME", "PARENT", "TAKEN", "MEMORY"]));
+    for s in snapshots {
+        table.add_row(vec![
+            if s.current { "*" } else { "" }.to_string(),
+            s.name.clone(),
+            s.parent.clone().unwrap_or_else(|| "-".into()),
+            format_age(s.created_at_ms, now_ms),
+            if s.memory {
+                format_bytes(s.vm_state_bytes)
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    finish(table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,6 +556,7 @@ mod tests {
                 nic: NicKind::User,
                 restart_policy: RestartPolicy::OnFailure,
                 disks: vec![],
+                cloud_init: false,
             },
             desired_state: match state {
                 VmState::Running => DesiredState::Running,
@@ -641,6 +711,9 @@ mod tests {
         let op = Operation {
             id: "op-1".into(),
             vm: "web1".into(),
+            resource: None,
+            progress: None,
+            result: None,
             action: OperationAction::Start,
             status: OperationStatus::Failed,
             error: Some("kernel not found".into()),

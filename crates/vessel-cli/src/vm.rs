@@ -22,7 +22,11 @@ Examples:
         --cmdline 'console=ttyS0' --nic user --start
 
   Create a VM that boots from a disk image and restarts when it crashes:
-    vessel vm create db1 --memory 2G --disk /var/lib/images/db1.qcow2 --restart-policy on-failure";
+    vessel vm create db1 --memory 2G --disk /var/lib/images/db1.qcow2 --restart-policy on-failure
+
+  Create a VM from an image with a 20G root disk, configured by cloud-init, and start it:
+    vessel vm create web2 --image debian12 --disk-size 20G --memory 1G --nic user \\
+        --user-data ./web2.yaml --start";
 
 const LIST_EXAMPLES: &str = "\
 Examples:
@@ -149,6 +153,9 @@ pub enum VmCommand {
     /// has been quiet for a second, so that piped commands show their answers.
     #[command(after_help = CONSOLE_EXAMPLES)]
     Console(NameArgs),
+    /// Take, list, revert to and delete snapshots of a VM.
+    #[command(subcommand)]
+    Snapshot(crate::snapshot::SnapshotCommand),
 }
 
 /// A VM name.
@@ -230,7 +237,7 @@ pub struct LogArgs {
 
 /// `vessel vm create`
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk"])))]
+#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "image"])))]
 pub struct CreateArgs {
     /// Name of the new VM: letters, digits, '-', '_' and '.', starting with a letter or digit,
     /// at most 63 characters.
@@ -280,8 +287,45 @@ pub struct CreateArgs {
     /// Start the VM once it is created.
     #[arg(long)]
     pub start: bool,
+    /// Make the VM's root disk from this image (see `vessel image list`) and boot from it.
+    /// The disk is a linked clone of the image (instant) unless --full-clone or --encrypted.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Size of the root disk made from --image, e.g. 20G [default: the image's size]. Cloud
+    /// images grow their file system to it at first boot.
+    #[arg(long, value_name = "SIZE", requires = "image", value_parser = vessel_core::units::parse_size_bytes)]
+    pub disk_size: Option<u64>,
+    /// Copy the image instead of a linked clone: independent of the image, slower to make.
+    #[arg(long, requires = "image")]
+    pub full_clone: bool,
+    /// Encrypt the root disk made from --image with a key of its own (implies a full copy).
+    #[arg(long, requires = "image")]
+    pub encrypted: bool,
+    /// The pool for the root disk [default: the image's pool].
+    #[arg(long, value_name = "POOL", requires = "image")]
+    pub pool: Option<String>,
+    /// cloud-init user-data file (`#cloud-config` YAML or a script) for a NoCloud seed; the
+    /// VM's name becomes the guest's hostname.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// cloud-init network-config file (version 1 or 2) for the NoCloud seed.
+    #[arg(long, value_name = "FILE")]
+    pub network_config: Option<PathBuf>,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// Reads a small text file given on the command line (cloud-init data).
+fn read_text(path: &Option<PathBuf>, what: &str) -> Result<Option<String>, CliError> {
+    let Some(path) = path else { return Ok(None) };
+    let bytes = std::fs::read(path)
+        .map_err(|e| CliError::io(format!("cannot read the {what} file {}", path.display()), e))?;
+    String::from_utf8(bytes).map(Some).map_err(|_| {
+        CliError::usage(
+            format!("the {what} file {} is not UTF-8 text", path.display()),
+            Some("cloud-init data is YAML or a script"),
+        )
+    })
 }
 
 /// `vessel vm edit`
@@ -401,6 +445,13 @@ impl CreateArgs {
             nic: self.nic,
             restart_policy: self.restart_policy,
             start: self.start,
+            image: self.image.clone(),
+            disk_size_bytes: self.disk_size,
+            full_clone: self.full_clone,
+            encrypted: self.encrypted,
+            pool: self.pool.clone(),
+            user_data: read_text(&self.user_data, "user-data")?,
+            network_config: read_text(&self.network_config, "network-config")?,
         })
     }
 }
@@ -452,6 +503,24 @@ fn state_line(vm: &Vm) -> String {
 pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     let client = &ctx.client;
     match command {
+        VmCommand::Create(args) if args.full_clone || args.encrypted => {
+            // A copy of the image: follow it with a progress bar.
+            let request = args.to_request(&current_dir()?)?;
+            let outcome = client.create_vm(&request, false).await?;
+            match outcome {
+                Outcome::Accepted(accepted) if !args.wait.no_wait => {
+                    let what = format!("copying image for {}", args.name);
+                    crate::progress::follow(ctx, accepted.operation, &what).await?;
+                    let vm = client.get_vm(&args.name).await?;
+                    ctx.show(&vm, |vm| {
+                        format!("VM {} created; it is {}\n", vm.spec.name, vm.state.as_str())
+                    })?;
+                }
+                other => ctx.show_outcome(&other, |vm| {
+                    format!("VM {} created; it is {}\n", vm.spec.name, vm.state.as_str())
+                })?,
+            }
+        }
         VmCommand::Create(args) => {
             let request = args.to_request(&current_dir()?)?;
             let outcome = client.create_vm(&request, !args.wait.no_wait).await?;
@@ -509,6 +578,7 @@ pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, C
                 .await
                 .map_err(|err| CliError::io("reading the console log failed", err))?;
         }
+        VmCommand::Snapshot(command) => return crate::snapshot::run(command, ctx).await,
         VmCommand::Console(args) => {
             let stream = client.console_attach(&args.name).await?;
             let end = console::attach(stream, &args.name)

@@ -13,7 +13,7 @@ use crate::{CliError, Context};
 pub enum VolumeCommand {
     /// Create a volume: empty, or a linked clone of another volume with --backing.
     #[command(
-        after_help = "Examples:\n  vessel volume create data1 --size 20G\n  vessel volume create scratch --size 512M --format raw --pool fast\n  vessel volume create web1-root --backing debian-base    # linked clone, instant"
+        after_help = "Examples:\n  vessel volume create data1 --size 20G\n  vessel volume create scratch --size 512M --format raw --pool fast\n  vessel volume create web1-root --backing debian-base    # linked clone, instant\n  vessel volume create secret1 --size 10G --encrypted"
     )]
     Create(VolumeCreateArgs),
     /// List volumes with their size, allocation, backing volume and the VMs that use them.
@@ -43,6 +43,23 @@ pub enum VolumeCommand {
         after_help = "Examples:\n  vessel volume attach data1 web1\n  vessel volume attach iso1 web1 --read-only\n  vessel volume attach shared web1 --shareable   # cluster file systems only"
     )]
     Attach(VolumeAttachArgs),
+    /// Import a disk image file or URL as a new (writable) volume.
+    ///
+    /// Like `vessel image import`, with a progress bar and Ctrl-C to cancel, but the result is
+    /// an ordinary volume, e.g. a disk exported on another server with `vessel volume export`.
+    #[command(
+        after_help = "Examples:\n  vessel volume import data1 /backup/data1.qcow2\n  vessel volume import data1 https://files.example.com/data1.qcow2 --sha256 <HEX>"
+    )]
+    Import(VolumeImportArgs),
+    /// Export a volume to a standalone, compressed qcow2 file on the daemon's host.
+    ///
+    /// The file holds the volume's whole content (a linked clone is flattened), so it can be
+    /// carried to another server and imported there with `vessel volume import`. An encrypted
+    /// volume is exported decrypted: protect the file.
+    #[command(
+        after_help = "Examples:\n  vessel volume export data1 /backup/data1.qcow2\n  vessel volume export data1 /backup/data1.qcow2 --no-compress --overwrite"
+    )]
+    Export(VolumeExportArgs),
     /// Detach a volume from a VM, also while the VM runs (hot-unplug).
     ///
     /// A running guest is told the disk goes away; unmount it in the guest first.
@@ -63,6 +80,40 @@ pub struct VolumeAttachArgs {
     /// Let several running VMs use the volume at once (for cluster file systems).
     #[arg(long)]
     pub shareable: bool,
+    #[command(flatten)]
+    pub wait: crate::vm::WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeImportArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// A file on the daemon's host or an http(s) URL.
+    #[arg(value_name = "FILE|URL")]
+    pub source: String,
+    /// The SHA-256 the source must have.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Store it in this format [default: the source's].
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    #[command(flatten)]
+    pub wait: crate::vm::WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VolumeExportArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// The file to write (on the daemon's host).
+    #[arg(value_name = "FILE")]
+    pub path: String,
+    /// Write uncompressed clusters (faster, bigger).
+    #[arg(long)]
+    pub no_compress: bool,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub wait: crate::vm::WaitArgs,
 }
@@ -122,6 +173,10 @@ pub struct VolumeCreateArgs {
     /// Make it a linked clone (qcow2 overlay) of this volume of the same pool.
     #[arg(long, value_name = "VOLUME")]
     pub backing: Option<String>,
+    /// Encrypt it (LUKS inside qcow2) with a random key of its own, kept wrapped by the host's
+    /// master key. The data in the file is unreadable without the daemon's keys.
+    #[arg(long, conflicts_with = "backing")]
+    pub encrypted: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,6 +229,7 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
                 format: args.format.into(),
                 size_bytes: args.size,
                 backing: args.backing,
+                encrypted: args.encrypted,
             };
             let volume = client
                 .create_volume(&args.volume.pool.pool, &request)
@@ -224,6 +280,47 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
             client.delete_volume(&args.pool.pool, &args.name).await?;
             ctx.print(&format!("volume {} deleted\n", args.name))?;
         }
+        VolumeCommand::Import(args) => {
+            let request = vessel_api::ImportVolumeRequest {
+                name: args.volume.name.clone(),
+                source: crate::image::source_arg(&args.source)?,
+                sha256: args.sha256,
+                format: args.format.map(Into::into),
+            };
+            let outcome = client
+                .import_volume(&args.volume.pool.pool, &request, false)
+                .await?;
+            let what = format!("importing {}", args.volume.name);
+            if let Some(done) = follow(ctx, outcome, args.wait.no_wait, &what).await? {
+                let volume: vessel_api::Volume = decode_result(done)?;
+                ctx.show(&volume, created)?;
+            }
+        }
+        VolumeCommand::Export(args) => {
+            let cwd = std::env::current_dir()
+                .map_err(|e| CliError::io("cannot read the current directory", e))?;
+            let request = vessel_api::ExportVolumeRequest {
+                path: crate::vm::absolute_path(std::path::Path::new(&args.path), &cwd)?,
+                compress: !args.no_compress,
+                overwrite: args.overwrite,
+            };
+            let outcome = client
+                .export_volume(&args.volume.pool.pool, &args.volume.name, &request, false)
+                .await?;
+            let what = format!("exporting {}", args.volume.name);
+            if let Some(done) = follow(ctx, outcome, args.wait.no_wait, &what).await? {
+                let file: vessel_api::ExportedVolume = decode_result(done)?;
+                ctx.show(&file, |f| {
+                    format!(
+                        "volume {} exported to {} ({}, sha256 {})\n",
+                        args.volume.name,
+                        f.path,
+                        vessel_core::units::format_size_bytes(f.bytes),
+                        f.sha256
+                    )
+                })?;
+            }
+        }
         VolumeCommand::Attach(args) => {
             let request = vessel_api::AttachDiskRequest {
                 pool: Some(args.volume.pool.pool.clone()),
@@ -261,4 +358,34 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Follows a long operation started with `wait=false`: its id with --no-wait (and `None`),
+/// otherwise the finished operation.
+async fn follow<T: serde::Serialize>(
+    ctx: &Context,
+    outcome: crate::client::Outcome<T>,
+    no_wait: bool,
+    what: &str,
+) -> Result<Option<vessel_api::Operation>, CliError> {
+    match outcome {
+        crate::client::Outcome::Accepted(accepted) if no_wait => {
+            ctx.show(&accepted, |a| {
+                format!("operation {} started\n", a.operation.id)
+            })?;
+            Ok(None)
+        }
+        crate::client::Outcome::Accepted(accepted) => Ok(Some(
+            crate::progress::follow(ctx, accepted.operation, what).await?,
+        )),
+        crate::client::Outcome::Done(_) => Err(CliError::usage(
+            "the daemon finished a request that was sent without waiting; upgrade the CLI",
+            None,
+        )),
+    }
+}
+
+fn decode_result<T: serde::de::DeserializeOwned>(op: vessel_api::Operation) -> Result<T, CliError> {
+    serde_json::from_value(op.result.unwrap_or_default())
+        .map_err(|e| CliError::usage(format!("the daemon's answer is not understood: {e}"), None))
 }

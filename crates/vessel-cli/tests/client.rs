@@ -101,6 +101,7 @@ fn sample_vm() -> Vm {
             nic: NicKind::User,
             restart_policy: RestartPolicy::Never,
             disks: vec![],
+            cloud_init: false,
         },
         desired_state: DesiredState::Running,
         state: VmState::Running,

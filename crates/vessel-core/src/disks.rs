@@ -30,6 +30,12 @@ pub fn detach_disk(spec: &VmSpec, pool: &str, volume: &str) -> Result<VmSpec, St
             spec.name, spec.name
         )
     })?;
+    if index == 0 && spec.boot == vessel_api::Boot::FirstDisk {
+        return Err(format!(
+            "volume {volume:?} is VM {:?}'s boot disk; it stays as long as the VM boots from it",
+            spec.name
+        ));
+    }
     let mut new = spec.clone();
     new.disks.remove(index);
     Ok(new)
@@ -92,6 +98,7 @@ mod tests {
             nic: NicKind::None,
             restart_policy: RestartPolicy::Never,
             disks: vec![],
+            cloud_init: false,
         }
     }
 
@@ -101,6 +108,7 @@ mod tests {
             volume: volume.into(),
             read_only: false,
             shareable: false,
+            delete_with_vm: false,
         }
     }
 
@@ -143,7 +151,11 @@ mod tests {
         let a = disk_node_name("default", "data");
         assert_eq!(a, disk_node_name("default", "data"));
         assert_ne!(a, disk_node_name("default", "data2"));
-        assert_ne!(disk_node_name("fast", "data"), a, "the pool is part of the name");
+        assert_ne!(
+            disk_node_name("fast", "data"),
+            a,
+            "the pool is part of the name"
+        );
         assert!(a.len() <= 31 && a.starts_with(|c: char| c.is_ascii_alphabetic()));
     }
 }

@@ -79,6 +79,24 @@ pub fn check_action(action: OperationAction, state: VmState, force: bool) -> Res
             "the VM is {}; wait until it is running or stopped, then try again",
             state.as_str()
         )),
+        OperationAction::SnapshotCreate
+        | OperationAction::SnapshotRevert
+        | OperationAction::SnapshotDelete
+            if !matches!(state, VmState::Starting | VmState::Stopping) =>
+        {
+            Ok(())
+        }
+        OperationAction::SnapshotCreate
+        | OperationAction::SnapshotRevert
+        | OperationAction::SnapshotDelete => Err(format!(
+            "the VM is {}; wait until it is running or stopped, then try again",
+            state.as_str()
+        )),
+        OperationAction::ImportImage
+        | OperationAction::ImportVolume
+        | OperationAction::ExportVolume => {
+            Err("that operation is not an action on a VM".to_string())
+        }
         OperationAction::Delete if !running || force => Ok(()),
         OperationAction::Delete => Err(format!(
             "the VM is {}; stop it first, or delete with --force to kill it",

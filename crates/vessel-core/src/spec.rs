@@ -21,7 +21,45 @@ pub struct HostCapacity {
 
 /// Builds a spec from a create request, filling defaults, and validates it.
 pub fn spec_from_create(req: &CreateVmRequest, host: HostCapacity) -> Result<VmSpec, String> {
+    if req.disk.is_some() && req.image.is_some() {
+        return Err("give either a disk (--disk PATH) or an image (--image NAME), not both".into());
+    }
+    let image_only = [
+        (req.disk_size_bytes.is_some(), "disk size"),
+        (req.full_clone, "full clone"),
+        (req.encrypted, "encrypted"),
+        (req.pool.is_some(), "pool"),
+    ];
+    if req.image.is_none() {
+        if let Some((_, what)) = image_only.iter().find(|(given, _)| *given) {
+            return Err(format!(
+                "{what} applies to the root disk made from an image; give --image too"
+            ));
+        }
+    }
+    // A VM made from an image gets the image's clone as its first disk. It boots from it
+    // through the firmware, or, with a kernel given too, the kernel boots with it attached.
+    let disks: Vec<vessel_api::VmDisk> = req
+        .image
+        .iter()
+        .map(|_| vessel_api::VmDisk {
+            pool: req.pool.clone().unwrap_or_else(|| "default".into()),
+            volume: root_volume_name(&req.name),
+            read_only: false,
+            shareable: false,
+            delete_with_vm: true,
+        })
+        .collect();
     let boot = match (&req.kernel, &req.disk) {
+        (None, None) if req.image.is_some() => {
+            if req.initrd.is_some() || req.cmdline.is_some() {
+                return Err(
+                    "initrd and cmdline only apply to kernel boot; give --kernel too, or drop them"
+                        .into(),
+                );
+            }
+            Boot::FirstDisk
+        }
         (Some(kernel), None) => Boot::Kernel {
             kernel: kernel.clone(),
             initrd: req.initrd.clone(),
@@ -41,7 +79,7 @@ pub fn spec_from_create(req: &CreateVmRequest, host: HostCapacity) -> Result<VmS
         }
         (None, None) => {
             return Err(
-                "the VM has nothing to boot: give a kernel (--kernel PATH) or a disk (--disk PATH)"
+                "the VM has nothing to boot: give a kernel (--kernel PATH), a disk (--disk PATH) or an image (--image NAME)"
                     .into(),
             )
         }
@@ -54,17 +92,23 @@ pub fn spec_from_create(req: &CreateVmRequest, host: HostCapacity) -> Result<VmS
         boot,
         nic: req.nic.unwrap_or(NicKind::None),
         restart_policy: req.restart_policy.unwrap_or_default(),
-        disks: Vec::new(),
+        disks,
+        cloud_init: req.user_data.is_some() || req.network_config.is_some(),
     };
     validate_spec(&spec, host)?;
     Ok(spec)
+}
+
+/// The name of the root volume made for VM `vm` from an image.
+pub fn root_volume_name(vm: &str) -> String {
+    format!("{vm}-root")
 }
 
 /// Direct kernel boot gets the fast minimal machine; disks need firmware and PCI.
 pub fn default_machine(boot: &Boot) -> Machine {
     match boot {
         Boot::Kernel { .. } => Machine::Microvm,
-        Boot::Disk { .. } => Machine::Q35,
+        Boot::Disk { .. } | Boot::FirstDisk => Machine::Q35,
     }
 }
 
@@ -116,7 +160,7 @@ fn edit_boot(boot: &Boot, edit: &EditVmRequest) -> Result<Boot, String> {
             initrd: edit.initrd.clone().or_else(|| initrd.clone()),
             cmdline: edit.cmdline.clone().or_else(|| cmdline.clone()),
         }),
-        Boot::Disk { .. } => match &edit.kernel {
+        Boot::Disk { .. } | Boot::FirstDisk => match &edit.kernel {
             Some(kernel) => Ok(Boot::Kernel {
                 kernel: kernel.clone(),
                 initrd: edit.initrd.clone(),
@@ -166,6 +210,13 @@ pub fn validate_spec(spec: &VmSpec, host: HostCapacity) -> Result<(), String> {
             }
         }
         Boot::Disk { disk } => validate_path("disk", disk)?,
+        Boot::FirstDisk if spec.disks.is_empty() => {
+            return Err("the VM boots from its first disk but has no disk attached".into())
+        }
+        Boot::FirstDisk => {}
+    }
+    if spec.machine == Machine::Microvm && !matches!(spec.boot, Boot::Kernel { .. }) {
+        return Err("the microvm machine has no firmware to boot a disk; use --machine q35".into());
     }
     crate::disks::validate_disks(&spec.disks)
 }

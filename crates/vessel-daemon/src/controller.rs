@@ -35,6 +35,9 @@ impl Controller {
     }
 
     fn dispatch(&self, vm: &str, msg: WorkerMsg) {
+        if vm.is_empty() {
+            return; // a host operation: its own task runs it, no VM worker
+        }
         let mut workers = self.workers.lock().expect("workers lock");
         let tx = workers
             .entry(vm.to_string())
@@ -162,7 +165,15 @@ impl Controller {
     /// pause, ...) are run again: they are idempotent. A reboot is not, so it is failed with
     /// the reason; the VM's state is whatever reconcile finds.
     async fn recover_interrupted(&self, record: &mut OpRecord) -> anyhow::Result<()> {
-        if record.operation.action == OperationAction::Reboot {
+        if record.operation.vm.is_empty() {
+            // A host operation (import, export): its task died with the daemon, and opening the
+            // pool removed its temporary files.
+            record.operation.status = OperationStatus::Failed;
+            record.operation.error = Some(
+                "the daemon restarted during the operation; nothing was kept, run it again".into(),
+            );
+            record.operation.finished_at_ms = Some(now_ms());
+        } else if record.operation.action == OperationAction::Reboot {
             record.operation.status = OperationStatus::Failed;
             record.operation.error =
                 Some("the daemon restarted during the reboot; check the VM's state and reboot again if needed".into());

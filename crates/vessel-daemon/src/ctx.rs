@@ -27,6 +27,12 @@ pub struct Ctx {
     pub view: Arc<VmView>,
     /// Open storage pools by name, with the path each was opened at.
     pub pools: tokio::sync::Mutex<HashMap<String, (PathBuf, Arc<vessel_storage::DirPool>)>>,
+    /// The master key (and, during a rotation, its successor) that wraps volume keys.
+    pub keyring: tokio::sync::RwLock<vessel_secrets::Keyring>,
+    /// Key records of encrypted volumes being created (see `volume_keys::create`).
+    pub pending_keys: Mutex<std::collections::HashSet<String>>,
+    /// Cancel tokens of running long operations, by operation id.
+    pub cancels: Mutex<HashMap<String, vessel_storage::CancelToken>>,
     consoles: Mutex<HashMap<String, Arc<ConsoleHub>>>,
     event_seq: AtomicU64,
 }
@@ -39,6 +45,7 @@ impl Ctx {
         config: Config,
         host: HostCapacity,
         qemu_version: String,
+        keyring: vessel_secrets::Keyring,
     ) -> anyhow::Result<Ctx> {
         let (events, _) = store.list(EVENTS_PREFIX).await?;
         let last = events
@@ -49,6 +56,7 @@ impl Ctx {
         Ok(Ctx {
             view,
             pools: tokio::sync::Mutex::new(HashMap::new()),
+            keyring: tokio::sync::RwLock::new(keyring),
             store,
             backend,
             accel,
@@ -56,6 +64,8 @@ impl Ctx {
             host,
             qemu_version,
             consoles: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            pending_keys: Mutex::new(std::collections::HashSet::new()),
             event_seq: AtomicU64::new(last),
         })
     }

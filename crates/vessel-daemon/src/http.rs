@@ -127,6 +127,10 @@ impl Params {
         resume_vm,
         attach_disk,
         detach_disk,
+        list_snapshots,
+        create_snapshot,
+        revert_snapshot,
+        delete_snapshot,
         list_pools,
         create_pool,
         get_pool,
@@ -137,11 +141,19 @@ impl Params {
         delete_volume,
         resize_volume,
         clone_volume,
+        import_volume,
+        export_volume,
+        list_images,
+        import_image,
+        get_image,
+        delete_image,
+        cancel_operation,
         list_events,
         list_operations,
         get_operation,
         host_info,
         host_check,
+        rotate_master_key,
         crate::console_http::console_log,
         crate::console_http::console_attach
     ),
@@ -173,6 +185,18 @@ pub fn router(service: Service) -> Router {
         .route("/v1/vms/{name}/reboot", post(reboot_vm))
         .route("/v1/vms/{name}/pause", post(pause_vm))
         .route("/v1/vms/{name}/resume", post(resume_vm))
+        .route(
+            "/v1/vms/{name}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route(
+            "/v1/vms/{name}/snapshots/{snapshot}",
+            axum::routing::delete(delete_snapshot),
+        )
+        .route(
+            "/v1/vms/{name}/snapshots/{snapshot}/revert",
+            post(revert_snapshot),
+        )
         .route("/v1/vms/{name}/disks", post(attach_disk))
         .route(
             "/v1/vms/{name}/disks/{pool}/{volume}",
@@ -195,11 +219,20 @@ pub fn router(service: Service) -> Router {
             post(resize_volume),
         )
         .route("/v1/pools/{pool}/volumes/{name}/clone", post(clone_volume))
+        .route("/v1/pools/{pool}/imports", post(import_volume))
+        .route(
+            "/v1/pools/{pool}/volumes/{name}/export",
+            post(export_volume),
+        )
+        .route("/v1/images", get(list_images).post(import_image))
+        .route("/v1/images/{name}", get(get_image).delete(delete_image))
+        .route("/v1/operations/{id}/cancel", post(cancel_operation))
         .route("/v1/events", get(list_events))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
         .route("/v1/host", get(host_info))
         .route("/v1/host/check", get(host_check))
+        .route("/v1/host/master-key/rotate", post(rotate_master_key))
         .fallback(|| async {
             HttpError(
                 ApiError::not_found("no such API route")
@@ -406,6 +439,150 @@ async fn detach_disk(
     finish(&s, op, wait, StatusCode::OK).await
 }
 
+#[utoipa::path(get, path = "/v1/vms/{name}/snapshots", responses((status = 200, body = Vec<vessel_api::Snapshot>), (status = 404, body = ErrorBody)))]
+async fn list_snapshots(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<vessel_api::Snapshot>>> {
+    Ok(Json(s.list_snapshots(&name).await?))
+}
+
+#[utoipa::path(post, path = "/v1/vms/{name}/snapshots", request_body = vessel_api::CreateSnapshotRequest,
+    params(("wait" = Option<bool>, Query, description = "wait for the operation (default true)")),
+    responses((status = 200, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_snapshot(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    ApiJson(req): ApiJson<vessel_api::CreateSnapshotRequest>,
+) -> ApiResult<Response> {
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.create_snapshot(&name, &req).await?;
+    finish(&s, op, wait, StatusCode::OK).await
+}
+
+#[utoipa::path(post, path = "/v1/vms/{name}/snapshots/{snapshot}/revert",
+    params(("wait" = Option<bool>, Query, description = "wait for the operation (default true)")),
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
+async fn revert_snapshot(
+    State(s): State<Service>,
+    Path((name, snapshot)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.revert_snapshot(&name, &snapshot).await?;
+    finish(&s, op, wait, StatusCode::OK).await
+}
+
+#[utoipa::path(delete, path = "/v1/vms/{name}/snapshots/{snapshot}",
+    params(("wait" = Option<bool>, Query, description = "wait for the operation (default true)")),
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
+async fn delete_snapshot(
+    State(s): State<Service>,
+    Path((name, snapshot)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.delete_snapshot(&name, &snapshot).await?;
+    finish(&s, op, wait, StatusCode::OK).await
+}
+
+/// Waits for a host operation (unless `wait=false`) and answers with its result.
+async fn finish_host(
+    service: &Service,
+    op: Operation,
+    wait: bool,
+    ok: StatusCode,
+) -> ApiResult<Response> {
+    if !wait {
+        return Ok((StatusCode::ACCEPTED, Json(Accepted { operation: op })).into_response());
+    }
+    let done = service.wait(&op.id).await?;
+    match done.status {
+        OperationStatus::Succeeded => {
+            let result = done.result.unwrap_or(serde_json::Value::Null);
+            Ok((ok, Json(result)).into_response())
+        }
+        _ => Err(HttpError(ApiError::new(
+            ErrorCode::OperationFailed,
+            format!(
+                "{} of {} failed: {}",
+                done.action.as_str(),
+                done.resource.unwrap_or_default(),
+                done.error.unwrap_or_else(|| "the operation failed".into())
+            ),
+        ))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/images", responses((status = 200, body = Vec<vessel_api::Image>)))]
+async fn list_images(State(s): State<Service>) -> ApiResult<Json<Vec<vessel_api::Image>>> {
+    Ok(Json(s.list_images().await?))
+}
+
+#[utoipa::path(post, path = "/v1/images", request_body = vessel_api::ImportImageRequest,
+    params(("wait" = Option<bool>, Query, description = "wait for the import (default true)")),
+    responses((status = 201, body = vessel_api::Image), (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn import_image(
+    State(s): State<Service>,
+    RawQuery(q): RawQuery,
+    ApiJson(req): ApiJson<vessel_api::ImportImageRequest>,
+) -> ApiResult<Response> {
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.import_image(&req).await?;
+    finish_host(&s, op, wait, StatusCode::CREATED).await
+}
+
+#[utoipa::path(get, path = "/v1/images/{name}", responses((status = 200, body = vessel_api::Image), (status = 404, body = ErrorBody)))]
+async fn get_image(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<vessel_api::Image>> {
+    Ok(Json(s.get_image(&name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/images/{name}", responses((status = 204), (status = 409, body = ErrorBody)))]
+async fn delete_image(State(s): State<Service>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    s.delete_image(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/pools/{pool}/imports", request_body = vessel_api::ImportVolumeRequest,
+    params(("wait" = Option<bool>, Query, description = "wait for the import (default true)")),
+    responses((status = 201, body = vessel_api::Volume), (status = 202, body = Accepted), (status = 400, body = ErrorBody)))]
+async fn import_volume(
+    State(s): State<Service>,
+    Path(pool): Path<String>,
+    RawQuery(q): RawQuery,
+    ApiJson(req): ApiJson<vessel_api::ImportVolumeRequest>,
+) -> ApiResult<Response> {
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.import_volume(&pool, &req).await?;
+    finish_host(&s, op, wait, StatusCode::CREATED).await
+}
+
+#[utoipa::path(post, path = "/v1/pools/{pool}/volumes/{name}/export", request_body = vessel_api::ExportVolumeRequest,
+    params(("wait" = Option<bool>, Query, description = "wait for the export (default true)")),
+    responses((status = 200, body = vessel_api::ExportedVolume), (status = 202, body = Accepted), (status = 400, body = ErrorBody)))]
+async fn export_volume(
+    State(s): State<Service>,
+    Path((pool, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    ApiJson(req): ApiJson<vessel_api::ExportVolumeRequest>,
+) -> ApiResult<Response> {
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.export_volume(&pool, &name, &req).await?;
+    finish_host(&s, op, wait, StatusCode::OK).await
+}
+
+#[utoipa::path(post, path = "/v1/operations/{id}/cancel", responses((status = 200, body = Operation), (status = 409, body = ErrorBody)))]
+async fn cancel_operation(
+    State(s): State<Service>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Operation>> {
+    Ok(Json(s.cancel_operation(&id).await?))
+}
+
 #[utoipa::path(get, path = "/v1/pools", responses((status = 200, body = Vec<vessel_api::Pool>)))]
 async fn list_pools(State(s): State<Service>) -> ApiResult<Json<Vec<vessel_api::Pool>>> {
     Ok(Json(s.list_pools().await?))
@@ -549,6 +726,13 @@ async fn host_check(State(s): State<Service>) -> ApiResult<Json<HostCheck>> {
         .await
         .map_err(|e| ApiError::internal(format!("host check failed: {e}")))?;
     Ok(Json(check))
+}
+
+#[utoipa::path(post, path = "/v1/host/master-key/rotate", responses((status = 200, body = vessel_api::MasterKeyRotation)))]
+async fn rotate_master_key(
+    State(s): State<Service>,
+) -> ApiResult<Json<vessel_api::MasterKeyRotation>> {
+    Ok(Json(crate::volume_keys::rotate_master_key(&s.ctx).await?))
 }
 
 pub fn plain_text(body: Body) -> Response {

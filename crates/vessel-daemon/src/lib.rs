@@ -1,18 +1,24 @@
 //! The Vessel host daemon: the composition root. It wires the store, the QEMU backend, the
 //! reconciler and the HTTP API together and serves the API on a unix socket.
 
+mod cloud_init;
 mod config;
 mod console;
 mod console_http;
 mod controller;
 mod ctx;
+mod host_ops;
 mod http;
+mod images;
 mod lock;
 mod model;
 mod pools;
+mod provision;
 mod service;
+mod snapshots;
 mod view;
 mod vm_disks;
+mod volume_keys;
 mod volumes;
 mod worker;
 
@@ -73,6 +79,7 @@ pub async fn run(
             config.clone(),
             host_capacity(),
             qemu_version,
+            volume_keys::load_keyring(&config.data_dir)?,
         )
         .await?,
     );

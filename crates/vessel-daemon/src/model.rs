@@ -122,6 +122,53 @@ pub struct OpRecord {
     /// The disk to attach or detach, for disk operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<vessel_api::VmDisk>,
+    /// For a create from an image: how to make the root disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision: Option<Provision>,
+    /// For snapshot operations: which snapshot (and, for a create, with memory or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
+}
+
+/// A VM's snapshots live outside `vms/` so that a snapshot name can never be read as one of
+/// the VM's own records: `snapshots/<vm>/<name>`.
+pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+
+pub fn snapshots_prefix(vm: &str) -> String {
+    format!("{SNAPSHOTS_PREFIX}{vm}/")
+}
+
+pub fn snapshot_key(vm: &str, name: &str) -> String {
+    format!("{SNAPSHOTS_PREFIX}{vm}/{name}")
+}
+
+/// The snapshot the VM's current state descends from: `snapshots/<vm>` (no trailing slash).
+pub fn snapshot_head_key(vm: &str) -> String {
+    format!("{SNAPSHOTS_PREFIX}{vm}")
+}
+
+/// How a create makes the VM's root disk (`spec.disks[0]`) from an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provision {
+    pub image: String,
+    /// The image's pool (a linked clone lives in it too).
+    pub image_pool: String,
+    /// Root disk size; the image's when absent.
+    pub size_bytes: Option<u64>,
+    pub full_clone: bool,
+    pub encrypted: bool,
+}
+
+/// Where a VM's cloud-init data is kept, wrapped by the master key (it may hold passwords).
+pub fn cloud_init_key(name: &str) -> String {
+    format!("{VMS_PREFIX}{name}/cloudinit")
+}
+
+/// A VM's cloud-init data, as wrapped and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudInitData {
+    pub user_data: Option<String>,
+    pub network_config: Option<String>,
 }
 
 /// A VM's three records, read together in one consistent listing.

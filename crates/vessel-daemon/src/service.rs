@@ -9,12 +9,13 @@ use vessel_api::{
     OperationAction, OperationStatus, Vm, VmState,
 };
 use vessel_core::{check_action, spec_from_create, validate_name};
+use vessel_storage::StoragePool;
 use vessel_store::{Compare, Op, StoreError, Txn};
 
 use crate::ctx::Ctx;
 use crate::model::{
-    decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key, Loaded, OpRecord,
-    VmRecord, VmStatus, EVENTS_PREFIX, OPS_PREFIX,
+    cloud_init_key, decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key,
+    CloudInitData, Loaded, OpRecord, Provision, VmRecord, VmStatus, EVENTS_PREFIX, OPS_PREFIX,
 };
 use crate::worker::check_files;
 
@@ -31,6 +32,8 @@ pub struct ActionOptions {
     pub edit: Option<EditVmRequest>,
     /// The disk of an attach or detach.
     pub disk: Option<vessel_api::VmDisk>,
+    /// The snapshot of a snapshot operation.
+    pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {
@@ -67,9 +70,18 @@ impl Service {
     }
 
     /// Records a new VM (and its create operation) atomically; a duplicate name changes nothing.
+    /// A VM made from an image gets its root disk from the create operation, which undoes the
+    /// whole create if that fails.
     pub async fn create_vm(&self, request: &CreateVmRequest) -> Result<Operation, ApiError> {
         validate_name("VM", &request.name).map_err(ApiError::invalid)?;
+        let mut request = request.clone();
+        let provision = match request.image.clone() {
+            Some(image) => Some(self.plan_root_disk(&mut request, &image).await?),
+            None => None,
+        };
+        let request = &request;
         let spec = spec_from_create(request, self.ctx.host).map_err(ApiError::invalid)?;
+        let cloud_init = self.seal_cloud_init(request).await?;
         let desired = if request.start {
             DesiredState::Running
         } else {
@@ -82,13 +94,18 @@ impl Service {
         };
         check_files(&record)
             .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
-        let op = new_op(
+        let mut op = new_op(
             &request.name,
             OperationAction::Create,
             desired,
             ActionOptions::default(),
         );
-        let txn = Txn::new()
+        op.provision = provision;
+        let mut txn = Txn::new();
+        if let Some(sealed) = cloud_init {
+            txn = txn.then(Op::Put(cloud_init_key(&request.name), encode(&sealed)));
+        }
+        let txn = txn
             .when(Compare::Missing(spec_key(&request.name)))
             .then(Op::Put(spec_key(&request.name), encode(&record)))
             .then(Op::Put(desired_key(&request.name), encode(&desired)))
@@ -106,6 +123,82 @@ impl Service {
             .with_hint("choose another name, or delete the existing VM first"));
         }
         Ok(op.operation)
+    }
+
+    /// Checks that the image exists and where the root disk goes; fills in the pool.
+    async fn plan_root_disk(
+        &self,
+        request: &mut CreateVmRequest,
+        image: &str,
+    ) -> Result<Provision, ApiError> {
+        let location = self.image_location(image).await?;
+        let pool = request
+            .pool
+            .get_or_insert_with(|| location.pool.clone())
+            .clone();
+        let copies = request.full_clone || request.encrypted;
+        if !copies && pool != location.pool {
+            return Err(ApiError::invalid(format!(
+                "a linked clone lives in its image's pool ({:?}), not {pool:?}",
+                location.pool
+            ))
+            .with_hint("leave out --pool, or copy the image with --full-clone"));
+        }
+        let root = vessel_core::spec::root_volume_name(&request.name);
+        if crate::pools::open_by_name(&self.ctx, &pool)
+            .await?
+            .volume(&root)
+            .await
+            .is_ok()
+        {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "pool {pool:?} already has a volume {root:?}, the name of this VM's root disk"
+                ),
+            )
+            .with_hint("delete that volume or choose another VM name"));
+        }
+        Ok(Provision {
+            image: image.to_string(),
+            image_pool: location.pool,
+            size_bytes: request.disk_size_bytes,
+            full_clone: request.full_clone,
+            encrypted: request.encrypted,
+        })
+    }
+
+    /// Validates the request's cloud-init data and wraps it with the master key.
+    async fn seal_cloud_init(
+        &self,
+        request: &CreateVmRequest,
+    ) -> Result<Option<vessel_secrets::WrappedSecret>, ApiError> {
+        if request.user_data.is_none() && request.network_config.is_none() {
+            return Ok(None);
+        }
+        let invalid = |e: vessel_cloudinit::SeedError| {
+            ApiError::invalid(e.to_string())
+                .with_hint("see https://cloudinit.readthedocs.io for the formats")
+        };
+        if let Some(user_data) = &request.user_data {
+            vessel_cloudinit::validate_user_data(user_data.as_bytes()).map_err(invalid)?;
+        }
+        if let Some(network) = &request.network_config {
+            vessel_cloudinit::validate_network_config(network.as_bytes()).map_err(invalid)?;
+        }
+        let data = CloudInitData {
+            user_data: request.user_data.clone(),
+            network_config: request.network_config.clone(),
+        };
+        let plain = serde_json::to_vec(&data).expect("plain data serializes");
+        let sealed = self
+            .ctx
+            .keyring
+            .read()
+            .await
+            .wrap(&plain, &crate::cloud_init::aad(&request.name))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(Some(sealed))
     }
 
     /// Checks an action against the VM's current state and records it (with the desired state it
@@ -205,6 +298,24 @@ impl Service {
             .operation)
     }
 
+    /// Cancels a running import, export or full clone, and waits until it has stopped.
+    pub async fn cancel_operation(&self, id: &str) -> Result<Operation, ApiError> {
+        let current = self.get_operation(id).await?;
+        if current.status.is_terminal() {
+            return Err(ApiError::conflict(format!(
+                "operation {id} has already {}",
+                current.status.as_str()
+            )));
+        }
+        if !crate::host_ops::cancel(&self.ctx, id) {
+            return Err(ApiError::conflict(format!(
+                "operation {id} ({}) cannot be cancelled; only imports, exports and full clones can",
+                current.action.as_str()
+            )));
+        }
+        self.wait(id).await
+    }
+
     pub async fn list_operations(&self) -> Result<Vec<Operation>, ApiError> {
         let (kvs, _) = self.ctx.store.list(OPS_PREFIX).await.map_err(store_error)?;
         let mut ops = kvs
@@ -292,6 +403,9 @@ fn new_op(
         operation: Operation {
             id: uuid::Uuid::new_v4().to_string(),
             vm: vm.to_string(),
+            resource: None,
+            progress: None,
+            result: None,
             action,
             status: OperationStatus::Pending,
             error: None,
@@ -303,5 +417,7 @@ fn new_op(
         target: Some(target),
         edit: options.edit,
         disk: options.disk,
+        provision: None,
+        snapshot: options.snapshot,
     }
 }

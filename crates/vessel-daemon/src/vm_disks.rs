@@ -25,6 +25,7 @@ impl Service {
             volume: request.volume.clone(),
             read_only: request.read_only,
             shareable: request.shareable,
+            delete_with_vm: false,
         };
         validate_name("volume", &disk.volume).map_err(ApiError::invalid)?;
         // The volume must exist now; the worker resolves it again when it plugs it in.
@@ -50,6 +51,7 @@ impl Service {
                 volume: volume.into(),
                 read_only: false,
                 shareable: false,
+                delete_with_vm: false,
             }),
             ..Default::default()
         };
@@ -78,6 +80,11 @@ pub async fn resolve_disk(ctx: &Ctx, disk: &VmDisk) -> Result<DiskFile, String> 
         read_only: disk.read_only,
         shareable: disk.shareable,
         serial: disk.volume.clone(),
+        key: if info.encrypted {
+            Some(crate::volume_keys::get(ctx, &disk.pool, &disk.volume).await?)
+        } else {
+            None
+        },
     })
 }
 
@@ -107,4 +114,16 @@ pub fn conflicting_users(vms: &[Loaded], vm: &str, disk: &VmDisk) -> Vec<String>
         })
         .map(|other| other.record.spec.name.clone())
         .collect()
+}
+
+/// Deletes a volume that was made for a VM, with its key if it is encrypted.
+pub async fn delete_owned(ctx: &Ctx, disk: &VmDisk) -> Result<(), String> {
+    let pool = pool_of(ctx, &disk.pool).await?;
+    match pool.delete_volume(&disk.volume).await {
+        Ok(()) | Err(vessel_storage::PoolError::NotFound { .. }) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    crate::volume_keys::delete(ctx, &disk.pool, &disk.volume)
+        .await
+        .map_err(|e| e.message)
 }

@@ -10,6 +10,7 @@ use vessel_storage::{CloneMode, DirPool, Format, PoolError, StoragePool, VolumeI
 
 use crate::model::Loaded;
 use crate::service::Service;
+use crate::volume_keys;
 
 fn to_format(format: VolumeFormat) -> Format {
     match format {
@@ -26,7 +27,7 @@ fn from_format(format: Format) -> VolumeFormat {
 }
 
 /// A pool error as the API reports it.
-fn api_error(e: PoolError) -> ApiError {
+pub(crate) fn api_error(e: PoolError) -> ApiError {
     let code = match &e {
         PoolError::InvalidName(_) | PoolError::InvalidRequest(_) => ErrorCode::InvalidArgument,
         PoolError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
@@ -67,6 +68,7 @@ fn view(pool: &str, info: VolumeInfo, vms: &[Loaded]) -> Volume {
             .iter()
             .map(|i| i.path.to_string_lossy().into_owned())
             .collect(),
+        encrypted: info.encrypted,
     }
 }
 
@@ -112,7 +114,27 @@ impl Service {
                     .with_hint("vessel volume create NAME --size 20G"),
             );
         }
-        let info = dir.create_volume(&spec).await.map_err(api_error)?;
+        let info = if request.encrypted {
+            validate_name("volume", &spec.name).map_err(ApiError::invalid)?;
+            if dir.volume(&spec.name).await.is_ok() {
+                return Err(api_error(PoolError::AlreadyExists {
+                    pool: pool.into(),
+                    name: spec.name,
+                }));
+            }
+            // The key is stored (wrapped) first, so an encrypted volume never exists without
+            // its key; if the volume cannot be made, the key goes again.
+            let (key, _pending) = volume_keys::create(&self.ctx, pool, &spec.name).await?;
+            match dir.create_encrypted_volume(&spec, &key).await {
+                Ok(info) => info,
+                Err(e) => {
+                    volume_keys::delete(&self.ctx, pool, &spec.name).await?;
+                    return Err(api_error(e));
+                }
+            }
+        } else {
+            dir.create_volume(&spec).await.map_err(api_error)?
+        };
         Ok(view(pool, info, &self.vms().await?))
     }
 
@@ -129,10 +151,39 @@ impl Service {
         } else {
             CloneMode::Full
         };
-        let info = dir
-            .clone_volume(source, &request.name, mode, &mut |_| {})
-            .await
-            .map_err(api_error)?;
+        let src = dir.volume(source).await.map_err(api_error)?;
+        let info = if src.encrypted {
+            if request.linked {
+                return Err(ApiError::invalid(format!(
+                    "volume {source:?} is encrypted; encrypted volumes are copied in full, each with its own key (drop --linked)"
+                )));
+            }
+            validate_name("volume", &request.name).map_err(ApiError::invalid)?;
+            let src_key = volume_keys::get(&self.ctx, pool, source)
+                .await
+                .map_err(ApiError::internal)?;
+            let (dst_key, _pending) = volume_keys::create(&self.ctx, pool, &request.name).await?;
+            match dir
+                .clone_encrypted_volume(
+                    source,
+                    Some(&src_key),
+                    &request.name,
+                    &dst_key,
+                    &mut |_| {},
+                )
+                .await
+            {
+                Ok(info) => info,
+                Err(e) => {
+                    volume_keys::delete(&self.ctx, pool, &request.name).await?;
+                    return Err(api_error(e));
+                }
+            }
+        } else {
+            dir.clone_volume(source, &request.name, mode, &mut |_| {})
+                .await
+                .map_err(api_error)?
+        };
         Ok(view(pool, info, &self.vms().await?))
     }
 
@@ -145,7 +196,8 @@ impl Service {
     ) -> Result<Volume, ApiError> {
         validate_name("volume", name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
-        let path = dir.volume(name).await.map_err(api_error)?.path;
+        let current = dir.volume(name).await.map_err(api_error)?;
+        let path = current.path.clone();
         let vms = self.vms().await?;
         let running: Vec<String> = users_of(&vms, pool, name, &path)
             .into_iter()
@@ -160,16 +212,28 @@ impl Service {
                 running.join(", ")
             )));
         }
-        let info = dir
-            .resize_volume(name, request.size_bytes, request.shrink)
-            .await
-            .map_err(api_error)?;
+        let info = if current.encrypted {
+            let key = volume_keys::get(&self.ctx, pool, name)
+                .await
+                .map_err(ApiError::internal)?;
+            dir.resize_encrypted_volume(name, &key, request.size_bytes, request.shrink)
+                .await
+        } else {
+            dir.resize_volume(name, request.size_bytes, request.shrink)
+                .await
+        }
+        .map_err(api_error)?;
         Ok(view(pool, info, &vms))
     }
 
     /// Deletes a volume no VM uses and no linked clone depends on.
     pub async fn delete_volume(&self, pool: &str, name: &str) -> Result<(), ApiError> {
         let current = self.get_volume(pool, name).await?;
+        if self.is_image_volume(pool, name).await? {
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} is the image {name:?}; delete it with `vessel image delete {name}`"
+            )));
+        }
         if !current.used_by.is_empty() {
             return Err(ApiError::conflict(format!(
                 "volume {name:?} is the disk of VM {}; delete the VM or give it another disk first",
@@ -180,7 +244,9 @@ impl Service {
             .await?
             .delete_volume(name)
             .await
-            .map_err(api_error)
+            .map_err(api_error)?;
+        // After the volume: a key without a volume is harmless, a volume without its key is lost.
+        volume_keys::delete(&self.ctx, pool, name).await
     }
 
     async fn open_pool(&self, pool: &str) -> Result<std::sync::Arc<DirPool>, ApiError> {

@@ -13,11 +13,14 @@ use vessel_core::{after_exit, ExitKind, RestartDecision};
 use vessel_qemu::{Instance, InstanceEvent, LaunchRequest, ProcessId, RunFiles};
 use vessel_store::{Compare, Op, Txn};
 
+use crate::cloud_init;
 use crate::ctx::Ctx;
 use crate::model::{
     decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key, vm_prefix, Loaded,
     OpRecord, VmRecord, VmStatus,
 };
+use crate::provision;
+use crate::snapshots;
 use crate::vm_disks;
 
 /// Restarts allowed within [`RESTART_WINDOW`] before the policy gives up on a crash loop.
@@ -189,6 +192,13 @@ impl Worker {
             OperationAction::Reboot => self.clean_reboot(timeout).await,
             OperationAction::Edit => self.apply_edit(record).await,
             OperationAction::AttachDisk => self.attach_disk(record).await,
+            OperationAction::SnapshotCreate => self.snapshot_create(record).await,
+            OperationAction::SnapshotRevert => self.snapshot_revert(record, timeout).await,
+            OperationAction::SnapshotDelete => self.snapshot_delete(record).await,
+            OperationAction::Create if record.provision.is_some() => {
+                self.provision(record).await?;
+                self.converge(op.force, timeout).await
+            }
             OperationAction::DetachDisk => self.detach_disk(record).await,
             OperationAction::Delete => self.delete(op.force).await,
             _ => {
@@ -252,7 +262,12 @@ impl Worker {
         status.state = VmState::Starting;
         status.reason = None;
         self.save(&status, None).await?;
-        let mut instance = match self.ctx.backend.launch(&request).await {
+        let launched = self.ctx.backend.launch(&request).await;
+        // QEMU has the seed open (or failed); the plaintext user-data leaves the disk either way.
+        if let Some(seed) = &request.seed {
+            let _ = std::fs::remove_file(seed);
+        }
+        let instance = match launched {
             Ok(instance) => instance,
             Err(e) => {
                 let problem = format!("QEMU could not start the VM: {}", error_chain(&e));
@@ -264,6 +279,11 @@ impl Worker {
                 return Err(problem);
             }
         };
+        self.adopt_started(instance, restart).await
+    }
+
+    /// Takes charge of a QEMU this worker just started: console, events, recorded status.
+    async fn adopt_started(&mut self, mut instance: Box<dyn Instance>, restart: bool) -> OpResult {
         self.attach(&mut instance);
         let pid = instance.pid();
         let events = instance.take_events().expect("fresh instance has events");
@@ -274,7 +294,9 @@ impl Worker {
             guest_shutdown: false,
             panicked: false,
         });
+        let Loaded { mut status, .. } = self.load_existing().await?;
         status.state = VmState::Running;
+        status.reason = None;
         status.pid = Some(pid.pid);
         status.pid_start_time = Some(pid.start_time);
         status.accelerator = Some(self.ctx.accel.accel.as_str().to_string());
@@ -295,6 +317,7 @@ impl Worker {
             accel: self.ctx.accel.accel,
             run_dir: self.ctx.vm_dir(&self.name),
             disks,
+            seed: None,
         }
     }
 
@@ -313,7 +336,9 @@ impl Worker {
                 ));
             }
         }
-        Ok(self.launch_request(vm, disks))
+        let mut request = self.launch_request(vm, disks);
+        request.seed = cloud_init::write_seed(&self.ctx, vm, &request.run_dir).await?;
+        Ok(request)
     }
 
     fn attach(&self, instance: &mut Box<dyn Instance>) {
@@ -445,6 +470,226 @@ impl Worker {
             .then(Op::Put(spec_key(&self.name), encode(&vm)));
         self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
         self.ctx.event(&self.name, "spec edited").await;
+        Ok(())
+    }
+
+    /// Makes a new VM's root disk from its image. On failure the whole create is undone: the
+    /// VM's records, its cloud-init data and anything made for the disk go, as if the request
+    /// had never been made.
+    async fn provision(&mut self, record: &OpRecord) -> OpResult {
+        let plan = record.provision.as_ref().ok_or("nothing to provision")?;
+        let vm = self.load_existing().await?.record;
+        let root = vm
+            .spec
+            .disks
+            .first()
+            .ok_or("the VM has no root disk")?
+            .clone();
+        let result = provision::make_root_disk(&self.ctx, &record.operation.id, plan, &root).await;
+        if let Err(problem) = result {
+            let txn = Txn::new().then(Op::DeletePrefix(vm_prefix(&self.name)));
+            if let Err(e) = self.ctx.store.txn(txn).await {
+                tracing::error!(vm = %self.name, error = %e, "could not undo a failed create");
+            }
+            self.ctx.forget_console(&self.name);
+            return Err(problem);
+        }
+        Ok(())
+    }
+
+    // ----- snapshots ------------------------------------------------------------------------
+
+    /// The QMP node names of the running VM's writable disks (the first holds memory state).
+    async fn live_disk_nodes(&self, vm: &VmRecord) -> Result<Vec<String>, String> {
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        let nodes = vessel_qemu::snapshot::vm_disk_nodes(&self.launch_request(vm, disks));
+        if nodes.is_empty() {
+            return Err("the VM has no writable disk to snapshot".into());
+        }
+        Ok(nodes)
+    }
+
+    async fn snapshot_create(&mut self, record: &OpRecord) -> OpResult {
+        let request = record
+            .snapshot
+            .clone()
+            .ok_or("snapshot operation without a snapshot")?;
+        let Loaded { record: vm, .. } = self.load_existing().await?;
+        let (_, head) = snapshots::load(&self.ctx, &self.name).await?;
+        let mut vm_state_bytes = 0;
+        match &self.live {
+            Some(live) => {
+                let nodes = self.live_disk_nodes(&vm).await?;
+                if request.memory {
+                    live.instance
+                        .snapshot_save(&request.name, &nodes[0], &nodes)
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    vm_state_bytes = live
+                        .instance
+                        .snapshot_list(&nodes[0])
+                        .await
+                        .ok()
+                        .and_then(|list| list.into_iter().find(|s| s.name == request.name))
+                        .map_or(0, |s| s.vm_state_bytes);
+                } else {
+                    let pause = live
+                        .instance
+                        .snapshot_disks(&nodes, &request.name)
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    tracing::info!(vm = %self.name, snapshot = %request.name, pause_ms = pause.as_millis() as u64, "disk snapshot taken");
+                }
+            }
+            None if request.memory => {
+                return Err(
+                    "the VM is not running, so there is no running state to save; drop --memory or start it".into(),
+                )
+            }
+            None => {
+                let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+                let files = snapshots::offline_disks(&vm.spec, &disks).await?;
+                let targets: Vec<_> = files
+                    .iter()
+                    .map(|f| vessel_storage::SnapshotDisk {
+                        path: &f.path,
+                        format: f.format,
+                        key: f.key.as_deref(),
+                    })
+                    .collect();
+                vessel_storage::QemuImg::new()
+                    .snapshot_create_all(&targets, &request.name)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+            }
+        }
+        let saved = snapshots::SnapshotRecord {
+            name: request.name.clone(),
+            created_at_ms: now_ms(),
+            memory: request.memory,
+            vm_state_bytes,
+            parent: head,
+            spec: vm.spec.clone(),
+        };
+        snapshots::save_new(&self.ctx, &self.name, &saved).await?;
+        self.ctx
+            .event(&self.name, format!("snapshot {} taken", request.name))
+            .await;
+        Ok(())
+    }
+
+    /// Reverts to a snapshot. Whatever ran is discarded. With memory state the VM resumes
+    /// where the snapshot left it (running); a disk-only revert leaves the VM stopped.
+    async fn snapshot_revert(&mut self, record: &OpRecord, timeout: Duration) -> OpResult {
+        let request = record
+            .snapshot
+            .clone()
+            .ok_or("snapshot operation without a snapshot")?;
+        let snapshot = snapshots::record(&self.ctx, &self.name, &request.name).await?;
+        if self.live.is_some() {
+            // The current state is being thrown away: no need to wait for a clean shutdown.
+            self.save(
+                &self.load_existing().await?.status,
+                Some(DesiredState::Stopped),
+            )
+            .await?;
+            self.stop(true, timeout).await?;
+        }
+        let Loaded { record: vm, .. } = self.load_existing().await?;
+        // The snapshot's spec: the disks (and settings) the snapshot was taken with.
+        let txn = snapshots::reverted_txn(&vm, &snapshot);
+        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        let Loaded { record: vm, .. } = self.load_existing().await?;
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        if snapshot.memory {
+            let request = self.prepare_launch(&vm).await?;
+            let nodes = vessel_qemu::snapshot::vm_disk_nodes(&request);
+            let launched = self.ctx.backend.launch_paused(&request).await;
+            if let Some(seed) = &request.seed {
+                let _ = std::fs::remove_file(seed);
+            }
+            let instance = launched
+                .map_err(|e| format!("QEMU could not start the VM: {}", error_chain(&e)))?;
+            if let Err(e) = instance
+                .snapshot_load(&snapshot.name, &nodes[0], &nodes)
+                .await
+            {
+                let _ = instance.kill();
+                return Err(format!("loading the snapshot failed: {}", error_chain(&e)));
+            }
+            instance
+                .resume()
+                .await
+                .map_err(|e| format!("resume failed: {}", error_chain(&e)))?;
+            self.adopt_started(instance, false).await?;
+            self.save(
+                &self.load_existing().await?.status,
+                Some(DesiredState::Running),
+            )
+            .await?;
+        } else {
+            let files = snapshots::offline_disks(&vm.spec, &disks).await?;
+            let targets: Vec<_> = files
+                .iter()
+                .map(|f| vessel_storage::SnapshotDisk {
+                    path: &f.path,
+                    format: f.format,
+                    key: f.key.as_deref(),
+                })
+                .collect();
+            vessel_storage::QemuImg::new()
+                .snapshot_apply_all(&targets, &snapshot.name)
+                .await
+                .map_err(|e| error_chain(&e))?;
+        }
+        self.ctx
+            .event(
+                &self.name,
+                format!("reverted to snapshot {}", snapshot.name),
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn snapshot_delete(&mut self, record: &OpRecord) -> OpResult {
+        let request = record
+            .snapshot
+            .clone()
+            .ok_or("snapshot operation without a snapshot")?;
+        let snapshot = snapshots::record(&self.ctx, &self.name, &request.name).await?;
+        // The disks it was taken on (disks attached since do not have it).
+        let spec = snapshot.spec.clone();
+        match &self.live {
+            Some(live) => {
+                let Loaded { record: mut vm, .. } = self.load_existing().await?;
+                vm.spec.disks.retain(|d| spec.disks.contains(d));
+                let nodes = self.live_disk_nodes(&vm).await?;
+                live.instance
+                    .snapshot_delete(&nodes, &snapshot.name)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+            }
+            None => {
+                let disks = vm_disks::resolve_disks(&self.ctx, &spec).await?;
+                let files = snapshots::offline_disks(&spec, &disks).await?;
+                let targets: Vec<_> = files
+                    .iter()
+                    .map(|f| vessel_storage::SnapshotDisk {
+                        path: &f.path,
+                        format: f.format,
+                        key: f.key.as_deref(),
+                    })
+                    .collect();
+                vessel_storage::QemuImg::new()
+                    .snapshot_delete_all(&targets, &snapshot.name)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+            }
+        }
+        snapshots::forget(&self.ctx, &self.name, &snapshot.name).await?;
+        self.ctx
+            .event(&self.name, format!("snapshot {} deleted", snapshot.name))
+            .await;
         Ok(())
     }
 
@@ -582,16 +827,26 @@ impl Worker {
     }
 
     async fn delete(&mut self, force: bool) -> OpResult {
-        let Some(Loaded { status, .. }) = self.load().await? else {
+        let Some(Loaded { status, record, .. }) = self.load().await? else {
             return Ok(());
         };
         vessel_core::check_action(OperationAction::Delete, status.state, force)?;
         if self.live.is_some() {
             self.kill_and_reap().await?;
         }
-        let txn = Txn::new().then(Op::DeletePrefix(vm_prefix(&self.name)));
+        let txn = Txn::new()
+            .then(Op::DeletePrefix(vm_prefix(&self.name)))
+            .then(Op::DeletePrefix(crate::model::snapshots_prefix(&self.name)))
+            .then(Op::Delete(crate::model::snapshot_head_key(&self.name)));
         self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
         self.ctx.forget_console(&self.name);
+        // Volumes made for the VM (its root disk from an image) go with it, after its records:
+        // a leftover volume is visible and deletable, a VM pointing at a deleted volume is not.
+        for disk in record.spec.disks.iter().filter(|d| d.delete_with_vm) {
+            if let Err(e) = vm_disks::delete_owned(&self.ctx, disk).await {
+                tracing::warn!(vm = %self.name, volume = %disk.volume, error = %e, "could not delete the VM's volume");
+            }
+        }
         let dir = self.ctx.vm_dir(&self.name);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -857,6 +1112,7 @@ pub fn check_files(vm: &VmRecord) -> Result<(), String> {
             f
         }
         Boot::Disk { disk } => vec![("disk", disk.as_str())],
+        Boot::FirstDisk => vec![],
     };
     for (what, path) in files {
         match std::fs::File::open(path).and_then(|f| f.metadata()) {

@@ -9,6 +9,9 @@ use crate::disk::{self, DiskFile};
 /// File descriptor numbers the QMP and console listening sockets have inside QEMU.
 pub const QMP_FD: i32 = 3;
 pub const CONSOLE_FD: i32 = 4;
+/// The first fd of the secret pipes (volume keys) QEMU inherits, one per encrypted disk in disk
+/// order; QEMU reads each with a `secret` object, so no key is ever on the command line.
+pub const SECRET_FD_BASE: i32 = 5;
 
 /// Inputs of the command line that are not in the spec.
 #[derive(Debug, Clone)]
@@ -23,6 +26,8 @@ pub struct CmdlineInputs<'a> {
     pub host_tsc_khz: Option<u64>,
     /// Data disks, on the SCSI controller, in this order.
     pub disks: &'a [DiskFile],
+    /// A cloud-init NoCloud seed image (ISO 9660 labelled `cidata`), attached as a CD-ROM.
+    pub seed: Option<&'a str>,
 }
 
 /// QEMU's option parser splits on commas; a literal comma is written twice.
@@ -79,9 +84,41 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
     boot_args(inputs, &mut args);
     // Every VM gets the controller, so that a disk can be hot-plugged into a VM started without.
     args.extend(["-device".into(), disk::controller(spec.machine)]);
-    for d in inputs.disks {
+    let mut secret_fd = SECRET_FD_BASE;
+    let boot_first = spec.boot == Boot::FirstDisk;
+    for (i, d) in inputs.disks.iter().enumerate() {
+        if d.key.is_some() {
+            args.extend([
+                "-object".into(),
+                format!(
+                    "secret,id={},file=/dev/fd/{secret_fd},format=raw",
+                    d.secret_id()
+                ),
+            ]);
+            secret_fd += 1;
+        }
         args.extend(["-blockdev".into(), d.blockdev().to_string()]);
-        args.extend(["-device".into(), d.device().to_string()]);
+        let mut device = d.device();
+        if boot_first && i == 0 {
+            device["bootindex"] = 1.into();
+        }
+        args.extend(["-device".into(), device.to_string()]);
+    }
+    if let Some(seed) = inputs.seed {
+        let node = serde_json::json!({
+            "driver": "raw",
+            "node-name": "cidata",
+            "read-only": true,
+            "file": { "driver": "file", "filename": seed },
+        });
+        args.extend(["-blockdev".into(), node.to_string()]);
+        args.extend([
+            "-device".into(),
+            format!(
+                "scsi-cd,bus={}.0,drive=cidata,id=cidata-dev",
+                disk::SCSI_CONTROLLER
+            ),
+        ]);
     }
     if spec.nic == NicKind::User {
         args.extend(["-netdev".into(), "user,id=net0".into()]);
@@ -163,6 +200,8 @@ fn boot_args(inputs: &CmdlineInputs<'_>, args: &mut Vec<String>) {
                 ),
             ]);
         }
+        // The first data disk gets the boot index (see `build`).
+        Boot::FirstDisk => {}
     }
 }
 
@@ -181,6 +220,7 @@ mod tests {
             nic: NicKind::User,
             restart_policy: RestartPolicy::Never,
             disks: vec![],
+            cloud_init: false,
         }
     }
 
@@ -192,6 +232,7 @@ mod tests {
             disk_format: Some(Format::Qcow2),
             host_tsc_khz: Some(2_000_000),
             disks: &[],
+            seed: None,
         })
         .join(" ")
     }
@@ -242,13 +283,15 @@ mod tests {
     #[test]
     fn data_disks_sit_on_the_scsi_controller_in_order() {
         let disks =
-            [("vda1", Format::Qcow2), ("vdb2", Format::Raw)].map(|(node, format)| DiskFile {
+            [("vda1", Format::Raw), ("vdb2", Format::Qcow2)].map(|(node, format)| DiskFile {
                 node_name: node.into(),
                 path: format!("/p/{node}").into(),
                 format,
                 read_only: false,
                 shareable: false,
                 serial: node.into(),
+                key: (node == "vdb2")
+                    .then(|| std::sync::Arc::new(vessel_storage::VolumeKey::generate().unwrap())),
             });
         let s = spec(Boot::Disk { disk: "/d".into() }, Machine::Q35);
         let args = build(&CmdlineInputs {
@@ -258,6 +301,7 @@ mod tests {
             disk_format: None,
             host_tsc_khz: None,
             disks: &disks,
+            seed: Some("/run/vm/cidata.iso"),
         });
         let line = args.join(" ");
         assert!(line.contains("-device virtio-scsi-pci,id=scsi0"), "{line}");
@@ -265,6 +309,15 @@ mod tests {
         let b = line.find(r#""node-name":"vdb2""#).expect("second disk");
         assert!(a < b, "{line}");
         assert!(line.contains(r#""drive":"vdb2""#), "{line}");
+        assert!(line.contains("scsi-cd,bus=scsi0.0,drive=cidata"), "{line}");
+        // The encrypted disk's key comes through the first secret fd, never as an argument.
+        assert!(
+            line.contains("-object secret,id=vdb2-key,file=/dev/fd/5,format=raw"),
+            "{line}"
+        );
+        assert!(line.contains(r#""key-secret":"vdb2-key""#), "{line}");
+        let passphrase = disks[1].key.as_ref().unwrap().luks_passphrase();
+        assert!(!line.contains(passphrase.as_str()), "no key in the args");
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! a cold-plugged and a hot-plugged disk are the same thing to QEMU.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use vessel_api::Machine;
-use vessel_storage::Format;
+use vessel_storage::{Format, VolumeKey};
 
 /// The id of the SCSI controller every VM has, so that disks can be hot-plugged on any machine.
 pub const SCSI_CONTROLLER: &str = "scsi0";
@@ -14,7 +15,7 @@ pub const SCSI_CONTROLLER: &str = "scsi0";
 const MAX_SERIAL_LEN: usize = 36;
 
 /// A disk resolved to its file, ready to hand to QEMU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DiskFile {
     /// QEMU's block node name; the device id is derived from it (see [`DiskFile::device_id`]).
     pub node_name: String,
@@ -26,6 +27,9 @@ pub struct DiskFile {
     pub shareable: bool,
     /// What the guest sees as the disk's serial number (the volume's name).
     pub serial: String,
+    /// The LUKS key of an encrypted volume. It reaches QEMU as a `secret` object read from an
+    /// inherited pipe (cold plug) or over QMP (hot-plug), never on the command line.
+    pub key: Option<Arc<VolumeKey>>,
 }
 
 impl DiskFile {
@@ -33,9 +37,14 @@ impl DiskFile {
         device_id(&self.node_name)
     }
 
+    /// The id of the `secret` object holding the disk's key.
+    pub fn secret_id(&self) -> String {
+        format!("{}-key", self.node_name)
+    }
+
     /// The `blockdev-add` arguments; also the `-blockdev` value in JSON syntax.
     pub fn blockdev(&self) -> Value {
-        json!({
+        let mut node = json!({
             "driver": self.format.as_str(),
             "node-name": self.node_name,
             "read-only": self.read_only,
@@ -43,7 +52,11 @@ impl DiskFile {
                 "driver": "file",
                 "filename": self.path.to_string_lossy(),
             },
-        })
+        });
+        if self.key.is_some() {
+            node["encrypt"] = json!({ "format": "luks", "key-secret": self.secret_id() });
+        }
+        node
     }
 
     /// The `device_add` arguments; also the `-device` value in JSON syntax.
@@ -89,6 +102,7 @@ mod tests {
             read_only: true,
             shareable: false,
             serial: "x".repeat(50),
+            key: None,
         }
     }
 

@@ -59,11 +59,19 @@ impl Backend for QemuBackend {
         prepare_run_dir(&request.run_dir, &files)?;
         let disk_format = match &request.spec.boot {
             Boot::Disk { disk } => Some(vessel_storage::detect_format(Path::new(disk)).await?),
-            Boot::Kernel { .. } => None,
+            Boot::Kernel { .. } | Boot::FirstDisk => None,
         };
+        // One pipe per encrypted disk, in disk order, as the command line expects them.
+        let secrets = request
+            .disks
+            .iter()
+            .filter_map(|d| d.key.as_ref().map(|key| (d.secret_id(), key)))
+            .map(|(id, key)| vessel_storage::SecretPipe::for_volume_key(id, key))
+            .collect::<std::io::Result<Vec<_>>>()?;
         let sockets = InheritedSockets {
             qmp: UnixListener::bind(&files.qmp_socket)?,
             console: UnixListener::bind(&files.console_socket)?,
+            secrets: secrets.iter().map(|s| s.fd()).collect(),
         };
         let log = OpenOptions::new()
             .create(true)
@@ -71,6 +79,10 @@ impl Backend for QemuBackend {
             .mode(0o600)
             .open(&files.qemu_log)?;
         let pid_file = files.pid_file.to_string_lossy().into_owned();
+        let seed = request
+            .seed
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
         let args = cmdline::build(&CmdlineInputs {
             spec: &request.spec,
             accel: request.accel,
@@ -78,6 +90,7 @@ impl Backend for QemuBackend {
             disk_format,
             host_tsc_khz: host_tsc_khz(),
             disks: &request.disks,
+            seed: seed.as_deref(),
         });
         tracing::debug!(vm = %request.spec.name, ?args, "launching QEMU");
         let child = process::spawn(&self.binary, &args, sockets, log).map_err(|source| {
@@ -86,6 +99,7 @@ impl Backend for QemuBackend {
                 source,
             }
         })?;
+        drop(secrets);
         let pid = child.id().unwrap_or_default();
         let exit = ExitWatch::Child(child);
         let attached = match attach(&files).await {
@@ -218,6 +232,16 @@ struct QemuInstance {
 }
 
 impl QemuInstance {
+    /// Drops the key object of a disk, if it has one (an unencrypted disk has none: the error
+    /// QEMU gives then is expected and ignored).
+    async fn remove_secret(&self, node_name: &str) {
+        let id = format!("{node_name}-key");
+        let _ = self
+            .qmp
+            .execute("object-del", Some(serde_json::json!({ "id": id })))
+            .await;
+    }
+
     fn new(id: ProcessId, attached: Attached, exit: ExitWatch) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs) = watch::channel(0);
@@ -329,9 +353,28 @@ impl Instance for QemuInstance {
     }
 
     async fn attach_disk(&self, disk: &DiskFile) -> Result<(), BackendError> {
-        self.qmp
+        if let Some(key) = &disk.key {
+            // Over the QMP socket (owner-only), which the client never logs arguments of.
+            self.qmp
+                .execute(
+                    "object-add",
+                    Some(serde_json::json!({
+                        "qom-type": "secret",
+                        "id": disk.secret_id(),
+                        "data": key.luks_passphrase().as_str(),
+                        "format": "raw",
+                    })),
+                )
+                .await?;
+        }
+        if let Err(e) = self
+            .qmp
             .execute("blockdev-add", Some(disk.blockdev()))
-            .await?;
+            .await
+        {
+            self.remove_secret(&disk.node_name).await;
+            return Err(e.into());
+        }
         if let Err(e) = self.qmp.execute("device_add", Some(disk.device())).await {
             // Leave nothing behind: the node would keep the image file open and locked.
             if let Err(undo) = self.remove_block_node(&disk.node_name).await {
@@ -359,6 +402,7 @@ impl Instance for QemuInstance {
                 Some(serde_json::json!({ "node-name": node_name })),
             )
             .await?;
+        self.remove_secret(node_name).await;
         Ok(())
     }
 

@@ -36,6 +36,9 @@ pub struct LaunchRequest {
     pub run_dir: PathBuf,
     /// The spec's data disks, resolved to files, in the spec's order.
     pub disks: Vec<DiskFile>,
+    /// The cloud-init seed image to attach, if the VM has one. QEMU opens it at start; the
+    /// caller may remove the file once the VM runs.
+    pub seed: Option<PathBuf>,
 }
 
 /// The files of a VM's run directory, in one place so that launch and adopt agree.

@@ -11,7 +11,7 @@ use std::process::{ExitStatus, Stdio};
 use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, Command};
 
-use crate::cmdline::{CONSOLE_FD, QMP_FD};
+use crate::cmdline::{CONSOLE_FD, QMP_FD, SECRET_FD_BASE};
 
 /// A process identified beyond its pid: the kernel reuses pids, so the start time (in clock ticks
 /// since boot, from /proc/PID/stat) tells our QEMU apart from a later process with the same pid.
@@ -65,10 +65,12 @@ fn read_stat(pid: u32) -> io::Result<(char, u64)> {
     }
 }
 
-/// Sockets QEMU inherits as listening file descriptors.
+/// File descriptors QEMU inherits: its listening sockets at fixed numbers, and the read ends of
+/// secret pipes at [`SECRET_FD_BASE`] + index, in order.
 pub struct InheritedSockets {
     pub qmp: UnixListener,
     pub console: UnixListener,
+    pub secrets: Vec<RawFd>,
 }
 
 /// Spawns QEMU in a new session (so that a terminal's Ctrl-C to the daemon does not reach it,
@@ -83,6 +85,20 @@ pub fn spawn(
     // one with the other; the copies are close-on-exec, the dup2 targets are not.
     let qmp = dup_above(sockets.qmp.as_raw_fd(), 10)?;
     let console = dup_above(sockets.console.as_raw_fd(), 10)?;
+    let secrets = sockets
+        .secrets
+        .iter()
+        .map(|fd| dup_above(*fd, 10))
+        .collect::<io::Result<Vec<_>>>()?;
+    // Where each inherited fd goes; built before the fork, since the child may not allocate.
+    let mut moves: Vec<(RawFd, RawFd)> =
+        vec![(qmp.as_raw_fd(), QMP_FD), (console.as_raw_fd(), CONSOLE_FD)];
+    moves.extend(
+        secrets
+            .iter()
+            .enumerate()
+            .map(|(i, fd)| (fd.as_raw_fd(), SECRET_FD_BASE + i as RawFd)),
+    );
     let log_err = log.try_clone()?;
     let mut command = Command::new(binary);
     command
@@ -90,15 +106,15 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    let (qmp_raw, console_raw) = (qmp.as_raw_fd(), console.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, dup2) on fds that are open in the parent at fork time.
+    // functions (setsid, dup2) on fds that are open in the parent at fork time; it iterates a
+    // vector built before the fork and does not allocate.
     unsafe {
         command.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            for (from, to) in [(qmp_raw, QMP_FD), (console_raw, CONSOLE_FD)] {
+            for &(from, to) in &moves {
                 if libc::dup2(from, to) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -107,7 +123,7 @@ pub fn spawn(
         });
     }
     let child = command.spawn();
-    drop((qmp, console, sockets));
+    drop((qmp, console, secrets, sockets));
     child
 }
 

@@ -46,6 +46,7 @@ fn disk(node: &str, path: &Path, format: Format) -> DiskFile {
         read_only: false,
         shareable: false,
         serial: node.into(),
+        key: None,
     }
 }
 
@@ -72,6 +73,7 @@ fn request(run_dir: &Path, disks: Vec<DiskFile>) -> LaunchRequest {
         accel: Accel::Tcg,
         run_dir: run_dir.to_path_buf(),
         disks,
+        seed: None,
     }
 }
 

@@ -19,6 +19,7 @@ async fn new_volume(client: &vessel_cli::Client, name: &str) {
                 format: VolumeFormat::Qcow2,
                 size_bytes: Some(16 * MIB),
                 backing: None,
+                encrypted: false,
             },
         )
         .await
@@ -186,4 +187,94 @@ async fn a_volume_is_written_by_one_running_vm_at_a_time() {
         .await
         .unwrap_err();
     assert!(twice.to_string().contains("already attached"), "{twice}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_volume_hides_its_data_and_survives_key_rotation() {
+    let mut daemon = Daemon::start();
+    let client = daemon.client();
+    let volume = client
+        .create_volume(
+            "default",
+            &CreateVolumeRequest {
+                name: "secret1".into(),
+                format: VolumeFormat::Qcow2,
+                size_bytes: Some(16 * MIB),
+                backing: None,
+                encrypted: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(volume.encrypted);
+    let master = daemon.data_dir.join("master.key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&master).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the master key file is owner-only");
+
+    create(&client, &guest_vm("crypt1")).await;
+    attach(&client, "crypt1", "secret1").await;
+    act(&client, "crypt1", VmAction::Start).await;
+    await_console(&client, "crypt1", "VESSEL-GUEST-READY", 1).await;
+    run_in_guest(
+        &client,
+        "crypt1",
+        "echo SECRET-MARK-$((6*7))-xyzzy >/dev/sda; sync; echo written-$((2+1))",
+    )
+    .await;
+    await_console(&client, "crypt1", "written-3", 1).await;
+    act(&client, "crypt1", VmAction::Stop(StopVmRequest::default())).await;
+    let raw = std::fs::read(&volume.path).unwrap();
+    assert!(
+        !raw.windows(b"SECRET-MARK-42".len())
+            .any(|w| w == b"SECRET-MARK-42"),
+        "the marker must not be in the volume file in plain text"
+    );
+
+    // A wrong key does not open it.
+    let wrong = std::process::Command::new("qemu-io")
+        .args([
+            "--object",
+            "secret,id=k,data=not-the-key",
+            "--image-opts",
+            &format!(
+                "driver=qcow2,file.filename={},encrypt.key-secret=k",
+                volume.path
+            ),
+            "-c",
+            "read 0 512",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&wrong.stderr).to_string()
+        + &String::from_utf8_lossy(&wrong.stdout);
+    assert!(said.contains("Invalid password"), "{said}");
+
+    // Rotate the master key, restart the daemon on the new key file, and read the data back.
+    let rotation = client.rotate_master_key().await.unwrap();
+    assert_eq!(rotation.rewrapped, 1);
+    daemon.kill9();
+    daemon.spawn();
+    let client = daemon.client();
+    act(&client, "crypt1", VmAction::Start).await;
+    await_console(&client, "crypt1", "VESSEL-GUEST-READY", 2).await;
+    run_in_guest(&client, "crypt1", "head -c 20 /dev/sda; echo").await;
+    await_console(&client, "crypt1", "SECRET-MARK-42-xyzzy", 1).await;
+
+    // Hot-unplug and hot-plug again: the key then reaches QEMU over QMP.
+    match client
+        .detach_disk("crypt1", "default", "secret1", true)
+        .await
+    {
+        Ok(Outcome::Done(_)) => {}
+        other => panic!("detach: {other:?}"),
+    }
+    attach(&client, "crypt1", "secret1").await;
+    run_in_guest(
+        &client,
+        "crypt1",
+        "until grep -q sda /proc/partitions; do sleep 0.1; done; head -c 14 /dev/sda | tr A-Z a-z; echo",
+    )
+    .await;
+    await_console(&client, "crypt1", "secret-mark-42", 1).await;
 }

@@ -21,6 +21,7 @@ fn volume(
         format,
         size_bytes: size,
         backing: backing.map(str::to_string),
+        encrypted: false,
     }
 }
 

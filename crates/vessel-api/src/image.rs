@@ -1,0 +1,79 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::VolumeFormat;
+
+/// A disk image: a read-only volume that VMs are created from (linked or full clones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    pub name: String,
+    /// The pool that holds the image's volume (of the same name).
+    pub pool: String,
+    pub format: VolumeFormat,
+    pub virtual_bytes: u64,
+    pub allocated_bytes: u64,
+    /// SHA-256 of the imported bytes, lowercase hex.
+    pub sha256: String,
+    /// The file or URL it was imported from.
+    pub source: String,
+    pub created_at_ms: u64,
+    /// Volumes that are linked clones of the image; it cannot be deleted while they exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependents: Vec<String>,
+}
+
+/// `POST /v1/images`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportImageRequest {
+    pub name: String,
+    /// An absolute path on the daemon's host, or an `http://` / `https://` URL.
+    pub source: String,
+    /// The SHA-256 the source must have (64 hex digits); the import fails on a mismatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The pool to keep it in; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// `POST /v1/pools/{pool}/volumes/import`: a file or URL as a new (writable) volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportVolumeRequest {
+    pub name: String,
+    /// An absolute path on the daemon's host, or an `http://` / `https://` URL.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Store it in this format; the source's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<VolumeFormat>,
+}
+
+/// `POST /v1/pools/{pool}/volumes/{name}/export`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportVolumeRequest {
+    /// Absolute path of the file to write on the daemon's host (a standalone qcow2).
+    pub path: String,
+    /// Compress the qcow2 (default true).
+    #[serde(default = "yes")]
+    pub compress: bool,
+    /// Replace the file if it exists.
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The result of an export, in the operation's `result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExportedVolume {
+    pub path: String,
+    pub bytes: u64,
+    /// SHA-256 of the written file (what `sha256sum` prints).
+    pub sha256: String,
+}

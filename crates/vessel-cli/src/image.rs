@@ -1,0 +1,124 @@
+//! `vessel image ...`
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use vessel_api::{Image, ImportImageRequest};
+
+use crate::client::Outcome;
+use crate::output;
+use crate::progress;
+use crate::vm::WaitArgs;
+use crate::{CliError, Context};
+
+/// `vessel image <verb>`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import a disk image from a file or an http(s) URL.
+    ///
+    /// The daemon reads the source (a path on the daemon's host, or a URL it downloads),
+    /// checks the SHA-256 if --sha256 is given, detects the format (qcow2 or raw), checks the
+    /// image (qcow2 images must be self-contained and consistent), and keeps it read-only in
+    /// the pool. A progress bar shows how far it has got; Ctrl-C cancels the import, and a
+    /// cancelled or failed import leaves nothing behind.
+    ///
+    /// VMs are made from images with `vessel vm create NAME --image IMAGE`.
+    #[command(
+        after_help = "Examples:\n  vessel image import debian12 /srv/images/debian-12-generic-amd64.qcow2\n  vessel image import debian12 https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-generic-amd64.qcow2 \\\n      --sha256 <digest from SHA512SUMS' sibling or your own sha256sum>"
+    )]
+    Import(ImportArgs),
+    /// List images with their size and how many linked clones use them.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one image: its format, size, digest, source and linked clones.
+    Show(ImageNameArgs),
+    /// Delete an image. Refused while volumes are linked clones of it (they are named).
+    #[command(visible_alias = "rm")]
+    Delete(ImageNameArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImageNameArgs {
+    /// Name of the image.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Name for the image: letters, digits, '-', '_' and '.'.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// A file on the daemon's host (made absolute against the current directory) or an
+    /// http:// or https:// URL.
+    #[arg(value_name = "FILE|URL")]
+    pub source: String,
+    /// The SHA-256 the source must have, as `sha256sum` prints it.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// The pool to keep the image in.
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// A URL as given; a path made absolute, because the daemon has its own working directory.
+pub(crate) fn source_arg(source: &str) -> Result<String, CliError> {
+    if source.contains("://") {
+        return Ok(source.to_string());
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| CliError::io("cannot read the current directory", e))?;
+    crate::vm::absolute_path(std::path::Path::new(source), &cwd)
+}
+
+pub(crate) async fn run(command: ImageCommand, ctx: &Context) -> Result<ExitCode, CliError> {
+    let client = &ctx.client;
+    match command {
+        ImageCommand::Import(args) => {
+            let request = ImportImageRequest {
+                name: args.name.clone(),
+                source: source_arg(&args.source)?,
+                sha256: args.sha256,
+                pool: args.pool,
+            };
+            match client.import_image(&request, false).await? {
+                Outcome::Accepted(accepted) if args.wait.no_wait => {
+                    ctx.show(&accepted, |a| {
+                        format!("operation {} started\n", a.operation.id)
+                    })?;
+                }
+                Outcome::Accepted(accepted) => {
+                    let what = format!("importing {}", args.name);
+                    let done = progress::follow(ctx, accepted.operation, &what).await?;
+                    let image: Image = serde_json::from_value(done.result.unwrap_or_default())
+                        .map_err(|e| CliError::usage(format!("unexpected answer: {e}"), None))?;
+                    ctx.show(&image, |i| {
+                        format!(
+                            "image {} imported ({} {}, sha256 {})\n",
+                            i.name,
+                            i.format.as_str(),
+                            vessel_core::units::format_size_bytes(i.virtual_bytes),
+                            i.sha256
+                        )
+                    })?;
+                }
+                Outcome::Done(image) => ctx.show(&image, output::image_details)?,
+            }
+        }
+        ImageCommand::List => {
+            let images = client.list_images().await?;
+            ctx.show(&images, |i| output::image_table(i))?;
+        }
+        ImageCommand::Show(args) => {
+            let image = client.get_image(&args.name).await?;
+            ctx.show(&image, output::image_details)?;
+        }
+        ImageCommand::Delete(args) => {
+            client.delete_image(&args.name).await?;
+            ctx.print(&format!("image {} deleted\n", args.name))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,66 @@
+//! Waiting for a long operation (import, export, full clone) with a progress bar, and Ctrl-C
+//! cancelling it on the daemon.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use vessel_api::{Operation, OperationStatus};
+
+use crate::{CliError, Context, OutputFormat};
+
+/// How often the operation is polled while the bar runs.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Follows `op` until it ends: a bar on a terminal (nothing otherwise). Ctrl-C asks the daemon
+/// to cancel it. Returns the finished operation; a failed or cancelled one is an error.
+pub async fn follow(ctx: &Context, op: Operation, what: &str) -> Result<Operation, CliError> {
+    let bar = (ctx.output == OutputFormat::Table && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(1000);
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {percent:>3}% {elapsed_precise}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        bar
+    });
+    let mut current = op;
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    while !current.status.is_terminal() {
+        tokio::select! {
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                if let Some(bar) = &bar {
+                    bar.set_message(format!("{what} (cancelling)"));
+                }
+                // The answer is the cancelled operation; the loop sees it on the next poll.
+                let _ = ctx.client.cancel_operation(&current.id).await;
+            }
+            () = tokio::time::sleep(POLL) => {}
+        }
+        current = ctx.client.get_operation(&current.id).await?;
+        if let (Some(bar), Some(percent)) = (&bar, current.progress) {
+            bar.set_position((percent * 10.0) as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match current.status {
+        OperationStatus::Succeeded => Ok(current),
+        OperationStatus::Cancelled => Err(CliError::Cancelled { id: current.id }),
+        _ => Err(CliError::OperationFailed {
+            message: format!(
+                "{what}: {}",
+                current
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".into())
+            ),
+            id: current.id,
+        }),
+    }
+}

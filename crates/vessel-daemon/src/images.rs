@@ -1,0 +1,366 @@
+//! Images: read-only volumes that VMs are created from. The store keeps each image's record
+//! (`images/<name>`: where it came from, its digest); its bytes are the volume of the same name
+//! in its pool, with mode 0444. Imports and exports are long host operations
+//! ([`crate::host_ops`]) with progress and cancellation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vessel_api::{
+    ApiError, ExportVolumeRequest, ExportedVolume, Image, ImportImageRequest, ImportVolumeRequest,
+    Operation, OperationAction, VolumeFormat,
+};
+use vessel_core::validate_name;
+use vessel_storage::{
+    CancelToken, ExportOptions, Format, ImportOptions, ImportSource, StoragePool,
+};
+use vessel_store::{Compare, Op, Txn};
+
+use crate::host_ops;
+use crate::model::{decode, encode, now_ms};
+use crate::pools::DEFAULT_POOL;
+use crate::service::{store_error, Service};
+
+pub const IMAGES_PREFIX: &str = "images/";
+
+fn image_key(name: &str) -> String {
+    format!("{IMAGES_PREFIX}{name}")
+}
+
+/// An image as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    pub pool: String,
+    pub sha256: String,
+    pub source: String,
+    pub created_at_ms: u64,
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("image {name:?} not found"))
+        .with_hint("list images with `vessel image list`, import one with `vessel image import`")
+}
+
+/// A file on the daemon's host (absolute path) or an http(s) URL.
+fn parse_source(source: &str) -> Result<ImportSource, ApiError> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return Ok(ImportSource::Url(source.to_string()));
+    }
+    if source.contains("://") {
+        return Err(ApiError::invalid(format!(
+            "source {source:?} uses a scheme Vessel cannot fetch; give an http:// or https:// URL or an absolute path on the daemon's host"
+        )));
+    }
+    if !source.starts_with('/') || source.len() > 4096 || source.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "source {source:?} is not an absolute path; the daemon reads it on its host, so give the full path"
+        )));
+    }
+    Ok(ImportSource::File(PathBuf::from(source)))
+}
+
+pub(crate) fn from_format(format: Format) -> VolumeFormat {
+    match format {
+        Format::Qcow2 => VolumeFormat::Qcow2,
+        Format::Raw => VolumeFormat::Raw,
+    }
+}
+
+fn to_format(format: VolumeFormat) -> Format {
+    match format {
+        VolumeFormat::Qcow2 => Format::Qcow2,
+        VolumeFormat::Raw => Format::Raw,
+    }
+}
+
+fn error_text(e: &dyn std::error::Error) -> String {
+    crate::worker::error_chain(e)
+}
+
+/// Reports an import's or export's progress as one percentage over its phases.
+fn track(progress: host_ops::Progress) -> impl FnMut(vessel_storage::ImportProgress) + Send {
+    use vessel_storage::ImportPhase;
+    move |p| {
+        // Copying dominates; verifying and converting are quicker passes.
+        let (start, span) = match p.phase {
+            ImportPhase::Downloading | ImportPhase::Copying => (0.0, 80.0),
+            ImportPhase::Verifying => (80.0, 10.0),
+            ImportPhase::Converting => (90.0, 10.0),
+        };
+        if let Some(percent) = p.percent() {
+            progress.report(start + span * percent / 100.0);
+        }
+    }
+}
+
+impl Service {
+    async fn image_record(&self, name: &str) -> Result<Option<ImageRecord>, ApiError> {
+        let kv = self
+            .ctx
+            .store
+            .get(&image_key(name))
+            .await
+            .map_err(store_error)?;
+        kv.map(|kv| decode(&kv.key, &kv.value))
+            .transpose()
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    async fn image_view(&self, record: ImageRecord) -> Result<Image, ApiError> {
+        let pool = crate::pools::open_by_name(&self.ctx, &record.pool).await?;
+        let info = pool
+            .volume(&record.name)
+            .await
+            .map_err(|e| ApiError::internal(error_text(&e)))?;
+        let dependents = pool
+            .list_volumes()
+            .await
+            .map_err(|e| ApiError::internal(error_text(&e)))?
+            .into_iter()
+            .filter(|v| v.backing_volume.as_deref() == Some(record.name.as_str()))
+            .map(|v| v.name)
+            .collect();
+        Ok(Image {
+            name: record.name,
+            pool: record.pool,
+            format: from_format(info.format),
+            virtual_bytes: info.virtual_size,
+            allocated_bytes: info.allocated_size,
+            sha256: record.sha256,
+            source: record.source,
+            created_at_ms: record.created_at_ms,
+            dependents,
+        })
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<Image>, ApiError> {
+        let (kvs, _) = self
+            .ctx
+            .store
+            .list(IMAGES_PREFIX)
+            .await
+            .map_err(store_error)?;
+        let mut images = Vec::new();
+        for kv in kvs {
+            let record: ImageRecord =
+                decode(&kv.key, &kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
+            images.push(self.image_view(record).await?);
+        }
+        Ok(images)
+    }
+
+    pub async fn get_image(&self, name: &str) -> Result<Image, ApiError> {
+        validate_name("image", name).map_err(ApiError::invalid)?;
+        let record = self
+            .image_record(name)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        self.image_view(record).await
+    }
+
+    /// The pool and volume name of an image, for cloning VMs' disks from it.
+    pub(crate) async fn image_location(&self, name: &str) -> Result<ImageRecord, ApiError> {
+        validate_name("image", name).map_err(ApiError::invalid)?;
+        self.image_record(name)
+            .await?
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Starts importing an image; the operation's result is the [`Image`].
+    pub async fn import_image(&self, request: &ImportImageRequest) -> Result<Operation, ApiError> {
+        validate_name("image", &request.name).map_err(ApiError::invalid)?;
+        let source = parse_source(&request.source)?;
+        let pool_name = request.pool.clone().unwrap_or_else(|| DEFAULT_POOL.into());
+        let pool = crate::pools::open_by_name(&self.ctx, &pool_name).await?;
+        if self.image_record(&request.name).await?.is_some() {
+            return Err(ApiError::conflict(format!(
+                "an image named {:?} already exists",
+                request.name
+            ))
+            .with_hint("delete it first with `vessel image delete`, or choose another name"));
+        }
+        let mut opts = ImportOptions::default();
+        opts.expected_sha256 = request.sha256.clone();
+        opts.read_only = true;
+        validate_digest(request.sha256.as_deref())?;
+        let record = host_ops::begin(
+            &self.ctx,
+            OperationAction::ImportImage,
+            format!("image/{}", request.name),
+        )
+        .await?;
+        let operation = record.operation.clone();
+        let service = self.clone();
+        let (name, source_text) = (request.name.clone(), request.source.clone());
+        let cancel = CancelToken::new();
+        opts.cancel = Some(cancel.clone());
+        host_ops::run(
+            Arc::clone(&self.ctx),
+            record,
+            cancel,
+            move |progress| async move {
+                let imported = pool
+                    .import_volume(&name, source, &opts, &mut track(progress))
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                let image = ImageRecord {
+                    name: name.clone(),
+                    pool: pool_name,
+                    sha256: imported.sha256,
+                    source: source_text,
+                    created_at_ms: now_ms(),
+                };
+                let key = image_key(&name);
+                let txn = Txn::new()
+                    .when(Compare::Missing(key.clone()))
+                    .then(Op::Put(key, encode(&image)));
+                let stored = service.ctx.store.txn(txn).await.map_err(|e| e.to_string());
+                if !matches!(stored, Ok(ref r) if r.succeeded) {
+                    // Raced with another import of the name: keep theirs, drop ours.
+                    let _ = pool.delete_volume(&name).await;
+                    return Err(format!("an image named {name:?} was imported meanwhile"));
+                }
+                let view = service.image_view(image).await.map_err(|e| e.message)?;
+                serde_json::to_value(view).map_err(|e| e.to_string())
+            },
+        );
+        Ok(operation)
+    }
+
+    /// Deletes an image that no volume depends on.
+    pub async fn delete_image(&self, name: &str) -> Result<(), ApiError> {
+        let record = self.image_location(name).await?;
+        let pool = crate::pools::open_by_name(&self.ctx, &record.pool).await?;
+        match pool.delete_volume(name).await {
+            Ok(()) | Err(vessel_storage::PoolError::NotFound { .. }) => {}
+            Err(e) => return Err(crate::volumes::api_error(e)),
+        }
+        let txn = Txn::new().then(Op::Delete(image_key(name)));
+        self.ctx.store.txn(txn).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Whether `volume` of `pool` is an image's volume (deleted only as the image).
+    pub(crate) async fn is_image_volume(&self, pool: &str, volume: &str) -> Result<bool, ApiError> {
+        Ok(self
+            .image_record(volume)
+            .await?
+            .is_some_and(|image| image.pool == pool))
+    }
+
+    /// Starts importing a file or URL as a writable volume; the result is the volume.
+    pub async fn import_volume(
+        &self,
+        pool_name: &str,
+        request: &ImportVolumeRequest,
+    ) -> Result<Operation, ApiError> {
+        validate_name("volume", &request.name).map_err(ApiError::invalid)?;
+        let source = parse_source(&request.source)?;
+        validate_digest(request.sha256.as_deref())?;
+        let pool = crate::pools::open_by_name(&self.ctx, pool_name).await?;
+        let mut opts = ImportOptions::default();
+        opts.expected_sha256 = request.sha256.clone();
+        opts.format = request.format.map(to_format);
+        let cancel = CancelToken::new();
+        opts.cancel = Some(cancel.clone());
+        let record = host_ops::begin(
+            &self.ctx,
+            OperationAction::ImportVolume,
+            format!("volume/{pool_name}/{}", request.name),
+        )
+        .await?;
+        let operation = record.operation.clone();
+        let (service, name, pool_name) =
+            (self.clone(), request.name.clone(), pool_name.to_string());
+        host_ops::run(
+            Arc::clone(&self.ctx),
+            record,
+            cancel,
+            move |progress| async move {
+                pool.import_volume(&name, source, &opts, &mut track(progress))
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                let volume = service
+                    .get_volume(&pool_name, &name)
+                    .await
+                    .map_err(|e| e.message)?;
+                serde_json::to_value(volume).map_err(|e| e.to_string())
+            },
+        );
+        Ok(operation)
+    }
+
+    /// Starts exporting a volume to a standalone qcow2 file on the host.
+    pub async fn export_volume(
+        &self,
+        pool_name: &str,
+        name: &str,
+        request: &ExportVolumeRequest,
+    ) -> Result<Operation, ApiError> {
+        validate_name("volume", name).map_err(ApiError::invalid)?;
+        let dest =
+            match parse_source(&request.path)? {
+                ImportSource::File(path) => path,
+                ImportSource::Url(_) => return Err(ApiError::invalid(
+                    "export writes a file on the daemon's host; give an absolute path, not a URL",
+                )),
+            };
+        let pool = crate::pools::open_by_name(&self.ctx, pool_name).await?;
+        let info = pool.volume(name).await.map_err(crate::volumes::api_error)?;
+        let key = if info.encrypted {
+            Some(
+                crate::volume_keys::get(&self.ctx, pool_name, name)
+                    .await
+                    .map_err(ApiError::internal)?,
+            )
+        } else {
+            None
+        };
+        let record = host_ops::begin(
+            &self.ctx,
+            OperationAction::ExportVolume,
+            format!("volume/{pool_name}/{name}"),
+        )
+        .await?;
+        let operation = record.operation.clone();
+        let (compress, overwrite, name) = (request.compress, request.overwrite, name.to_string());
+        let cancel = CancelToken::new();
+        let token = cancel.clone();
+        host_ops::run(
+            Arc::clone(&self.ctx),
+            record,
+            cancel,
+            move |progress| async move {
+                let mut opts = ExportOptions::default();
+                opts.compress = compress;
+                opts.overwrite = overwrite;
+                opts.key = key.as_deref();
+                opts.cancel = Some(token);
+                let file = pool
+                    .export_volume(&name, Path::new(&dest), &opts, &mut track(progress))
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                serde_json::to_value(ExportedVolume {
+                    path: file.path.to_string_lossy().into_owned(),
+                    bytes: file.size,
+                    sha256: file.sha256,
+                })
+                .map_err(|e| e.to_string())
+            },
+        );
+        Ok(operation)
+    }
+}
+
+fn validate_digest(digest: Option<&str>) -> Result<(), ApiError> {
+    match digest {
+        Some(d) if d.len() != 64 || !d.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Err(ApiError::invalid(format!(
+                "sha256 {d:?} is not 64 hex digits; give the digest `sha256sum FILE` prints"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
