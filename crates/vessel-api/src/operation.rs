@@ -15,6 +15,8 @@ pub enum OperationAction {
     Delete,
     AttachDisk,
     DetachDisk,
+    /// Growing a disk of a running VM (the volume API starts it).
+    ResizeDisk,
     SnapshotCreate,
     SnapshotRevert,
     SnapshotDelete,
@@ -42,6 +44,7 @@ impl OperationAction {
             OperationAction::Delete => "delete",
             OperationAction::AttachDisk => "attach-disk",
             OperationAction::DetachDisk => "detach-disk",
+            OperationAction::ResizeDisk => "resize-disk",
             OperationAction::SnapshotCreate => "snapshot-create",
             OperationAction::SnapshotRevert => "snapshot-revert",
             OperationAction::SnapshotDelete => "snapshot-delete",

@@ -21,7 +21,11 @@ pub enum VolumeCommand {
     List(VolumeListArgs),
     /// Show one volume, with its backing chain.
     Show(VolumeArgs),
-    /// Change a volume's virtual size (offline: no running VM may use it).
+    /// Change a volume's virtual size.
+    ///
+    /// A volume in use by a running VM is grown online (QEMU's block_resize): the guest sees
+    /// the new size at once and can grow its partition and file system. Shrinking needs
+    /// --shrink and no running VM using the volume; shrink the guest's file system first.
     #[command(
         after_help = "Examples:\n  vessel volume resize data1 --size 40G\n  vessel volume resize data1 --size 10G --shrink"
     )]

@@ -46,6 +46,7 @@ pub async fn begin(
         disk: None,
         provision: None,
         snapshot: None,
+        size_bytes: None,
     };
     put(ctx, &record).await?;
     Ok(record)

@@ -128,6 +128,9 @@ pub struct OpRecord {
     /// For snapshot operations: which snapshot (and, for a create, with memory or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
+    /// For a disk resize: the new size in bytes (the disk is `disk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 /// A VM's snapshots live outside `vms/` so that a snapshot name can never be read as one of

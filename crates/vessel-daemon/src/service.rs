@@ -34,6 +34,8 @@ pub struct ActionOptions {
     pub disk: Option<vessel_api::VmDisk>,
     /// The snapshot of a snapshot operation.
     pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
+    /// The new size of a disk resize.
+    pub size_bytes: Option<u64>,
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {
@@ -221,7 +223,9 @@ impl Service {
             check_files(&VmRecord { spec, ..record })
                 .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
         }
-        if let Some(disk) = &options.disk {
+        if let (Some(disk), OperationAction::AttachDisk | OperationAction::DetachDisk) =
+            (&options.disk, action)
+        {
             let changed = match action {
                 OperationAction::AttachDisk => vessel_core::attach_disk(&record.spec, disk.clone()),
                 _ => vessel_core::detach_disk(&record.spec, &disk.pool, &disk.volume),
@@ -419,5 +423,6 @@ fn new_op(
         disk: options.disk,
         provision: None,
         snapshot: options.snapshot,
+        size_bytes: options.size_bytes,
     }
 }

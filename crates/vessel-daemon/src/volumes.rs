@@ -9,7 +9,7 @@ use vessel_core::validate_name;
 use vessel_storage::{CloneMode, DirPool, Format, PoolError, StoragePool, VolumeInfo, VolumeSpec};
 
 use crate::model::Loaded;
-use crate::service::Service;
+use crate::service::{ActionOptions, Service};
 use crate::volume_keys;
 
 fn to_format(format: VolumeFormat) -> Format {
@@ -207,10 +207,9 @@ impl Service {
             })
             .collect();
         if !running.is_empty() {
-            return Err(ApiError::conflict(format!(
-                "volume {name:?} is the disk of running VM {}; stop it before resizing (online resize is not supported yet)",
-                running.join(", ")
-            )));
+            return self
+                .resize_online(pool, name, request, &current, running)
+                .await;
         }
         let info = if current.encrypted {
             let key = volume_keys::get(&self.ctx, pool, name)
@@ -224,6 +223,57 @@ impl Service {
         }
         .map_err(api_error)?;
         Ok(view(pool, info, &vms))
+    }
+
+    /// Grows the disk of a running VM: its worker resizes it through QEMU (`block_resize`), and
+    /// the guest sees the new size at once.
+    async fn resize_online(
+        &self,
+        pool: &str,
+        name: &str,
+        request: &ResizeVolumeRequest,
+        current: &VolumeInfo,
+        running: Vec<String>,
+    ) -> Result<Volume, ApiError> {
+        if request.size_bytes < current.virtual_size {
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} is in use by running VM {}; shrinking needs the VM stopped (and the guest's file system shrunk first)",
+                running.join(", ")
+            )));
+        }
+        if current.read_only {
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} is read-only (an image); clone it first"
+            )));
+        }
+        let [vm] = running.as_slice() else {
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} is shared by running VMs {}; stop all but one to resize it",
+                running.join(", ")
+            )));
+        };
+        let options = ActionOptions {
+            disk: Some(vessel_api::VmDisk {
+                pool: pool.into(),
+                volume: name.into(),
+                read_only: false,
+                shareable: false,
+                delete_with_vm: false,
+            }),
+            size_bytes: Some(request.size_bytes),
+            ..Default::default()
+        };
+        let op = self
+            .submit(vm, vessel_api::OperationAction::ResizeDisk, options)
+            .await?;
+        let done = self.wait(&op.id).await?;
+        if let Some(error) = done.error {
+            return Err(ApiError::new(
+                ErrorCode::OperationFailed,
+                format!("online resize of volume {name:?} failed: {error}"),
+            ));
+        }
+        self.get_volume(pool, name).await
     }
 
     /// Deletes a volume no VM uses and no linked clone depends on.

@@ -192,6 +192,7 @@ impl Worker {
             OperationAction::Reboot => self.clean_reboot(timeout).await,
             OperationAction::Edit => self.apply_edit(record).await,
             OperationAction::AttachDisk => self.attach_disk(record).await,
+            OperationAction::ResizeDisk => self.resize_disk(record).await,
             OperationAction::SnapshotCreate => self.snapshot_create(record).await,
             OperationAction::SnapshotRevert => self.snapshot_revert(record, timeout).await,
             OperationAction::SnapshotDelete => self.snapshot_delete(record).await,
@@ -494,6 +495,41 @@ impl Worker {
             self.ctx.forget_console(&self.name);
             return Err(problem);
         }
+        Ok(())
+    }
+
+    /// Grows a disk of the running VM through QEMU.
+    async fn resize_disk(&mut self, record: &OpRecord) -> OpResult {
+        let disk = record
+            .disk
+            .as_ref()
+            .ok_or("resize operation without a disk")?;
+        let size = record.size_bytes.ok_or("resize operation without a size")?;
+        let live = self
+            .live
+            .as_ref()
+            .ok_or("the VM stopped meanwhile; resize the volume again (offline)")?;
+        let Loaded { record: vm, .. } = self.load_existing().await?;
+        let node = if vm
+            .spec
+            .disks
+            .iter()
+            .any(|d| d.pool == disk.pool && d.volume == disk.volume)
+        {
+            vessel_core::disk_node_name(&disk.pool, &disk.volume)
+        } else {
+            vessel_qemu::snapshot::BOOT_DISK_NODE.to_string()
+        };
+        live.instance
+            .resize_disk(&node, size)
+            .await
+            .map_err(|e| format!("QEMU could not resize the disk: {}", error_chain(&e)))?;
+        self.ctx
+            .event(
+                &self.name,
+                format!("disk {}/{} grown to {size} bytes", disk.pool, disk.volume),
+            )
+            .await;
         Ok(())
     }
 

@@ -395,6 +395,16 @@ impl Instance for QemuInstance {
         Ok(())
     }
 
+    async fn resize_disk(&self, node_name: &str, size_bytes: u64) -> Result<(), BackendError> {
+        self.qmp
+            .execute(
+                "block_resize",
+                Some(serde_json::json!({ "node-name": node_name, "size": size_bytes })),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError> {
         self.qmp
             .execute(

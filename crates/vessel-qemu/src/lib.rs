@@ -172,6 +172,8 @@ pub trait Instance: Send + Sync {
     async fn unplug_disk(&self, node_name: &str) -> Result<(), BackendError>;
     /// Closes a disk's block node once its device is gone.
     async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError>;
+    /// Grows a disk while the VM runs (QMP `block_resize`); the guest is told the new size.
+    async fn resize_disk(&self, node_name: &str, size_bytes: u64) -> Result<(), BackendError>;
 
     // Snapshots (see [`snapshot`]): internal qcow2 snapshots named `tag` in the disks whose
     // format nodes are `nodes` ([`snapshot::vm_disk_nodes`]).

@@ -111,6 +111,39 @@ async fn hot_plug_shows_the_disk_in_the_running_guest_and_unplug_removes_it() {
     .await;
     await_console(&client, "plug1", "plugged-4", 1).await;
 
+    // Online resize: QEMU grows the disk and the guest sees the new size.
+    let grown = client
+        .resize_volume(
+            "default",
+            "hot1",
+            &vessel_api::ResizeVolumeRequest {
+                size_bytes: 32 * MIB,
+                shrink: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(grown.virtual_bytes, 32 * MIB);
+    run_in_guest(
+        &client,
+        "plug1",
+        "until [ $(cat /sys/block/sda/size) = 65536 ]; do sleep 0.1; done; echo grown-$((4*4))",
+    )
+    .await;
+    await_console(&client, "plug1", "grown-16", 1).await;
+    let shrink = client
+        .resize_volume(
+            "default",
+            "hot1",
+            &vessel_api::ResizeVolumeRequest {
+                size_bytes: 8 * MIB,
+                shrink: true,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(shrink.to_string().contains("stopped"), "{shrink}");
+
     let detached = match client.detach_disk("plug1", "default", "hot1", true).await {
         Ok(Outcome::Done(vm)) => vm,
         other => panic!("detach: {other:?}"),
