@@ -26,6 +26,8 @@ pub enum OperationAction {
     ImportVolume,
     /// Exporting a volume to a file.
     ExportVolume,
+    /// Copying a volume (or making a linked clone of it).
+    CloneVolume,
     /// Started by the daemon itself: a restart after a crash, per the VM's restart policy.
     Restart,
 }
@@ -51,6 +53,7 @@ impl OperationAction {
             OperationAction::ImportImage => "import-image",
             OperationAction::ImportVolume => "import-volume",
             OperationAction::ExportVolume => "export-volume",
+            OperationAction::CloneVolume => "clone-volume",
             OperationAction::Restart => "restart",
         }
     }

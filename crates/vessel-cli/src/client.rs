@@ -471,6 +471,21 @@ impl Client {
         self.volume_action(pool, name, "clone", to_json(req)).await
     }
 
+    /// `POST /v1/pools/{pool}/volumes/{name}/clone?wait=false`: the copy's operation.
+    pub async fn start_clone_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        req: &CloneVolumeRequest,
+    ) -> Result<Outcome<Volume>, ClientError> {
+        let path = format!(
+            "{}/{}/clone?wait=false",
+            Self::volumes_path(pool),
+            encode_segment(name)
+        );
+        self.mutate(Method::POST, &path, Some(to_json(req))).await
+    }
+
     async fn volume_action(
         &self,
         pool: &str,

@@ -275,10 +275,21 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
                 name: args.name,
                 linked: args.linked,
             };
-            let volume = client
-                .clone_volume(&args.pool.pool, &args.source, &request)
-                .await?;
-            ctx.show(&volume, created)?;
+            if args.linked {
+                let volume = client
+                    .clone_volume(&args.pool.pool, &args.source, &request)
+                    .await?;
+                ctx.show(&volume, created)?;
+            } else {
+                let outcome = client
+                    .start_clone_volume(&args.pool.pool, &args.source, &request)
+                    .await?;
+                let what = format!("copying {}", args.source);
+                if let Some(done) = follow(ctx, outcome, false, &what).await? {
+                    let volume: vessel_api::Volume = decode_result(done)?;
+                    ctx.show(&volume, created)?;
+                }
+            }
         }
         VolumeCommand::Delete(args) => {
             client.delete_volume(&args.pool.pool, &args.name).await?;

@@ -96,7 +96,8 @@ pub fn check_action(action: OperationAction, state: VmState, force: bool) -> Res
         )),
         OperationAction::ImportImage
         | OperationAction::ImportVolume
-        | OperationAction::ExportVolume => {
+        | OperationAction::ExportVolume
+        | OperationAction::CloneVolume => {
             Err("that operation is not an action on a VM".to_string())
         }
         OperationAction::Delete if !running || force => Ok(()),

@@ -661,17 +661,17 @@ async fn resize_volume(
 }
 
 #[utoipa::path(post, path = "/v1/pools/{pool}/volumes/{name}/clone", request_body = vessel_api::CloneVolumeRequest,
-    responses((status = 201, body = vessel_api::Volume), (status = 409, body = ErrorBody)))]
+    params(("wait" = Option<bool>, Query, description = "wait for the copy (default true)")),
+    responses((status = 202, body = Accepted), (status = 201, body = vessel_api::Volume), (status = 409, body = ErrorBody)))]
 async fn clone_volume(
     State(s): State<Service>,
     Path((pool, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::CloneVolumeRequest>,
 ) -> ApiResult<Response> {
-    Ok((
-        StatusCode::CREATED,
-        Json(s.clone_volume(&pool, &name, &req).await?),
-    )
-        .into_response())
+    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let op = s.clone_volume(&pool, &name, &req).await?;
+    finish_host(&s, op, wait, StatusCode::CREATED).await
 }
 
 #[utoipa::path(get, path = "/v1/events",

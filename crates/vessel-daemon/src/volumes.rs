@@ -8,6 +8,8 @@ use vessel_api::{
 use vessel_core::validate_name;
 use vessel_storage::{CloneMode, DirPool, Format, PoolError, StoragePool, VolumeInfo, VolumeSpec};
 
+use std::sync::Arc;
+
 use crate::model::Loaded;
 use crate::service::{ActionOptions, Service};
 use crate::volume_keys;
@@ -138,53 +140,87 @@ impl Service {
         Ok(view(pool, info, &self.vms().await?))
     }
 
+    /// Starts a clone: a linked one is instant, a full copy reports progress and can be
+    /// cancelled. An encrypted volume is copied in full under a new key of its own. The
+    /// operation's result is the new volume.
     pub async fn clone_volume(
         &self,
         pool: &str,
         source: &str,
         request: &CloneVolumeRequest,
-    ) -> Result<Volume, ApiError> {
+    ) -> Result<vessel_api::Operation, ApiError> {
         validate_name("volume", source).map_err(ApiError::invalid)?;
+        validate_name("volume", &request.name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
-        let mode = if request.linked {
-            CloneMode::Linked
-        } else {
-            CloneMode::Full
-        };
         let src = dir.volume(source).await.map_err(api_error)?;
-        let info = if src.encrypted {
-            if request.linked {
-                return Err(ApiError::invalid(format!(
-                    "volume {source:?} is encrypted; encrypted volumes are copied in full, each with its own key (drop --linked)"
-                )));
-            }
-            validate_name("volume", &request.name).map_err(ApiError::invalid)?;
+        if src.encrypted && request.linked {
+            return Err(ApiError::invalid(format!(
+                "volume {source:?} is encrypted; encrypted volumes are copied in full, each with its own key (drop --linked)"
+            )));
+        }
+        let keys = if src.encrypted {
             let src_key = volume_keys::get(&self.ctx, pool, source)
                 .await
                 .map_err(ApiError::internal)?;
-            let (dst_key, _pending) = volume_keys::create(&self.ctx, pool, &request.name).await?;
-            match dir
-                .clone_encrypted_volume(
-                    source,
-                    Some(&src_key),
-                    &request.name,
-                    &dst_key,
-                    &mut |_| {},
-                )
-                .await
-            {
-                Ok(info) => info,
-                Err(e) => {
-                    volume_keys::delete(&self.ctx, pool, &request.name).await?;
-                    return Err(api_error(e));
-                }
-            }
+            Some((
+                src_key,
+                volume_keys::create(&self.ctx, pool, &request.name).await?,
+            ))
         } else {
-            dir.clone_volume(source, &request.name, mode, &mut |_| {})
-                .await
-                .map_err(api_error)?
+            None
         };
-        Ok(view(pool, info, &self.vms().await?))
+        let record = crate::host_ops::begin(
+            &self.ctx,
+            vessel_api::OperationAction::CloneVolume,
+            format!("volume/{pool}/{}", request.name),
+        )
+        .await?;
+        let operation = record.operation.clone();
+        let cancel = vessel_storage::CancelToken::new();
+        let (service, pool, source, name, linked) = (
+            self.clone(),
+            pool.to_string(),
+            source.to_string(),
+            request.name.clone(),
+            request.linked,
+        );
+        crate::host_ops::run(
+            Arc::clone(&self.ctx),
+            record,
+            cancel,
+            move |progress| async move {
+                let mut report = |percent: f64| progress.report(percent);
+                let made = match &keys {
+                    Some((src_key, (dst_key, _pending))) => {
+                        let made = dir
+                            .clone_encrypted_volume(
+                                &source,
+                                Some(src_key),
+                                &name,
+                                dst_key,
+                                &mut report,
+                            )
+                            .await;
+                        if made.is_err() {
+                            let _ = volume_keys::delete(&service.ctx, &pool, &name).await;
+                        }
+                        made
+                    }
+                    None => {
+                        let mode = if linked {
+                            CloneMode::Linked
+                        } else {
+                            CloneMode::Full
+                        };
+                        dir.clone_volume(&source, &name, mode, &mut report).await
+                    }
+                };
+                let info = made.map_err(|e| crate::worker::error_chain(&e))?;
+                let vms = service.vms().await.map_err(|e| e.message)?;
+                serde_json::to_value(view(&pool, info, &vms)).map_err(|e| e.to_string())
+            },
+        );
+        Ok(operation)
     }
 
     /// Offline resize: refused while a running VM uses the volume.

@@ -199,22 +199,7 @@ async fn a_vm_boots_from_a_pool_volume_which_is_then_in_use() {
         client.get_volume("default", "boot1").await.unwrap().used_by,
         ["volvm"]
     );
-    let resize = client
-        .resize_volume(
-            "default",
-            "boot1",
-            &ResizeVolumeRequest {
-                size_bytes: 2 * MIB,
-                shrink: false,
-            },
-        )
-        .await
-        .unwrap_err();
-    assert!(resize.to_string().contains("running VM volvm"), "{resize}");
-    let delete = client.delete_volume("default", "boot1").await.unwrap_err();
-    assert!(delete.to_string().contains("volvm"), "{delete}");
-    let stopped = act(&client, "volvm", VmAction::Kill).await;
-    assert_eq!(stopped.state, VmState::Stopped);
+    // While the VM runs the volume grows online, through QEMU; shrinking must wait.
     let grown = client
         .resize_volume(
             "default",
@@ -226,9 +211,37 @@ async fn a_vm_boots_from_a_pool_volume_which_is_then_in_use() {
         )
         .await
         .unwrap();
+    assert_eq!(grown.virtual_bytes, 2 * MIB, "online resize");
+    let shrink = client
+        .resize_volume(
+            "default",
+            "boot1",
+            &ResizeVolumeRequest {
+                size_bytes: MIB,
+                shrink: true,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(shrink.to_string().contains("running VM volvm"), "{shrink}");
+    let delete = client.delete_volume("default", "boot1").await.unwrap_err();
+    assert!(delete.to_string().contains("volvm"), "{delete}");
+    let stopped = act(&client, "volvm", VmAction::Kill).await;
+    assert_eq!(stopped.state, VmState::Stopped);
+    let grown = client
+        .resize_volume(
+            "default",
+            "boot1",
+            &ResizeVolumeRequest {
+                size_bytes: 3 * MIB,
+                shrink: false,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(
         grown.virtual_bytes,
-        2 * MIB,
+        3 * MIB,
         "offline resize works once the VM is stopped"
     );
     client.delete_vm("volvm", false, true).await.unwrap();
