@@ -258,3 +258,37 @@ pub async fn offline_disks(
     }
     Ok(disks)
 }
+
+/// What to do to a stopped VM's disks.
+#[derive(Debug, Clone, Copy)]
+pub enum Offline {
+    Create,
+    Revert,
+    Delete,
+}
+
+/// Creates, reverts to or deletes snapshot `tag` in every writable disk of a stopped VM, with
+/// qemu-img (all disks or none, as far as qemu-img allows: see `snapshot_*_all`).
+pub async fn offline(
+    spec: &VmSpec,
+    disks: &[DiskFile],
+    tag: &str,
+    action: Offline,
+) -> Result<(), String> {
+    let files = offline_disks(spec, disks).await?;
+    let targets: Vec<_> = files
+        .iter()
+        .map(|f| vessel_storage::SnapshotDisk {
+            path: &f.path,
+            format: f.format,
+            key: f.key.as_deref(),
+        })
+        .collect();
+    let qemu_img = vessel_storage::QemuImg::new();
+    match action {
+        Offline::Create => qemu_img.snapshot_create_all(&targets, tag).await,
+        Offline::Revert => qemu_img.snapshot_apply_all(&targets, tag).await,
+        Offline::Delete => qemu_img.snapshot_delete_all(&targets, tag).await,
+    }
+    .map_err(|e| crate::worker::error_chain(&e))
+}

@@ -584,19 +584,8 @@ impl Worker {
             }
             None => {
                 let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
-                let files = snapshots::offline_disks(&vm.spec, &disks).await?;
-                let targets: Vec<_> = files
-                    .iter()
-                    .map(|f| vessel_storage::SnapshotDisk {
-                        path: &f.path,
-                        format: f.format,
-                        key: f.key.as_deref(),
-                    })
-                    .collect();
-                vessel_storage::QemuImg::new()
-                    .snapshot_create_all(&targets, &request.name)
-                    .await
-                    .map_err(|e| error_chain(&e))?;
+                snapshots::offline(&vm.spec, &disks, &request.name, snapshots::Offline::Create)
+                    .await?;
             }
         }
         let saved = snapshots::SnapshotRecord {
@@ -664,19 +653,8 @@ impl Worker {
             )
             .await?;
         } else {
-            let files = snapshots::offline_disks(&vm.spec, &disks).await?;
-            let targets: Vec<_> = files
-                .iter()
-                .map(|f| vessel_storage::SnapshotDisk {
-                    path: &f.path,
-                    format: f.format,
-                    key: f.key.as_deref(),
-                })
-                .collect();
-            vessel_storage::QemuImg::new()
-                .snapshot_apply_all(&targets, &snapshot.name)
-                .await
-                .map_err(|e| error_chain(&e))?;
+            snapshots::offline(&vm.spec, &disks, &snapshot.name, snapshots::Offline::Revert)
+                .await?;
         }
         self.ctx
             .event(
@@ -707,19 +685,8 @@ impl Worker {
             }
             None => {
                 let disks = vm_disks::resolve_disks(&self.ctx, &spec).await?;
-                let files = snapshots::offline_disks(&spec, &disks).await?;
-                let targets: Vec<_> = files
-                    .iter()
-                    .map(|f| vessel_storage::SnapshotDisk {
-                        path: &f.path,
-                        format: f.format,
-                        key: f.key.as_deref(),
-                    })
-                    .collect();
-                vessel_storage::QemuImg::new()
-                    .snapshot_delete_all(&targets, &snapshot.name)
-                    .await
-                    .map_err(|e| error_chain(&e))?;
+                snapshots::offline(&spec, &disks, &snapshot.name, snapshots::Offline::Delete)
+                    .await?;
             }
         }
         snapshots::forget(&self.ctx, &self.name, &snapshot.name).await?;

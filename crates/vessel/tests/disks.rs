@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
 use vessel_api::{AttachDiskRequest, CreateVolumeRequest, StopVmRequest, VmState, VolumeFormat};
 use vessel_cli::{Outcome, VmAction};
 
@@ -40,15 +39,6 @@ async fn attach(client: &vessel_cli::Client, vm: &str, volume: &str) -> vessel_a
         Ok(Outcome::Done(vm)) => vm,
         other => panic!("attach {volume} to {vm}: {other:?}"),
     }
-}
-
-/// Types a shell command on the VM's console.
-async fn run_in_guest(client: &vessel_cli::Client, vm: &str, command: &str) {
-    let mut console = client.console_attach(vm).await.expect("attach console");
-    console
-        .write_all(format!("{command}\n").as_bytes())
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

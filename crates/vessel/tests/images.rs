@@ -59,14 +59,6 @@ async fn import_ok(client: &Client, request: &ImportImageRequest) -> vessel_api:
     }
 }
 
-async fn run_in_guest(client: &Client, vm: &str, command: &str) {
-    let mut console = client.console_attach(vm).await.expect("attach console");
-    console
-        .write_all(format!("{command}\n").as_bytes())
-        .await
-        .unwrap();
-}
-
 fn vm_from_image(name: &str, image: &str) -> CreateVmRequest {
     CreateVmRequest {
         image: Some(image.into()),

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
 use vessel_api::{
     AttachDiskRequest, CreateSnapshotRequest, CreateVolumeRequest, StopVmRequest, VmState,
     VolumeFormat,
@@ -36,14 +35,6 @@ async fn vm_with_disk(client: &Client, vm: &str) {
         client.attach_disk(vm, &attach, true).await,
         Ok(Outcome::Done(_))
     ));
-}
-
-async fn run_in_guest(client: &Client, vm: &str, command: &str) {
-    let mut console = client.console_attach(vm).await.expect("attach console");
-    console
-        .write_all(format!("{command}\n").as_bytes())
-        .await
-        .unwrap();
 }
 
 async fn snapshot(client: &Client, vm: &str, name: &str, memory: bool) {

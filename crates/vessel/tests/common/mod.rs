@@ -315,3 +315,13 @@ pub fn boot_sector() -> Vec<u8> {
     code.resize(1024 * 1024, 0);
     code
 }
+
+/// Types a shell command on the VM's serial console (the test guest runs a shell there).
+pub async fn run_in_guest(client: &Client, vm: &str, command: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut console = client.console_attach(vm).await.expect("attach console");
+    console
+        .write_all(format!("{command}\n").as_bytes())
+        .await
+        .unwrap();
+}
