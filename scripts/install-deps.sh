@@ -15,8 +15,17 @@ have_qemu() {
 		command -v depmod >/dev/null 2>&1 && command -v cpio >/dev/null 2>&1
 }
 
+# promtool (Debian package `prometheus`) validates the /metrics output in vessel-metrics' tests.
+have_promtool() { command -v promtool >/dev/null 2>&1; }
+
 if have_qemu; then
 	log "QEMU present: $(qemu-system-x86_64 --version | head -n1)"
+	if ! have_promtool; then
+		log "installing prometheus (for promtool)"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+	fi
 	exit 0
 fi
 
@@ -33,6 +42,7 @@ if [ -z "$version" ] || [ "$version" = "(none)" ]; then
 fi
 log "installing qemu-system-x86 and qemu-utils $version"
 apt-get install -y -qq --no-install-recommends --allow-downgrades \
-	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates genisoimage >/dev/null
+	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates genisoimage \
+	prometheus >/dev/null
 have_qemu || { log "QEMU still missing after install"; exit 1; }
 log "installed: $(qemu-system-x86_64 --version | head -n1)"
