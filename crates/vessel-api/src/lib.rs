@@ -16,7 +16,7 @@ pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo, MasterKeyRotati
 pub use image::{
     ExportVolumeRequest, ExportedVolume, Image, ImportImageRequest, ImportVolumeRequest,
 };
-pub use operation::{Accepted, Event, Operation, OperationAction, OperationStatus};
+pub use operation::{Accepted, Event, EventKind, Operation, OperationAction, OperationStatus};
 pub use pool::{
     CloneVolumeRequest, CreatePoolRequest, CreateVolumeRequest, Pool, PoolKind,
     ResizeVolumeRequest, Volume, VolumeFormat,

@@ -127,11 +127,78 @@ pub struct Accepted {
     pub operation: Operation,
 }
 
+/// What kind of thing an event reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Something the daemon did or saw (started, re-adopted, disk attached, ...).
+    #[default]
+    Info,
+    /// The VM's observed state changed; `state` is the new one.
+    State,
+    /// An operation was created, started or finished; `operation` names it.
+    Operation,
+    /// Something went wrong without being asked for: a crash, a guest panic, a restart loop.
+    Alert,
+    /// Only in a stream: the subscriber was too slow and `missed` events were dropped for it.
+    Lagged,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Info => "info",
+            EventKind::State => "state",
+            EventKind::Operation => "operation",
+            EventKind::Alert => "alert",
+            EventKind::Lagged => "lagged",
+        }
+    }
+}
+
 /// Something that happened to a VM (started, crashed, restarted, re-adopted...), newest last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Unix time in milliseconds.
     pub at_ms: u64,
+    /// The VM; empty for host-level events.
     pub vm: String,
     pub message: String,
+    #[serde(default)]
+    pub kind: EventKind,
+    /// For `state` events: the new observed state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::VmState>,
+    /// For `operation` events: its id, action and status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<OperationAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<OperationStatus>,
+    /// For `lagged` events: how many events the subscriber missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
+}
+
+impl Event {
+    /// A plain event of `kind` about `vm`.
+    pub fn new(
+        kind: EventKind,
+        vm: impl Into<String>,
+        message: impl Into<String>,
+        at_ms: u64,
+    ) -> Self {
+        Event {
+            at_ms,
+            vm: vm.into(),
+            message: message.into(),
+            kind,
+            state: None,
+            operation: None,
+            action: None,
+            status: None,
+            missed: None,
+        }
+    }
 }

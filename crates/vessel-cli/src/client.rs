@@ -515,12 +515,37 @@ impl Client {
         vm: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>, ClientError> {
-        let mut path = format!("/v1/events?limit={limit}");
-        if let Some(vm) = vm {
-            path.push_str("&vm=");
-            path.push_str(&encode_segment(vm));
+        self.list_events_of(vm, &[], limit).await
+    }
+
+    /// `GET /v1/events?vm=&kind=&limit=`
+    pub async fn list_events_of(
+        &self,
+        vm: Option<&str>,
+        kinds: &[vessel_api::EventKind],
+        limit: usize,
+    ) -> Result<Vec<Event>, ClientError> {
+        self.get(&events_path(vm, kinds, &format!("limit={limit}")))
+            .await
+    }
+
+    /// `GET /v1/events?follow=true`: a server-sent-event stream; read it with [`EventStream`].
+    pub async fn follow_events(
+        &self,
+        vm: Option<&str>,
+        kinds: &[vessel_api::EventKind],
+    ) -> Result<EventStream, ClientError> {
+        let path = events_path(vm, kinds, "follow=true");
+        let response = self.send(self.request(Method::GET, &path, None)).await?;
+        if response.status().is_success() {
+            Ok(EventStream {
+                body: response.into_body(),
+                buffer: Vec::new(),
+                socket: self.socket.clone(),
+            })
+        } else {
+            Err(self.read_error(response).await)
         }
-        self.get(&path).await
     }
 
     /// `GET /v1/operations`
@@ -749,6 +774,62 @@ pub fn parse_error_body(body: &[u8]) -> Option<ApiError> {
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("API request types serialize to JSON")
+}
+
+fn events_path(vm: Option<&str>, kinds: &[vessel_api::EventKind], extra: &str) -> String {
+    let mut path = format!("/v1/events?{extra}");
+    if let Some(vm) = vm {
+        path.push_str("&vm=");
+        path.push_str(&encode_segment(vm));
+    }
+    if !kinds.is_empty() {
+        let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        path.push_str("&kind=");
+        path.push_str(&names.join(","));
+    }
+    path
+}
+
+/// The events of a `follow_events` stream, one at a time.
+pub struct EventStream {
+    body: Incoming,
+    buffer: Vec<u8>,
+    socket: PathBuf,
+}
+
+impl EventStream {
+    /// The next event, or `None` when the daemon ended the stream. Keep-alive comments and
+    /// malformed records are skipped.
+    pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let record: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&record);
+                let data: String = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if let Ok(event) = serde_json::from_str::<Event>(&data) {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(frame) => {
+                    let frame = frame.map_err(|source| ClientError::Connection {
+                        socket: self.socket.clone(),
+                        source,
+                    })?;
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn with_wait(path: String, wait: bool) -> String {

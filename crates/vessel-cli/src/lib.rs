@@ -67,6 +67,8 @@ pub enum Command {
     /// See what happened to VMs: starts, stops, crashes, restarts, re-adoptions.
     #[command(subcommand)]
     Event(EventCommand),
+    /// Same as `vessel event list`: recorded events, or with --follow a live stream.
+    Events(event::EventListArgs),
     /// Inspect the host the daemon runs on.
     #[command(subcommand)]
     Host(HostCommand),
@@ -130,6 +132,7 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
         Command::Volume(command) => volume::run(command, &ctx).await,
         Command::Image(command) => image::run(command, &ctx).await,
         Command::Event(command) => event::run(command, &ctx).await,
+        Command::Events(args) => event::run(event::EventCommand::List(args), &ctx).await,
         Command::Host(command) => host::run(command, &ctx).await,
     };
     match result {

@@ -537,6 +537,18 @@ pub fn snapshot_table(snapshots: &[vessel_api::Snapshot], now_ms: u64) -> String
     finish(table)
 }
 
+/// One event as a line of `vessel event list --follow`.
+pub fn event_line(event: &Event) -> String {
+    let vm = if event.vm.is_empty() { "-" } else { &event.vm };
+    format!(
+        "{}  {:<9} {:<16} {}\n",
+        format_utc(event.at_ms),
+        event.kind.as_str(),
+        vm,
+        event.message
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/vessel/vessel.toml";
 /// `vessel daemon` flags.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(
-    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop"
+    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period"
 )]
 pub struct DaemonArgs {
     /// Where the database, VM run directories and console logs live [default: /var/lib/vessel].
@@ -38,6 +38,8 @@ struct FileConfig {
     qemu_binary: Option<String>,
     console_log_bytes: Option<u64>,
     stop_timeout_secs: Option<u64>,
+    event_buffer: Option<usize>,
+    sample_interval_secs: Option<u64>,
 }
 
 /// The effective configuration.
@@ -49,6 +51,10 @@ pub struct Config {
     pub qemu_binary: String,
     pub console_log_bytes: u64,
     pub stop_timeout_secs: u64,
+    /// Events an event-stream subscriber may fall behind by before it misses some.
+    pub event_buffer: usize,
+    /// How often running VMs are sampled for `vm stats`, `top` and `/metrics`.
+    pub sample_interval_secs: u64,
 }
 
 impl Config {
@@ -61,6 +67,8 @@ impl Config {
             qemu_binary: "qemu-system-x86_64".into(),
             console_log_bytes: 1024 * 1024,
             stop_timeout_secs: 30,
+            event_buffer: 1024,
+            sample_interval_secs: 5,
         }
     }
 
@@ -92,6 +100,12 @@ impl Config {
         }
         if let Some(secs) = file.stop_timeout_secs {
             config.stop_timeout_secs = secs;
+        }
+        if let Some(events) = file.event_buffer {
+            config.event_buffer = events.clamp(1, 1 << 20);
+        }
+        if let Some(secs) = file.sample_interval_secs {
+            config.sample_interval_secs = secs.clamp(1, 3600);
         }
         if !["auto", "kvm", "tcg"].contains(&config.accelerator.as_str()) {
             anyhow::bail!(

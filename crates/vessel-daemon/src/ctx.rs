@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::console::ConsoleHub;
 use crate::model::{encode, event_key, now_ms, Event, EVENTS_PREFIX};
 use crate::view::VmView;
+use vessel_api::EventKind;
 
 /// How many events the store keeps; older ones are dropped as new ones come.
 const EVENTS_KEPT: u64 = 2000;
@@ -52,7 +53,7 @@ impl Ctx {
             .last()
             .and_then(|kv| kv.key[EVENTS_PREFIX.len()..].parse::<u64>().ok())
             .unwrap_or(0);
-        let view = VmView::start(Arc::clone(&store)).await?;
+        let view = VmView::start(Arc::clone(&store), config.event_buffer).await?;
         Ok(Ctx {
             view,
             pools: tokio::sync::Mutex::new(HashMap::new()),
@@ -90,14 +91,22 @@ impl Ctx {
     /// Records an event in the store and the log. Failing to record one is logged, not fatal:
     /// events explain, they do not decide.
     pub async fn event(&self, vm: &str, message: impl Into<String>) {
-        let message = message.into();
-        tracing::info!(vm, "{message}");
+        self.record_event(EventKind::Info, vm, message.into()).await;
+    }
+
+    /// An event nobody asked for that an operator should see: a crash, a panic, a restart loop.
+    pub async fn alert(&self, vm: &str, message: impl Into<String>) {
+        self.record_event(EventKind::Alert, vm, message.into())
+            .await;
+    }
+
+    async fn record_event(&self, kind: EventKind, vm: &str, message: String) {
+        match kind {
+            EventKind::Alert => tracing::warn!(vm, "{message}"),
+            _ => tracing::info!(vm, "{message}"),
+        }
         let seq = self.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let event = Event {
-            at_ms: now_ms(),
-            vm: vm.to_string(),
-            message,
-        };
+        let event = Event::new(kind, vm, message, now_ms());
         let mut txn =
             vessel_store::Txn::new().then(vessel_store::Op::Put(event_key(seq), encode(&event)));
         if seq > EVENTS_KEPT {

@@ -36,7 +36,7 @@ impl IntoResponse for HttpError {
     }
 }
 
-type ApiResult<T> = Result<T, HttpError>;
+pub(crate) type ApiResult<T> = Result<T, HttpError>;
 
 /// A JSON body parsed with our own error messages (axum's are plain text and terse).
 pub struct ApiJson<T>(pub T);
@@ -80,10 +80,10 @@ fn optional_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, HttpE
 }
 
 /// Query parameters; unknown ones are refused like unknown body fields.
-struct Params(HashMap<String, String>);
+pub(crate) struct Params(pub(crate) HashMap<String, String>);
 
 impl Params {
-    fn parse(raw: Option<String>, allowed: &[&str]) -> Result<Params, HttpError> {
+    pub(crate) fn parse(raw: Option<String>, allowed: &[&str]) -> Result<Params, HttpError> {
         let mut map = HashMap::new();
         for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
@@ -98,7 +98,7 @@ impl Params {
         Ok(Params(map))
     }
 
-    fn flag(&self, key: &str, default: bool) -> Result<bool, HttpError> {
+    pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool, HttpError> {
         match self.0.get(key).map(String::as_str) {
             None => Ok(default),
             Some("true") | Some("1") => Ok(true),
@@ -148,7 +148,7 @@ impl Params {
         get_image,
         delete_image,
         cancel_operation,
-        list_events,
+        crate::events_http::events,
         list_operations,
         get_operation,
         host_info,
@@ -227,7 +227,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/images", get(list_images).post(import_image))
         .route("/v1/images/{name}", get(get_image).delete(delete_image))
         .route("/v1/operations/{id}/cancel", post(cancel_operation))
-        .route("/v1/events", get(list_events))
+        .route("/v1/events", get(crate::events_http::events))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
         .route("/v1/host", get(host_info))
@@ -672,33 +672,6 @@ async fn clone_volume(
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
     let op = s.clone_volume(&pool, &name, &req).await?;
     finish_host(&s, op, wait, StatusCode::CREATED).await
-}
-
-#[utoipa::path(get, path = "/v1/events",
-    params(("vm" = Option<String>, Query, description = "only this VM's events"),
-           ("limit" = Option<usize>, Query, description = "newest N events (default 100, at most 2000)")),
-    responses((status = 200, body = Vec<vessel_api::Event>)))]
-async fn list_events(
-    State(s): State<Service>,
-    RawQuery(q): RawQuery,
-) -> ApiResult<Json<Vec<vessel_api::Event>>> {
-    let params = Params::parse(q, &["vm", "limit"])?;
-    let limit = match params.0.get("limit") {
-        None => 100,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=2000).contains(n))
-            .ok_or_else(|| {
-                HttpError(ApiError::invalid(format!(
-                    "limit={text:?} is not a number from 1 to 2000"
-                )))
-            })?,
-    };
-    Ok(Json(
-        s.list_events(params.0.get("vm").map(String::as_str), limit)
-            .await?,
-    ))
 }
 
 #[utoipa::path(get, path = "/v1/operations", responses((status = 200, body = Vec<Operation>)))]

@@ -7,6 +7,7 @@ mod console;
 mod console_http;
 mod controller;
 mod ctx;
+mod events_http;
 mod host_ops;
 mod http;
 mod images;

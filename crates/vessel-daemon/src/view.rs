@@ -5,16 +5,21 @@
 //! Read-your-writes: a reader first asks the store for its current revision and waits until the
 //! view has caught up to it, so a VM created by a finished request is always in the list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio::sync::watch;
-use vessel_api::DesiredState;
+use tokio::sync::{broadcast, watch};
+use vessel_api::{
+    DesiredState, Event, Event as StreamEvent, EventKind as StreamKind, OperationStatus,
+};
 use vessel_store::{EventKind, Store, WatchEvent};
 
-use crate::model::{decode, group_vms, Loaded, VmRecord, VmStatus, VMS_PREFIX};
+use crate::model::{
+    decode, group_vms, now_ms, Loaded, OpRecord, VmRecord, VmStatus, EVENTS_PREFIX, OPS_PREFIX,
+    VMS_PREFIX,
+};
 
 /// One VM's records as the view holds them, and its API JSON once it has a spec.
 #[derive(Default)]
@@ -55,16 +60,26 @@ pub struct VmView {
     vms: RwLock<BTreeMap<String, Entry>>,
     /// The store revision the view reflects.
     revision: watch::Sender<i64>,
+    /// The event stream (`GET /v1/events?follow=true`): recorded events, state changes and
+    /// operation changes, all derived here from the one watch on the store. Bounded: a slow
+    /// subscriber misses events (and is told so) instead of holding anyone up.
+    bus: broadcast::Sender<Event>,
+    /// The last status seen of each unfinished operation, so that a stream gets one event per
+    /// status change and not one per progress update.
+    op_status: std::sync::Mutex<HashMap<String, OperationStatus>>,
 }
 
 impl VmView {
     /// Loads the current VMs and starts following the store.
-    pub async fn start(store: Arc<dyn Store>) -> anyhow::Result<Arc<VmView>> {
+    pub async fn start(store: Arc<dyn Store>, bus_capacity: usize) -> anyhow::Result<Arc<VmView>> {
         let (revision, _) = watch::channel(0);
+        let (bus, _) = broadcast::channel(bus_capacity.max(1));
         let view = Arc::new(VmView {
             store,
             vms: RwLock::new(BTreeMap::new()),
             revision,
+            bus,
+            op_status: std::sync::Mutex::new(HashMap::new()),
         });
         let from = view.load_all().await?;
         tokio::spawn(Arc::clone(&view).follow(from));
@@ -147,7 +162,61 @@ impl VmView {
         }
     }
 
+    /// A new subscriber to the event stream; it sees what happens from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.bus.subscribe()
+    }
+
+    fn publish(&self, event: Event) {
+        // No receivers is fine: nobody is following.
+        let _ = self.bus.send(event);
+    }
+
+    /// Recorded events and operation changes go to the stream as they are.
+    fn publish_derived(&self, event: &WatchEvent) {
+        if event.kind != EventKind::Put {
+            return;
+        }
+        let key = &event.kv.key;
+        if key.starts_with(EVENTS_PREFIX) {
+            match decode::<Event>(key, &event.kv.value) {
+                Ok(recorded) => self.publish(recorded),
+                Err(e) => tracing::warn!(error = %e, "unreadable event record"),
+            }
+        } else if key.starts_with(OPS_PREFIX) {
+            let Ok(record) = decode::<OpRecord>(key, &event.kv.value) else {
+                return;
+            };
+            let op = record.operation;
+            let mut seen = self.op_status.lock().expect("op status lock");
+            if seen.get(&op.id) == Some(&op.status) {
+                return; // a progress update
+            }
+            if op.status.is_terminal() {
+                seen.remove(&op.id);
+            } else {
+                seen.insert(op.id.clone(), op.status);
+            }
+            drop(seen);
+            let target = if op.vm.is_empty() {
+                op.resource.clone().unwrap_or_default()
+            } else {
+                op.vm.clone()
+            };
+            let mut message = format!("{} {} {}", op.action.as_str(), target, op.status.as_str());
+            if let Some(error) = &op.error {
+                message.push_str(&format!(": {error}"));
+            }
+            let mut out = StreamEvent::new(StreamKind::Operation, op.vm.clone(), message, now_ms());
+            out.operation = Some(op.id);
+            out.action = Some(op.action);
+            out.status = Some(op.status);
+            self.publish(out);
+        }
+    }
+
     fn apply(&self, event: &WatchEvent) {
+        self.publish_derived(event);
         let Some(rest) = event.kv.key.strip_prefix(VMS_PREFIX) else {
             return;
         };
@@ -170,9 +239,20 @@ impl VmView {
                         .transpose()?
                 }
                 "status" => {
+                    let before = entry.status.as_ref().map(|s| s.state);
                     entry.status = put
                         .then(|| decode(&event.kv.key, &event.kv.value))
-                        .transpose()?
+                        .transpose()?;
+                    if let Some(status) = entry.status.as_ref().filter(|s| Some(s.state) != before)
+                    {
+                        let mut message = status.state.as_str().to_string();
+                        if let Some(reason) = &status.reason {
+                            message.push_str(&format!(" ({reason})"));
+                        }
+                        let mut out = StreamEvent::new(StreamKind::State, name, message, now_ms());
+                        out.state = Some(status.state);
+                        self.publish(out);
+                    }
                 }
                 _ => return Ok(()),
             }

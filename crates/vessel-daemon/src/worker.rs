@@ -914,9 +914,12 @@ impl Worker {
         status.accelerator = None;
         status.state_changed_at_ms = now_ms();
         if let Some(reason) = &reason {
-            self.ctx
-                .event(&self.name, format!("{}: {reason}", status.state.as_str()))
-                .await;
+            let message = format!("{}: {reason}", status.state.as_str());
+            if kind == ExitKind::Crashed {
+                self.ctx.alert(&self.name, message).await;
+            } else {
+                self.ctx.event(&self.name, message).await;
+            }
         }
         let decision = after_exit(vm.spec.restart_policy, kind);
         if decision == RestartDecision::Restart && self.may_restart() {
@@ -938,6 +941,15 @@ impl Worker {
                 reason.unwrap_or_default(),
                 RESTART_WINDOW.as_secs()
             ));
+            self.ctx
+                .alert(
+                    &self.name,
+                    format!(
+                        "restart policy gave up after {RESTART_BURST} restarts within {} s",
+                        RESTART_WINDOW.as_secs()
+                    ),
+                )
+                .await;
         }
         // Nobody wants it running any more: make desired match, so no reconcile restarts it.
         let desired = (kind != ExitKind::Requested).then_some(DesiredState::Stopped);

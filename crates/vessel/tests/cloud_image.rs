@@ -115,6 +115,7 @@ async fn a_debian_cloud_image_boots_from_its_disk_and_runs_cloud_init() {
     let daemon = Daemon::start();
     let client = daemon.client();
 
+    let import_started = Instant::now();
     let image = match client
         .import_image(
             &ImportImageRequest {
@@ -130,6 +131,11 @@ async fn a_debian_cloud_image_boots_from_its_disk_and_runs_cloud_init() {
         Ok(Outcome::Done(image)) => image,
         other => panic!("import the cloud image: {other:?}"),
     };
+    eprintln!(
+        "imported {} MiB in {:.1} s",
+        image.allocated_bytes >> 20,
+        import_started.elapsed().as_secs_f64()
+    );
     assert_eq!(image.sha256, digest);
     assert!(image.virtual_bytes < 2 * GIB, "{image:?}");
 
