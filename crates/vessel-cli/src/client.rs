@@ -390,6 +390,27 @@ impl Client {
         self.decode(status, &body)
     }
 
+    /// `GET /v1/vms/{name}/stats`
+    pub async fn vm_stats(&self, name: &str) -> Result<vessel_metrics::VmStats, ClientError> {
+        self.get(&vm_path(name, "stats")).await
+    }
+
+    /// `GET /v1/host/stats`
+    pub async fn host_stats(&self) -> Result<vessel_metrics::HostStats, ClientError> {
+        self.get("/v1/host/stats").await
+    }
+
+    /// `GET /v1/stats`: the latest sampling round of the host and every VM.
+    pub async fn all_stats(&self) -> Result<StatsRound, ClientError> {
+        self.get("/v1/stats").await
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics_text(&self) -> Result<String, ClientError> {
+        let (_, body) = self.exchange(Method::GET, "/metrics", None).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// `GET /v1/pools`
     pub async fn list_pools(&self) -> Result<Vec<Pool>, ClientError> {
         self.get("/v1/pools").await
@@ -788,6 +809,13 @@ fn events_path(vm: Option<&str>, kinds: &[vessel_api::EventKind], extra: &str) -
         path.push_str(&names.join(","));
     }
     path
+}
+
+/// One sampling round, as `GET /v1/stats` returns it.
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+pub struct StatsRound {
+    pub host: vessel_metrics::HostStats,
+    pub vms: Vec<vessel_metrics::VmStats>,
 }
 
 /// The events of a `follow_events` stream, one at a time.

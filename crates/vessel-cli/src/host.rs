@@ -25,6 +25,10 @@ pub enum HostCommand {
         after_help = "Examples:\n  vessel host check\n  vessel host check -o json | jq '.items[] | select(.verdict != \"pass\")'"
     )]
     Check,
+    /// Show the host's figures: CPU, memory, load, disks, network, and the vCPUs and memory
+    /// committed to VMs against what the host has (the overcommit ratios).
+    #[command(after_help = "Examples:\n  vessel host stats\n  vessel host stats -o json")]
+    Stats,
     /// Replace the host's master key and re-wrap every volume key under the new one.
     ///
     /// Volume keys are stored only wrapped (encrypted) by the master key file in the daemon's
@@ -37,6 +41,10 @@ pub enum HostCommand {
 
 pub(crate) async fn run(command: HostCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     match command {
+        HostCommand::Stats => {
+            let stats = ctx.client.host_stats().await?;
+            ctx.show(&stats, crate::stats::host_text)?;
+        }
         HostCommand::RotateMasterKey => {
             let done = ctx.client.rotate_master_key().await?;
             ctx.show(&done, |d| {

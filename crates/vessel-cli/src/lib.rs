@@ -20,6 +20,7 @@ pub mod output;
 mod pool;
 mod progress;
 mod snapshot;
+mod stats;
 mod vm;
 mod volume;
 
@@ -69,6 +70,16 @@ pub enum Command {
     Event(EventCommand),
     /// Same as `vessel event list`: recorded events, or with --follow a live stream.
     Events(event::EventListArgs),
+    /// A live view of the VMs, sorted by CPU, memory, disk or network use, like top(1).
+    ///
+    /// Shows the host (CPU, memory, load, committed vCPUs and memory against what it has) and
+    /// one line per VM: CPU in percent of one core, resident and configured memory, disk and
+    /// network throughput over the last interval. The daemon samples every 5 s (its
+    /// `sample_interval_secs`); refreshing faster shows the same sample again. Ctrl-C quits.
+    #[command(
+        after_help = "Examples:\n  vessel top\n  vessel top --sort memory\n  vessel top --once -o json"
+    )]
+    Top(stats::TopArgs),
     /// Inspect the host the daemon runs on.
     #[command(subcommand)]
     Host(HostCommand),
@@ -132,6 +143,7 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
         Command::Volume(command) => volume::run(command, &ctx).await,
         Command::Image(command) => image::run(command, &ctx).await,
         Command::Event(command) => event::run(command, &ctx).await,
+        Command::Top(args) => stats::top(&ctx, &args).await,
         Command::Events(args) => event::run(event::EventCommand::List(args), &ctx).await,
         Command::Host(command) => host::run(command, &ctx).await,
     };

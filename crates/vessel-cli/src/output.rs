@@ -170,7 +170,7 @@ pub fn operation_table(operations: &[Operation], now_ms: u64) -> String {
     finish(table)
 }
 
-use vessel_core::units::format_size_bytes as format_bytes;
+pub use vessel_core::units::format_size_bytes as format_bytes;
 
 /// `vessel pool list`.
 pub fn pool_table(pools: &[Pool]) -> String {

@@ -153,6 +153,16 @@ pub enum VmCommand {
     /// has been quiet for a second, so that piped commands show their answers.
     #[command(after_help = CONSOLE_EXAMPLES)]
     Console(NameArgs),
+    /// Show a VM's performance figures: CPU, memory, disks, network.
+    ///
+    /// CPU time of the QEMU process and of the vCPU threads alone, CPU use in percent of one
+    /// core, the time vCPUs waited for a host CPU (the host's view of steal time), resident
+    /// memory, and for each disk the bytes, operations and mean latency of reads and writes.
+    /// A stopped VM shows zeros. --watch samples again every few seconds, with current rates.
+    #[command(
+        after_help = "Examples:\n  vessel vm stats web1\n  vessel vm stats web1 --watch 5\n  vessel vm stats web1 -o json"
+    )]
+    Stats(crate::stats::VmStatsArgs),
     /// Take, list, revert to and delete snapshots of a VM.
     #[command(subcommand)]
     Snapshot(crate::snapshot::SnapshotCommand),
@@ -579,6 +589,7 @@ pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, C
                 .map_err(|err| CliError::io("reading the console log failed", err))?;
         }
         VmCommand::Snapshot(command) => return crate::snapshot::run(command, ctx).await,
+        VmCommand::Stats(args) => return crate::stats::vm_stats(ctx, &args).await,
         VmCommand::Console(args) => {
             let stream = client.console_attach(&args.name).await?;
             let end = console::attach(stream, &args.name)

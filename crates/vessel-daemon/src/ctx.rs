@@ -30,6 +30,8 @@ pub struct Ctx {
     pub pools: tokio::sync::Mutex<HashMap<String, (PathBuf, Arc<vessel_storage::DirPool>)>>,
     /// The master key (and, during a rotation, its successor) that wraps volume keys.
     pub keyring: tokio::sync::RwLock<vessel_secrets::Keyring>,
+    /// Performance samples of VMs and the host.
+    pub sampler: crate::sampler::Sampler,
     /// Key records of encrypted volumes being created (see `volume_keys::create`).
     pub pending_keys: Mutex<std::collections::HashSet<String>>,
     /// Cancel tokens of running long operations, by operation id.
@@ -67,6 +69,7 @@ impl Ctx {
             consoles: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             pending_keys: Mutex::new(std::collections::HashSet::new()),
+            sampler: crate::sampler::Sampler::default(),
             event_seq: AtomicU64::new(last),
         })
     }

@@ -125,6 +125,10 @@ impl Params {
         reboot_vm,
         pause_vm,
         resume_vm,
+        vm_stats,
+        all_stats,
+        host_stats,
+        metrics,
         attach_disk,
         detach_disk,
         list_snapshots,
@@ -197,6 +201,10 @@ pub fn router(service: Service) -> Router {
             "/v1/vms/{name}/snapshots/{snapshot}/revert",
             post(revert_snapshot),
         )
+        .route("/v1/vms/{name}/stats", get(vm_stats))
+        .route("/v1/stats", get(all_stats))
+        .route("/v1/host/stats", get(host_stats))
+        .route("/metrics", get(metrics))
         .route("/v1/vms/{name}/disks", post(attach_disk))
         .route(
             "/v1/vms/{name}/disks/{pool}/{volume}",
@@ -437,6 +445,41 @@ async fn detach_disk(
     let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
     let op = s.detach_disk(&name, &pool, &volume).await?;
     finish(&s, op, wait, StatusCode::OK).await
+}
+
+#[utoipa::path(get, path = "/v1/vms/{name}/stats",
+    responses((status = 200, body = Object, description = "VmStats: CPU, memory, disk and network figures, sampled now; zeros with the state for a stopped VM"), (status = 404, body = ErrorBody)))]
+async fn vm_stats(State(s): State<Service>, Path(name): Path<String>) -> ApiResult<Response> {
+    Ok(Json(s.vm_stats(&name).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/stats",
+    responses((status = 200, body = Object, description = "{host: HostStats, vms: [VmStats]}: the latest sampling round (what `vessel top` shows)")))]
+async fn all_stats(State(s): State<Service>) -> ApiResult<Response> {
+    Ok(Json(s.latest_stats().await?).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/host/stats",
+    responses((status = 200, body = Object, description = "HostStats: CPU, memory, disks, network, committed vCPUs and memory, VMs per state")))]
+async fn host_stats(State(s): State<Service>) -> ApiResult<Response> {
+    Ok(Json(s.latest_stats().await?.host).into_response())
+}
+
+/// Prometheus exposition (text format 0.0.4) of the latest sampling round.
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, body = String, content_type = "text/plain; version=0.0.4")))]
+async fn metrics(State(s): State<Service>) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
+    let round = s.latest_stats().await?;
+    let text = vessel_metrics::prometheus::render(&round.host, &round.vms, Some(started.elapsed()));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            vessel_metrics::prometheus::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/v1/vms/{name}/snapshots", responses((status = 200, body = Vec<vessel_api::Snapshot>), (status = 404, body = ErrorBody)))]

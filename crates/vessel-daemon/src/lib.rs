@@ -15,6 +15,7 @@ mod lock;
 mod model;
 mod pools;
 mod provision;
+mod sampler;
 mod service;
 mod snapshots;
 mod view;
@@ -86,6 +87,10 @@ pub async fn run(
     );
     pools::ensure_default_pool(&ctx).await?;
     Controller::new(Arc::clone(&ctx)).start().await?;
+    tokio::spawn(sampler::run(
+        Arc::clone(&ctx),
+        std::time::Duration::from_secs(config.sample_interval_secs),
+    ));
     let listener = bind_socket(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "vessel daemon ready");
     serve(listener, http::router(Service { ctx }), shutdown).await;

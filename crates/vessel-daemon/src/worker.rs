@@ -286,6 +286,9 @@ impl Worker {
     /// Takes charge of a QEMU this worker just started: console, events, recorded status.
     async fn adopt_started(&mut self, mut instance: Box<dyn Instance>, restart: bool) -> OpResult {
         self.attach(&mut instance);
+        self.ctx
+            .sampler
+            .register(&self.name, instance.stats_probe());
         let pid = instance.pid();
         let events = instance.take_events().expect("fresh instance has events");
         self.live = Some(Live {
@@ -889,6 +892,7 @@ impl Worker {
     /// The process is gone: record why, clean up, and restart if the policy says so.
     async fn on_exit(&mut self, detail: String, clean: bool) {
         let Some(live) = self.live.take() else { return };
+        self.ctx.sampler.forget(&self.name);
         let files = RunFiles::in_dir(&self.ctx.vm_dir(&self.name));
         let kind = exit_kind(&live, clean);
         let reason = exit_reason(kind, &live, &detail, &files);
@@ -1004,6 +1008,9 @@ impl Worker {
         match self.ctx.backend.adopt(&request, pid).await {
             Ok(mut instance) => {
                 self.attach(&mut instance);
+                self.ctx
+                    .sampler
+                    .register(&self.name, instance.stats_probe());
                 let events = instance.take_events().expect("fresh instance has events");
                 let state = match instance.status().await {
                     Ok(vessel_qemu::RunState::Paused) => VmState::Paused,

@@ -395,6 +395,10 @@ impl Instance for QemuInstance {
         Ok(())
     }
 
+    fn stats_probe(&self) -> std::sync::Arc<dyn crate::stats::StatsProbe> {
+        std::sync::Arc::new(crate::stats::QmpProbe(self.qmp.clone()))
+    }
+
     async fn resize_disk(&self, node_name: &str, size_bytes: u64) -> Result<(), BackendError> {
         self.qmp
             .execute(

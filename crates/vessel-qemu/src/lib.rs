@@ -12,6 +12,7 @@ pub mod host;
 mod instance;
 mod process;
 pub mod snapshot;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -172,6 +173,8 @@ pub trait Instance: Send + Sync {
     async fn unplug_disk(&self, node_name: &str) -> Result<(), BackendError>;
     /// Closes a disk's block node once its device is gone.
     async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError>;
+    /// A handle for the statistics sampler, which works alongside the VM's worker.
+    fn stats_probe(&self) -> std::sync::Arc<dyn stats::StatsProbe>;
     /// Grows a disk while the VM runs (QMP `block_resize`); the guest is told the new size.
     async fn resize_disk(&self, node_name: &str, size_bytes: u64) -> Result<(), BackendError>;
 

@@ -160,9 +160,10 @@ async fn a_memory_snapshot_resumes_the_guest_where_it_was() {
         "echo kept >/run/before; echo noted-$((5*5))",
     )
     .await;
-    // Read after a later line, so that the READY line is complete.
-    let console = await_console(&client, "live1", "noted-25", 1).await;
-    let boot_id = boot_ids(&console).pop().unwrap();
+    await_console(&client, "live1", "noted-25", 1).await;
+    let boot_id = boot_ids(&await_boots(&client, "live1", 1).await)
+        .pop()
+        .unwrap();
 
     snapshot(&client, "live1", "warm", true).await;
     let list = client.list_snapshots("live1").await.unwrap();

@@ -105,7 +105,7 @@ async fn reboot_boots_the_guest_again() {
         reset.pid, rebooted.pid,
         "a hard reset keeps the QEMU process"
     );
-    let console2 = await_console(&client, "reboot1", "VESSEL-GUEST-READY", 3).await;
+    let console2 = await_boots(&client, "reboot1", 3).await;
     let ids = boot_ids(&console2);
     assert_eq!(ids.len(), 3, "{console}");
     assert!(

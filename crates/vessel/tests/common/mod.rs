@@ -216,6 +216,28 @@ pub async fn act(client: &Client, name: &str, action: vessel_cli::VmAction) -> V
 
 /// Follows the VM's console until `needle` has appeared `count` times; returns all output seen.
 pub async fn await_console(client: &Client, vm: &str, needle: &str, count: usize) -> String {
+    await_console_until(client, vm, &format!("{needle:?} x{count}"), |text| {
+        text.matches(needle).count() >= count
+    })
+    .await
+}
+
+/// Follows the VM's console until `count` boots have printed their whole READY line; returns
+/// all output seen. (Console output arrives in chunks: a line can be cut anywhere.)
+pub async fn await_boots(client: &Client, vm: &str, count: usize) -> String {
+    await_console_until(client, vm, &format!("{count} boot ids"), |text| {
+        boot_ids(text).len() >= count
+    })
+    .await
+}
+
+/// Follows the VM's console until `done` holds for everything seen so far.
+pub async fn await_console_until(
+    client: &Client,
+    vm: &str,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
     let follow = async {
         let mut body = client.console_log(vm, true).await.expect("console log");
         let mut seen = Vec::new();
@@ -223,12 +245,12 @@ pub async fn await_console(client: &Client, vm: &str, needle: &str, count: usize
             if let Ok(data) = frame.expect("console stream").into_data() {
                 seen.extend_from_slice(&data);
                 let text = String::from_utf8_lossy(&seen);
-                if text.matches(needle).count() >= count {
+                if done(&text) {
                     return text.into_owned();
                 }
             }
         }
-        panic!("console of {vm} ended before {needle:?} appeared {count} times");
+        panic!("console of {vm} ended before {what} appeared");
     };
     match tokio::time::timeout(BOOT_TIMEOUT, follow).await {
         Ok(text) => text,
@@ -240,7 +262,7 @@ pub async fn await_console(client: &Client, vm: &str, needle: &str, count: usize
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
             panic!(
-                "{needle:?} x{count} did not appear on {vm}'s console; console so far:\n{}",
+                "{what} did not appear on {vm}'s console; console so far:\n{}",
                 String::from_utf8_lossy(&bytes)
             );
         }
@@ -268,16 +290,15 @@ pub async fn await_state(client: &Client, vm: &str, state: VmState) -> Vm {
     await_vm(client, vm, state.as_str(), |v| v.state == state).await
 }
 
-/// The boot ids the guest printed, in order.
+/// The boot ids the guest printed, in order; only whole ones (32 hex digits and the line's end).
 pub fn boot_ids(console: &str) -> Vec<String> {
     console
-        .lines()
-        .filter_map(|l| l.split("VESSEL-GUEST-READY boot=").nth(1))
-        .map(|rest| {
-            rest.trim()
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit())
-                .collect()
+        .split("VESSEL-GUEST-READY boot=")
+        .skip(1)
+        .filter_map(|rest| {
+            let id: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+            let complete = id.len() == 32 && rest[32..].starts_with(['\r', '\n']);
+            complete.then_some(id)
         })
         .collect()
 }
