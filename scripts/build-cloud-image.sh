@@ -49,7 +49,7 @@ BASE_PACKAGES=(systemd-sysv udev kmod e2fsprogs iproute2 netbase ifupdown
 # Installed with apt in the chroot once dpkg excludes and the initramfs
 # configuration are in place (so no docs are ever unpacked and the initrd
 # is built only once).
-IMAGE_PACKAGES=(linux-image-cloud-amd64 cloud-init cloud-guest-utils fdisk)
+IMAGE_PACKAGES=(linux-image-cloud-amd64 cloud-init cloud-guest-utils fdisk qemu-guest-agent)
 HOST_PACKAGES=(debootstrap grub-pc-bin e2fsprogs fdisk)
 
 log() { printf '[build-cloud-image] %s\n' "$*" >&2; }

@@ -23,8 +23,8 @@ pub use pool::{
 };
 pub use vm::{
     AttachDiskRequest, Boot, CreateSnapshotRequest, CreateVmRequest, DesiredState, EditVmRequest,
-    Machine, NicKind, RebootVmRequest, RestartPolicy, Snapshot, StopVmRequest, Vm, VmDisk, VmSpec,
-    VmState,
+    GuestInfo, GuestInterface, Machine, NicKind, RebootVmRequest, RestartPolicy, Snapshot,
+    StopVmRequest, Vm, VmDisk, VmSpec, VmState,
 };
 
 /// The API version prefix every route lives under.

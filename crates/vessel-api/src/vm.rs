@@ -315,3 +315,25 @@ pub struct CreateSnapshotRequest {
     #[serde(default)]
     pub memory: bool,
 }
+
+/// One network interface as the guest sees it (from the guest agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestInterface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// `address/prefix`.
+    pub addresses: Vec<String>,
+}
+
+/// `GET /v1/vms/{name}/guest`: what the guest agent reports, when the guest runs one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestInfo {
+    /// A QEMU guest agent answered in the guest.
+    pub agent: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<GuestInterface>,
+    /// Why there is nothing to show, when there is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}

@@ -390,6 +390,11 @@ impl Client {
         self.decode(status, &body)
     }
 
+    /// `GET /v1/vms/{name}/guest`
+    pub async fn guest_info(&self, name: &str) -> Result<vessel_api::GuestInfo, ClientError> {
+        self.get(&vm_path(name, "guest")).await
+    }
+
     /// `GET /v1/vms/{name}/stats`
     pub async fn vm_stats(&self, name: &str) -> Result<vessel_metrics::VmStats, ClientError> {
         self.get(&vm_path(name, "stats")).await

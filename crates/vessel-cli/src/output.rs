@@ -549,6 +549,25 @@ pub fn event_line(event: &Event) -> String {
     )
 }
 
+/// The guest agent's part of `vessel vm show`.
+pub fn guest_details(guest: &vessel_api::GuestInfo) -> String {
+    let mut rows = vec![(
+        "Guest agent",
+        if guest.agent {
+            "running".to_string()
+        } else {
+            guest.note.clone().unwrap_or_else(|| "not running".into())
+        },
+    )];
+    for iface in &guest.interfaces {
+        rows.push((
+            "Guest address",
+            format!("{} {}", iface.name, iface.addresses.join(" ")),
+        ));
+    }
+    key_values(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

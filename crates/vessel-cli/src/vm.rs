@@ -544,7 +544,20 @@ pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, C
         }
         VmCommand::Show(args) => {
             let vm = client.get_vm(&args.name).await?;
-            ctx.show(&vm, |vm| output::vm_details(vm, output::now_ms()))?;
+            // What the guest agent says, for people; scripts ask GET /v1/vms/{name}/guest.
+            let guest = match ctx.output {
+                crate::OutputFormat::Table if vm.state.has_process() => {
+                    client.guest_info(&args.name).await.ok()
+                }
+                _ => None,
+            };
+            ctx.show(&vm, |vm| {
+                let mut text = output::vm_details(vm, output::now_ms());
+                if let Some(guest) = &guest {
+                    text.push_str(&output::guest_details(guest));
+                }
+                text
+            })?;
         }
         VmCommand::Start(args) => action(ctx, &args.vm, VmAction::Start, args.wait).await?,
         VmCommand::Stop(args) => {

@@ -30,6 +30,8 @@ pub struct Ctx {
     pub pools: tokio::sync::Mutex<HashMap<String, (PathBuf, Arc<vessel_storage::DirPool>)>>,
     /// The master key (and, during a rotation, its successor) that wraps volume keys.
     pub keyring: tokio::sync::RwLock<vessel_secrets::Keyring>,
+    /// Which guests did not answer their agent lately.
+    pub agents: crate::guest::AgentCache,
     /// Performance samples of VMs and the host.
     pub sampler: crate::sampler::Sampler,
     /// Key records of encrypted volumes being created (see `volume_keys::create`).
@@ -70,6 +72,7 @@ impl Ctx {
             cancels: Mutex::new(HashMap::new()),
             pending_keys: Mutex::new(std::collections::HashSet::new()),
             sampler: crate::sampler::Sampler::default(),
+            agents: crate::guest::AgentCache::default(),
             event_seq: AtomicU64::new(last),
         })
     }

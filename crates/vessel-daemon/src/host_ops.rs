@@ -74,13 +74,32 @@ async fn write_progress(
     mut record: OpRecord,
     mut updates: tokio::sync::watch::Receiver<f64>,
 ) {
-    // Ends when every sender is gone, i.e. when the work finished or was dropped.
+    let mut written = None;
+    // Ends as soon as every sender is gone, i.e. when the work finished or was dropped, so the
+    // operation's final write never waits for a pause here.
     while updates.changed().await.is_ok() {
-        record.operation.progress = Some(*updates.borrow_and_update());
-        if let Err(e) = put(&ctx, &record).await {
-            tracing::warn!(error = %e.message, "cannot record progress");
+        loop {
+            let percent = *updates.borrow_and_update();
+            if written != Some(percent) {
+                record.operation.progress = Some(percent);
+                if let Err(e) = put(&ctx, &record).await {
+                    tracing::warn!(error = %e.message, "cannot record progress");
+                }
+                written = Some(percent);
+            }
+            // At most one write per interval; changes meanwhile are taken after it.
+            let pause = tokio::time::sleep(PROGRESS_INTERVAL);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = &mut pause => break,
+                    changed = updates.changed() => if changed.is_err() { return },
+                }
+            }
+            if *updates.borrow() == percent {
+                break;
+            }
         }
-        tokio::time::sleep(PROGRESS_INTERVAL).await;
     }
 }
 

@@ -126,6 +126,7 @@ impl Params {
         pause_vm,
         resume_vm,
         vm_stats,
+        guest_info,
         all_stats,
         host_stats,
         metrics,
@@ -202,6 +203,7 @@ pub fn router(service: Service) -> Router {
             post(revert_snapshot),
         )
         .route("/v1/vms/{name}/stats", get(vm_stats))
+        .route("/v1/vms/{name}/guest", get(guest_info))
         .route("/v1/stats", get(all_stats))
         .route("/v1/host/stats", get(host_stats))
         .route("/metrics", get(metrics))
@@ -451,6 +453,15 @@ async fn detach_disk(
     responses((status = 200, body = Object, description = "VmStats: CPU, memory, disk and network figures, sampled now; zeros with the state for a stopped VM"), (status = 404, body = ErrorBody)))]
 async fn vm_stats(State(s): State<Service>, Path(name): Path<String>) -> ApiResult<Response> {
     Ok(Json(s.vm_stats(&name).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/vms/{name}/guest",
+    responses((status = 200, body = vessel_api::GuestInfo), (status = 404, body = ErrorBody)))]
+async fn guest_info(
+    State(s): State<Service>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<vessel_api::GuestInfo>> {
+    Ok(Json(s.guest_info(&name).await?))
 }
 
 #[utoipa::path(get, path = "/v1/stats",

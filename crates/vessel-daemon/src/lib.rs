@@ -8,6 +8,7 @@ mod console_http;
 mod controller;
 mod ctx;
 mod events_http;
+mod guest;
 mod host_ops;
 mod http;
 mod images;

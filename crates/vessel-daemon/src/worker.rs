@@ -572,11 +572,38 @@ impl Worker {
                         .and_then(|list| list.into_iter().find(|s| s.name == request.name))
                         .map_or(0, |s| s.vm_state_bytes);
                 } else {
-                    let pause = live
-                        .instance
-                        .snapshot_disks(&nodes, &request.name)
-                        .await
-                        .map_err(|e| error_chain(&e))?;
+                    // With a guest agent, the guest's file systems are frozen for the snapshot,
+                    // so it holds no half-written file-system state; without one it is
+                    // crash-consistent (all disks at one instant).
+                    let agent = crate::guest::agent(&self.ctx, &self.name);
+                    let frozen = if agent.ping().await {
+                        match agent.freeze().await {
+                            Ok(n) => {
+                                self.ctx
+                                    .event(
+                                        &self.name,
+                                        format!("{n} guest file systems frozen for snapshot {}", request.name),
+                                    )
+                                    .await;
+                                true
+                            }
+                            Err(e) => {
+                                tracing::warn!(vm = %self.name, error = %e, "could not freeze the guest's file systems; the snapshot is crash-consistent");
+                                false
+                            }
+                        }
+                    } else {
+                        false
+                    };
+                    let taken = live.instance.snapshot_disks(&nodes, &request.name).await;
+                    if frozen {
+                        if let Err(e) = agent.thaw().await {
+                            self.ctx
+                                .alert(&self.name, format!("could not thaw the guest's file systems after a snapshot: {e}"))
+                                .await;
+                        }
+                    }
+                    let pause = taken.map_err(|e| error_chain(&e))?;
                     tracing::info!(vm = %self.name, snapshot = %request.name, pause_ms = pause.as_millis() as u64, "disk snapshot taken");
                 }
             }

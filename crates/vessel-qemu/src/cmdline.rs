@@ -9,9 +9,11 @@ use crate::disk::{self, DiskFile};
 /// File descriptor numbers the QMP and console listening sockets have inside QEMU.
 pub const QMP_FD: i32 = 3;
 pub const CONSOLE_FD: i32 = 4;
+/// The listening socket of the guest agent's port.
+pub const AGENT_FD: i32 = 5;
 /// The first fd of the secret pipes (volume keys) QEMU inherits, one per encrypted disk in disk
 /// order; QEMU reads each with a `secret` object, so no key is ever on the command line.
-pub const SECRET_FD_BASE: i32 = 5;
+pub const SECRET_FD_BASE: i32 = 6;
 
 /// Inputs of the command line that are not in the spec.
 #[derive(Debug, Clone)]
@@ -70,6 +72,19 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
         &format!("socket,id=console,fd={CONSOLE_FD},server=on,wait=off"),
     ]);
     push(&["-serial", "chardev:console"]);
+    // The guest agent's port, used when the guest runs qemu-guest-agent.
+    push(&[
+        "-chardev",
+        &format!("socket,id=qga,fd={AGENT_FD},server=on,wait=off"),
+    ]);
+    push(&[
+        "-device",
+        &format!("{},id=vser0", device(spec.machine, "virtio-serial")),
+    ]);
+    push(&[
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0",
+    ]);
     push(&["-pidfile", inputs.pid_file]);
     // QEMU never needs to spawn processes, gain privileges or use obsolete syscalls; seccomp
     // turns an exploit's attempt to do so into a crash.
@@ -312,7 +327,7 @@ mod tests {
         assert!(line.contains("scsi-cd,bus=scsi0.0,drive=cidata"), "{line}");
         // The encrypted disk's key comes through the first secret fd, never as an argument.
         assert!(
-            line.contains("-object secret,id=vdb2-key,file=/dev/fd/5,format=raw"),
+            line.contains("-object secret,id=vdb2-key,file=/dev/fd/6,format=raw"),
             "{line}"
         );
         assert!(line.contains(r#""key-secret":"vdb2-key""#), "{line}");

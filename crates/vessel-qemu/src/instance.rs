@@ -71,6 +71,7 @@ impl Backend for QemuBackend {
         let sockets = InheritedSockets {
             qmp: UnixListener::bind(&files.qmp_socket)?,
             console: UnixListener::bind(&files.console_socket)?,
+            agent: UnixListener::bind(&files.agent_socket)?,
             secrets: secrets.iter().map(|s| s.fd()).collect(),
         };
         let log = OpenOptions::new()
@@ -177,7 +178,11 @@ fn prepare_run_dir(dir: &Path, files: &RunFiles) -> Result<(), BackendError> {
             path: dir.to_path_buf(),
             source,
         })?;
-    for stale in [&files.qmp_socket, &files.console_socket] {
+    for stale in [
+        &files.qmp_socket,
+        &files.console_socket,
+        &files.agent_socket,
+    ] {
         match std::fs::remove_file(stale) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

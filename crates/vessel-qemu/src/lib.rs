@@ -8,6 +8,7 @@
 pub mod accel;
 pub mod cmdline;
 pub mod disk;
+pub mod guest_agent;
 pub mod host;
 mod instance;
 mod process;
@@ -47,6 +48,8 @@ pub struct LaunchRequest {
 pub struct RunFiles {
     pub qmp_socket: PathBuf,
     pub console_socket: PathBuf,
+    /// The guest agent's port; QEMU listens on it, the daemon connects when it needs the agent.
+    pub agent_socket: PathBuf,
     pub pid_file: PathBuf,
     pub qemu_log: PathBuf,
 }
@@ -56,6 +59,7 @@ impl RunFiles {
         RunFiles {
             qmp_socket: dir.join("qmp.sock"),
             console_socket: dir.join("console.sock"),
+            agent_socket: dir.join("qga.sock"),
             pid_file: dir.join("qemu.pid"),
             qemu_log: dir.join("qemu.log"),
         }

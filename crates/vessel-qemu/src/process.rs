@@ -11,7 +11,7 @@ use std::process::{ExitStatus, Stdio};
 use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, Command};
 
-use crate::cmdline::{CONSOLE_FD, QMP_FD, SECRET_FD_BASE};
+use crate::cmdline::{AGENT_FD, CONSOLE_FD, QMP_FD, SECRET_FD_BASE};
 
 /// A process identified beyond its pid: the kernel reuses pids, so the start time (in clock ticks
 /// since boot, from /proc/PID/stat) tells our QEMU apart from a later process with the same pid.
@@ -70,6 +70,7 @@ fn read_stat(pid: u32) -> io::Result<(char, u64)> {
 pub struct InheritedSockets {
     pub qmp: UnixListener,
     pub console: UnixListener,
+    pub agent: UnixListener,
     pub secrets: Vec<RawFd>,
 }
 
@@ -85,14 +86,18 @@ pub fn spawn(
     // one with the other; the copies are close-on-exec, the dup2 targets are not.
     let qmp = dup_above(sockets.qmp.as_raw_fd(), 10)?;
     let console = dup_above(sockets.console.as_raw_fd(), 10)?;
+    let agent = dup_above(sockets.agent.as_raw_fd(), 10)?;
     let secrets = sockets
         .secrets
         .iter()
         .map(|fd| dup_above(*fd, 10))
         .collect::<io::Result<Vec<_>>>()?;
     // Where each inherited fd goes; built before the fork, since the child may not allocate.
-    let mut moves: Vec<(RawFd, RawFd)> =
-        vec![(qmp.as_raw_fd(), QMP_FD), (console.as_raw_fd(), CONSOLE_FD)];
+    let mut moves: Vec<(RawFd, RawFd)> = vec![
+        (qmp.as_raw_fd(), QMP_FD),
+        (console.as_raw_fd(), CONSOLE_FD),
+        (agent.as_raw_fd(), AGENT_FD),
+    ];
     moves.extend(
         secrets
             .iter()
@@ -123,7 +128,7 @@ pub fn spawn(
         });
     }
     let child = command.spawn();
-    drop((qmp, console, secrets, sockets));
+    drop((qmp, console, agent, secrets, sockets));
     child
 }
 

@@ -213,4 +213,41 @@ async fn a_debian_cloud_image_boots_from_its_disk_and_runs_cloud_init() {
 
     let vm = client.get_vm("cloudvm1").await.unwrap();
     assert_eq!(vm.state, VmState::Running, "{vm:?}");
+
+    // The image runs qemu-guest-agent: the guest's address shows, and a live snapshot freezes
+    // the guest's file systems around it. The agent starts late in the boot; ask until it
+    // answers (a guest without one answers "no" within half a second).
+    let deadline = Instant::now() + CLOUD_BOOT_TIMEOUT;
+    let guest = loop {
+        let guest = client.guest_info("cloudvm1").await.unwrap();
+        if guest.agent || Instant::now() > deadline {
+            break guest;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(guest.agent, "{guest:?}");
+    let addresses: Vec<&str> = guest
+        .interfaces
+        .iter()
+        .flat_map(|i| i.addresses.iter().map(String::as_str))
+        .collect();
+    assert!(
+        addresses.contains(&"10.0.2.15/24"),
+        "user-mode networking's DHCP address: {guest:?}"
+    );
+    let snapshot = vessel_api::CreateSnapshotRequest {
+        name: "frozen".into(),
+        memory: false,
+    };
+    assert!(matches!(
+        client.create_snapshot("cloudvm1", &snapshot, true).await,
+        Ok(Outcome::Done(_))
+    ));
+    let events = client.list_events(Some("cloudvm1"), 50).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("file systems frozen")),
+        "{events:?}"
+    );
 }
