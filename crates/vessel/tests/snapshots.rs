@@ -153,7 +153,9 @@ async fn a_memory_snapshot_resumes_the_guest_where_it_was() {
     let client = daemon.client();
     vm_with_disk(&client, "live1").await;
     act(&client, "live1", VmAction::Start).await;
-    await_console(&client, "live1", "VESSEL-GUEST-READY", 1).await;
+    let boot_id = boot_ids(&await_boots(&client, "live1", 1).await)
+        .pop()
+        .unwrap();
     run_in_guest(
         &client,
         "live1",
@@ -161,9 +163,6 @@ async fn a_memory_snapshot_resumes_the_guest_where_it_was() {
     )
     .await;
     await_console(&client, "live1", "noted-25", 1).await;
-    let boot_id = boot_ids(&await_boots(&client, "live1", 1).await)
-        .pop()
-        .unwrap();
 
     snapshot(&client, "live1", "warm", true).await;
     let list = client.list_snapshots("live1").await.unwrap();

@@ -290,15 +290,17 @@ pub async fn await_state(client: &Client, vm: &str, state: VmState) -> Vm {
     await_vm(client, vm, state.as_str(), |v| v.state == state).await
 }
 
-/// The boot ids the guest printed, in order; only whole ones (32 hex digits and the line's end).
+/// The boot ids the guest printed, in order; only whole ones: 32 hex digits with something after
+/// them (a chunk of console output can end in the middle of an id, and typed input can follow an
+/// id before its newline does).
 pub fn boot_ids(console: &str) -> Vec<String> {
     console
         .split("VESSEL-GUEST-READY boot=")
         .skip(1)
         .filter_map(|rest| {
-            let id: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-            let complete = id.len() == 32 && rest[32..].starts_with(['\r', '\n']);
-            complete.then_some(id)
+            let id = rest.get(..32)?;
+            let complete = id.chars().all(|c| c.is_ascii_hexdigit()) && rest.len() > 32;
+            complete.then(|| id.to_string())
         })
         .collect()
 }
