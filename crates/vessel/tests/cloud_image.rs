@@ -17,7 +17,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
-use http_body_util::BodyExt;
 use vessel_api::{CreateVmRequest, ImportImageRequest, NicKind, RestartPolicy, VmState};
 use vessel_cli::{Client, Outcome};
 
@@ -67,43 +66,24 @@ fn sha256_of(path: &Path) -> String {
 /// needle, the time it first appeared (from the call).
 async fn await_all(client: &Client, vm: &str, needles: &[&str]) -> (String, Vec<Duration>) {
     let started = Instant::now();
-    let follow = async {
-        let mut body = client.console_log(vm, true).await.expect("console log");
-        let mut seen = Vec::new();
-        let mut found: Vec<Option<Duration>> = vec![None; needles.len()];
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.expect("console stream").into_data() {
-                seen.extend_from_slice(&data);
-                let text = String::from_utf8_lossy(&seen);
-                for (needle, at) in needles.iter().zip(found.iter_mut()) {
-                    if at.is_none() && text.contains(needle) {
-                        *at = Some(started.elapsed());
-                    }
-                }
-                if found.iter().all(Option::is_some) {
-                    return (text.into_owned(), found.into_iter().flatten().collect());
+    let found: Vec<std::cell::Cell<Option<Duration>>> =
+        needles.iter().map(|_| std::cell::Cell::new(None)).collect();
+    let text = await_console_within(
+        client,
+        vm,
+        &format!("{needles:?}"),
+        CLOUD_BOOT_TIMEOUT,
+        |text| {
+            for (needle, at) in needles.iter().zip(&found) {
+                if at.get().is_none() && text.contains(needle) {
+                    at.set(Some(started.elapsed()));
                 }
             }
-        }
-        panic!("console of {vm} ended before {needles:?} all appeared");
-    };
-    match tokio::time::timeout(CLOUD_BOOT_TIMEOUT, follow).await {
-        Ok(result) => result,
-        Err(_) => {
-            let log = client.console_log(vm, false).await.expect("console log");
-            let bytes = log
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let text = String::from_utf8_lossy(&bytes);
-            let missing: Vec<_> = needles.iter().filter(|n| !text.contains(**n)).collect();
-            panic!(
-                "{missing:?} did not appear on {vm}'s console within {CLOUD_BOOT_TIMEOUT:?}; \
-                 console so far:\n{text}"
-            );
-        }
-    }
+            found.iter().all(|at| at.get().is_some())
+        },
+    )
+    .await;
+    (text, found.iter().filter_map(|at| at.get()).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

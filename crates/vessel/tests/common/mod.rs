@@ -238,6 +238,17 @@ pub async fn await_console_until(
     what: &str,
     done: impl Fn(&str) -> bool,
 ) -> String {
+    await_console_within(client, vm, what, BOOT_TIMEOUT, done).await
+}
+
+/// [`await_console_until`] with its own time limit.
+pub async fn await_console_within(
+    client: &Client,
+    vm: &str,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
     let follow = async {
         let mut body = client.console_log(vm, true).await.expect("console log");
         let mut seen = Vec::new();
@@ -252,7 +263,7 @@ pub async fn await_console_until(
         }
         panic!("console of {vm} ended before {what} appeared");
     };
-    match tokio::time::timeout(BOOT_TIMEOUT, follow).await {
+    match tokio::time::timeout(limit, follow).await {
         Ok(text) => text,
         Err(_) => {
             let log = client.console_log(vm, false).await.expect("console log");
@@ -262,7 +273,7 @@ pub async fn await_console_until(
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
             panic!(
-                "{what} did not appear on {vm}'s console; console so far:\n{}",
+                "{what} did not appear on {vm}'s console within {limit:?}; console so far:\n{}",
                 String::from_utf8_lossy(&bytes)
             );
         }
