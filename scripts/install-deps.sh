@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Vessel needs on a Debian/Ubuntu host: QEMU (system emulator + qemu-img) and the
 # tools the test-guest build uses. Idempotent; safe to run again.
+#
+#   scripts/install-deps.sh          what the daemon and the demo need
+#   scripts/install-deps.sh --test   also what the tests use: promtool (package prometheus, which
+#                                    on a systemd host also starts a Prometheus server) and
+#                                    isoinfo (genisoimage)
 set -euo pipefail
+for_tests=
+[ "${1:-}" = "--test" ] && for_tests=1
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 
@@ -15,16 +22,19 @@ have_qemu() {
 		command -v depmod >/dev/null 2>&1 && command -v cpio >/dev/null 2>&1
 }
 
-# promtool (Debian package `prometheus`) validates the /metrics output in vessel-metrics' tests.
-have_promtool() { command -v promtool >/dev/null 2>&1; }
+# promtool (Debian package `prometheus`) validates the /metrics output in the tests; isoinfo
+# (genisoimage) reads back the cloud-init seed images.
+have_test_tools() { command -v promtool >/dev/null 2>&1 && command -v isoinfo >/dev/null 2>&1; }
+test_packages=()
+[ -n "$for_tests" ] && test_packages=(prometheus genisoimage)
 
 if have_qemu; then
 	log "QEMU present: $(qemu-system-x86_64 --version | head -n1)"
-	if ! have_promtool; then
-		log "installing prometheus (for promtool)"
+	if [ -n "$for_tests" ] && ! have_test_tools; then
+		log "installing ${test_packages[*]} (for the tests)"
 		export DEBIAN_FRONTEND=noninteractive
 		apt-get update -qq
-		apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+		apt-get install -y -qq --no-install-recommends "${test_packages[@]}" >/dev/null
 	fi
 	exit 0
 fi
@@ -42,7 +52,7 @@ if [ -z "$version" ] || [ "$version" = "(none)" ]; then
 fi
 log "installing qemu-system-x86 and qemu-utils $version"
 apt-get install -y -qq --no-install-recommends --allow-downgrades \
-	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates genisoimage \
-	prometheus >/dev/null
+	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates \
+	"${test_packages[@]}" >/dev/null
 have_qemu || { log "QEMU still missing after install"; exit 1; }
 log "installed: $(qemu-system-x86_64 --version | head -n1)"

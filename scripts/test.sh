@@ -9,7 +9,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ "$(id -u)" -eq 0 ]; then
-	scripts/install-deps.sh
+	scripts/install-deps.sh --test
 fi
 bash scripts/build-test-guest.sh >/dev/null
 cargo test --workspace --locked "$@"
