@@ -80,7 +80,8 @@ pub struct VmSpec {
     pub machine: Machine,
     pub nic: NicKind,
     pub restart_policy: RestartPolicy,
-    /// Pool volumes attached as SCSI disks, in attach order (the guest sees sda, sdb, ...).
+    /// Pool volumes attached as SCSI disks, in attach order. A Linux guest usually names them
+    /// sda, sdb, ... in this order; their serial numbers are the volume names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<VmDisk>,
     /// A cloud-init NoCloud seed is attached (as a CD-ROM labelled `cidata`); its user-data is

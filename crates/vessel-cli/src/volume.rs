@@ -40,8 +40,8 @@ pub enum VolumeCommand {
     Delete(VolumeArgs),
     /// Attach a volume to a VM as a disk, also while the VM runs (hot-plug).
     ///
-    /// The volume becomes the VM's next SCSI disk (sda, sdb, ... in a Linux guest, in attach
-    /// order; its serial number is the volume's name). A running VM sees the new disk at once.
+    /// The volume becomes the VM's next SCSI disk (a Linux guest usually names them sda, sdb,
+    /// ... in attach order; its serial number is the volume's name, for /dev/disk/by-id). A running VM sees the new disk at once.
     /// A volume is written by one running VM at a time unless every attachment is --shareable.
     #[command(
         after_help = "Examples:\n  vessel volume attach data1 web1\n  vessel volume attach iso1 web1 --read-only\n  vessel volume attach shared web1 --shareable   # cluster file systems only"

@@ -231,9 +231,11 @@ async fn a_running_vm_snapshots_its_disks_atomically_and_briefly() {
     let offline = img.snapshot_list(&data, Format::Qcow2, true).await.unwrap();
     assert_eq!(offline[0].name, "s1");
 
-    // The guest overwrites the data after the snapshot (sda is vd0, the first SCSI disk).
+    // The guest overwrites the data after the snapshot. Linux names SCSI disks in the order
+    // their probes finish, not always in attach order: find vd0 by its size (64 MiB).
     vm.run(
-        "dd if=/dev/zero of=/dev/sda bs=65536 count=1 conv=fsync 2>/dev/null; echo WROTE-$((1+1))",
+        "for d in /sys/block/sd*; do [ $(cat $d/size) = 131072 ] && dev=${d##*/}; done; \
+         dd if=/dev/zero of=/dev/$dev bs=65536 count=1 conv=fsync 2>/dev/null; echo WROTE-$((1+1))",
         "WROTE-2",
     )
     .await;
