@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Vessel benchmark: image import throughput vs `cp` of the same file on the same disk.
 
-Usage: python3 bench/import.py [--example PATH] [--size-mib N] [--runs N] [--dir DIR]
+Usage: python3 bench/import.py [--example PATH] [--size-mib N] [--runs N] [--dir DIR] [--json]
 
 Builds nothing: pass the release example binary (default
 $CARGO_TARGET_DIR/release/examples/import, else target/release/examples/import), built with
@@ -12,7 +12,7 @@ help it. Each run alternates `cp SRC DST`, `cp SRC DST; sync DST` and the import
 file, writes it, computes its SHA-256 in the same pass, fsyncs it, then validates it with
 qemu-img), with `sync` between runs so that one run's dirty pages do not slow the next. The page
 cache is warm for all of them (the source fits in memory): this measures the copy machinery, not
-the disk. Prints JSON and a Markdown table (paste into docs/benchmarks.md).
+the disk. Prints JSON and a Markdown table; with --json only the JSON (for bench/all.py).
 """
 import argparse
 import json
@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where the files go (default: a temp dir)")
+    ap.add_argument("--json", action="store_true", help="print only JSON")
     args = ap.parse_args()
     if not os.path.exists(args.example):
         raise SystemExit(
@@ -113,6 +114,8 @@ def main():
             "ratio_import_vs_cp_sync": med["cp_sync"] / med["import"],
         }
         print(json.dumps(results, indent=2))
+        if args.json:
+            return
         print()
         print(f"| {size // MIB} MiB, random data, warm cache, median of {args.runs} | seconds | MiB/s | vs cp |")
         print("| --- | --- | --- | --- |")

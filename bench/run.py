@@ -2,9 +2,11 @@
 """Vessel benchmarks (issue 2): start overhead, boot time vs raw QEMU, daemon memory, list latency.
 
 Usage: python3 bench/run.py [--vessel target/release/vessel] [--guest-dir DIR] [--runs N]
+                            [--list-vms N] [--list-requests N] [--json]
 
 Everything runs on this machine in one go, side by side, with the same kernel, initramfs, machine
-type and QEMU. Prints a Markdown report (paste into docs/benchmarks.md).
+type and QEMU. Prints JSON (medians, plus each figure's runs summarized as median/p90/min/max in
+the `*_ms` summaries); --json is accepted for uniformity with the other scripts (bench/all.py).
 """
 import argparse
 import http.client
@@ -169,6 +171,13 @@ def p99_ms(xs):
     return xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000
 
 
+def spread_ms(xs):
+    """median, p90, min, max and count of a list of seconds, in milliseconds."""
+    s = sorted(x * 1000 for x in xs)
+    return {"median": round(statistics.median(s), 3), "p90": round(s[min(len(s) - 1, int(len(s) * 0.9))], 3),
+            "min": round(s[0], 3), "max": round(s[-1], 3), "n": len(s)}
+
+
 def bench_start_overhead(d, guest, runs):
     api(d.sock, "POST", "/v1/vms", vm_body("start-bench", guest))
     vessel, raw = [], []
@@ -180,7 +189,8 @@ def bench_start_overhead(d, guest, runs):
         d.cli("vm", "kill", "start-bench")
     overhead = [v - r for v, r in zip(vessel, raw)]
     return {"raw_launch_to_qmp_ms": median_ms(raw), "vessel_start_ms": median_ms(vessel),
-            "overhead_median_ms": median_ms(overhead)}
+            "overhead_median_ms": median_ms(overhead),
+            "raw_ms": spread_ms(raw), "vessel_ms": spread_ms(vessel), "overhead_ms": spread_ms(overhead)}
 
 
 def vessel_boot_once(d, name):
@@ -210,7 +220,10 @@ def bench_boot(d, guest, runs):
         raw.append(raw_boot_to_ready(guest))
         vessel.append(vessel_boot_once(d, "boot-bench"))
     return {"raw_boot_ms": median_ms(raw), "vessel_boot_ms": median_ms(vessel),
-            "ratio": statistics.median(vessel) / statistics.median(raw)}
+            "ratio": statistics.median(vessel) / statistics.median(raw),
+            "raw_ms": spread_ms(raw), "vessel_ms": spread_ms(vessel),
+            "pair_ratio": {k: round(v / 1000, 3) for k, v in
+                           spread_ms([v / r for v, r in zip(vessel, raw)]).items() if k != "n"}}
 
 
 def bench_memory(vessel, guest):
@@ -227,12 +240,12 @@ def bench_memory(vessel, guest):
         d.close()
 
 
-def bench_list(vessel, guest, requests=500):
+def bench_list(vessel, guest, requests=500, vms=1000):
     d = Daemon(vessel)
     try:
-        for i in range(1000):
+        for i in range(vms):
             api(d.sock, "POST", "/v1/vms?wait=false", vm_body(f"list{i:04}", guest))
-        assert len(api(d.sock, "GET", "/v1/vms")) == 1000
+        assert len(api(d.sock, "GET", "/v1/vms")) == vms
         # Measure a quiet daemon: wait until the create operations have all been carried out.
         deadline = time.time() + 120
         while any(op["status"] in ("pending", "running") for op in api(d.sock, "GET", "/v1/operations")):
@@ -248,7 +261,8 @@ def bench_list(vessel, guest, requests=500):
             resp.read()
             lat.append(time.perf_counter() - t0)
             conn.close()
-        return {"p50_ms": median_ms(lat), "p99_ms": p99_ms(lat), "rss_1000_vms_mib": d.rss_kib() / 1024}
+        return {"p50_ms": median_ms(lat), "p99_ms": p99_ms(lat), "rss_1000_vms_mib": d.rss_kib() / 1024,
+                "vms": vms, "requests": requests, "max_ms": max(lat) * 1000}
     finally:
         d.close()
 
@@ -258,10 +272,13 @@ def main():
     ap.add_argument("--vessel", default="target/release/vessel")
     ap.add_argument("--guest-dir", default=os.environ.get("VESSEL_TEST_GUEST_DIR", os.path.expanduser("~/.cache/vessel/test-guest")))
     ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--list-vms", type=int, default=1000)
+    ap.add_argument("--list-requests", type=int, default=500)
+    ap.add_argument("--json", action="store_true", help="print only JSON (the default output already is)")
     a = ap.parse_args()
     vessel = os.path.abspath(a.vessel)
-    results = {}
-    results["list"] = bench_list(vessel, a.guest_dir)
+    results = {"runs": a.runs}
+    results["list"] = bench_list(vessel, a.guest_dir, a.list_requests, a.list_vms)
     d = Daemon(vessel)
     try:
         results["start"] = bench_start_overhead(d, a.guest_dir, a.runs)

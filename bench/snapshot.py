@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Vessel benchmark: snapshots of a running VM (QEMU 7.2, TCG, the Vessel test guest).
 
-Usage: python3 bench/snapshot.py [--guest-dir DIR] [--runs N] [--mem-runs N] [--data-mib N]
+Usage: python3 bench/snapshot.py [--guest-dir DIR] [--runs N] [--mem-runs N] [--data-mib N] [--json]
 
 The VM is the test guest (q35, 1 vCPU, 128 MiB, direct kernel boot) with a 1 GiB qcow2 data disk on
 the virtio-scsi controller, as Vessel starts it, holding --data-mib MiB of written data. The QMP
@@ -18,7 +18,8 @@ commands are the ones vessel-qemu's snapshot functions send (crates/vessel-qemu/
   timestamps (microseconds, QEMU's host clock).
 - delete: `blockdev-snapshot-delete-internal-sync` (not a pause: reported for completeness).
 
-Prints JSON: medians (and min/max) in milliseconds.
+Prints JSON: medians (and min/max) in milliseconds. --json is accepted for uniformity with the
+other scripts (bench/all.py): the output is JSON either way.
 """
 import argparse
 import json
@@ -178,6 +179,7 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--mem-runs", type=int, default=5)
     ap.add_argument("--data-mib", type=int, default=500)
+    ap.add_argument("--json", action="store_true", help="print only JSON (the default output already is)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="vessel-snapbench-")
     results = {"qemu": subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
