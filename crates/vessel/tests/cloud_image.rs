@@ -179,7 +179,21 @@ async fn a_debian_cloud_image_boots_from_its_disk_and_runs_cloud_init() {
         console.contains("root=LABEL=vessel-root"),
         "the kernel came from GRUB on the disk:\n{console}"
     );
-    // growpart + resize2fs grew the root fs from about 1 GiB to about 2 GiB.
+    // growpart + resize2fs grew the root fs from about 1 GiB to about 2 GiB. The marker line may
+    // have arrived in pieces: wait for its end.
+    let marker = "VESSEL-CLOUD-RAN host=cloudvm1 sum=42 rootfs=";
+    let console = await_console_within(
+        &client,
+        "cloudvm1",
+        "the whole marker line",
+        CLOUD_BOOT_TIMEOUT,
+        |text| {
+            text.split(marker)
+                .nth(1)
+                .is_some_and(|rest| rest.contains('\n'))
+        },
+    )
+    .await;
     let rootfs_mib: u64 = console
         .split("VESSEL-CLOUD-RAN host=cloudvm1 sum=42 rootfs=")
         .nth(1)
