@@ -25,7 +25,9 @@ pub struct EventListArgs {
     /// Only this VM's events.
     #[arg(long, value_name = "NAME")]
     pub vm: Option<String>,
-    /// Only events of these kinds (comma-separated): info, state, operation, alert.
+    /// Only events of these kinds (comma-separated): info, state, operation, alert. The list
+    /// holds recorded events (info, alert); state and operation events are only streamed
+    /// (--follow).
     #[arg(long = "type", value_name = "KINDS", value_delimiter = ',', value_parser = kind_parser())]
     pub kinds: Vec<EventKind>,
     /// Keep printing events as they happen (state changes, operations, alerts), until Ctrl-C.

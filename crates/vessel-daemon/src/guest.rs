@@ -27,6 +27,25 @@ pub fn agent(ctx: &Ctx, vm: &str) -> GuestAgent {
     GuestAgent::new(RunFiles::in_dir(&ctx.vm_dir(vm)).agent_socket)
 }
 
+/// Whether the guest of `vm` (QEMU `pid`) runs an agent. A guest that did not answer lately is
+/// not asked again for a while, so callers (`vm show`, live snapshots) do not each pay a ping.
+pub async fn agent_answers(ctx: &Ctx, vm: &str, pid: u32, agent: &GuestAgent) -> bool {
+    let silent = &ctx.agents.silent;
+    if let Some((cached_pid, at)) = silent.lock().expect("agent cache").get(vm) {
+        if *cached_pid == pid && at.elapsed() < NO_AGENT_REMEMBERED {
+            return false;
+        }
+    }
+    let answers = agent.ping().await;
+    let mut silent = silent.lock().expect("agent cache");
+    if answers {
+        silent.remove(vm);
+    } else {
+        silent.insert(vm.to_string(), (pid, Instant::now()));
+    }
+    answers
+}
+
 impl Service {
     pub async fn guest_info(&self, name: &str) -> Result<GuestInfo, ApiError> {
         let vm = self.get_vm(name).await?;
@@ -44,22 +63,10 @@ impl Service {
                 "no guest agent answers; install and start qemu-guest-agent in the guest".into(),
             ),
         };
-        let cache = &self.ctx.agents;
-        if let Some((cached_pid, at)) = cache.silent.lock().expect("agent cache").get(name) {
-            if *cached_pid == pid && at.elapsed() < NO_AGENT_REMEMBERED {
-                return Ok(no_agent());
-            }
-        }
         let agent = agent(&self.ctx, name);
-        if !agent.ping().await {
-            cache
-                .silent
-                .lock()
-                .expect("agent cache")
-                .insert(name.to_string(), (pid, Instant::now()));
+        if !agent_answers(&self.ctx, name, pid, &agent).await {
             return Ok(no_agent());
         }
-        cache.silent.lock().expect("agent cache").remove(name);
         let interfaces = agent
             .interfaces()
             .await

@@ -253,6 +253,11 @@ pub fn router(service: Service) -> Router {
         .with_state(service)
 }
 
+/// The `wait` query parameter (default true), the only one most mutating routes take.
+fn wait_param(q: Option<String>) -> Result<bool, HttpError> {
+    Params::parse(q, &["wait"])?.flag("wait", true)
+}
+
 /// Runs the operation's wait (unless `wait=false`) and shapes the response.
 async fn finish(
     service: &Service,
@@ -296,7 +301,7 @@ async fn create_vm(
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<CreateVmRequest>,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.create_vm(&req).await?;
     finish(&s, op, wait, StatusCode::CREATED).await
 }
@@ -314,7 +319,7 @@ async fn edit_vm(
     RawQuery(q): RawQuery,
     ApiJson(edit): ApiJson<EditVmRequest>,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let options = ActionOptions {
         edit: Some(edit),
         ..Default::default()
@@ -346,7 +351,7 @@ async fn simple_action(
     q: Option<String>,
     action: OperationAction,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.submit(&name, action, ActionOptions::default()).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
@@ -367,7 +372,7 @@ async fn stop_vm(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let req: StopVmRequest = optional_json(&body)?;
     let options = ActionOptions {
         force: req.force,
@@ -394,7 +399,7 @@ async fn reboot_vm(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let req: vessel_api::RebootVmRequest = optional_json(&body)?;
     let options = ActionOptions {
         force: req.force,
@@ -431,7 +436,7 @@ async fn attach_disk(
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::AttachDiskRequest>,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.attach_disk(&name, &req).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
@@ -444,7 +449,7 @@ async fn detach_disk(
     Path((name, pool, volume)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.detach_disk(&name, &pool, &volume).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
@@ -510,7 +515,7 @@ async fn create_snapshot(
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::CreateSnapshotRequest>,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.create_snapshot(&name, &req).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
@@ -523,7 +528,7 @@ async fn revert_snapshot(
     Path((name, snapshot)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.revert_snapshot(&name, &snapshot).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
@@ -536,7 +541,7 @@ async fn delete_snapshot(
     Path((name, snapshot)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.delete_snapshot(&name, &snapshot).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
@@ -582,7 +587,7 @@ async fn import_image(
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::ImportImageRequest>,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.import_image(&req).await?;
     finish_host(&s, op, wait, StatusCode::CREATED).await
 }
@@ -610,7 +615,7 @@ async fn import_volume(
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::ImportVolumeRequest>,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.import_volume(&pool, &req).await?;
     finish_host(&s, op, wait, StatusCode::CREATED).await
 }
@@ -624,7 +629,7 @@ async fn export_volume(
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::ExportVolumeRequest>,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.export_volume(&pool, &name, &req).await?;
     finish_host(&s, op, wait, StatusCode::OK).await
 }
@@ -723,7 +728,7 @@ async fn clone_volume(
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::CloneVolumeRequest>,
 ) -> ApiResult<Response> {
-    let wait = Params::parse(q, &["wait"])?.flag("wait", true)?;
+    let wait = wait_param(q)?;
     let op = s.clone_volume(&pool, &name, &req).await?;
     finish_host(&s, op, wait, StatusCode::CREATED).await
 }

@@ -9,18 +9,18 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use vessel_api::{
     ApiError, ExportVolumeRequest, ExportedVolume, Image, ImportImageRequest, ImportVolumeRequest,
-    Operation, OperationAction, VolumeFormat,
+    Operation, OperationAction,
 };
 use vessel_core::validate_name;
-use vessel_storage::{
-    CancelToken, ExportOptions, Format, ImportOptions, ImportSource, StoragePool,
-};
+use vessel_storage::{CancelToken, ExportOptions, ImportOptions, ImportSource, StoragePool};
 use vessel_store::{Compare, Op, Txn};
 
 use crate::host_ops;
 use crate::model::{decode, encode, now_ms};
 use crate::pools::DEFAULT_POOL;
 use crate::service::{store_error, Service};
+use crate::volumes::{from_format, to_format};
+use crate::worker::error_chain;
 
 pub const IMAGES_PREFIX: &str = "images/";
 
@@ -61,24 +61,6 @@ fn parse_source(source: &str) -> Result<ImportSource, ApiError> {
     Ok(ImportSource::File(PathBuf::from(source)))
 }
 
-pub(crate) fn from_format(format: Format) -> VolumeFormat {
-    match format {
-        Format::Qcow2 => VolumeFormat::Qcow2,
-        Format::Raw => VolumeFormat::Raw,
-    }
-}
-
-fn to_format(format: VolumeFormat) -> Format {
-    match format {
-        VolumeFormat::Qcow2 => Format::Qcow2,
-        VolumeFormat::Raw => Format::Raw,
-    }
-}
-
-fn error_text(e: &dyn std::error::Error) -> String {
-    crate::worker::error_chain(e)
-}
-
 /// Reports an import's or export's progress as one percentage over its phases.
 fn track(progress: host_ops::Progress) -> impl FnMut(vessel_storage::ImportProgress) + Send {
     use vessel_storage::ImportPhase;
@@ -113,11 +95,11 @@ impl Service {
         let info = pool
             .volume(&record.name)
             .await
-            .map_err(|e| ApiError::internal(error_text(&e)))?;
+            .map_err(|e| ApiError::internal(error_chain(&e)))?;
         let dependents = pool
             .list_volumes()
             .await
-            .map_err(|e| ApiError::internal(error_text(&e)))?
+            .map_err(|e| ApiError::internal(error_chain(&e)))?
             .into_iter()
             .filter(|v| v.backing_volume.as_deref() == Some(record.name.as_str()))
             .map(|v| v.name)
@@ -204,7 +186,7 @@ impl Service {
                 let imported = pool
                     .import_volume(&name, source, &opts, &mut track(progress))
                     .await
-                    .map_err(|e| error_text(&e))?;
+                    .map_err(|e| error_chain(&e))?;
                 let image = ImageRecord {
                     name: name.clone(),
                     pool: pool_name,
@@ -281,7 +263,7 @@ impl Service {
             move |progress| async move {
                 pool.import_volume(&name, source, &opts, &mut track(progress))
                     .await
-                    .map_err(|e| error_text(&e))?;
+                    .map_err(|e| error_chain(&e))?;
                 let volume = service
                     .get_volume(&pool_name, &name)
                     .await
@@ -341,7 +323,7 @@ impl Service {
                 let file = pool
                     .export_volume(&name, Path::new(&dest), &opts, &mut track(progress))
                     .await
-                    .map_err(|e| error_text(&e))?;
+                    .map_err(|e| error_chain(&e))?;
                 serde_json::to_value(ExportedVolume {
                     path: file.path.to_string_lossy().into_owned(),
                     bytes: file.size,

@@ -14,14 +14,14 @@ use crate::model::Loaded;
 use crate::service::{ActionOptions, Service};
 use crate::volume_keys;
 
-fn to_format(format: VolumeFormat) -> Format {
+pub(crate) fn to_format(format: VolumeFormat) -> Format {
     match format {
         VolumeFormat::Qcow2 => Format::Qcow2,
         VolumeFormat::Raw => Format::Raw,
     }
 }
 
-fn from_format(format: Format) -> VolumeFormat {
+pub(crate) fn from_format(format: Format) -> VolumeFormat {
     match format {
         Format::Qcow2 => VolumeFormat::Qcow2,
         Format::Raw => VolumeFormat::Raw,

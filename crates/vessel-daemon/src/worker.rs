@@ -576,7 +576,8 @@ impl Worker {
                     // so it holds no half-written file-system state; without one it is
                     // crash-consistent (all disks at one instant).
                     let agent = crate::guest::agent(&self.ctx, &self.name);
-                    let frozen = if agent.ping().await {
+                    let pid = live.instance.pid().pid;
+                    let frozen = if crate::guest::agent_answers(&self.ctx, &self.name, pid, &agent).await {
                         match agent.freeze().await {
                             Ok(n) => {
                                 self.ctx
