@@ -353,6 +353,14 @@ pub fn boot_sector() -> Vec<u8> {
 /// Types a shell command on the VM's serial console (the test guest runs a shell there).
 pub async fn run_in_guest(client: &Client, vm: &str, command: &str) {
     use tokio::io::AsyncWriteExt;
+    // Input typed before the guest's shell runs can be flushed with the tty: wait for the
+    // shell's prompt after the latest boot.
+    await_console_until(client, vm, "the shell prompt", |text| {
+        text.rsplit("VESSEL-GUEST-READY")
+            .next()
+            .is_some_and(|boot| boot.contains("vessel-guest# "))
+    })
+    .await;
     let mut console = client.console_attach(vm).await.expect("attach console");
     console
         .write_all(format!("{command}\n").as_bytes())
