@@ -7,6 +7,7 @@
 mod error;
 mod host;
 mod image;
+mod network;
 mod operation;
 mod pool;
 mod vm;
@@ -15,6 +16,10 @@ pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo, MasterKeyRotation};
 pub use image::{
     ExportVolumeRequest, ExportedVolume, Image, ImportImageRequest, ImportVolumeRequest,
+};
+pub use network::{
+    AddNicRequest, CreateNetworkRequest, IngressPolicy, IngressRule, Network, NetworkKind,
+    RuleProtocol, UpdateNetworkRequest, VmNic,
 };
 pub use operation::{Accepted, Event, EventKind, Operation, OperationAction, OperationStatus};
 pub use pool::{

@@ -28,6 +28,10 @@ pub enum OperationAction {
     ExportVolume,
     /// Copying a volume (or making a linked clone of it).
     CloneVolume,
+    /// Adding a NIC to a VM (hot-plugged when it runs).
+    AddNic,
+    /// Removing a NIC from a VM (hot-unplugged when it runs).
+    RemoveNic,
     /// Started by the daemon itself: a restart after a crash, per the VM's restart policy.
     Restart,
 }
@@ -54,6 +58,8 @@ impl OperationAction {
             OperationAction::ImportVolume => "import-volume",
             OperationAction::ExportVolume => "export-volume",
             OperationAction::CloneVolume => "clone-volume",
+            OperationAction::AddNic => "add-nic",
+            OperationAction::RemoveNic => "remove-nic",
             OperationAction::Restart => "restart",
         }
     }

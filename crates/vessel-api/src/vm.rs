@@ -19,7 +19,7 @@ impl Machine {
     }
 }
 
-/// Network interface of the VM. Only QEMU user-mode NAT exists until managed networks land.
+/// The VM's built-in NIC: none, or QEMU user-mode NAT. NICs on networks are in `nics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NicKind {
@@ -88,6 +88,10 @@ pub struct VmSpec {
     /// kept encrypted by the daemon, not in the spec.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cloud_init: bool,
+    /// NICs on networks (taps on bridges, or user-mode NAT), in order: the guest names them
+    /// eth0, eth1, ... after the `nic` of kind `user`, if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::VmNic>,
 }
 
 /// A pool volume attached to a VM. It is a SCSI disk on the VM's virtio-scsi controller, which
@@ -169,6 +173,9 @@ pub struct CreateVmRequest {
     /// cloud-init network-config (version 1 or 2); attaches a NoCloud seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_config: Option<String>,
+    /// NICs on networks, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::AddNicRequest>,
 }
 
 /// `PATCH /v1/vms/{name}`: only allowed while the VM is stopped. Absent fields stay as they are.

@@ -588,6 +588,7 @@ mod tests {
                 restart_policy: RestartPolicy::OnFailure,
                 disks: vec![],
                 cloud_init: false,
+                nics: vec![],
             },
             desired_state: match state {
                 VmState::Running => DesiredState::Running,

@@ -102,6 +102,7 @@ fn sample_vm() -> Vm {
             restart_policy: RestartPolicy::Never,
             disks: vec![],
             cloud_init: false,
+            nics: vec![],
         },
         desired_state: DesiredState::Running,
         state: VmState::Running,

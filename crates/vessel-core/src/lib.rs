@@ -6,6 +6,7 @@
 pub mod disks;
 pub mod lifecycle;
 pub mod name;
+pub mod network;
 pub mod spec;
 pub mod units;
 

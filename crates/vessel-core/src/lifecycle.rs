@@ -70,17 +70,23 @@ pub fn check_action(action: OperationAction, state: VmState, force: bool) -> Res
             state.as_str()
         )),
         // Hot-plug needs the VM settled: not while QEMU is coming up or going down.
-        OperationAction::AttachDisk | OperationAction::DetachDisk | OperationAction::ResizeDisk
+        OperationAction::AttachDisk
+        | OperationAction::DetachDisk
+        | OperationAction::ResizeDisk
+        | OperationAction::AddNic
+        | OperationAction::RemoveNic
             if !matches!(state, VmState::Starting | VmState::Stopping) =>
         {
             Ok(())
         }
-        OperationAction::AttachDisk | OperationAction::DetachDisk | OperationAction::ResizeDisk => {
-            Err(format!(
-                "the VM is {}; wait until it is running or stopped, then try again",
-                state.as_str()
-            ))
-        }
+        OperationAction::AttachDisk
+        | OperationAction::DetachDisk
+        | OperationAction::ResizeDisk
+        | OperationAction::AddNic
+        | OperationAction::RemoveNic => Err(format!(
+            "the VM is {}; wait until it is running or stopped, then try again",
+            state.as_str()
+        )),
         OperationAction::SnapshotCreate
         | OperationAction::SnapshotRevert
         | OperationAction::SnapshotDelete

@@ -94,6 +94,8 @@ pub fn spec_from_create(req: &CreateVmRequest, host: HostCapacity) -> Result<VmS
         restart_policy: req.restart_policy.unwrap_or_default(),
         disks,
         cloud_init: req.user_data.is_some() || req.network_config.is_some(),
+        // NICs on networks need the daemon (addresses, MACs): it adds them with `network::add_nic`.
+        nics: Vec::new(),
     };
     validate_spec(&spec, host)?;
     Ok(spec)

@@ -236,6 +236,7 @@ mod tests {
             restart_policy: RestartPolicy::Never,
             disks: vec![],
             cloud_init: false,
+            nics: vec![],
         }
     }
 
