@@ -5,6 +5,7 @@ use vessel_storage::Format;
 
 use crate::accel::Accel;
 use crate::disk::{self, DiskFile};
+use crate::nic::{self, NicBackend, NicPlan};
 
 /// File descriptor numbers the QMP and console listening sockets have inside QEMU.
 pub const QMP_FD: i32 = 3;
@@ -30,6 +31,8 @@ pub struct CmdlineInputs<'a> {
     pub disks: &'a [DiskFile],
     /// A cloud-init NoCloud seed image (ISO 9660 labelled `cidata`), attached as a CD-ROM.
     pub seed: Option<&'a str>,
+    /// NICs on networks, in order. Their taps are inherited right after the secret pipes.
+    pub nics: &'a [NicPlan],
 }
 
 /// QEMU's option parser splits on commas; a literal comma is written twice.
@@ -135,6 +138,7 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
             ),
         ]);
     }
+    nic_args(inputs, secret_fd, &mut args);
     if spec.nic == NicKind::User {
         args.extend(["-netdev".into(), "user,id=net0".into()]);
         args.extend([
@@ -143,6 +147,27 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
         ]);
     }
     args
+}
+
+/// Root ports (q35) and the NICs on networks; taps are inherited from `first_tap_fd` on, in
+/// NIC order.
+fn nic_args(inputs: &CmdlineInputs<'_>, first_tap_fd: i32, args: &mut Vec<String>) {
+    let machine = inputs.spec.machine;
+    for port in nic::root_ports(machine) {
+        args.extend(["-device".into(), port]);
+    }
+    let mut tap_fd = first_tap_fd;
+    for plan in inputs.nics {
+        let fd = match plan.backend {
+            NicBackend::Tap(_) => {
+                tap_fd += 1;
+                Some(tap_fd - 1)
+            }
+            NicBackend::User => None,
+        };
+        args.extend(["-netdev".into(), nic::netdev_arg(plan, fd)]);
+        args.extend(["-device".into(), nic::device(machine, plan).to_string()]);
+    }
 }
 
 fn machine_option(machine: Machine) -> String {
@@ -249,6 +274,7 @@ mod tests {
             host_tsc_khz: Some(2_000_000),
             disks: &[],
             seed: None,
+            nics: &[],
         })
         .join(" ")
     }
@@ -310,6 +336,19 @@ mod tests {
                     .then(|| std::sync::Arc::new(vessel_storage::VolumeKey::generate().unwrap())),
             });
         let s = spec(Boot::Disk { disk: "/d".into() }, Machine::Q35);
+        let (tap, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let nics = [
+            NicPlan {
+                id: "nic0".into(),
+                mac: "52:54:00:00:00:01".into(),
+                backend: NicBackend::Tap(std::sync::Arc::new(tap.into())),
+            },
+            NicPlan {
+                id: "nic1".into(),
+                mac: "52:54:00:00:00:02".into(),
+                backend: NicBackend::User,
+            },
+        ];
         let args = build(&CmdlineInputs {
             spec: &s,
             accel: Accel::Tcg,
@@ -318,8 +357,14 @@ mod tests {
             host_tsc_khz: None,
             disks: &disks,
             seed: Some("/run/vm/cidata.iso"),
+            nics: &nics,
         });
         let line = args.join(" ");
+        // One encrypted disk takes fd 6, so the tap is the next one.
+        assert!(line.contains("-netdev tap,id=hn-nic0,fd=7"), "{line}");
+        assert!(line.contains("-netdev user,id=hn-nic1"), "{line}");
+        assert!(line.contains(r#""bus":"rp1""#), "{line}");
+        assert!(line.contains("pcie-root-port,id=rp7"), "{line}");
         assert!(line.contains("-device virtio-scsi-pci,id=scsi0"), "{line}");
         let a = line.find(r#""node-name":"vda1""#).expect("first disk");
         let b = line.find(r#""node-name":"vdb2""#).expect("second disk");

@@ -1,6 +1,7 @@
 //! [`Backend`] and [`Instance`] for QEMU.
 
 use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -10,11 +11,12 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
-use vessel_api::Boot;
+use vessel_api::{Boot, Machine};
 use vessel_qmp::{EventStream, Qmp, QmpEvent};
 use vessel_storage::SnapshotInfo;
 
 use crate::cmdline::{self, CmdlineInputs};
+use crate::nic::{NicBackend, NicPlan};
 use crate::process::{self, ExitWatch, InheritedSockets, ProcessId};
 use crate::snapshot;
 use crate::{
@@ -73,6 +75,14 @@ impl Backend for QemuBackend {
             console: UnixListener::bind(&files.console_socket)?,
             agent: UnixListener::bind(&files.agent_socket)?,
             secrets: secrets.iter().map(|s| s.fd()).collect(),
+            taps: request
+                .nics
+                .iter()
+                .filter_map(|n| match &n.backend {
+                    crate::nic::NicBackend::Tap(fd) => Some(fd.as_raw_fd()),
+                    crate::nic::NicBackend::User => None,
+                })
+                .collect(),
         };
         let log = OpenOptions::new()
             .create(true)
@@ -92,6 +102,7 @@ impl Backend for QemuBackend {
             host_tsc_khz: host_tsc_khz(),
             disks: &request.disks,
             seed: seed.as_deref(),
+            nics: &request.nics,
         });
         tracing::debug!(vm = %request.spec.name, ?args, "launching QEMU");
         let child = process::spawn(&self.binary, &args, sockets, log).map_err(|source| {
@@ -387,6 +398,56 @@ impl Instance for QemuInstance {
             }
             return Err(e.into());
         }
+        Ok(())
+    }
+
+    async fn attach_nic(&self, machine: Machine, nic: &NicPlan) -> Result<(), BackendError> {
+        if machine != Machine::Q35 {
+            return Err(BackendError::Refused(
+                "NIC hot-plug needs a q35 VM (microvm has no PCI hot-plug); stop the VM, add the NIC, start it".into(),
+            ));
+        }
+        let netdev = match &nic.backend {
+            NicBackend::Tap(fd) => {
+                let fd = fd.try_clone()?;
+                let name = crate::nic::fd_name(&nic.id);
+                self.qmp
+                    .execute_with_fd("getfd", Some(serde_json::json!({ "fdname": name })), fd)
+                    .await?;
+                serde_json::json!({ "type": "tap", "id": crate::nic::netdev_id(&nic.id), "fd": name })
+            }
+            NicBackend::User => {
+                serde_json::json!({ "type": "user", "id": crate::nic::netdev_id(&nic.id) })
+            }
+        };
+        self.qmp.execute("netdev_add", Some(netdev)).await?;
+        let device = crate::nic::device(machine, nic);
+        if let Err(e) = self.qmp.execute("device_add", Some(device)).await {
+            if let Err(undo) = self.remove_nic_backend(&nic.id).await {
+                tracing::warn!(nic = %nic.id, error = %undo, "could not undo netdev_add");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn unplug_nic(&self, nic_id: &str) -> Result<(), BackendError> {
+        self.qmp
+            .execute(
+                "device_del",
+                Some(serde_json::json!({ "id": crate::nic::device_id(nic_id) })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_nic_backend(&self, nic_id: &str) -> Result<(), BackendError> {
+        self.qmp
+            .execute(
+                "netdev_del",
+                Some(serde_json::json!({ "id": crate::nic::netdev_id(nic_id) })),
+            )
+            .await?;
         Ok(())
     }
 

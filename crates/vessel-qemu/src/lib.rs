@@ -11,6 +11,7 @@ pub mod disk;
 pub mod guest_agent;
 pub mod host;
 mod instance;
+pub mod nic;
 mod process;
 pub mod snapshot;
 pub mod stats;
@@ -41,6 +42,8 @@ pub struct LaunchRequest {
     /// The cloud-init seed image to attach, if the VM has one. QEMU opens it at start; the
     /// caller may remove the file once the VM runs.
     pub seed: Option<PathBuf>,
+    /// The spec's NICs on networks, with their open taps.
+    pub nics: Vec<nic::NicPlan>,
 }
 
 /// The files of a VM's run directory, in one place so that launch and adopt agree.
@@ -121,6 +124,9 @@ pub enum BackendError {
     NotAdoptable { pid: u32, why: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The backend cannot do this for this VM; the text says why and what to do instead.
+    #[error("{0}")]
+    Refused(String),
     /// A snapshot operation was refused or failed; the text says why (QEMU's words included).
     #[error("{0}")]
     Snapshot(String),
@@ -177,6 +183,16 @@ pub trait Instance: Send + Sync {
     async fn unplug_disk(&self, node_name: &str) -> Result<(), BackendError>;
     /// Closes a disk's block node once its device is gone.
     async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError>;
+    /// Hot-plugs a NIC (q35 only: it goes on its PCIe root port). All or nothing.
+    async fn attach_nic(
+        &self,
+        machine: vessel_api::Machine,
+        nic: &nic::NicPlan,
+    ) -> Result<(), BackendError>;
+    /// Asks to unplug a NIC's device; it is gone at the matching [`InstanceEvent::DeviceDeleted`],
+    /// then [`Instance::remove_nic_backend`] closes its tap.
+    async fn unplug_nic(&self, nic_id: &str) -> Result<(), BackendError>;
+    async fn remove_nic_backend(&self, nic_id: &str) -> Result<(), BackendError>;
     /// A handle for the statistics sampler, which works alongside the VM's worker.
     fn stats_probe(&self) -> std::sync::Arc<dyn stats::StatsProbe>;
     /// Grows a disk while the VM runs (QMP `block_resize`); the guest is told the new size.

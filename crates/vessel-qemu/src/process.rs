@@ -65,13 +65,15 @@ fn read_stat(pid: u32) -> io::Result<(char, u64)> {
     }
 }
 
-/// File descriptors QEMU inherits: its listening sockets at fixed numbers, and the read ends of
-/// secret pipes at [`SECRET_FD_BASE`] + index, in order.
+/// File descriptors QEMU inherits: its listening sockets at fixed numbers, then the read ends of
+/// secret pipes from [`SECRET_FD_BASE`] on, then the taps, each list in order.
 pub struct InheritedSockets {
     pub qmp: UnixListener,
     pub console: UnixListener,
     pub agent: UnixListener,
     pub secrets: Vec<RawFd>,
+    /// Open taps of the VM's NICs, inherited right after the secret pipes, in NIC order.
+    pub taps: Vec<RawFd>,
 }
 
 /// Spawns QEMU in a new session (so that a terminal's Ctrl-C to the daemon does not reach it,
@@ -90,6 +92,7 @@ pub fn spawn(
     let secrets = sockets
         .secrets
         .iter()
+        .chain(&sockets.taps)
         .map(|fd| dup_above(*fd, 10))
         .collect::<io::Result<Vec<_>>>()?;
     // Where each inherited fd goes; built before the fork, since the child may not allocate.

@@ -74,6 +74,7 @@ fn request(run_dir: &Path, disks: Vec<DiskFile>) -> LaunchRequest {
         run_dir: run_dir.to_path_buf(),
         disks,
         seed: None,
+        nics: vec![],
     }
 }
 

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -276,6 +277,29 @@ impl Qmp {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.exchange(command, arguments, timeout, None).await
+    }
+
+    /// Runs `command` with a file descriptor attached to it (SCM_RIGHTS), as QMP's `getfd` and
+    /// `add-fd` expect: how a running QEMU receives a tap or a file it may not open itself. The
+    /// descriptor is closed on our side once sent.
+    pub async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: OwnedFd,
+    ) -> Result<Value, QmpError> {
+        self.exchange(command, arguments, DEFAULT_COMMAND_TIMEOUT, Some(fd))
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+        fd: Option<OwnedFd>,
+    ) -> Result<Value, QmpError> {
         let shared = &*self.inner.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let mut message = serde_json::Map::new();
@@ -302,7 +326,11 @@ impl Qmp {
             let writer = Arc::clone(&self.inner.writer);
             let write = tokio::spawn(async move {
                 let mut writer = writer.lock().await;
-                writer.write_all(&bytes).await
+                let sent = match fd {
+                    Some(fd) => send_with_fd(writer.as_ref(), &bytes, fd).await?,
+                    None => 0,
+                };
+                writer.write_all(&bytes[sent..]).await
             });
             match write.await {
                 Ok(Ok(())) => {}
@@ -344,6 +372,54 @@ impl Qmp {
     pub fn is_closed(&self) -> bool {
         *self.inner.shared.closed.borrow()
     }
+}
+
+/// Sends the first part of `bytes` with `fd` attached; returns how many bytes went (the rest
+/// is written as usual: the descriptor travels with the first byte).
+async fn send_with_fd(stream: &UnixStream, bytes: &[u8], fd: OwnedFd) -> io::Result<usize> {
+    loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg_fd(stream.as_raw_fd(), bytes, fd.as_raw_fd())
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+fn sendmsg_fd(socket: RawFd, bytes: &[u8], fd: RawFd) -> io::Result<usize> {
+    // SAFETY: CMSG_SPACE only computes a size from a constant.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header that we fill in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `space` bytes, enough for one header with one fd, so
+    // CMSG_FIRSTHDR is non-null and CMSG_DATA has room for the fd; the buffers outlive the call.
+    let sent = unsafe {
+        let header = libc::CMSG_FIRSTHDR(&msg);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            &fd as *const RawFd as *const u8,
+            libc::CMSG_DATA(header),
+            std::mem::size_of::<RawFd>(),
+        );
+        libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL)
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
 }
 
 /// Reports a handshake step's timeout against the whole handshake budget the
