@@ -14,6 +14,7 @@
 
 pub mod cidr;
 pub mod firewall;
+pub use firewall::{BridgePlan, FirewallPlan, IngressRule, PortPlan, Protocol};
 pub mod link;
 pub mod name;
 pub mod sysctl;
@@ -61,6 +62,8 @@ pub enum Error {
     },
     #[error("netlink request failed: {what}: {detail}")]
     NetlinkOther { what: String, detail: String },
+    #[error("invalid firewall plan for bridge {bridge:?}: {reason}")]
+    InvalidPlan { bridge: String, reason: String },
     #[error("`{program}` is not installed: {hint}")]
     ToolMissing {
         program: &'static str,
