@@ -296,3 +296,266 @@ fn nak(req: &DhcpMessage, params: &ServerParams, reason: String) -> Reply {
         destination: Destination::Broadcast,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::FLAG_BROADCAST;
+
+    const KNOWN: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const STRANGER: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+    const BOUND: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 20);
+
+    fn params() -> ServerParams {
+        ServerParams {
+            server_ip: SERVER,
+            subnet_mask: Ipv4Addr::new(255, 255, 255, 0),
+            router: Some(SERVER),
+            dns: vec![Ipv4Addr::new(10, 9, 0, 2)],
+            domain: Some("vessel.internal".into()),
+            lease_secs: 3600,
+            mtu: Some(1450),
+        }
+    }
+
+    fn bindings() -> HashMap<[u8; 6], Binding> {
+        HashMap::from([(
+            KNOWN,
+            Binding {
+                ip: BOUND,
+                hostname: Some("web-1".into()),
+            },
+        )])
+    }
+
+    fn msg(kind: MessageType, mac: [u8; 6]) -> DhcpMessage {
+        DhcpMessage::client(kind, mac, 0x1234)
+    }
+
+    fn reply(req: &DhcpMessage) -> Reply {
+        match decide(req, &params(), &bindings()) {
+            Decision::Reply(r) => r,
+            Decision::Ignore(why) => panic!("ignored: {why}"),
+        }
+    }
+
+    fn ignored(req: &DhcpMessage) -> Ignored {
+        match decide(req, &params(), &bindings()) {
+            Decision::Ignore(why) => why,
+            Decision::Reply(r) => panic!("unexpected reply {r:?}"),
+        }
+    }
+
+    #[test]
+    fn discover_from_a_known_mac_gets_an_offer_of_its_binding() {
+        let r = reply(&msg(MessageType::Discover, KNOWN));
+        assert_eq!(r.destination, Destination::Broadcast);
+        let m = &r.message;
+        assert_eq!(m.op, BOOTREPLY);
+        assert_eq!(
+            (m.xid, m.flags, m.mac()),
+            (0x1234, FLAG_BROADCAST, Some(KNOWN))
+        );
+        assert_eq!(m.yiaddr, BOUND);
+        assert_eq!(m.ciaddr, Ipv4Addr::UNSPECIFIED);
+        let o = &m.options;
+        assert_eq!(o.message_type, Some(MessageType::Offer));
+        assert_eq!(o.server_id, Some(SERVER));
+        assert_eq!(o.lease_secs, Some(3600));
+        assert_eq!(o.renewal_secs, Some(1800));
+        assert_eq!(o.rebinding_secs, Some(3150));
+        assert_eq!(o.subnet_mask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+        assert_eq!(o.routers, vec![SERVER]);
+        assert_eq!(o.dns_servers, vec![Ipv4Addr::new(10, 9, 0, 2)]);
+        assert_eq!(o.domain_name.as_deref(), Some("vessel.internal"));
+        assert_eq!(o.hostname.as_deref(), Some("web-1"));
+        assert_eq!(o.mtu, Some(1450));
+    }
+
+    #[test]
+    fn unknown_macs_get_silence_never_a_nak() {
+        for kind in [
+            MessageType::Discover,
+            MessageType::Request,
+            MessageType::Inform,
+            MessageType::Release,
+        ] {
+            let mut m = msg(kind, STRANGER);
+            m.options.requested_ip = Some(BOUND);
+            assert_eq!(ignored(&m), Ignored::UnknownClient(STRANGER));
+        }
+    }
+
+    #[test]
+    fn request_for_the_bound_address_is_acked() {
+        // SELECTING: server id and requested address.
+        let mut m = msg(MessageType::Request, KNOWN);
+        m.options.server_id = Some(SERVER);
+        m.options.requested_ip = Some(BOUND);
+        let r = reply(&m);
+        assert_eq!(r.destination, Destination::Broadcast);
+        assert_eq!(r.message.options.message_type, Some(MessageType::Ack));
+        assert_eq!(r.message.yiaddr, BOUND);
+        assert_eq!(r.message.options.lease_secs, Some(3600));
+        // INIT-REBOOT: no server id.
+        m.options.server_id = None;
+        assert_eq!(
+            reply(&m).message.options.message_type,
+            Some(MessageType::Ack)
+        );
+    }
+
+    #[test]
+    fn renewal_is_acked_by_unicast_to_ciaddr() {
+        let mut m = msg(MessageType::Request, KNOWN);
+        m.ciaddr = BOUND;
+        m.flags = 0;
+        let r = reply(&m);
+        assert_eq!(r.destination, Destination::Unicast(BOUND));
+        assert_eq!(r.message.options.message_type, Some(MessageType::Ack));
+        assert_eq!((r.message.ciaddr, r.message.yiaddr), (BOUND, BOUND));
+    }
+
+    #[test]
+    fn request_for_another_address_is_naked() {
+        let wrong = Ipv4Addr::new(10, 9, 0, 99);
+        for server_id in [Some(SERVER), None] {
+            let mut m = msg(MessageType::Request, KNOWN);
+            m.options.server_id = server_id;
+            m.options.requested_ip = Some(wrong);
+            let r = reply(&m);
+            assert_eq!(r.destination, Destination::Broadcast);
+            let n = &r.message;
+            assert_eq!(n.options.message_type, Some(MessageType::Nak));
+            assert_eq!(n.options.server_id, Some(SERVER));
+            assert_eq!(n.yiaddr, Ipv4Addr::UNSPECIFIED);
+            assert_eq!(n.options.lease_secs, None);
+            assert_eq!(n.options.subnet_mask, None);
+            assert!(n.options.message.as_deref().unwrap().contains("10.9.0.99"));
+        }
+        // Renewing a wrong address (ciaddr only) is NAKed too, and broadcast.
+        let mut m = msg(MessageType::Request, KNOWN);
+        m.ciaddr = wrong;
+        let r = reply(&m);
+        assert_eq!(r.message.options.message_type, Some(MessageType::Nak));
+        assert_eq!(r.destination, Destination::Broadcast);
+        // No address at all.
+        let r = reply(&msg(MessageType::Request, KNOWN));
+        assert_eq!(r.message.options.message_type, Some(MessageType::Nak));
+    }
+
+    #[test]
+    fn request_to_another_server_is_ignored() {
+        let other = Ipv4Addr::new(10, 9, 0, 254);
+        let mut m = msg(MessageType::Request, KNOWN);
+        m.options.server_id = Some(other);
+        m.options.requested_ip = Some(Ipv4Addr::new(10, 9, 0, 99));
+        assert_eq!(ignored(&m), Ignored::OtherServer(other));
+    }
+
+    #[test]
+    fn release_and_decline_get_no_reply() {
+        let mut m = msg(MessageType::Release, KNOWN);
+        m.ciaddr = BOUND;
+        assert_eq!(
+            ignored(&m),
+            Ignored::Released {
+                mac: KNOWN,
+                ip: BOUND
+            }
+        );
+        let mut m = msg(MessageType::Decline, KNOWN);
+        m.options.requested_ip = Some(BOUND);
+        let why = ignored(&m);
+        assert_eq!(
+            why,
+            Ignored::Declined {
+                mac: KNOWN,
+                ip: Some(BOUND)
+            }
+        );
+        assert!(why.to_string().contains("another host"), "{why}");
+    }
+
+    #[test]
+    fn inform_gets_an_ack_without_address_or_lease() {
+        let mut m = msg(MessageType::Inform, KNOWN);
+        m.ciaddr = BOUND;
+        let r = reply(&m);
+        assert_eq!(r.destination, Destination::Unicast(BOUND));
+        let a = &r.message;
+        assert_eq!(a.options.message_type, Some(MessageType::Ack));
+        assert_eq!(a.yiaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(a.ciaddr, BOUND);
+        assert_eq!(
+            (
+                a.options.lease_secs,
+                a.options.renewal_secs,
+                a.options.rebinding_secs
+            ),
+            (None, None, None)
+        );
+        assert_eq!(a.options.subnet_mask, Some(Ipv4Addr::new(255, 255, 255, 0)));
+        assert_eq!(a.options.dns_servers, vec![Ipv4Addr::new(10, 9, 0, 2)]);
+    }
+
+    #[test]
+    fn what_is_not_a_client_message_for_this_bridge_is_ignored() {
+        let mut m = msg(MessageType::Discover, KNOWN);
+        m.op = BOOTREPLY;
+        assert_eq!(ignored(&m), Ignored::NotARequest);
+        for kind in [MessageType::Offer, MessageType::Ack, MessageType::Nak] {
+            assert_eq!(ignored(&msg(kind, KNOWN)), Ignored::ServerMessage(kind));
+        }
+        let mut m = msg(MessageType::Discover, KNOWN);
+        m.options.message_type = None;
+        assert_eq!(ignored(&m), Ignored::NoMessageType);
+        let mut m = msg(MessageType::Discover, KNOWN);
+        m.htype = 6;
+        assert_eq!(ignored(&m), Ignored::NotEthernet { htype: 6, hlen: 6 });
+        let mut m = msg(MessageType::Discover, KNOWN);
+        m.giaddr = Ipv4Addr::new(10, 1, 1, 1);
+        assert_eq!(ignored(&m), Ignored::Relayed(Ipv4Addr::new(10, 1, 1, 1)));
+    }
+
+    #[test]
+    fn optional_settings_are_left_out_when_unset() {
+        let p = ServerParams {
+            router: None,
+            dns: vec![],
+            domain: None,
+            mtu: None,
+            lease_secs: u32::MAX,
+            ..params()
+        };
+        let b = HashMap::from([(
+            KNOWN,
+            Binding {
+                ip: BOUND,
+                hostname: None,
+            },
+        )]);
+        let Decision::Reply(r) = decide(&msg(MessageType::Discover, KNOWN), &p, &b) else {
+            panic!("no offer");
+        };
+        let o = &r.message.options;
+        assert!(o.routers.is_empty() && o.dns_servers.is_empty());
+        assert_eq!(
+            (o.domain_name.as_ref(), o.hostname.as_ref(), o.mtu),
+            (None, None, None)
+        );
+        // An infinite lease (0xffffffff) does not overflow T1/T2.
+        assert_eq!(o.lease_secs, Some(u32::MAX));
+        assert_eq!(o.renewal_secs, Some(u32::MAX / 2));
+        assert_eq!(o.rebinding_secs, Some((u64::from(u32::MAX) * 7 / 8) as u32));
+    }
+
+    #[test]
+    fn macs_are_formatted_like_ip_link() {
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 0xab, 0xcd, 0xef]),
+            "52:54:00:ab:cd:ef"
+        );
+    }
+}

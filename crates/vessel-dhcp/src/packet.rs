@@ -426,3 +426,327 @@ fn option_list(o: &DhcpOptions) -> Vec<(u8, Vec<u8>)> {
     put(code::DOMAIN_NAME, bytes(&o.domain_name));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    /// A DISCOVER written byte by byte (not with `encode`), shaped like busybox udhcpc's.
+    fn hand_built_discover() -> Vec<u8> {
+        let mut b = vec![1, 1, 6, 0]; // op, htype, hlen, hops
+        b.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]); // xid
+        b.extend_from_slice(&[0, 3, 0x80, 0]); // secs 3, flags: broadcast
+        b.extend_from_slice(&[0; 16]); // ciaddr yiaddr siaddr giaddr
+        b.extend_from_slice(&MAC);
+        b.resize(HEADER_LEN, 0);
+        b.extend_from_slice(&MAGIC_COOKIE);
+        b.extend_from_slice(&[53, 1, 1]);
+        b.extend_from_slice(&[61, 7, 1, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+        b.extend_from_slice(&[0, 0]); // pads between options
+        b.extend_from_slice(&[50, 4, 10, 0, 0, 7]);
+        b.extend_from_slice(&[57, 2, 0x02, 0x40]); // 576
+        b.extend_from_slice(&[55, 4, 1, 3, 6, 15]);
+        b.extend_from_slice(&[12, 4, b'v', b'm', b'1', 0]); // C string
+        b.extend_from_slice(&[224, 2, 9, 9]); // unknown option: skipped
+        b.push(255);
+        b.resize(300, 0);
+        b
+    }
+
+    fn full_reply() -> DhcpMessage {
+        let mut m = DhcpMessage::client(MessageType::Ack, MAC, 7);
+        m.op = BOOTREPLY;
+        m.yiaddr = Ipv4Addr::new(10, 0, 0, 7);
+        m.options = DhcpOptions {
+            message_type: Some(MessageType::Ack),
+            server_id: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            requested_ip: None,
+            lease_secs: Some(3600),
+            renewal_secs: Some(1800),
+            rebinding_secs: Some(3150),
+            subnet_mask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+            routers: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            max_message_size: None,
+            client_id: None,
+            parameter_list: vec![],
+            dns_servers: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)],
+            mtu: Some(1450),
+            domain_name: Some("lab.example".into()),
+            hostname: Some("vm7".into()),
+            message: None,
+        };
+        m
+    }
+
+    #[test]
+    fn parses_a_hand_built_discover() {
+        let m = DhcpMessage::parse(&hand_built_discover()).unwrap();
+        assert_eq!(m.op, BOOTREQUEST);
+        assert_eq!(m.xid, 0xdeadbeef);
+        assert_eq!(m.secs, 3);
+        assert_eq!(m.flags, FLAG_BROADCAST);
+        assert_eq!(m.mac(), Some(MAC));
+        let o = &m.options;
+        assert_eq!(o.message_type, Some(MessageType::Discover));
+        assert_eq!(o.requested_ip, Some(Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(o.max_message_size, Some(576));
+        assert_eq!(o.parameter_list, vec![1, 3, 6, 15]);
+        assert_eq!(
+            o.client_id.as_deref(),
+            Some(&[1, 0x52, 0x54, 0, 0x12, 0x34, 0x56][..])
+        );
+        assert_eq!(o.hostname.as_deref(), Some("vm1"));
+        assert_eq!(o.server_id, None);
+    }
+
+    #[test]
+    fn encodes_the_wire_layout_byte_by_byte() {
+        let e = full_reply().encode(DEFAULT_MAX_LEN);
+        let b = &e.bytes;
+        assert!(e.omitted.is_empty());
+        assert!(b.len() >= BOOTP_MIN_LEN && b.len() <= DEFAULT_MAX_LEN);
+        assert_eq!(&b[..4], &[2, 1, 6, 0]);
+        assert_eq!(&b[4..8], &[0, 0, 0, 7]);
+        assert_eq!(&b[10..12], &[0x80, 0]);
+        assert_eq!(&b[16..20], &[10, 0, 0, 7]); // yiaddr
+        assert_eq!(&b[28..34], &MAC);
+        assert!(b[44..HEADER_LEN].iter().all(|&x| x == 0)); // chaddr tail, sname, file
+        assert_eq!(&b[HEADER_LEN..MIN_LEN], &MAGIC_COOKIE);
+        assert_eq!(&b[240..243], &[53, 1, 5]);
+        assert_eq!(&b[243..249], &[54, 4, 10, 0, 0, 1]);
+        assert_eq!(&b[249..255], &[51, 4, 0, 0, 0x0e, 0x10]);
+        // END, then only padding.
+        let last = b.iter().rposition(|&x| x != 0).unwrap();
+        assert_eq!(b[last], 255);
+    }
+
+    #[test]
+    fn round_trips_every_option() {
+        let m = full_reply();
+        assert_eq!(
+            DhcpMessage::parse(&m.encode(DEFAULT_MAX_LEN).bytes).unwrap(),
+            m
+        );
+        let mut c = DhcpMessage::client(MessageType::Request, MAC, 9);
+        c.options.requested_ip = Some(Ipv4Addr::new(10, 0, 0, 7));
+        c.options.client_id = Some(vec![1, 2, 3]);
+        c.options.parameter_list = vec![1, 3];
+        c.options.max_message_size = Some(1400);
+        c.options.message = Some("why".into());
+        assert_eq!(DhcpMessage::parse(&c.encode(0).bytes).unwrap(), c);
+    }
+
+    #[test]
+    fn short_messages_are_rejected() {
+        let full = hand_built_discover();
+        for len in 0..MIN_LEN {
+            assert_eq!(
+                DhcpMessage::parse(&full[..len]),
+                Err(ParseError::TooShort { len })
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_parses_or_fails_cleanly() {
+        let full = hand_built_discover();
+        for len in MIN_LEN..=full.len() {
+            match DhcpMessage::parse(&full[..len]) {
+                Ok(_) | Err(ParseError::TruncatedOption { .. }) => {}
+                Err(e) => panic!("length {len}: unexpected {e}"),
+            }
+        }
+        // Cut inside the client id option: its length byte promises more than there is.
+        let cut = MIN_LEN + 3 + 4;
+        assert_eq!(
+            DhcpMessage::parse(&full[..cut]),
+            Err(ParseError::TruncatedOption {
+                code: 61,
+                offset: MIN_LEN + 3
+            })
+        );
+        // Cut right after a code byte: no length byte.
+        assert!(matches!(
+            DhcpMessage::parse(&full[..MIN_LEN + 4]),
+            Err(ParseError::TruncatedOption { code: 61, .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_messages_are_rejected() {
+        let mut big = hand_built_discover();
+        big.resize(MAX_PACKET_LEN, 0);
+        assert!(
+            DhcpMessage::parse(&big).is_ok(),
+            "padding up to the limit is fine"
+        );
+        big.push(0);
+        assert_eq!(
+            DhcpMessage::parse(&big),
+            Err(ParseError::TooLong {
+                len: MAX_PACKET_LEN + 1
+            })
+        );
+        let huge = vec![0xffu8; 65_535];
+        assert!(matches!(
+            DhcpMessage::parse(&huge),
+            Err(ParseError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn header_problems_are_named() {
+        let mut b = hand_built_discover();
+        b[HEADER_LEN] = 0;
+        assert_eq!(DhcpMessage::parse(&b), Err(ParseError::NoMagicCookie));
+        let mut b = hand_built_discover();
+        b[2] = 17;
+        assert_eq!(
+            DhcpMessage::parse(&b),
+            Err(ParseError::BadHardwareLength { hlen: 17 })
+        );
+        // A 16-byte hardware address is legal (but not a MAC).
+        let mut b = hand_built_discover();
+        b[1] = 6;
+        b[2] = 16;
+        assert_eq!(DhcpMessage::parse(&b).unwrap().mac(), None);
+    }
+
+    fn with_options(options: &[u8]) -> Vec<u8> {
+        let mut b = hand_built_discover();
+        b.truncate(MIN_LEN);
+        b.extend_from_slice(options);
+        b
+    }
+
+    #[test]
+    fn option_lengths_are_checked() {
+        for (opts, code, len) in [
+            (&[53u8, 2, 1, 1][..], 53, 2),
+            (&[53, 0][..], 53, 0),
+            (&[54, 3, 1, 2, 3][..], 54, 3),
+            (&[50, 5, 1, 2, 3, 4, 5][..], 50, 5),
+            (&[51, 2, 0, 1][..], 51, 2),
+            (&[57, 1, 9][..], 57, 1),
+            (&[3, 5, 1, 2, 3, 4, 5][..], 3, 5),
+            (&[6, 0][..], 6, 0),
+        ] {
+            assert_eq!(
+                DhcpMessage::parse(&with_options(opts)),
+                Err(ParseError::BadOptionLength { code, len }),
+                "{opts:?}"
+            );
+        }
+        assert_eq!(
+            DhcpMessage::parse(&with_options(&[53, 1, 9])),
+            Err(ParseError::UnknownMessageType(9))
+        );
+        assert_eq!(
+            DhcpMessage::parse(&with_options(&[53, 1, 0])),
+            Err(ParseError::UnknownMessageType(0))
+        );
+    }
+
+    #[test]
+    fn option_area_edge_cases() {
+        // No END: accepted up to the end of the buffer.
+        let m = DhcpMessage::parse(&with_options(&[53, 1, 3])).unwrap();
+        assert_eq!(m.options.message_type, Some(MessageType::Request));
+        // Nothing after the cookie at all.
+        let m = DhcpMessage::parse(&with_options(&[])).unwrap();
+        assert_eq!(m.options, DhcpOptions::default());
+        // Garbage after END is not read.
+        let m = DhcpMessage::parse(&with_options(&[53, 1, 1, 255, 53, 200, 7])).unwrap();
+        assert_eq!(m.options.message_type, Some(MessageType::Discover));
+        // A split option is joined (RFC 3396).
+        let m =
+            DhcpMessage::parse(&with_options(&[12, 2, b'a', b'b', 53, 1, 1, 12, 1, b'c'])).unwrap();
+        assert_eq!(m.options.hostname.as_deref(), Some("abc"));
+        // Overload (52) is ignored; an empty or all-NUL text is none; bad UTF-8 is replaced.
+        let m = DhcpMessage::parse(&with_options(&[52, 1, 3, 12, 0, 15, 2, 0, 0, 56, 1, 0xff]))
+            .unwrap();
+        assert_eq!(m.options.hostname, None);
+        assert_eq!(m.options.domain_name, None);
+        assert_eq!(m.options.message.as_deref(), Some("\u{fffd}"));
+        // A list of addresses.
+        let m = DhcpMessage::parse(&with_options(&[6, 8, 1, 1, 1, 1, 8, 8, 8, 8])).unwrap();
+        assert_eq!(
+            m.options.dns_servers,
+            vec![Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(8, 8, 8, 8)]
+        );
+    }
+
+    #[test]
+    fn encode_leaves_out_what_does_not_fit_but_never_the_lease() {
+        let mut m = full_reply();
+        m.options.domain_name = Some("d".repeat(200));
+        m.options.hostname = Some("h".repeat(200));
+        let e = m.encode(DEFAULT_MAX_LEN);
+        assert!(e.bytes.len() <= DEFAULT_MAX_LEN);
+        assert_eq!(e.omitted, vec![code::DOMAIN_NAME]);
+        let back = DhcpMessage::parse(&e.bytes).unwrap();
+        assert_eq!(back.options.hostname, m.options.hostname);
+        assert_eq!(back.options.lease_secs, Some(3600));
+        assert_eq!(back.options.subnet_mask, m.options.subnet_mask);
+        // A client that accepts more gets everything.
+        let e = m.encode(1000);
+        assert!(e.omitted.is_empty());
+        assert_eq!(DhcpMessage::parse(&e.bytes).unwrap(), m);
+        // An option longer than 255 bytes cannot be encoded in one piece: left out.
+        m.options.hostname = Some("h".repeat(256));
+        assert_eq!(m.encode(MAX_PACKET_LEN).omitted, vec![code::HOSTNAME]);
+        // A limit below the BOOTP minimum is raised to it: the essentials still fit.
+        let e = full_reply().encode(10);
+        assert_eq!(e.bytes.len(), BOOTP_MIN_LEN);
+        assert!(!e.omitted.contains(&code::LEASE_TIME));
+    }
+
+    /// xorshift64*: a deterministic stream of "random" bytes, no dependency needed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let valid = hand_built_discover();
+        for round in 0..50_000 {
+            let mut b = if round % 2 == 0 {
+                let len = (rng.next() % 700) as usize;
+                let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                if b.len() >= MIN_LEN && round % 4 == 0 {
+                    b[HEADER_LEN..MIN_LEN].copy_from_slice(&MAGIC_COOKIE);
+                }
+                b
+            } else {
+                valid.clone()
+            };
+            // Flip a few bytes, mostly in the option area where the lengths are.
+            for _ in 0..(rng.next() % 6) {
+                if b.is_empty() {
+                    break;
+                }
+                let at = if rng.next() % 4 == 0 {
+                    (rng.next() as usize) % b.len()
+                } else {
+                    MIN_LEN.min(b.len() - 1)
+                        + (rng.next() as usize) % (b.len() - MIN_LEN.min(b.len() - 1))
+                };
+                b[at] = rng.next() as u8;
+            }
+            if let Ok(m) = DhcpMessage::parse(&b) {
+                // Whatever parses can be encoded and parsed again.
+                let e = m.encode(MAX_PACKET_LEN);
+                assert!(DhcpMessage::parse(&e.bytes).is_ok());
+            }
+        }
+    }
+}

@@ -434,3 +434,111 @@ fn log_ignored(ifname: &str, xid: u32, why: &Ignored) {
         _ => tracing::debug!(%ifname, xid, "DHCP message ignored: {why}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            ifname: "vb-net1".into(),
+            server_ip: Ipv4Addr::new(10, 8, 0, 1),
+            prefix_len: 24,
+            router: None,
+            dns: vec![],
+            domain: Some("vessel.internal".into()),
+            lease_secs: 3600,
+            mtu: None,
+        }
+    }
+
+    fn invalid(c: ServerConfig) -> String {
+        match c.params() {
+            Err(e @ Error::InvalidConfig { .. }) => e.to_string(),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn subnet_mask_comes_from_the_prefix() {
+        for (prefix, mask) in [
+            (24, Ipv4Addr::new(255, 255, 255, 0)),
+            (30, Ipv4Addr::new(255, 255, 255, 252)),
+            (16, Ipv4Addr::new(255, 255, 0, 0)),
+            (1, Ipv4Addr::new(128, 0, 0, 0)),
+        ] {
+            let c = ServerConfig {
+                prefix_len: prefix,
+                ..config()
+            };
+            assert_eq!(c.params().unwrap().subnet_mask, mask);
+        }
+    }
+
+    #[test]
+    fn bad_configurations_say_what_is_wrong() {
+        for p in [0, 31, 32, 33] {
+            let msg = invalid(ServerConfig {
+                prefix_len: p,
+                ..config()
+            });
+            assert!(
+                msg.contains("vb-net1") && msg.contains("/1 to /30"),
+                "{msg}"
+            );
+        }
+        for name in ["", "a-name-too-long-x", "a/b", "a b", ".."] {
+            let msg = invalid(ServerConfig {
+                ifname: name.into(),
+                ..config()
+            });
+            assert!(msg.contains("interface name"), "{msg}");
+        }
+        for domain in ["", "a..b", "-a.b", "a_b", &"x".repeat(64)] {
+            let msg = invalid(ServerConfig {
+                domain: Some(domain.into()),
+                ..config()
+            });
+            assert!(msg.contains("not a DNS name"), "{msg}");
+        }
+        let msg = invalid(ServerConfig {
+            lease_secs: 10,
+            ..config()
+        });
+        assert!(msg.contains("at least 60"), "{msg}");
+        let msg = invalid(ServerConfig {
+            dns: vec![Ipv4Addr::new(1, 1, 1, 1); 9],
+            ..config()
+        });
+        assert!(msg.contains("at most 8"), "{msg}");
+        let msg = invalid(ServerConfig {
+            mtu: Some(67),
+            ..config()
+        });
+        assert!(msg.contains("68"), "{msg}");
+        let msg = invalid(ServerConfig {
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            ..config()
+        });
+        assert!(msg.contains("0.0.0.0"), "{msg}");
+    }
+
+    #[test]
+    fn bind_errors_say_how_to_fix_them() {
+        let e = bind_error("vb-net1", "bind", io::Error::from_raw_os_error(98));
+        assert_eq!(
+            e.to_string(),
+            "cannot bind DHCP port 67 on vb-net1: address in use (is dnsmasq or another DHCP \
+             server running on this bridge?)"
+        );
+        let e = bind_error(
+            "vb-x",
+            "SO_BINDTODEVICE",
+            io::Error::from_raw_os_error(ENODEV),
+        );
+        assert!(matches!(e, Error::NoSuchInterface { .. }), "{e}");
+        assert!(e.to_string().contains("create the bridge"));
+        let e = bind_error("vb-x", "bind", io::Error::from_raw_os_error(13));
+        assert!(matches!(e, Error::PermissionDenied { .. }), "{e}");
+    }
+}
