@@ -335,6 +335,10 @@ impl Netlink {
             );
             let dst = msg.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                // Bridge-family entries carry the destination as raw bytes.
+                NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                    <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+                }
                 _ => None,
             });
             if let (true, Some(dst)) = (zero_mac, dst) {
