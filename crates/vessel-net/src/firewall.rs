@@ -391,3 +391,163 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(ifname: &str, ipv4: Option<&str>) -> PortPlan {
+        PortPlan {
+            ifname: ifname.to_string(),
+            mac: [0x52, 0x54, 0, 0xab, 0xcd, 0x01],
+            ipv4: ipv4.map(|s| s.parse().unwrap()),
+            port_security: true,
+        }
+    }
+
+    fn bridge() -> BridgePlan {
+        BridgePlan {
+            bridge: "vbr0".to_string(),
+            subnet: Some("10.50.0.1/24".parse().unwrap()),
+            nat_uplink: None,
+            ingress_default_deny: false,
+            ingress: Vec::new(),
+            ports: vec![port("vt0", Some("10.50.0.10"))],
+        }
+    }
+
+    fn plan(b: BridgePlan) -> FirewallPlan {
+        FirewallPlan { bridges: vec![b] }
+    }
+
+    #[test]
+    fn empty_plan_only_removes_vessels_tables() {
+        let script = render(&FirewallPlan::default()).unwrap();
+        assert_eq!(
+            script,
+            "add table bridge vessel\ndelete table bridge vessel\n\
+             add table inet vessel\ndelete table inet vessel\n"
+        );
+    }
+
+    #[test]
+    fn port_security_checks_mac_ip_and_arp_in_forward_and_input() {
+        let script = render(&plan(bridge())).unwrap();
+        for line in [
+            "iifname \"vt0\" jump from_vt0",
+            "ether saddr != 52:54:00:ab:cd:01 counter drop",
+            "arp saddr ether != 52:54:00:ab:cd:01 counter drop",
+            "arp saddr ip != { 10.50.0.10, 0.0.0.0 } counter drop",
+            "ip saddr != 10.50.0.10 counter drop",
+            "ether type != { ip, arp } counter drop",
+        ] {
+            assert!(script.contains(line), "missing {line:?} in\n{script}");
+        }
+        let input = script.split("chain input {").nth(1).unwrap();
+        assert!(input.split('}').next().unwrap().contains("jump from_vt0"));
+        // No ingress chains and no inet chains without default deny or NAT.
+        assert!(!script.contains("to_vt0"));
+        assert!(!script.contains("ct state"));
+    }
+
+    #[test]
+    fn port_without_address_allows_only_dhcp() {
+        let mut b = bridge();
+        b.ports = vec![port("vt0", None)];
+        let script = render(&plan(b)).unwrap();
+        assert!(script.contains("udp sport 68 udp dport 67 return"));
+        assert!(script.contains("ether type ip counter drop"));
+        assert!(script.contains("arp saddr ip != 0.0.0.0 counter drop"));
+    }
+
+    #[test]
+    fn port_without_port_security_gets_no_from_chain() {
+        let mut b = bridge();
+        b.ports[0].port_security = false;
+        assert!(!render(&plan(b)).unwrap().contains("from_vt0"));
+    }
+
+    #[test]
+    fn default_deny_renders_rules_and_the_conntrack_mark() {
+        let mut b = bridge();
+        b.ingress_default_deny = true;
+        b.ingress = vec![
+            IngressRule {
+                proto: Protocol::Tcp,
+                ports: Some((22, 22)),
+                source: Some("192.168.1.7/24".parse().unwrap()),
+            },
+            IngressRule {
+                proto: Protocol::Any,
+                ports: Some((8000, 8100)),
+                source: None,
+            },
+            IngressRule {
+                proto: Protocol::Icmp,
+                ports: None,
+                source: None,
+            },
+        ];
+        let script = render(&plan(b)).unwrap();
+        for line in [
+            "oifname \"vt0\" jump to_vt0",
+            "meta mark & 0x00400000 == 0x00400000 return",
+            "ether type ip ip saddr 192.168.1.0/24 ip protocol tcp tcp dport 22 return",
+            "ether type ip ip protocol { tcp, udp } th dport 8000-8100 return",
+            "ether type ip ip protocol icmp return",
+            "meta mark set meta mark & 0xffbfffff",
+            "ct state established,related meta mark set meta mark | 0x00400000",
+        ] {
+            assert!(script.contains(line), "missing {line:?} in\n{script}");
+        }
+        let output = script.split("chain output {").nth(1).unwrap();
+        assert!(output.split('}').next().unwrap().contains("jump to_vt0"));
+    }
+
+    #[test]
+    fn nat_masquerades_the_subnet_out_of_the_uplink() {
+        let mut b = bridge();
+        b.nat_uplink = Some("eth0".to_string());
+        let script = render(&plan(b)).unwrap();
+        for line in [
+            "oifname \"eth0\" ip saddr 10.50.0.0/24 ip daddr != 10.50.0.0/24 masquerade",
+            "iifname \"vbr0\" oifname \"eth0\" ip saddr 10.50.0.0/24 accept",
+            "iifname \"eth0\" oifname \"vbr0\" ct state established,related accept",
+            "iifname \"eth0\" oifname \"vbr0\" counter drop",
+        ] {
+            assert!(script.contains(line), "missing {line:?} in\n{script}");
+        }
+    }
+
+    #[test]
+    fn invalid_plans_are_rejected() {
+        let mut no_subnet = bridge();
+        no_subnet.subnet = None;
+        no_subnet.nat_uplink = Some("eth0".to_string());
+        let mut icmp_ports = bridge();
+        icmp_ports.ingress = vec![IngressRule {
+            proto: Protocol::Icmp,
+            ports: Some((1, 2)),
+            source: None,
+        }];
+        let mut reversed = bridge();
+        reversed.ingress = vec![IngressRule {
+            proto: Protocol::Tcp,
+            ports: Some((90, 80)),
+            source: None,
+        }];
+        let mut injected = bridge();
+        injected.ports[0].ifname = "vt0\" accept".to_string();
+        for b in [no_subnet, icmp_ports, reversed, injected] {
+            assert!(render(&plan(b.clone())).is_err(), "{b:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn mac_is_lowercase_colon_hex() {
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 0xAB, 0x0c, 0xff]),
+            "52:54:00:ab:0c:ff"
+        );
+    }
+}

@@ -14,21 +14,20 @@
 
 pub mod cidr;
 pub mod firewall;
-pub use firewall::{BridgePlan, FirewallPlan, IngressRule, PortPlan, Protocol};
 pub mod link;
 pub mod name;
 pub mod sysctl;
 pub mod tap;
 pub mod tc;
-pub use tc::set_bandwidth;
 
 mod command;
 
 pub use cidr::Ipv4Cidr;
-
+pub use firewall::{BridgePlan, FirewallPlan, IngressRule, PortPlan, Protocol};
 pub use link::{LinkInfo, Netlink, VxlanConfig};
 pub use name::validate_ifname;
 pub use tap::create_tap;
+pub use tc::set_bandwidth;
 
 /// Everything that can go wrong in this crate. Messages say what was wrong and, where there is
 /// one, how to fix it.

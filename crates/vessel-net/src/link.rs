@@ -296,10 +296,8 @@ impl Netlink {
         let mut req =
             NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(fdb_message(index, peer)));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-        match self.request(req).await {
-            Err(e) if errno(&e) == libc::EEXIST => Ok(()),
-            res => res.map_err(|e| nl_err(e, &format!("add vxlan peer {peer} to {vxlan}"))),
-        }
+        let what = format!("add vxlan peer {peer} to {vxlan}");
+        self.request(req, &what, libc::EEXIST).await
     }
 
     /// Removes the all-zeros FDB entry for `peer` from a VXLAN link. Removing one that is not
@@ -309,10 +307,8 @@ impl Netlink {
         let mut req =
             NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(fdb_message(index, peer)));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        match self.request(req).await {
-            Err(e) if errno(&e) == libc::ENOENT => Ok(()),
-            res => res.map_err(|e| nl_err(e, &format!("remove vxlan peer {peer} from {vxlan}"))),
-        }
+        let what = format!("remove vxlan peer {peer} from {vxlan}");
+        self.request(req, &what, libc::ENOENT).await
     }
 
     /// The peers that a VXLAN link replicates broadcast traffic to (its all-zeros FDB entries).
@@ -335,6 +331,10 @@ impl Netlink {
             );
             let dst = msg.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                // Bridge-family entries carry the destination as raw bytes.
+                NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                    <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+                }
                 _ => None,
             });
             if let (true, Some(dst)) = (zero_mac, dst) {
@@ -382,16 +382,25 @@ impl Netlink {
         }
     }
 
+    /// Sends a raw request and waits for its acknowledgement; the errno `benign` (the wanted
+    /// state already holds) counts as success.
     async fn request(
         &self,
         req: NetlinkMessage<RouteNetlinkMessage>,
-    ) -> std::result::Result<(), ErrorMessage> {
+        what: &str,
+        benign: i32,
+    ) -> Result<()> {
         let mut handle = self.handle.clone();
-        let mut replies = handle.request(req).map_err(|_| ErrorMessage::default())?;
+        let mut replies = handle.request(req).map_err(|e| Error::NetlinkOther {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })?;
         while let Some(reply) = replies.next().await {
             if let NetlinkPayload::Error(e) = reply.payload {
-                if e.code.is_some() {
-                    return Err(e);
+                match errno(&e) {
+                    0 => {}
+                    n if n == benign => return Ok(()),
+                    _ => return Err(nl_err(e, what)),
                 }
             }
         }

@@ -18,7 +18,8 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// Creates the tap `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) in the calling thread's network
 /// namespace and returns its fd, which is close-on-exec: clear that flag (or dup it) in the child
-/// that should inherit it. If a tap with that name already exists and is unused, the kernel
+/// that should inherit it. The tap has a virtio-net header (IFF_VNET_HDR), so QEMU must be told
+/// `vnet_hdr=on`; that is what lets guests use checksum and segmentation offloads. If a tap with that name already exists and is unused, the kernel
 /// attaches to it instead of failing.
 pub fn create_tap(name: &str) -> Result<OwnedFd> {
     validate_ifname(name)?;
