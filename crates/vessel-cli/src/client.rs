@@ -3,6 +3,8 @@
 //! One connection per request: the daemon is local, connecting costs microseconds, and it keeps
 //! the client free of pooling and reconnect logic.
 
+mod networks;
+
 use std::io;
 use std::path::{Path, PathBuf};
 

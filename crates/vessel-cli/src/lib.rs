@@ -15,6 +15,8 @@ mod error;
 mod event;
 mod host;
 mod image;
+mod network;
+mod nic;
 mod operation;
 pub mod output;
 mod pool;
@@ -65,6 +67,10 @@ pub enum Command {
     /// Import and manage images, the read-only disks VMs are created from.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Create and manage networks: user-mode NAT, host bridges, managed bridges with DHCP and
+    /// NAT, VXLAN overlays between servers; ingress rules.
+    #[command(subcommand, visible_alias = "net")]
+    Network(network::NetworkCommand),
     /// See what happened to VMs: starts, stops, crashes, restarts, re-adoptions.
     #[command(subcommand)]
     Event(EventCommand),
@@ -142,6 +148,7 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
         Command::Pool(command) => pool::run(command, &ctx).await,
         Command::Volume(command) => volume::run(command, &ctx).await,
         Command::Image(command) => image::run(command, &ctx).await,
+        Command::Network(command) => network::run(command, &ctx).await,
         Command::Event(command) => event::run(command, &ctx).await,
         Command::Top(args) => stats::top(&ctx, &args).await,
         Command::Events(args) => event::run(event::EventCommand::List(args), &ctx).await,

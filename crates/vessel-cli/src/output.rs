@@ -29,7 +29,7 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
 
 /// A table in the style of `docker ps`: no borders, a plain header row, columns separated by
 /// spaces, never wrapped (so that `grep` and `awk` see one row per line).
-fn plain_table(header: Option<&[&str]>) -> Table {
+pub(crate) fn plain_table(header: Option<&[&str]>) -> Table {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)
@@ -40,7 +40,7 @@ fn plain_table(header: Option<&[&str]>) -> Table {
     table
 }
 
-fn finish(mut table: Table) -> String {
+pub(crate) fn finish(mut table: Table) -> String {
     let columns = table.column_count();
     for (index, column) in table.column_iter_mut().enumerate() {
         let right = if index + 1 == columns { 0 } else { 3 };
@@ -53,7 +53,7 @@ fn finish(mut table: Table) -> String {
 }
 
 /// A two-column key/value table without a header.
-fn key_values(rows: Vec<(&str, String)>) -> String {
+pub(crate) fn key_values(rows: Vec<(&str, String)>) -> String {
     let mut table = plain_table(None);
     for (key, value) in rows {
         table.add_row(vec![key.to_string(), value]);

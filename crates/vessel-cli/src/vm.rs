@@ -166,6 +166,9 @@ pub enum VmCommand {
     /// Take, list, revert to and delete snapshots of a VM.
     #[command(subcommand)]
     Snapshot(crate::snapshot::SnapshotCommand),
+    /// Add, remove and list a VM's NICs on networks.
+    #[command(subcommand)]
+    Nic(crate::nic::NicCommand),
 }
 
 /// A VM name.
@@ -291,6 +294,10 @@ pub struct CreateArgs {
     /// Network interface [default: none].
     #[arg(long, value_name = "KIND", value_parser = nic_parser())]
     pub nic: Option<NicKind>,
+    /// A NIC on this network (repeat for more; see `vessel network list`). Each gets a free
+    /// MAC and, on a network with a subnet, the next free address.
+    #[arg(long = "network", value_name = "NETWORK")]
+    pub networks: Vec<String>,
     /// What the daemon does when the VM stops without being asked to [default: never].
     #[arg(long, value_name = "POLICY", value_parser = restart_policy_parser())]
     pub restart_policy: Option<RestartPolicy>,
@@ -462,6 +469,14 @@ impl CreateArgs {
             pool: self.pool.clone(),
             user_data: read_text(&self.user_data, "user-data")?,
             network_config: read_text(&self.network_config, "network-config")?,
+            nics: self
+                .networks
+                .iter()
+                .map(|network| vessel_api::AddNicRequest {
+                    network: network.clone(),
+                    ..Default::default()
+                })
+                .collect(),
         })
     }
 }
@@ -602,6 +617,7 @@ pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, C
                 .map_err(|err| CliError::io("reading the console log failed", err))?;
         }
         VmCommand::Snapshot(command) => return crate::snapshot::run(command, ctx).await,
+        VmCommand::Nic(command) => return crate::nic::run(command, ctx).await,
         VmCommand::Stats(args) => return crate::stats::vm_stats(ctx, &args).await,
         VmCommand::Console(args) => {
             let stream = client.console_attach(&args.name).await?;

@@ -467,6 +467,13 @@ fn check_against_existing(network: &Network, existing: &[Network]) -> Result<(),
                 ));
             }
         }
+        if network.kind == NetworkKind::Bridge && network.bridge == other.bridge {
+            return Err(format!(
+                "network {:?} already uses bridge {:?}; one network per host bridge",
+                other.name,
+                network.bridge.as_deref().unwrap_or_default()
+            ));
+        }
         if network.vni.is_some() && network.vni == other.vni {
             return Err(format!(
                 "VNI {} is already used by network {:?}; choose another",
@@ -705,7 +712,8 @@ mod tests {
     #[test]
     fn overlapping_subnets_are_refused_and_name_the_other_network() {
         let a = network_from_create(&managed("a", "10.50.0.0/24"), &[], 0).unwrap();
-        let err = network_from_create(&managed("b", "10.50.0.0/16"), &[a.clone()], 0).unwrap_err();
+        let err = network_from_create(&managed("b", "10.50.0.0/16"), std::slice::from_ref(&a), 0)
+            .unwrap_err();
         assert!(err.contains("overlaps") && err.contains("\"a\""), "{err}");
         assert!(network_from_create(&managed("c", "10.51.0.0/24"), &[a], 0).is_ok());
     }

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub sampler: crate::sampler::Sampler,
     /// Key records of encrypted volumes being created (see `volume_keys::create`).
     pub pending_keys: Mutex<std::collections::HashSet<String>>,
+    /// The host side of networks: bridges, taps, firewall, DHCP servers.
+    pub net: crate::net_host::NetHost,
     /// Cancel tokens of running long operations, by operation id.
     pub cancels: Mutex<HashMap<String, vessel_storage::CancelToken>>,
     consoles: Mutex<HashMap<String, Arc<ConsoleHub>>>,
@@ -72,6 +74,7 @@ impl Ctx {
             cancels: Mutex::new(HashMap::new()),
             pending_keys: Mutex::new(std::collections::HashSet::new()),
             sampler: crate::sampler::Sampler::default(),
+            net: crate::net_host::NetHost::default(),
             agents: crate::guest::AgentCache::default(),
             event_seq: AtomicU64::new(last),
         })

@@ -47,6 +47,7 @@ pub async fn begin(
         provision: None,
         snapshot: None,
         size_bytes: None,
+        nic: None,
     };
     put(ctx, &record).await?;
     Ok(record)

@@ -168,9 +168,9 @@ pub struct ApiDoc;
 
 /// The OpenAPI document, as served at `/v1/openapi.json`.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("OpenAPI document serializes")
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::networks_http::NetworkApi::openapi());
+    doc.to_pretty_json().expect("OpenAPI document serializes")
 }
 
 pub fn router(service: Service) -> Router {
@@ -243,6 +243,7 @@ pub fn router(service: Service) -> Router {
         .route("/v1/host", get(host_info))
         .route("/v1/host/check", get(host_check))
         .route("/v1/host/master-key/rotate", post(rotate_master_key))
+        .merge(crate::networks_http::routes())
         .fallback(|| async {
             HttpError(
                 ApiError::not_found("no such API route")
@@ -254,12 +255,12 @@ pub fn router(service: Service) -> Router {
 }
 
 /// The `wait` query parameter (default true), the only one most mutating routes take.
-fn wait_param(q: Option<String>) -> Result<bool, HttpError> {
+pub(crate) fn wait_param(q: Option<String>) -> Result<bool, HttpError> {
     Params::parse(q, &["wait"])?.flag("wait", true)
 }
 
 /// Runs the operation's wait (unless `wait=false`) and shapes the response.
-async fn finish(
+pub(crate) async fn finish(
     service: &Service,
     op: Operation,
     wait: bool,

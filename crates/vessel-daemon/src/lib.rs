@@ -14,6 +14,9 @@ mod http;
 mod images;
 mod lock;
 mod model;
+mod net_host;
+mod networks;
+mod networks_http;
 mod pools;
 mod provision;
 mod sampler;
@@ -87,6 +90,8 @@ pub async fn run(
         .await?,
     );
     pools::ensure_default_pool(&ctx).await?;
+    // Bridges and the firewall first: re-adopted VMs' taps go back onto their bridges.
+    ctx.net.startup(&ctx).await;
     Controller::new(Arc::clone(&ctx)).start().await?;
     tokio::spawn(sampler::run(
         Arc::clone(&ctx),

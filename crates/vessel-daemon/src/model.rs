@@ -6,6 +6,7 @@
 //! - `vms/<name>/status` [`VmStatus`]: the observed state (what the reconciler saw)
 //! - `ops/<id>`          [`vessel_api::Operation`]: one per request, until pruned
 //! - `events/<seq>`      [`Event`]: what happened, newest last, bounded
+//! - `networks/`, `ipam/`, `macs/`: see [`crate::networks`]
 
 use serde::{Deserialize, Serialize};
 pub use vessel_api::Event;
@@ -131,6 +132,9 @@ pub struct OpRecord {
     /// For a disk resize: the new size in bytes (the disk is `disk`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// For NIC operations: the NIC to add (already reserved) or remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<vessel_api::VmNic>,
 }
 
 /// A VM's snapshots live outside `vms/` so that a snapshot name can never be read as one of

@@ -36,6 +36,8 @@ pub struct ActionOptions {
     pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
     /// The new size of a disk resize.
     pub size_bytes: Option<u64>,
+    /// The NIC of an add or remove.
+    pub nic: Option<vessel_api::VmNic>,
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {
@@ -55,6 +57,10 @@ impl Service {
     /// The VM list as JSON, from the in-memory view.
     pub async fn list_vms_json(&self) -> Result<bytes::Bytes, ApiError> {
         self.ctx.view.list_json().await.map_err(internal)
+    }
+
+    pub(crate) async fn load_vm(&self, name: &str) -> Result<Loaded, ApiError> {
+        self.load(name).await
     }
 
     async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
@@ -82,7 +88,11 @@ impl Service {
             None => None,
         };
         let request = &request;
-        let spec = spec_from_create(request, self.ctx.host).map_err(ApiError::invalid)?;
+        let mut spec = spec_from_create(request, self.ctx.host).map_err(ApiError::invalid)?;
+        for nic in &request.nics {
+            let planned = self.plan_nic(&spec, nic).await?;
+            spec.nics.push(planned);
+        }
         let cloud_init = self.seal_cloud_init(request).await?;
         let desired = if request.start {
             DesiredState::Running
@@ -104,6 +114,9 @@ impl Service {
         );
         op.provision = provision;
         let mut txn = Txn::new();
+        for nic in &record.spec.nics {
+            txn = crate::networks::reserve(txn, &request.name, nic);
+        }
         if let Some(sealed) = cloud_init {
             txn = txn.then(Op::Put(cloud_init_key(&request.name), encode(&sealed)));
         }
@@ -118,6 +131,12 @@ impl Service {
             .then(Op::Put(op_key(&op.operation.id), encode(&op)));
         let result = self.ctx.store.txn(txn).await.map_err(store_error)?;
         if !result.succeeded {
+            if let (Some(nic), Ok(None)) = (
+                record.spec.nics.first(),
+                self.ctx.store.get(&spec_key(&request.name)).await,
+            ) {
+                return Err(crate::networks::reservation_lost(nic));
+            }
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
                 format!("a VM named {:?} already exists", request.name),
@@ -211,6 +230,27 @@ impl Service {
         action: OperationAction,
         options: ActionOptions,
     ) -> Result<Operation, ApiError> {
+        self.submit_with(name, action, options, None).await
+    }
+
+    /// Like [`Service::submit`], taking a new NIC's address and MAC in the same transaction.
+    pub async fn submit_reserving(
+        &self,
+        name: &str,
+        action: OperationAction,
+        options: ActionOptions,
+        nic: &vessel_api::VmNic,
+    ) -> Result<Operation, ApiError> {
+        self.submit_with(name, action, options, Some(nic)).await
+    }
+
+    async fn submit_with(
+        &self,
+        name: &str,
+        action: OperationAction,
+        options: ActionOptions,
+        reserve: Option<&vessel_api::VmNic>,
+    ) -> Result<Operation, ApiError> {
         let Loaded {
             record,
             desired,
@@ -253,6 +293,9 @@ impl Service {
         if let Some(target) = target {
             txn = txn.then(Op::Put(desired_key(name), encode(&target)));
         }
+        if let Some(nic) = reserve {
+            txn = crate::networks::reserve(txn, name, nic);
+        }
         if !self
             .ctx
             .store
@@ -261,7 +304,10 @@ impl Service {
             .map_err(store_error)?
             .succeeded
         {
-            return Err(not_found(name));
+            return match (reserve, self.ctx.store.get(&spec_key(name)).await) {
+                (Some(nic), Ok(Some(_))) => Err(crate::networks::reservation_lost(nic)),
+                _ => Err(not_found(name)),
+            };
         }
         Ok(op.operation)
     }
@@ -424,5 +470,6 @@ fn new_op(
         provision: None,
         snapshot: options.snapshot,
         size_bytes: options.size_bytes,
+        nic: options.nic,
     }
 }

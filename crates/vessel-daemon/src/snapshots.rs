@@ -186,6 +186,9 @@ pub async fn save_new(ctx: &Ctx, vm: &str, record: &SnapshotRecord) -> Result<()
 pub fn reverted_txn(vm: &VmRecord, snapshot: &SnapshotRecord) -> Txn {
     let mut restored = vm.clone();
     restored.spec = snapshot.spec.clone();
+    // NICs stay as they are now: their addresses and MACs are reserved for the present ones, and
+    // a NIC removed since may have given its address to another VM.
+    restored.spec.nics = vm.spec.nics.clone();
     Txn::new()
         .then(Op::Put(
             crate::model::spec_key(&vm.spec.name),

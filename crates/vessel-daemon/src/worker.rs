@@ -201,6 +201,8 @@ impl Worker {
                 self.converge(op.force, timeout).await
             }
             OperationAction::DetachDisk => self.detach_disk(record).await,
+            OperationAction::AddNic => self.add_nic(record).await,
+            OperationAction::RemoveNic => self.remove_nic(record).await,
             OperationAction::Delete => self.delete(op.force).await,
             _ => {
                 let Loaded { desired, .. } = self.load_existing().await?;
@@ -322,6 +324,7 @@ impl Worker {
             run_dir: self.ctx.vm_dir(&self.name),
             disks,
             seed: None,
+            nics: Vec::new(),
         }
     }
 
@@ -341,6 +344,7 @@ impl Worker {
             }
         }
         let mut request = self.launch_request(vm, disks);
+        request.nics = crate::net_host::plan_nics(&self.ctx, &vm.spec).await?;
         request.seed = cloud_init::write_seed(&self.ctx, vm, &request.run_dir).await?;
         Ok(request)
     }
@@ -491,7 +495,10 @@ impl Worker {
             .clone();
         let result = provision::make_root_disk(&self.ctx, &record.operation.id, plan, &root).await;
         if let Err(problem) = result {
-            let txn = Txn::new().then(Op::DeletePrefix(vm_prefix(&self.name)));
+            let mut txn = Txn::new().then(Op::DeletePrefix(vm_prefix(&self.name)));
+            for nic in &vm.spec.nics {
+                txn = crate::networks::release(txn, nic);
+            }
             if let Err(e) = self.ctx.store.txn(txn).await {
                 tracing::error!(vm = %self.name, error = %e, "could not undo a failed create");
             }
@@ -791,6 +798,143 @@ impl Worker {
         Ok(())
     }
 
+    async fn add_nic(&mut self, record: &OpRecord) -> OpResult {
+        let nic = record
+            .nic
+            .clone()
+            .ok_or("add-nic operation without a NIC")?;
+        let result = self.plug_nic(nic.clone()).await;
+        if result.is_err() {
+            // Give the address and MAC back: the request failed as a whole.
+            let txn = crate::networks::release(Txn::new(), &nic);
+            if let Err(e) = self.ctx.store.txn(txn).await {
+                tracing::warn!(vm = %self.name, error = %e, "could not release a failed NIC's address");
+            }
+        }
+        result
+    }
+
+    /// Records the NIC (so that its port rules exist before its tap does), then hot-plugs it
+    /// into a running VM; a failed hot-plug takes the record back.
+    async fn plug_nic(&mut self, mut nic: vessel_api::VmNic) -> OpResult {
+        let Loaded {
+            record: mut vm,
+            status,
+            ..
+        } = self.load_existing().await?;
+        vessel_core::check_action(OperationAction::AddNic, status.state, false)?;
+        if vm.spec.nics.len() >= vessel_core::network::MAX_NICS {
+            return Err(format!(
+                "the VM has {} NICs, the most it can have",
+                vessel_core::network::MAX_NICS
+            ));
+        }
+        // Another add may have taken the planned id since.
+        if vm.spec.nics.iter().any(|n| n.id == nic.id) {
+            nic.id = vessel_core::network::next_nic_id(&vm.spec);
+            nic.tap = vessel_core::network::tap_name(&self.name, &nic.id);
+        }
+        let before = vm.clone();
+        vm.spec.nics.push(nic.clone());
+        self.put_spec(&vm).await?;
+        self.ctx.net.sync(&self.ctx).await;
+        if let Some(live) = &self.live {
+            let plugged = async {
+                let plan = crate::net_host::plan_nic(&self.ctx, &self.name, &nic).await?;
+                live.instance
+                    .attach_nic(vm.spec.machine, &plan)
+                    .await
+                    .map_err(|e| format!("hot-plug failed: {}", error_chain(&e)))
+            }
+            .await;
+            if let Err(problem) = plugged {
+                self.put_spec(&before).await?;
+                self.ctx.net.sync(&self.ctx).await;
+                return Err(problem);
+            }
+        }
+        self.ctx
+            .event(
+                &self.name,
+                format!(
+                    "NIC {} ({}) added on network {}{}",
+                    nic.id,
+                    nic.mac,
+                    nic.network,
+                    nic.ipv4
+                        .as_deref()
+                        .map(|ip| format!(" with address {ip}"))
+                        .unwrap_or_default()
+                ),
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn remove_nic(&mut self, record: &OpRecord) -> OpResult {
+        let nic = record
+            .nic
+            .clone()
+            .ok_or("remove-nic operation without a NIC")?;
+        let Loaded {
+            record: mut vm,
+            status,
+            ..
+        } = self.load_existing().await?;
+        vessel_core::check_action(OperationAction::RemoveNic, status.state, false)?;
+        let (spec, removed) = vessel_core::network::remove_nic(&vm.spec, &nic.id)?;
+        if self.live.is_some() {
+            self.unplug_nic(&removed.id).await?;
+        }
+        vm.spec = spec;
+        let txn = crate::networks::release(
+            Txn::new()
+                .when(Compare::Exists(spec_key(&self.name)))
+                .then(Op::Put(spec_key(&self.name), encode(&vm))),
+            &removed,
+        );
+        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        self.ctx.net.sync(&self.ctx).await;
+        self.ctx
+            .event(
+                &self.name,
+                format!("NIC {} ({}) removed", removed.id, removed.mac),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Hot-unplugs a NIC: the device goes (the guest is told), then its backend, which closes
+    /// the tap.
+    async fn unplug_nic(&mut self, nic_id: &str) -> OpResult {
+        let live = self.live.as_ref().ok_or("the VM is not running")?;
+        live.instance
+            .unplug_nic(nic_id)
+            .await
+            .map_err(|e| format!("hot-unplug failed: {}", error_chain(&e)))?;
+        let device = vessel_qemu::nic::device_id(nic_id);
+        let gone = self
+            .wait_for_event(
+                UNPLUG_TIMEOUT,
+                |event| matches!(event, InstanceEvent::DeviceDeleted { device: d } if *d == device),
+            )
+            .await?;
+        if !gone {
+            return Err(format!(
+                "the guest did not release the NIC within {} s; try again, or stop the VM and remove it then",
+                UNPLUG_TIMEOUT.as_secs()
+            ));
+        }
+        let live = self
+            .live
+            .as_ref()
+            .ok_or("the VM stopped during the unplug")?;
+        live.instance
+            .remove_nic_backend(nic_id)
+            .await
+            .map_err(|e| format!("could not close the NIC's tap: {}", error_chain(&e)))
+    }
+
     /// Hot-unplugs a disk: the device goes (the guest is told), then the block node, which
     /// closes the file.
     async fn unplug(&mut self, node_name: &str) -> OpResult {
@@ -868,11 +1012,17 @@ impl Worker {
         if self.live.is_some() {
             self.kill_and_reap().await?;
         }
-        let txn = Txn::new()
+        let mut txn = Txn::new()
             .then(Op::DeletePrefix(vm_prefix(&self.name)))
             .then(Op::DeletePrefix(crate::model::snapshots_prefix(&self.name)))
             .then(Op::Delete(crate::model::snapshot_head_key(&self.name)));
+        for nic in &record.spec.nics {
+            txn = crate::networks::release(txn, nic);
+        }
         self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        if !record.spec.nics.is_empty() {
+            self.ctx.net.sync(&self.ctx).await;
+        }
         self.ctx.forget_console(&self.name);
         // Volumes made for the VM (its root disk from an image) go with it, after its records:
         // a leftover volume is visible and deletable, a VM pointing at a deleted volume is not.
@@ -1045,6 +1195,8 @@ impl Worker {
                     _ => VmState::Running,
                 };
                 let stopping = status.state == VmState::Stopping;
+                // Its taps outlived the daemon with QEMU; make sure they are on their bridges.
+                crate::net_host::readopt_taps(&self.ctx, &vm.spec).await;
                 self.live = Some(Live {
                     instance,
                     events,
