@@ -193,6 +193,14 @@ impl NetHost {
             }
         };
         self.update_bindings(&networks, &vms);
+        if networks.iter().any(|n| n.kind.uses_tap()) {
+            // Bandwidth limits leave an IFB device behind when their tap goes with its QEMU.
+            if let Ok(nl) = netlink() {
+                if let Err(e) = vessel_net::tc::remove_orphan_ifbs(&nl).await {
+                    tracing::warn!(error = %e, "could not remove orphan IFB devices");
+                }
+            }
+        }
         let plan = firewall_plan(&networks, &vms);
         if applied.as_ref() == Some(&plan) {
             return;

@@ -143,6 +143,10 @@ impl Service {
             )
             .with_hint("choose another name, or delete the existing VM first"));
         }
+        if !record.spec.nics.is_empty() {
+            // The NICs' port rules and DHCP bindings exist before their taps do.
+            self.ctx.net.sync(&self.ctx).await;
+        }
         Ok(op.operation)
     }
 

@@ -414,7 +414,7 @@ impl Instance for QemuInstance {
                 self.qmp
                     .execute_with_fd("getfd", Some(serde_json::json!({ "fdname": name })), fd)
                     .await?;
-                serde_json::json!({ "type": "tap", "id": crate::nic::netdev_id(&nic.id), "fd": name, "vnet_hdr": true })
+                serde_json::json!({ "type": "tap", "id": crate::nic::netdev_id(&nic.id), "fd": name })
             }
             NicBackend::User => {
                 serde_json::json!({ "type": "user", "id": crate::nic::netdev_id(&nic.id) })

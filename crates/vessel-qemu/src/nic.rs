@@ -56,9 +56,9 @@ pub fn root_ports(machine: Machine) -> Vec<String> {
 /// `-netdev` for a NIC whose tap QEMU inherits as `fd` (or user-mode NAT).
 pub fn netdev_arg(nic: &NicPlan, fd: Option<i32>) -> String {
     match (&nic.backend, fd) {
-        // The daemon opens taps with IFF_VNET_HDR (offloads); QEMU must agree.
+        // QEMU reads the tap's flags (IFF_VNET_HDR) from the fd itself.
         (NicBackend::Tap(_), Some(fd)) => {
-            format!("tap,id={},fd={fd},vnet_hdr=on", netdev_id(&nic.id))
+            format!("tap,id={},fd={fd}", netdev_id(&nic.id))
         }
         _ => format!("user,id={}", netdev_id(&nic.id)),
     }
@@ -125,7 +125,7 @@ mod tests {
             backend: NicBackend::Tap(Arc::new(OwnedFd::from(a))),
             ..user("nic1")
         };
-        assert_eq!(netdev_arg(&tap, Some(9)), "tap,id=hn-nic1,fd=9,vnet_hdr=on");
+        assert_eq!(netdev_arg(&tap, Some(9)), "tap,id=hn-nic1,fd=9");
         assert_eq!(netdev_arg(&user("nic0"), None), "user,id=hn-nic0");
         assert_eq!(root_port_id("nic9"), None);
     }

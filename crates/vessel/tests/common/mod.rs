@@ -50,12 +50,24 @@ pub struct Daemon {
     child: Option<Child>,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
+    /// The network namespace the daemon (and so its VMs) runs in, if not the test's own.
+    pub netns: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
     /// A daemon on a fresh data dir.
     pub fn start() -> Daemon {
+        Self::start_in(None)
+    }
+
+    /// A daemon on a fresh data dir inside network namespace `netns` (`ip netns exec`), so that
+    /// the bridges, taps and rules it makes stay there.
+    pub fn start_in_netns(netns: &str) -> Daemon {
+        Self::start_in(Some(netns.to_string()))
+    }
+
+    fn start_in(netns: Option<String>) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("vessel-test-")
             .tempdir()
@@ -64,6 +76,7 @@ impl Daemon {
             child: None,
             data_dir: tmp.path().join("data"),
             socket: tmp.path().join("vessel.sock"),
+            netns,
             _tmp: Some(tmp),
         };
         daemon.spawn();
@@ -71,7 +84,15 @@ impl Daemon {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vessel"));
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+            Some(netns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_vessel")]);
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vessel")),
+        };
         cmd.arg("daemon")
             .arg("--data-dir")
             .arg(&self.data_dir)
