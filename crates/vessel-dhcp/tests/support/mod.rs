@@ -388,11 +388,17 @@ fn find_busybox() -> Option<PathBuf> {
         .flatten()
 }
 
-/// `gzip -dc initramfs.img | cpio -id bin/busybox` into the test's target temp dir.
+/// `gzip -dc initramfs.img | cpio -id bin/busybox`, once, into the target's temp dir: unpacked
+/// into a directory of this process, then renamed into place (another test process may race).
 fn unpack_busybox(initramfs: &Path) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("vessel-dhcp-busybox-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let cache = tmp.join("vessel-dhcp-busybox");
+    let path = cache.join("bin/busybox");
+    if path.is_file() {
+        return Some(path);
+    }
+    let staging = tmp.join(format!("vessel-dhcp-busybox.{}", std::process::id()));
+    std::fs::create_dir_all(&staging).ok()?;
     let mut gzip = Command::new("gzip")
         .arg("-dc")
         .arg(initramfs)
@@ -401,13 +407,17 @@ fn unpack_busybox(initramfs: &Path) -> Option<PathBuf> {
         .ok()?;
     let cpio = Command::new("cpio")
         .args(["-id", "--quiet", "bin/busybox"])
-        .current_dir(&dir)
+        .current_dir(&staging)
         .stdin(gzip.stdout.take()?)
         .status()
         .ok()?;
     let _ = gzip.wait();
-    let path = dir.join("bin/busybox");
-    (cpio.success() && path.is_file()).then_some(path)
+    let unpacked = cpio.success() && staging.join("bin/busybox").is_file();
+    if unpacked && std::fs::rename(&staging, &cache).is_ok() {
+        return Some(path);
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    path.is_file().then_some(path)
 }
 
 /// Fails the test unless busybox is found or `VESSEL_SKIP_UDHCPC=1` asks to skip.
