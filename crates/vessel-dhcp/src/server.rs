@@ -1,5 +1,5 @@
 //! The DHCP server task: one UDP socket on port 67 bound to one bridge, answering with
-//! [`decide`](crate::decide::decide) from the bindings the daemon publishes on a watch channel.
+//! [`decide`] from the bindings the daemon publishes on a watch channel.
 
 use std::collections::HashMap;
 use std::io;

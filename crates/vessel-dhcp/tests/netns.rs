@@ -338,7 +338,7 @@ fn garbage_does_not_stop_the_server() {
         // Garbage is built on a stranger's DISCOVER: random bytes that happen to parse are then
         // ignored (unknown MAC) instead of answered.
         let valid = discover(STRANGER, 0x8000).encode(0).bytes;
-        let mut malformed: Vec<Vec<u8>> = vec![
+        let mut garbage: Vec<Vec<u8>> = vec![
             vec![],
             vec![1],
             valid[..MIN_LEN - 1].to_vec(),
@@ -346,12 +346,16 @@ fn garbage_does_not_stop_the_server() {
             vec![0x01; 9000],  // longer than the receive buffer, fragmented on the wire
             vec![0x00; 65000], // near the UDP maximum
         ];
+        // Well-formed but not for a server: another server's OFFER for a known client.
+        let mut rogue_offer = DhcpMessage::client(MessageType::Offer, lan.client_mac, 0x8001);
+        rogue_offer.op = vessel_dhcp::packet::BOOTREPLY;
+        garbage.push(rogue_offer.encode(0).bytes);
         let mut no_cookie = valid.clone();
         no_cookie[236] = 0;
-        malformed.push(no_cookie);
+        garbage.push(no_cookie);
         let mut truncated_option = valid[..MIN_LEN].to_vec();
         truncated_option.extend_from_slice(&[53, 1, 1, 61, 200, 1, 2]);
-        malformed.push(truncated_option);
+        garbage.push(truncated_option);
         // Random bytes behind a valid header and cookie.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..200 {
@@ -365,7 +369,7 @@ fn garbage_does_not_stop_the_server() {
             if let Some(first) = b.get_mut(MIN_LEN) {
                 *first = 61; // start with an option, not END
             }
-            malformed.push(b);
+            garbage.push(b);
         }
         assert_eq!(&valid[236..240], &MAGIC_COOKIE);
 
@@ -373,7 +377,7 @@ fn garbage_does_not_stop_the_server() {
         // at once, the burst (64 KiB datagrams among them) would overflow the socket's
         // receive buffer, and the kernel, not the server, would drop the rest.
         let mut exchanges = 0u64;
-        for batch in malformed.chunks(8) {
+        for batch in garbage.chunks(8) {
             for b in batch {
                 client.send_raw(b, Ipv4Addr::BROADCAST).await;
             }
@@ -387,11 +391,11 @@ fn garbage_does_not_stop_the_server() {
             assert_eq!(offer.yiaddr, lan.bound_ip());
         }
         let after = server.stats();
-        assert_eq!(after.received, malformed.len() as u64 + exchanges);
+        assert_eq!(after.received, garbage.len() as u64 + exchanges);
         // The random ones may happen to parse; every datagram was either rejected or ignored.
         assert_eq!(
             after.malformed + after.ignored,
-            malformed.len() as u64,
+            garbage.len() as u64,
             "{after:?}"
         );
         assert!(after.malformed >= 8, "{after:?}");
