@@ -73,7 +73,8 @@ pub enum Ignored {
 /// The server's answer to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Reply(Reply),
+    /// Boxed: a reply is a few hundred bytes, an ignored message a few.
+    Reply(Box<Reply>),
     Ignore(Ignored),
 }
 
@@ -159,11 +160,14 @@ fn decide_known(
     params: &ServerParams,
 ) -> Decision {
     match kind {
-        MessageType::Discover => {
-            Decision::Reply(lease_reply(req, MessageType::Offer, binding, params))
-        }
+        MessageType::Discover => Decision::Reply(Box::new(lease_reply(
+            req,
+            MessageType::Offer,
+            binding,
+            params,
+        ))),
         MessageType::Request => decide_request(req, binding, params),
-        MessageType::Inform => Decision::Reply(inform_reply(req, binding, params)),
+        MessageType::Inform => Decision::Reply(Box::new(inform_reply(req, binding, params))),
         MessageType::Release => Decision::Ignore(Ignored::Released {
             mac,
             ip: req.ciaddr,
@@ -192,19 +196,22 @@ fn decide_request(req: &DhcpMessage, binding: &Binding, params: &ServerParams) -
         .requested_ip
         .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr));
     match asked {
-        Some(ip) if ip == binding.ip => {
-            Decision::Reply(lease_reply(req, MessageType::Ack, binding, params))
-        }
-        Some(ip) => Decision::Reply(nak(
+        Some(ip) if ip == binding.ip => Decision::Reply(Box::new(lease_reply(
+            req,
+            MessageType::Ack,
+            binding,
+            params,
+        ))),
+        Some(ip) => Decision::Reply(Box::new(nak(
             req,
             params,
             format!("address {ip} is not bound to this client"),
-        )),
-        None => Decision::Reply(nak(
+        ))),
+        None => Decision::Reply(Box::new(nak(
             req,
             params,
             "DHCPREQUEST names no address (neither option 50 nor ciaddr)".into(),
-        )),
+        ))),
     }
 }
 
@@ -335,7 +342,7 @@ mod tests {
 
     fn reply(req: &DhcpMessage) -> Reply {
         match decide(req, &params(), &bindings()) {
-            Decision::Reply(r) => r,
+            Decision::Reply(r) => *r,
             Decision::Ignore(why) => panic!("ignored: {why}"),
         }
     }

@@ -1,5 +1,5 @@
 //! The DHCP server task: one UDP socket on port 67 bound to one bridge, answering with
-//! [`decide`](crate::decide::decide) from the bindings the daemon publishes on a watch channel.
+//! [`decide`] from the bindings the daemon publishes on a watch channel.
 
 use std::collections::HashMap;
 use std::io;
@@ -320,7 +320,8 @@ fn bind_socket(ifname: &str) -> Result<UdpSocket, Error> {
 
 fn bind_error(ifname: &str, step: &'static str, source: io::Error) -> Error {
     let ifname = ifname.to_string();
-    if source.raw_os_error() == Some(ENODEV) {
+    // What SO_BINDTODEVICE returns for an interface name that does not exist.
+    if source.raw_os_error() == Some(libc::ENODEV) {
         return Error::NoSuchInterface { ifname };
     }
     match source.kind() {
@@ -333,9 +334,6 @@ fn bind_error(ifname: &str, step: &'static str, source: io::Error) -> Error {
         },
     }
 }
-
-/// errno for "no such device" on Linux (what SO_BINDTODEVICE returns for an unknown name).
-const ENODEV: i32 = 19;
 
 struct Server {
     socket: UdpSocket,
@@ -525,7 +523,11 @@ mod tests {
 
     #[test]
     fn bind_errors_say_how_to_fix_them() {
-        let e = bind_error("vb-net1", "bind", io::Error::from_raw_os_error(98));
+        let e = bind_error(
+            "vb-net1",
+            "bind",
+            io::Error::from_raw_os_error(libc::EADDRINUSE),
+        );
         assert_eq!(
             e.to_string(),
             "cannot bind DHCP port 67 on vb-net1: address in use (is dnsmasq or another DHCP \
@@ -534,11 +536,11 @@ mod tests {
         let e = bind_error(
             "vb-x",
             "SO_BINDTODEVICE",
-            io::Error::from_raw_os_error(ENODEV),
+            io::Error::from_raw_os_error(libc::ENODEV),
         );
         assert!(matches!(e, Error::NoSuchInterface { .. }), "{e}");
         assert!(e.to_string().contains("create the bridge"));
-        let e = bind_error("vb-x", "bind", io::Error::from_raw_os_error(13));
+        let e = bind_error("vb-x", "bind", io::Error::from_raw_os_error(libc::EACCES));
         assert!(matches!(e, Error::PermissionDenied { .. }), "{e}");
     }
 }
