@@ -300,15 +300,54 @@ impl Netlink {
         self.request(req, &what, libc::EEXIST).await
     }
 
-    /// Removes the all-zeros FDB entry for `peer` from a VXLAN link. Removing one that is not
-    /// there is not an error.
+    /// Removes the all-zeros FDB entry for `peer` from a VXLAN link, and every MAC the link
+    /// learned behind that peer (otherwise unicast to those MACs would keep crossing the tunnel
+    /// until the entries age out). Removing one that is not there is not an error.
     pub async fn remove_vxlan_peer(&self, vxlan: &str, peer: Ipv4Addr) -> Result<()> {
         let index = self.index(vxlan).await?;
-        let mut req =
-            NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(fdb_message(index, peer)));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        let what = format!("remove vxlan peer {peer} from {vxlan}");
-        self.request(req, &what, libc::ENOENT).await
+        let mut macs = self.fdb_macs_towards(index, vxlan, peer).await?;
+        if !macs.contains(&[0; 6]) {
+            macs.push([0; 6]);
+        }
+        for mac in macs {
+            let mut msg = fdb_message(index, peer);
+            msg.attributes[0] = NeighbourAttribute::LinkLayerAddress(mac.to_vec());
+            let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(msg));
+            req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+            let what = format!("remove vxlan peer {peer} from {vxlan}");
+            self.request(req, &what, libc::ENOENT).await?;
+        }
+        Ok(())
+    }
+
+    /// The MACs of a VXLAN link's FDB entries whose destination is `peer`.
+    async fn fdb_macs_towards(
+        &self,
+        index: u32,
+        vxlan: &str,
+        peer: Ipv4Addr,
+    ) -> Result<Vec<[u8; 6]>> {
+        let mut stream = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.next().await {
+            let msg = msg.map_err(|e| netlink_error(e, "list fdb", vxlan))?;
+            if msg.header.ifindex != index || fdb_destination(&msg) != Some(peer) {
+                continue;
+            }
+            let mac = msg.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(l) => <[u8; 6]>::try_from(l.as_slice()).ok(),
+                _ => None,
+            });
+            if let Some(mac) = mac {
+                out.push(mac);
+            }
+        }
+        Ok(out)
     }
 
     /// The peers that a VXLAN link replicates broadcast traffic to (its all-zeros FDB entries).
@@ -329,15 +368,7 @@ impl Netlink {
             let zero_mac = msg.attributes.iter().any(
                 |a| matches!(a, NeighbourAttribute::LinkLayerAddress(l) if l.iter().all(|b| *b == 0)),
             );
-            let dst = msg.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                // Bridge-family entries carry the destination as raw bytes.
-                NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-                    <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
-                }
-                _ => None,
-            });
-            if let (true, Some(dst)) = (zero_mac, dst) {
+            if let (true, Some(dst)) = (zero_mac, fdb_destination(&msg)) {
                 out.push(dst);
             }
         }
@@ -406,6 +437,18 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+/// The remote (tunnel endpoint) of a VXLAN FDB entry.
+fn fdb_destination(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        // Bridge-family entries carry the destination as raw bytes.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+            <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+        }
+        _ => None,
+    })
 }
 
 fn fdb_message(index: u32, peer: Ipv4Addr) -> NeighbourMessage {
