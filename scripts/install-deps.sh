@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what Vessel needs on a Debian/Ubuntu host: QEMU (system emulator + qemu-img) and the
-# tools the test-guest build uses. Idempotent; safe to run again.
+# Installs what Vessel needs on a Debian/Ubuntu host: QEMU (system emulator + qemu-img), the
+# tools the test-guest build uses, and nftables + iproute2 (ip, tc) for networks. Idempotent;
+# safe to run again.
 #
 #   scripts/install-deps.sh          what the daemon and the demo need
 #   scripts/install-deps.sh --test   also what the tests use: promtool (package prometheus, which
@@ -22,6 +23,12 @@ have_qemu() {
 		command -v depmod >/dev/null 2>&1 && command -v cpio >/dev/null 2>&1
 }
 
+# Managed, bridge and VXLAN networks: nft for the firewall, ip and tc (iproute2).
+have_net_tools() {
+	command -v nft >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1
+}
+net_packages=(nftables iproute2)
+
 # promtool (Debian package `prometheus`) validates the /metrics output in the tests; isoinfo
 # (genisoimage) reads back the cloud-init seed images.
 have_test_tools() { command -v promtool >/dev/null 2>&1 && command -v isoinfo >/dev/null 2>&1; }
@@ -30,11 +37,16 @@ test_packages=()
 
 if have_qemu; then
 	log "QEMU present: $(qemu-system-x86_64 --version | head -n1)"
+	missing=()
+	have_net_tools || missing+=("${net_packages[@]}")
 	if [ -n "$for_tests" ] && ! have_test_tools; then
-		log "installing ${test_packages[*]} (for the tests)"
+		missing+=("${test_packages[@]}")
+	fi
+	if [ ${#missing[@]} -gt 0 ]; then
+		log "installing ${missing[*]}"
 		export DEBIAN_FRONTEND=noninteractive
 		apt-get update -qq
-		apt-get install -y -qq --no-install-recommends "${test_packages[@]}" >/dev/null
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	fi
 	exit 0
 fi
@@ -53,6 +65,6 @@ fi
 log "installing qemu-system-x86 and qemu-utils $version"
 apt-get install -y -qq --no-install-recommends --allow-downgrades \
 	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates \
-	"${test_packages[@]}" >/dev/null
+	"${net_packages[@]}" "${test_packages[@]}" >/dev/null
 have_qemu || { log "QEMU still missing after install"; exit 1; }
 log "installed: $(qemu-system-x86_64 --version | head -n1)"
