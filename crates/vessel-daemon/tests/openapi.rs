@@ -34,6 +34,10 @@ fn openapi_document_lists_every_vm_route() {
         "/v1/vms/{name}/console/log",
         "/v1/operations/{id}",
         "/v1/host/check",
+        "/v1/networks",
+        "/v1/networks/{name}",
+        "/v1/vms/{name}/nics",
+        "/v1/vms/{name}/nics/{nic}",
     ] {
         assert!(
             paths.contains_key(route),
@@ -41,4 +45,5 @@ fn openapi_document_lists_every_vm_route() {
         );
     }
     assert!(doc["components"]["schemas"]["CreateVmRequest"].is_object());
+    assert!(doc["components"]["schemas"]["CreateNetworkRequest"].is_object());
 }
