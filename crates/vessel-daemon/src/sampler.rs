@@ -108,6 +108,7 @@ pub async fn sample_vm(ctx: &Ctx, vm: &Loaded) -> VmStats {
             }
         }
     }
+    stats.nics = spec.nics.iter().filter_map(tap_counters).collect();
     if let Some(probe) = probe {
         match probe.block_stats().await {
             Ok(mut disks) => {
@@ -120,6 +121,25 @@ pub async fn sample_vm(ctx: &Ctx, vm: &Loaded) -> VmStats {
         }
     }
     stats
+}
+
+/// A NIC's counters from its tap, turned round to the guest's view (the tap's tx is what the
+/// guest received). None when the tap is not there (user-mode NIC, VM between starts).
+fn tap_counters(nic: &vessel_api::VmNic) -> Option<vessel_metrics::NicStats> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{name}", nic.tap))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(vessel_metrics::NicStats {
+        name: nic.id.clone(),
+        rx_bytes: read("tx_bytes")?,
+        tx_bytes: read("rx_bytes")?,
+        rx_packets: read("tx_packets")?,
+        tx_packets: read("rx_packets")?,
+    })
 }
 
 /// The disk's name for people: `pool/volume` for attached volumes, `boot` for a boot disk path.

@@ -255,6 +255,18 @@ async fn managed_network_gives_leases_nat_ingress_rules_anti_spoofing_and_cleans
     assert_eq!(rc, 0, "a cannot reach the outside: {out}");
     assert!(out.contains("peer=192.168.200.1"), "not masqueraded: {out}");
 
+    // The NIC's traffic shows in the VM's figures (from its tap, in the guest's direction).
+    let stats = client.vm_stats("a").await.expect("stats");
+    let nic = stats
+        .nics
+        .iter()
+        .find(|n| n.name == "nic0")
+        .expect("nic0 counters");
+    assert!(
+        nic.tx_packets > 0 && nic.rx_packets > 0 && nic.rx_bytes > 0,
+        "{nic:?}"
+    );
+
     // Anti-spoofing: a forged source address gets nothing through; the real one does.
     let spoof =
         format!("ip addr add 10.77.0.200/24 dev eth0; ping -c 1 -W 2 -I 10.77.0.200 {ip_b}");
