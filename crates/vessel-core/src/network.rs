@@ -265,10 +265,20 @@ fn validate_peers(peers: &[String]) -> Result<(), String> {
         ));
     }
     for peer in peers {
-        peer.parse::<IpAddr>()
-            .map_err(|_| format!("VXLAN peer {peer:?} is not an IP address"))?;
+        parse_underlay_address("VXLAN peer", peer)?;
     }
     Ok(())
+}
+
+/// A tunnel endpoint: IPv4 (the VXLAN links are made with IPv4 underlays only, for now).
+fn parse_underlay_address(what: &str, s: &str) -> Result<Ipv4Addr, String> {
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Ok(ip),
+        Ok(IpAddr::V6(_)) => Err(format!(
+            "{what} {s} is IPv6; VXLAN tunnels run over IPv4 underlays only for now"
+        )),
+        Err(_) => Err(format!("{what} {s:?} is not an IPv4 address")),
+    }
 }
 
 /// Refuses a field that means nothing for the kind (so a typo'd intent is not silently dropped).
@@ -399,9 +409,7 @@ fn check_kind_fields(req: &CreateNetworkRequest) -> Result<(), String> {
                 None => return Err("a vxlan network needs a VNI: --vni 100".into()),
             }
             if let Some(local) = &req.local {
-                local
-                    .parse::<IpAddr>()
-                    .map_err(|_| format!("local address {local:?} is not an IP address"))?;
+                parse_underlay_address("local address", local)?;
             }
             if let Some(underlay) = &req.underlay {
                 validate_ifname("underlay", underlay)?;
