@@ -328,6 +328,7 @@ async fn managed_network_gives_leases_nat_ingress_rules_anti_spoofing_and_cleans
             "a",
             &AddNicRequest {
                 network: "lan".into(),
+                bandwidth_mbit: Some(50),
                 ..Default::default()
             },
             true,
@@ -338,6 +339,12 @@ async fn managed_network_gives_leases_nat_ingress_rules_anti_spoofing_and_cleans
         panic!("add with wait returned 202")
     };
     assert_eq!(vm.spec.nics.len(), 2);
+    // Its bandwidth limit is on its tap (tbf shapes what the guest receives).
+    let qdiscs = host.exec(&["tc", "qdisc", "show", "dev", &vm.spec.nics[1].tap]);
+    assert!(
+        qdiscs.contains("tbf") && qdiscs.contains("50Mbit"),
+        "{qdiscs}"
+    );
     let (rc, out) = sh(&client, "a", "eth1", "ip link show eth1").await;
     assert_eq!(rc, 0, "the hot-plugged NIC is not in the guest: {out}");
     client.remove_nic("a", "nic1", true).await.expect("unplug");
