@@ -361,10 +361,7 @@ mod tests {
         });
         let line = args.join(" ");
         // One encrypted disk takes fd 6, so the tap is the next one.
-        assert!(
-            line.contains("-netdev tap,id=hn-nic0,fd=7"),
-            "{line}"
-        );
+        assert!(line.contains("-netdev tap,id=hn-nic0,fd=7"), "{line}");
         assert!(line.contains("-netdev user,id=hn-nic1"), "{line}");
         assert!(line.contains(r#""bus":"rp1""#), "{line}");
         assert!(line.contains("pcie-root-port,id=rp7"), "{line}");
