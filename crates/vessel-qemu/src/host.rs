@@ -39,6 +39,16 @@ pub fn check_host(qemu_binary: &str) -> HostCheck {
         "/dev/vhost-net",
         "faster virtio networking (modprobe vhost_net)",
     ));
+    items.push(tool_item(
+        "nftables",
+        "nft",
+        "needed for the firewall of bridge, managed and VXLAN networks (apt-get install nftables)",
+    ));
+    items.push(tool_item(
+        "tc",
+        "tc",
+        "needed for NIC bandwidth limits (apt-get install iproute2)",
+    ));
     items.push(cgroups_item());
     HostCheck {
         items,
@@ -92,6 +102,21 @@ fn machine_types_item(qemu_binary: &str) -> HostCheckItem {
             CheckVerdict::Fail,
             format!("missing: {}", missing.join(", ")),
         )
+    }
+}
+
+/// Whether a tool the networks need runs (`TOOL -V`, which nft and tc both answer).
+fn tool_item(name: &str, tool: &str, why: &str) -> HostCheckItem {
+    match Command::new(tool).arg("-V").output() {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            item(
+                name,
+                CheckVerdict::Pass,
+                text.lines().next().unwrap_or(tool).trim().to_string(),
+            )
+        }
+        _ => item(name, CheckVerdict::Warn, format!("{tool} not found; {why}")),
     }
 }
 
