@@ -4,7 +4,7 @@
 Usage: python3 bench/all.py [--quick] [--only NAME,...] [--vessel PATH] [--out FILE]
                             [--results FILE] [--no-wait-quiet] [--build-note TEXT]
 
-Benchmarks (in this order): run, libvirt, import, snapshot, storage, density, metrics.
+Benchmarks (in this order): run, libvirt, import, snapshot, storage, density, metrics, network.
 Needs a release build first:
     cargo build --release -p vessel
     cargo build --release -p vessel-metrics --examples
@@ -38,7 +38,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import common  # noqa: E402
 
-ORDER = ["run", "libvirt", "import", "snapshot", "storage", "density", "metrics"]
+ORDER = ["run", "libvirt", "import", "snapshot", "storage", "density", "metrics", "network"]
 
 TITLES = {
     "run": "Foundation: start overhead, boot vs raw QEMU, daemon memory, list latency (bench/run.py)",
@@ -48,6 +48,7 @@ TITLES = {
     "storage": "Storage through the daemon: VM create from an image, import vs cp (bench/storage.py)",
     "density": "Density and sampling cost: idle test guests (64 MiB asked) on one host (bench/density.py)",
     "metrics": "Metrics: per-VM sample cost and /metrics render time (bench/metrics.py)",
+    "network": "Networks: TCP throughput on a managed bridge vs user-mode NAT, network create and NIC attach (bench/network.py)",
 }
 
 
@@ -61,6 +62,7 @@ def args_for(name, quick):
         "storage": ["--runs", "20", "--full-runs", "3", "--import-runs", "5", "--size-mib", "1024"],
         "density": ["--max", "40", "--window", "60", "--pairs", "2"],
         "metrics": ["--repeat", "3", "--requests", "50", "--vms", "200"],
+        "network": ["--runs", "11", "--mib", "8", "--create-runs", "10", "--nic-runs", "10"],
     }
     fast = {
         "run": ["--runs", "3", "--list-vms", "200", "--list-requests", "100"],
@@ -71,6 +73,7 @@ def args_for(name, quick):
                     "--data-mib", "100"],
         "density": ["--max", "4", "--window", "10", "--pairs", "1", "--settle", "3"],
         "metrics": ["--repeat", "1", "--requests", "10", "--vms", "200"],
+        "network": ["--runs", "1", "--mib", "2", "--create-runs", "3", "--nic-runs", "3"],
     }
     return (fast if quick else full)[name]
 
@@ -126,7 +129,7 @@ def machine(vessel):
 
 
 def others_running():
-    out = sh("pgrep", "-f", "bench/storage.py|bench/import.py|bench/snapshot.py|bench/density.py")
+    out = sh("pgrep", "-f", "bench/storage.py|bench/import.py|bench/snapshot.py|bench/density.py|bench/network.py")
     mine = {os.getpid(), os.getppid()}
     return [p for p in out.split() if int(p) not in mine]
 
@@ -211,6 +214,7 @@ def command(name, a):
         "storage": ["--vessel", a.vessel],
         "density": ["--vessel", a.vessel, "--json"],
         "metrics": ["--vessel", a.vessel, "--json"] + (["--examples", examples] if examples else []),
+        "network": ["--vessel", a.vessel, "--json"],
     }[name]
     return py + extra + args_for(name, a.quick)
 
@@ -501,8 +505,51 @@ def render_metrics(r):
     return table(rows)
 
 
+def render_network(r):
+    tp, c = r["throughput"], r["config"]
+    mbit = lambda s: f"{f(med(s), 0)} Mbit/s"
+    rows = [
+        ["VM to VM over the managed bridge (guest → guest)", "–", f"**{mbit(tp['vm_to_vm_bridge'])}**",
+         spread(tp["vm_to_vm_bridge"], 0, " Mbit/s"), ""],
+        ["VM to host over the managed bridge (guest → 10.50.0.1)", "–", f"**{mbit(tp['vm_to_host_bridge'])}**",
+         spread(tp["vm_to_host_bridge"], 0, " Mbit/s"), ""],
+        ["VM to host over QEMU user-mode NAT (guest → 10.0.2.2)", "–", f"**{mbit(tp['vm_to_host_user'])}**",
+         spread(tp["vm_to_host_user"], 0, " Mbit/s"), ""],
+        ["bridge / user-mode, VM to host (ratio of medians; spread: per-run ratios)", "–",
+         f"**{tp['ratio_bridge_vs_user_vm_to_host']:.2f}x**", spread(tp.get("pair_ratio_bridge_vs_user"), 2, "x"), ""],
+        ["VM to VM on the bridge / VM to host on user-mode (ratio of medians)", "–",
+         f"**{tp['ratio_vm_to_vm_bridge_vs_user_vm_to_host']:.2f}x**", "", ""],
+        ["cross-check, host clock (sink's first to last byte): VM to host, bridge / user-mode", "",
+         f"{mbit(tp['host_clock_vm_to_host_bridge'])} / {mbit(tp['host_clock_vm_to_host_user'])}",
+         f"{spread(tp['host_clock_vm_to_host_bridge'], 0)} / {spread(tp['host_clock_vm_to_host_user'], 0)}", ""],
+    ]
+    ctl = [
+        ["`vessel network create` (managed, /24, DHCP server) wall time", "–",
+         f"**{f(med(r['network_create_ms']), 1)} ms**", spread(r["network_create_ms"], 1, " ms"), ""],
+        ["`vessel network delete` wall time", "", f"{f(med(r['network_delete_ms']), 1)} ms",
+         spread(r["network_delete_ms"], 1, " ms"), ""],
+        ["`vessel vm nic add` to a running q35 VM (hot-plug: tap + QMP device_add)", "–",
+         f"**{f(med(r['nic_running']['add_ms']), 1)} ms**", spread(r["nic_running"]["add_ms"], 1, " ms"), ""],
+        ["`vessel vm nic remove` from the running VM (device_del, guest acknowledges)", "",
+         f"{f(med(r['nic_running']['remove_ms']), 1)} ms", spread(r["nic_running"]["remove_ms"], 1, " ms"), ""],
+        ["`vessel vm nic add` to a stopped q35 VM (configuration only)", "–",
+         f"**{f(med(r['nic_stopped']['add_ms']), 1)} ms**", spread(r["nic_stopped"]["add_ms"], 1, " ms"), ""],
+        ["`vessel vm nic remove` from the stopped VM", "", f"{f(med(r['nic_stopped']['remove_ms']), 1)} ms",
+         spread(r["nic_stopped"]["remove_ms"], 1, " ms"), ""],
+        ["`vessel vm show` wall time (the CLI's floor)", "", f"{f(med(r['cli_vm_show_ms']), 1)} ms",
+         spread(r["cli_vm_show_ms"], 1, " ms"), ""],
+    ]
+    out = [f"Same two guests ({c['vm']}, under TCG) for every path, {c['mib_per_transfer']} MiB per transfer, "
+           f"{c['runs']} interleaved runs per path; Mbit/s from the sender guest's clock. No numeric target was set.", ""]
+    out += table(rows)
+    out += ["", "Control plane (wall time of the CLI process, including its own start and the HTTP round trip):", ""]
+    out += table(ctl)
+    return out
+
+
 RENDER = {"run": render_run, "libvirt": render_libvirt, "import": render_import, "snapshot": render_snapshot,
-          "storage": render_storage, "density": render_density, "metrics": render_metrics}
+          "storage": render_storage, "density": render_density, "metrics": render_metrics,
+          "network": render_network}
 
 
 def notes(name):
