@@ -437,7 +437,7 @@ async fn vms_on_two_servers_share_a_vxlan_segment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_networks_and_nics_are_refused_and_leave_nothing() {
+async fn bad_input_is_refused_and_bridge_and_user_networks_work() {
     let host = Netns::new("bad");
     // A route the host already has.
     host.exec(&[
@@ -554,6 +554,49 @@ async fn bad_networks_and_nics_are_refused_and_leave_nothing() {
     assert_eq!(status, 400);
     let (status, _) = api_error(client.get_vm("n2").await).await;
     assert_eq!(status, 404);
+    // A `bridge` network puts taps on the host's own bridge (and nothing else there); a `user`
+    // network gives QEMU user-mode NAT. The taps go when their QEMU goes.
+    host.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    client
+        .create_network(&CreateNetworkRequest {
+            kind: NetworkKind::Bridge,
+            subnet: None,
+            bridge: Some("br0".into()),
+            ..managed("office", "10.0.0.0/24", None)
+        })
+        .await
+        .expect("bridge network");
+    client
+        .create_network(&CreateNetworkRequest {
+            kind: NetworkKind::User,
+            subnet: None,
+            ..managed("nat", "10.0.0.0/24", None)
+        })
+        .await
+        .expect("user network");
+    let mut two = guest_vm("n3");
+    two.start = true;
+    two.nics = ["office", "nat"]
+        .iter()
+        .map(|n| AddNicRequest {
+            network: (*n).into(),
+            ..Default::default()
+        })
+        .collect();
+    let started = create(&client, &two).await;
+    assert_taps_on_bridge(&host, "br0", 1);
+    let pid = daemon.qemu_pids_of("n3")[0];
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("user,id=hn-nic1"), "{cmdline}");
+    let rules = host.exec(&["nft", "list", "table", "bridge", "vessel"]);
+    assert!(rules.contains(&started.spec.nics[0].tap), "{rules}");
+    client
+        .vm_action("n3", &vessel_cli::VmAction::Kill, true)
+        .await
+        .expect("kill");
+    assert_taps_on_bridge(&host, "br0", 0);
+
     // No interfaces of refused networks exist.
     let links = host.exec(&["ip", "-o", "link", "show"]);
     for name in ["vb-lan2", "vb-routed", "vb-nouplink", "vb-ov2", "vx-ov2"] {
