@@ -93,6 +93,9 @@ pub struct IngressRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Network {
     pub name: String,
+    /// The project the network belongs to; NICs of that project's VMs may use it.
+    #[serde(default = "default_project")]
+    pub project: String,
     pub kind: NetworkKind,
     /// The Linux bridge its VMs' taps join: the host's bridge (`bridge`), or the one Vessel
     /// made (`managed`, `vxlan`: `vb-<name>`).
@@ -145,6 +148,9 @@ pub struct CreateNetworkRequest {
     /// and Linux allows 15.
     pub name: String,
     pub kind: NetworkKind,
+    /// The project it belongs to; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// `bridge`: the host's bridge to attach to (must exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
@@ -222,6 +228,10 @@ pub struct VmNic {
     pub port_security: bool,
     /// The host's tap device while the VM runs.
     pub tap: String,
+}
+
+fn default_project() -> String {
+    "default".into()
 }
 
 fn yes() -> bool {

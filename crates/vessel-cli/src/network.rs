@@ -109,6 +109,9 @@ pub struct NetworkCreateArgs {
     pub name: String,
     #[arg(long, value_enum)]
     pub kind: KindArg,
+    /// The project the network belongs to [default: default].
+    #[arg(long)]
+    pub project: Option<String>,
     /// bridge: the host bridge to join.
     #[arg(long, value_name = "BRIDGE")]
     pub bridge: Option<String>,
@@ -222,6 +225,7 @@ fn create_request(args: NetworkCreateArgs) -> CreateNetworkRequest {
     CreateNetworkRequest {
         name: args.name,
         kind: kind(args.kind),
+        project: args.project,
         bridge: args.bridge,
         subnet: args.subnet,
         gateway: args.gateway,
@@ -279,6 +283,7 @@ pub fn network_details(n: &Network) -> String {
     };
     key_values(vec![
         ("Name", n.name.clone()),
+        ("Project", n.project.clone()),
         ("Kind", n.kind.as_str().to_string()),
         ("Bridge", or_dash(n.bridge.as_deref())),
         ("Subnet", or_dash(n.subnet.as_deref())),

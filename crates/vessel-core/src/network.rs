@@ -350,6 +350,7 @@ pub fn network_from_create(
     };
     let network = Network {
         name: req.name.clone(),
+        project: req.project.clone().unwrap_or_else(|| "default".into()),
         kind,
         bridge,
         subnet: subnet.map(|s| s.to_string()),
@@ -675,6 +676,7 @@ mod tests {
         CreateNetworkRequest {
             name: name.into(),
             kind: NetworkKind::Managed,
+            project: None,
             bridge: None,
             subnet: Some(subnet.into()),
             gateway: None,

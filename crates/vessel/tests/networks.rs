@@ -130,6 +130,7 @@ fn managed(name: &str, subnet: &str, uplink: Option<&str>) -> CreateNetworkReque
     CreateNetworkRequest {
         name: name.into(),
         kind: NetworkKind::Managed,
+        project: None,
         bridge: None,
         subnet: Some(subnet.into()),
         gateway: None,
