@@ -36,7 +36,7 @@ pub enum NetworkCommand {
   vessel network create dmz --kind managed --subnet 10.60.0.0/24 --ingress-policy deny --allow tcp:22 --allow tcp:443
   vessel network create office --kind bridge --bridge br0
   vessel network create overlay --kind vxlan --vni 100 --peer 192.168.1.12 --subnet 10.70.0.0/24")]
-    Create(NetworkCreateArgs),
+    Create(Box<NetworkCreateArgs>),
     /// Change a network's ingress policy, DNS servers or VXLAN peers.
     Set(NetworkSetArgs),
     /// Manage a network's ingress rules.
@@ -332,7 +332,7 @@ pub(crate) async fn run(command: NetworkCommand, ctx: &Context) -> Result<ExitCo
             ctx.show(&network, network_details)?;
         }
         NetworkCommand::Create(args) => {
-            let network = ctx.client.create_network(&create_request(args)).await?;
+            let network = ctx.client.create_network(&create_request(*args)).await?;
             ctx.show(&network, |n| {
                 format!(
                     "network {} ({}) created{}\n",
