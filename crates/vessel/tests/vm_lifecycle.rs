@@ -36,6 +36,20 @@ async fn guest_boots_to_userspace_and_its_console_is_logged() {
         log.contains("VESSEL-GUEST-READY"),
         "the console log file holds the output"
     );
+    // QEMU runs without any capability, cannot regain one, and under seccomp.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid.unwrap())).unwrap();
+    for line in [
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ] {
+        assert!(
+            status.contains(line),
+            "QEMU's status lacks {line:?}:\n{status}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
