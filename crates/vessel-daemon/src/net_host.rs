@@ -206,10 +206,12 @@ impl NetHost {
             return;
         }
         let result = if plan.bridges.is_empty() {
-            match firewall::remove_all().await {
-                // Without nft there are no tables of ours to remove.
-                Err(vessel_net::Error::ToolMissing { .. }) => Ok(()),
-                other => other,
+            // Nothing to filter: remove our tables if a previous run left them, and otherwise
+            // leave the host's firewall alone (not even an empty transaction).
+            if has_vessel_tables().await {
+                firewall::remove_all().await
+            } else {
+                Ok(())
             }
         } else {
             firewall::apply(&plan).await
@@ -261,6 +263,20 @@ impl NetHost {
         }
         self.sync(ctx).await;
     }
+}
+
+/// Whether nftables holds one of Vessel's tables (false without nft: then none can exist).
+async fn has_vessel_tables() -> bool {
+    let Ok(out) = tokio::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .await
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim_end().ends_with(&format!(" {}", firewall::TABLE)))
 }
 
 fn is_root() -> bool {

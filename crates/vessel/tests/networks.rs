@@ -346,7 +346,14 @@ async fn managed_network_gives_leases_nat_ingress_rules_anti_spoofing_and_cleans
         qdiscs.contains("tbf") && qdiscs.contains("50Mbit"),
         "{qdiscs}"
     );
-    let (rc, out) = sh(&client, "a", "eth1", "ip link show eth1").await;
+    // (PCIe hot-plug: the guest enumerates the device shortly after QEMU reports it added.)
+    let (rc, out) = sh(
+        &client,
+        "a",
+        "eth1",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do ip link show eth1 && break; sleep 1; done; ip link show eth1",
+    )
+    .await;
     assert_eq!(rc, 0, "the hot-plugged NIC is not in the guest: {out}");
     client.remove_nic("a", "nic1", true).await.expect("unplug");
     let (rc, out) = sh(&client, "a", "noeth1", "ip link show eth1").await;
