@@ -16,6 +16,8 @@ use crate::service::Service;
 
 /// How long output keeps flowing to a client that closed its input, after the last output.
 const DRAIN_AFTER_INPUT_CLOSED: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long input still in flight is read after the output side ended (client or console gone).
+const INPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The protocol name of the console upgrade (`Upgrade: vessel-console`).
 pub const CONSOLE_PROTOCOL: &str = "vessel-console";
@@ -155,9 +157,16 @@ pub async fn console_attach(
                 }
             }
             input_done.notify_one();
-            std::future::pending::<()>().await;
         };
-        tokio::select! { _ = to_client => {}, _ = from_client => {} }
+        // Input that reached us is delivered even when the client is already gone (it typed a
+        // command and closed): a failed write towards it must not drop what it sent.
+        tokio::pin!(to_client, from_client);
+        tokio::select! {
+            _ = &mut from_client => to_client.await,
+            _ = &mut to_client => {
+                let _ = tokio::time::timeout(INPUT_GRACE, from_client).await;
+            }
+        }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();

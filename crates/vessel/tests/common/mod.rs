@@ -387,4 +387,5 @@ pub async fn run_in_guest(client: &Client, vm: &str, command: &str) {
         .write_all(format!("{command}\n").as_bytes())
         .await
         .unwrap();
+    console.flush().await.unwrap();
 }
