@@ -169,6 +169,10 @@ pub struct CreateVmRequest {
     /// cloud-init network-config (version 1 or 2); attaches a NoCloud seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_config: Option<String>,
+    /// The project the VM belongs to (its quota, who may see and change it); `default` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// `PATCH /v1/vms/{name}`: only allowed while the VM is stopped. Absent fields stay as they are.
@@ -264,6 +268,9 @@ impl DesiredState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Vm {
     pub spec: VmSpec,
+    /// The project the VM belongs to.
+    #[serde(default = "default_project")]
+    pub project: String,
     pub desired_state: DesiredState,
     pub state: VmState,
     /// Why the VM is in its state, when that is not obvious (crash reason, last error).
@@ -337,4 +344,8 @@ pub struct GuestInfo {
     /// Why there is nothing to show, when there is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+fn default_project() -> String {
+    vessel_auth::DEFAULT_PROJECT.to_string()
 }

@@ -323,6 +323,9 @@ pub struct CreateArgs {
     pub network_config: Option<PathBuf>,
     #[command(flatten)]
     pub wait: WaitArgs,
+    /// The project the VM belongs to (its quota; who may see and change it) [default: default].
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
 }
 
 /// Reads a small text file given on the command line (cloud-init data).
@@ -462,6 +465,7 @@ impl CreateArgs {
             pool: self.pool.clone(),
             user_data: read_text(&self.user_data, "user-data")?,
             network_config: read_text(&self.network_config, "network-config")?,
+            project: self.project.clone(),
         })
     }
 }

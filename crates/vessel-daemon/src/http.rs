@@ -168,9 +168,9 @@ pub struct ApiDoc;
 
 /// The OpenAPI document, as served at `/v1/openapi.json`.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("OpenAPI document serializes")
+    let mut doc = ApiDoc::openapi();
+    crate::security::extend_openapi(&mut doc);
+    doc.to_pretty_json().expect("OpenAPI document serializes")
 }
 
 pub fn router(service: Service) -> Router {
