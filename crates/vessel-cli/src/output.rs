@@ -29,7 +29,7 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
 
 /// A table in the style of `docker ps`: no borders, a plain header row, columns separated by
 /// spaces, never wrapped (so that `grep` and `awk` see one row per line).
-fn plain_table(header: Option<&[&str]>) -> Table {
+pub(crate) fn plain_table(header: Option<&[&str]>) -> Table {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)

@@ -396,6 +396,10 @@ async fn resolve(
 ) -> Result<(Request, Option<String>, String), ApiError> {
     let path = req.uri().path().to_string();
     match matched.route.target {
+        Target::Host | Target::Any if creates(matched) => {
+            let (req, _, target) = peek_body(req, path).await?;
+            Ok((req, None, target))
+        }
         Target::Host | Target::Any => Ok((req, None, path)),
         Target::Project => Ok((req, matched.param("name").map(str::to_string), path)),
         Target::Vm => {
@@ -412,17 +416,32 @@ async fn resolve(
             Ok((req, Some(DEFAULT_PROJECT.to_string()), path))
         }
         Target::Body => {
-            let (parts, body) = req.into_parts();
-            let bytes = read_limited(body).await?;
-            let (project, name) = body_project(&bytes);
-            let target = match name {
-                Some(name) => format!("{path}/{name}"),
-                None => path,
-            };
-            let req = Request::from_parts(parts, Body::from(bytes));
+            let (req, project, target) = peek_body(req, path).await?;
             Ok((req, Some(project), target))
         }
     }
+}
+
+/// Whether the route creates something named in its body (`POST /v1/users`...).
+fn creates(matched: &Matched) -> bool {
+    matched.route.method == "POST" && action_name("POST", matched.route.path).ends_with(".create")
+}
+
+/// Reads the body for its `project` and `name`; returns the request with the body put back,
+/// the project, and the audit target (the path, plus the name of what is created).
+async fn peek_body(req: Request, path: String) -> Result<(Request, String, String), ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_limited(body).await?;
+    let (project, name) = body_project(&bytes);
+    let target = match name {
+        Some(name) => format!("{path}/{name}"),
+        None => path,
+    };
+    Ok((
+        Request::from_parts(parts, Body::from(bytes)),
+        project,
+        target,
+    ))
 }
 
 /// Reads a body up to the API's limit (the handler would refuse a larger one anyway).

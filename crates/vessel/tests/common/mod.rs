@@ -50,10 +50,29 @@ pub struct Daemon {
     child: Option<Child>,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
+    /// More `vessel daemon` arguments (e.g. `--listen`).
+    pub extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
+    /// A daemon on a fresh data dir, with more `vessel daemon` arguments.
+    pub fn start_with(extra_args: &[&str]) -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("vessel-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mut daemon = Daemon {
+            child: None,
+            data_dir: tmp.path().join("data"),
+            socket: tmp.path().join("vessel.sock"),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            _tmp: Some(tmp),
+        };
+        daemon.spawn();
+        daemon
+    }
+
     /// A daemon on a fresh data dir.
     pub fn start() -> Daemon {
         let tmp = tempfile::Builder::new()
@@ -64,6 +83,7 @@ impl Daemon {
             child: None,
             data_dir: tmp.path().join("data"),
             socket: tmp.path().join("vessel.sock"),
+            extra_args: Vec::new(),
             _tmp: Some(tmp),
         };
         daemon.spawn();
@@ -76,7 +96,8 @@ impl Daemon {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--socket")
-            .arg(&self.socket);
+            .arg(&self.socket)
+            .args(&self.extra_args);
         cmd.env("VESSEL_LOG", "info,vessel_daemon=debug");
         cmd
     }
