@@ -9,7 +9,9 @@
 //!    (except for root, whose requests fall through to the router's own 404). Denied is 403,
 //!    naming the missing permission; a denied request never reaches the handler.
 //! 3. Audit: every mutating request (after it ran, with its result) and every denied one
-//!    (401, 403, 429) is appended to the hash-chained audit log before the answer goes out.
+//!    (401, 403, 429; reads refused as malformed, 400 and 413) is appended to the hash-chained
+//!    audit log before the answer goes out. A 4xx is recorded as `denied: ...`, a 5xx as
+//!    `error: ...`.
 //!
 //! Lists of VMs are filtered to the caller's projects here, from the handler's JSON.
 
@@ -225,7 +227,8 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
         (Some(m), false) if m.route.path == "/v1/vms" => filter_list(&caller, response).await,
         _ => response,
     };
-    if !mutating {
+    // Reads are audited only when refused as malformed (the 401/403/429 cases were above).
+    if !mutating && !matches!(response.status().as_u16(), 400 | 413) {
         return response;
     }
     let (response, result) = outcome(response).await;
@@ -242,7 +245,8 @@ struct Audit<'a> {
 
 impl Audit<'_> {
     async fn denied(&self, identity: &str, target: &str, e: &ApiError) {
-        self.record(identity, target, format!("denied: {}", e.message))
+        let status = e.code.http_status();
+        self.record(identity, target, format!("denied: {status} {}", e.message))
             .await;
     }
 
@@ -487,7 +491,9 @@ async fn outcome(response: Response) -> (Response, String) {
     let message = serde_json::from_slice::<vessel_api::ErrorBody>(&bytes)
         .map(|b| b.error.message)
         .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(200).collect());
-    let kind = if matches!(status.as_u16(), 401 | 403 | 429) {
+    // A 4xx is the request refused (bad input, no permission, over quota, conflict): nothing
+    // was changed. A 5xx is the daemon failing while carrying it out.
+    let kind = if status.is_client_error() {
         "denied"
     } else {
         "error"

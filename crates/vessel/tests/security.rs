@@ -773,3 +773,55 @@ async fn audit_records_requests_and_verify_locates_each_tampering() {
         text(&inserted.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_unknown_and_oversized_requests_are_refused_audited_and_change_nothing() {
+    let r = Remote::start();
+    let token = r.user("fay", vec![grant("*", Role::Admin)]).await;
+    let cases = [
+        (r#"{"name": "x1""#, 400),
+        (r#"{"name": "x2", "colour": "red"}"#, 400),
+        (r#"{"name": 7}"#, 400),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = r.raw(Some(&token), "POST", "/v1/projects", body).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+    }
+    let big = format!(r#"{{"name": "x3", "pad": "{}"}}"#, "a".repeat(70 * 1024));
+    let (status, _) = r.raw(Some(&token), "POST", "/v1/projects", &big).await;
+    assert_eq!(status, 413);
+    let (status, _) = r.raw(Some(&token), "GET", "/v1/audit?colour=red", "").await;
+    assert_eq!(status, 400);
+    let projects = r.root().list_projects().await.unwrap();
+    assert_eq!(projects.len(), 1, "{projects:?}");
+
+    // A header block larger than the limit is refused before any handler.
+    let request = hyper::Request::builder()
+        .method("GET")
+        .uri("/v1/vms")
+        .header("host", "vessel")
+        .header("x-padding", "b".repeat(32 * 1024))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let refused = r.target(Some(&token)).send(request).await;
+    // Either a 431 answer or a closed connection: refused both ways.
+    if let Ok(response) = refused {
+        assert_eq!(response.status().as_u16(), 431);
+    }
+
+    let records = r
+        .root()
+        .list_audit(&vessel_cli::AuditQuery {
+            identity: Some("fay".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 5, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|rec| rec.result.starts_with("denied: 4")),
+        "{records:?}"
+    );
+}
