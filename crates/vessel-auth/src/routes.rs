@@ -286,3 +286,37 @@ mod tests {
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_method_and_path_is_looked_up_without_panicking(method in "[A-Z]{0,8}", path in ".{0,80}") {
+            let _ = lookup(&method, &path);
+        }
+
+        #[test]
+        fn every_template_filled_with_names_finds_its_own_row(
+            index in 0..ROUTES.len(),
+            names in proptest::collection::vec("x[a-z0-9%-]{0,10}", 4),
+        ) {
+            let route = &ROUTES[index];
+            let mut i = 0;
+            let path: Vec<String> = route.path.split('/').map(|part| {
+                if part.starts_with('{') {
+                    i += 1;
+                    names[i - 1].clone()
+                } else {
+                    part.to_string()
+                }
+            }).collect();
+            let matched = lookup(route.method, &path.join("/"));
+            prop_assert_eq!(matched.map(|m| m.route.path), Some(route.path));
+        }
+    }
+}

@@ -601,7 +601,9 @@ fn decode_query(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&plus[i + 1..i + 3], 16) {
+            // Bytes, not a str slice: `%` may be followed by a multi-byte character.
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(b);
                 i += 3;
                 continue;
@@ -686,6 +688,18 @@ mod tests {
             "host.master-key.rotate"
         );
         assert_eq!(action_name("GET", "/metrics"), "metrics.list");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_yields_a_project_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = body_project(&bytes);
+        }
+
+        #[test]
+        fn any_query_decodes_without_panicking(text in ".{0,60}") {
+            let _ = decode_query(&text);
+        }
     }
 
     #[test]
