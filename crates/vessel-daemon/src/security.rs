@@ -6,8 +6,9 @@
 //!    daemon's CA. Anything else is 401. Repeated failures from one address are 429 for a while.
 //! 2. May they: the route's row in [`vessel_auth::ROUTES`] names the permission and where the
 //!    project comes from (the VM, the image, the body's `project`, the host). No row: denied
-//!    (except for root, whose requests fall through to the router's own 404). Denied is 403,
-//!    naming the missing permission; a denied request never reaches the handler.
+//!    (except for host admins, root included, whose requests fall through to the router's own
+//!    404). Denied is 403, naming the missing permission; a denied request never reaches the
+//!    handler.
 //! 3. Audit: every mutating request (after it ran, with its result) and every denied one
 //!    (401, 403, 429; reads refused as malformed, 400 and 413) is appended to the hash-chained
 //!    audit log before the answer goes out. A 4xx is recorded as `denied: ...`, a 5xx as
