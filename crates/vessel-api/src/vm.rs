@@ -346,6 +346,6 @@ pub struct GuestInfo {
     pub note: Option<String>,
 }
 
-fn default_project() -> String {
+pub(crate) fn default_project() -> String {
     vessel_auth::DEFAULT_PROJECT.to_string()
 }

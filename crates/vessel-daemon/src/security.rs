@@ -14,7 +14,7 @@
 //!    audit log before the answer goes out. A 4xx is recorded as `denied: ...`, a 5xx as
 //!    `error: ...`.
 //!
-//! Lists of VMs are filtered to the caller's projects here, from the handler's JSON.
+//! Lists of VMs and images are filtered to the caller's projects here, from the handler's JSON.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -225,7 +225,12 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
     req.extensions_mut().insert(caller.clone());
     let response = next.run(req).await;
     let response = match (&matched, mutating) {
-        (Some(m), false) if m.route.path == "/v1/vms" => filter_list(&caller, response).await,
+        (Some(m), false) if m.route.path == "/v1/vms" => {
+            filter_list(&caller, Permission::VmRead, response).await
+        }
+        (Some(m), false) if m.route.path == "/v1/images" => {
+            filter_list(&caller, Permission::ImageRead, response).await
+        }
         _ => response,
     };
     // Reads are audited only when refused as malformed (the 401/403/429 cases were above).
@@ -417,14 +422,26 @@ async fn resolve(
             Ok((req, project, path))
         }
         Target::Image => {
-            // Images carry no project yet: they belong to `default`.
-            Ok((req, Some(DEFAULT_PROJECT.to_string()), path))
+            let name = matched.param("name").unwrap_or_default();
+            Ok((req, image_project(sec, name).await, path))
         }
         Target::Body => {
             let (req, project, target) = peek_body(req, path).await?;
             Ok((req, Some(project), target))
         }
     }
+}
+
+/// The project of an image; `None` (any project) for one that does not exist.
+async fn image_project(sec: &Security, name: &str) -> Option<String> {
+    let kv = sec
+        .ctx
+        .store
+        .get(&crate::images::image_key(name))
+        .await
+        .ok()??;
+    let record: crate::images::ImageRecord = serde_json::from_slice(&kv.value).ok()?;
+    Some(record.project)
 }
 
 /// Whether the route creates something named in its body (`POST /v1/users`...).
@@ -503,9 +520,10 @@ async fn outcome(response: Response) -> (Response, String) {
     (Response::from_parts(parts, Body::from(bytes)), result)
 }
 
-/// Keeps only the VMs of projects the caller may read (root and `*` grants see everything).
-async fn filter_list(caller: &Caller, response: Response) -> Response {
-    let Some(projects) = caller.identity.readable_projects(Permission::VmRead) else {
+/// Keeps only the items (VMs, images) of projects the caller may read with `permission` (root
+/// and `*` grants see everything).
+async fn filter_list(caller: &Caller, permission: Permission, response: Response) -> Response {
+    let Some(projects) = caller.identity.readable_projects(permission) else {
         return response;
     };
     if !response.status().is_success() {
@@ -513,10 +531,10 @@ async fn filter_list(caller: &Caller, response: Response) -> Response {
     }
     let (parts, body) = response.into_parts();
     let Ok(collected) = body.collect().await else {
-        return error_response(ApiError::internal("could not read the VM list"));
+        return error_response(ApiError::internal("could not read the list"));
     };
     let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&collected.to_bytes()) else {
-        return error_response(ApiError::internal("the VM list is not a JSON array"));
+        return error_response(ApiError::internal("the list is not a JSON array"));
     };
     let kept: Vec<serde_json::Value> = items
         .into_iter()

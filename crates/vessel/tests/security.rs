@@ -418,7 +418,6 @@ async fn every_route_of_the_openapi_document_allows_and_denies_per_the_permissio
                         vessel_auth::Target::Host => Scope::Host,
                         // Named objects do not exist (any project), bodies say nothing (default).
                         vessel_auth::Target::Body => Scope::Project("default"),
-                        vessel_auth::Target::Image => Scope::Project("default"),
                         vessel_auth::Target::Project => Scope::Project("nosuch0"),
                         _ => Scope::AnyProject,
                     };
