@@ -99,6 +99,9 @@ pub async fn run(
         std::time::Duration::from_secs(config.sample_interval_secs),
     ));
     let listener = bind_socket(&config.socket)?;
+    if let Some(group) = &config.socket_group {
+        security::set_socket_group(&config.socket, group)?;
+    }
     let remote = security::bind_remote(&config, &security).await?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "vessel daemon ready");
     let app = security::app(http::router(Service { ctx }), Arc::clone(&security));

@@ -107,6 +107,41 @@ pub async fn open(ctx: Arc<Ctx>, config: &crate::Config) -> anyhow::Result<Arc<S
     Ok(Arc::new(Security::new(ctx, audit, tls)))
 }
 
+/// Gives the unix socket (mode 0660) to `group`, so that its members may use it.
+pub fn set_socket_group(path: &std::path::Path, group: &str) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| anyhow::anyhow!("socket_group {group:?} contains a NUL byte"))?;
+    // SAFETY: all-zero bytes are a valid `group` (null pointers, zero gid) for getgrnam_r to fill.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the duration of the call and `buf` is as long as said.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        anyhow::bail!("socket_group {group:?} is not a group on this host; create it (groupadd {group}) or remove the setting");
+    }
+    let path_c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: path_c is a valid NUL-terminated path; -1 (as uid_t) leaves the owner unchanged.
+    let rc = unsafe { libc::chown(path_c.as_ptr(), u32::MAX, entry.gr_gid) };
+    if rc != 0 {
+        anyhow::bail!(
+            "cannot give {} to group {group:?}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// The bound TLS listener and its configuration.
 pub struct Remote {
     pub listener: tokio::net::TcpListener,
@@ -707,6 +742,16 @@ mod tests {
             "host.master-key.rotate"
         );
         assert_eq!(action_name("GET", "/metrics"), "metrics.list");
+    }
+
+    #[test]
+    fn the_socket_goes_to_an_existing_group_and_an_unknown_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, b"").unwrap();
+        set_socket_group(&path, "root").unwrap();
+        let err = set_socket_group(&path, "no-such-group-xyz").unwrap_err();
+        assert!(err.to_string().contains("groupadd"), "{err}");
     }
 
     proptest::proptest! {
