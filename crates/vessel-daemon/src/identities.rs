@@ -59,6 +59,79 @@ pub struct CertRecord {
     pub expires_ms: u64,
 }
 
+/// Signed-in identities by token id and certificate fingerprint, so that a remote request does
+/// not read the store twice. The daemon is the only writer of `auth/` (one daemon per data dir),
+/// and every write clears the cache. A generation counter keeps a sign-in that read the store
+/// before such a write from putting what it read back after the clear.
+#[derive(Default)]
+pub struct AuthCache {
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    generation: u64,
+    tokens: std::collections::HashMap<String, (TokenRecord, Identity)>,
+    certs: std::collections::HashMap<String, (CertRecord, Identity)>,
+}
+
+/// More entries than this and the cache starts over (tokens are few; this bounds memory).
+const CACHE_MAX: usize = 10_000;
+
+impl AuthCache {
+    fn generation(&self) -> u64 {
+        self.inner.lock().expect("auth cache lock").generation
+    }
+
+    /// Forgets everything; called after every write of users, tokens or certificates.
+    pub fn clear(&self) {
+        let mut inner = self.inner.lock().expect("auth cache lock");
+        inner.generation += 1;
+        inner.tokens.clear();
+        inner.certs.clear();
+    }
+
+    fn token(&self, id: &str) -> Option<(TokenRecord, Identity)> {
+        self.inner
+            .lock()
+            .expect("auth cache lock")
+            .tokens
+            .get(id)
+            .cloned()
+    }
+
+    fn cert(&self, fingerprint: &str) -> Option<(CertRecord, Identity)> {
+        self.inner
+            .lock()
+            .expect("auth cache lock")
+            .certs
+            .get(fingerprint)
+            .cloned()
+    }
+
+    fn put_token(&self, generation: u64, record: TokenRecord, identity: Identity) {
+        let mut inner = self.inner.lock().expect("auth cache lock");
+        if inner.generation == generation {
+            if inner.tokens.len() >= CACHE_MAX {
+                inner.tokens.clear();
+            }
+            inner.tokens.insert(record.id.clone(), (record, identity));
+        }
+    }
+
+    fn put_cert(&self, generation: u64, record: CertRecord, identity: Identity) {
+        let mut inner = self.inner.lock().expect("auth cache lock");
+        if inner.generation == generation {
+            if inner.certs.len() >= CACHE_MAX {
+                inner.certs.clear();
+            }
+            inner
+                .certs
+                .insert(record.fingerprint.clone(), (record, identity));
+        }
+    }
+}
+
 fn internal(e: anyhow::Error) -> ApiError {
     ApiError::internal(e.to_string())
 }
@@ -99,9 +172,19 @@ fn identity_of(user: UserRecord) -> Identity {
     }
 }
 
-/// The identity behind a bearer token.
-pub async fn authenticate_token(store: &dyn Store, text: &str) -> Result<Identity, AuthFailure> {
+/// The identity behind a bearer token. The digest and the expiry are checked every time, also
+/// for a cached record.
+pub async fn authenticate_token(
+    store: &dyn Store,
+    cache: &AuthCache,
+    text: &str,
+) -> Result<Identity, AuthFailure> {
     let token = Token::parse(text).map_err(AuthFailure::Token)?;
+    if let Some((record, identity)) = cache.token(&token.id) {
+        record.check(&token, now_ms()).map_err(AuthFailure::Token)?;
+        return Ok(identity);
+    }
+    let generation = cache.generation();
     let kv = store
         .get(&token_key(&token.id))
         .await
@@ -115,18 +198,28 @@ pub async fn authenticate_token(store: &dyn Store, text: &str) -> Result<Identit
         .map_err(AuthFailure::Store)?
         .ok_or_else(|| AuthFailure::UnknownUser(record.user.clone()))?;
     let identity = identity_of(user);
-    Ok(if record.scope.is_empty() {
+    let identity = if record.scope.is_empty() {
         identity
     } else {
         identity.restrict(&record.scope)
-    })
+    };
+    cache.put_token(generation, record, identity.clone());
+    Ok(identity)
 }
 
 /// The identity behind a client certificate (already verified against the CA by rustls).
 pub async fn authenticate_cert(
     store: &dyn Store,
+    cache: &AuthCache,
     fingerprint: &str,
 ) -> Result<Identity, AuthFailure> {
+    if let Some((record, identity)) = cache.cert(fingerprint) {
+        if now_ms() >= record.expires_ms {
+            return Err(AuthFailure::UnknownCertificate);
+        }
+        return Ok(identity);
+    }
+    let generation = cache.generation();
     let kv = store
         .get(&cert_key(fingerprint))
         .await
@@ -140,8 +233,10 @@ pub async fn authenticate_cert(
     let user = load_user(store, &record.user)
         .await
         .map_err(AuthFailure::Store)?
-        .ok_or(AuthFailure::UnknownUser(record.user))?;
-    Ok(identity_of(user))
+        .ok_or_else(|| AuthFailure::UnknownUser(record.user.clone()))?;
+    let identity = identity_of(user);
+    cache.put_cert(generation, record, identity.clone());
+    Ok(identity)
 }
 
 // ---- routes ----
@@ -238,6 +333,7 @@ async fn create_user(
             format!("user {:?} already exists", req.name),
         )));
     }
+    sec.auth_cache.clear();
     let user = user_view(sec.ctx.store.as_ref(), record).await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
@@ -285,6 +381,7 @@ async fn delete_user(
             "user {name:?} changed meanwhile; try again"
         ))));
     }
+    sec.auth_cache.clear();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -329,6 +426,7 @@ async fn issue_cert(
     if !store.txn(txn).await.map_err(store_error)?.succeeded {
         return Err(HttpError(user_not_found(&name)));
     }
+    sec.auth_cache.clear();
     let issued = IssuedCert {
         user: name,
         fingerprint: cert.fingerprint,
@@ -390,6 +488,7 @@ async fn create_token(
     if !sec.ctx.store.txn(txn).await.map_err(store_error)?.succeeded {
         return Err(HttpError(user_not_found(&req.user)));
     }
+    sec.auth_cache.clear();
     let created = CreatedToken {
         token: token_info(record),
         secret: token.reveal(),
@@ -411,5 +510,6 @@ async fn revoke_token(
                 .with_hint("list tokens with `vessel token list`"),
         ));
     }
+    sec.auth_cache.clear();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -46,6 +46,7 @@ pub struct Security {
     pub ctx: Arc<Ctx>,
     pub audit: AuditLog,
     pub tls: Option<TlsMaterial>,
+    pub auth_cache: crate::identities::AuthCache,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
@@ -55,6 +56,7 @@ impl Security {
             ctx,
             audit,
             tls,
+            auth_cache: Default::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -361,10 +363,10 @@ async fn authenticate(
     }
     let store = sec.ctx.store.as_ref();
     let result = match (bearer, client_cert) {
-        (Some(token), _) => crate::identities::authenticate_token(store, token)
+        (Some(token), _) => crate::identities::authenticate_token(store, &sec.auth_cache, token)
             .await
             .map(|id| (id, "token")),
-        (None, Some(fp)) => crate::identities::authenticate_cert(store, fp)
+        (None, Some(fp)) => crate::identities::authenticate_cert(store, &sec.auth_cache, fp)
             .await
             .map(|id| (id, "certificate")),
         (None, None) => {

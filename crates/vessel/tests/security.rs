@@ -269,6 +269,8 @@ async fn missing_wrong_expired_and_revoked_tokens_are_401_and_repeated_failures_
     assert!(body.contains("expired"), "{body}");
 
     let revoked = r.token("carol", None).await;
+    // Used once (so the daemon has it cached), then revoked: refused at the next request.
+    assert_eq!(r.raw(Some(&revoked), "GET", "/v1/vms", "").await.0, 200);
     let id = revoked[4..20].to_string();
     r.root().revoke_token(&id).await.unwrap();
     assert_eq!(r.raw(Some(&revoked), "GET", "/v1/vms", "").await.0, 401);
