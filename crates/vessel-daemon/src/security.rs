@@ -421,7 +421,10 @@ async fn authorize(
     let Some(permission) = matched.route.permission else {
         return Ok((req, path));
     };
-    let (req, project, target) = resolve(sec, matched, req).await?;
+    // A caller with the permission on the host has it in every project: no need to look up the
+    // target's project (that lookup waits for the VM view to catch up with the store).
+    let everywhere = caller.identity.check(permission, Scope::Host).is_ok();
+    let (req, project, target) = resolve(sec, matched, req, everywhere).await?;
     let scope = match (matched.route.target, project.as_deref()) {
         (Target::Host, _) => Scope::Host,
         (_, Some(project)) => Scope::Project(project),
@@ -440,6 +443,7 @@ async fn resolve(
     sec: &Security,
     matched: &Matched,
     req: Request,
+    everywhere: bool,
 ) -> Result<(Request, Option<String>, String), ApiError> {
     let path = req.uri().path().to_string();
     match matched.route.target {
@@ -449,6 +453,7 @@ async fn resolve(
         }
         Target::Host | Target::Any => Ok((req, None, path)),
         Target::Project => Ok((req, matched.param("name").map(str::to_string), path)),
+        Target::Vm | Target::Image if everywhere => Ok((req, None, path)),
         Target::Vm => {
             let name = matched.param("name").unwrap_or_default();
             let project = match sec.ctx.view.get(name).await {
