@@ -16,6 +16,9 @@ pub enum Target {
     Vm,
     /// The image named by the `{name}` path parameter.
     Image,
+    /// The volume named by the `{pool}` and `{name}` path parameters (`default` when it has no
+    /// project of its own).
+    Volume,
     /// The project named by the `{name}` path parameter.
     Project,
     /// The `project` field of the JSON body (`default` when absent): creates.
@@ -47,22 +50,13 @@ const fn r(
     }
 }
 
-use Target::{Any, Body, Host, Image, Project, Vm};
+use Target::{Any, Body, Host, Image, Project, Vm, Volume};
 
 /// Every route of the API. Keep in the order of the OpenAPI document's sections.
+#[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        path: "/v1/openapi.json",
-        permission: None,
-        target: Any,
-    },
-    Route {
-        method: "GET",
-        path: "/v1/whoami",
-        permission: None,
-        target: Any,
-    },
+    Route { method: "GET", path: "/v1/openapi.json", permission: None, target: Any },
+    Route { method: "GET", path: "/v1/whoami", permission: None, target: Any },
     // VMs
     r("GET", "/v1/vms", VmRead, Any),
     r("POST", "/v1/vms", VmCreate, Body),
@@ -81,18 +75,8 @@ pub const ROUTES: &[Route] = &[
     r("DELETE", "/v1/vms/{name}/disks/{pool}/{volume}", VmEdit, Vm),
     r("GET", "/v1/vms/{name}/snapshots", VmRead, Vm),
     r("POST", "/v1/vms/{name}/snapshots", VmSnapshot, Vm),
-    r(
-        "POST",
-        "/v1/vms/{name}/snapshots/{snapshot}/revert",
-        VmSnapshot,
-        Vm,
-    ),
-    r(
-        "DELETE",
-        "/v1/vms/{name}/snapshots/{snapshot}",
-        VmSnapshot,
-        Vm,
-    ),
+    r("POST", "/v1/vms/{name}/snapshots/{snapshot}/revert", VmSnapshot, Vm),
+    r("DELETE", "/v1/vms/{name}/snapshots/{snapshot}", VmSnapshot, Vm),
     r("GET", "/v1/vms/{name}/console/log", VmConsole, Vm),
     r("GET", "/v1/vms/{name}/console", VmConsole, Vm),
     // Statistics of every VM and the host span projects.
@@ -106,32 +90,13 @@ pub const ROUTES: &[Route] = &[
     r("DELETE", "/v1/pools/{name}", PoolAdmin, Host),
     r("GET", "/v1/pools/{pool}/volumes", StorageRead, Any),
     r("POST", "/v1/pools/{pool}/volumes", StorageWrite, Body),
-    r("GET", "/v1/pools/{pool}/volumes/{name}", StorageRead, Any),
-    r(
-        "DELETE",
-        "/v1/pools/{pool}/volumes/{name}",
-        StorageWrite,
-        Any,
-    ),
-    r(
-        "POST",
-        "/v1/pools/{pool}/volumes/{name}/resize",
-        StorageWrite,
-        Any,
-    ),
-    r(
-        "POST",
-        "/v1/pools/{pool}/volumes/{name}/clone",
-        StorageWrite,
-        Body,
-    ),
+    r("GET", "/v1/pools/{pool}/volumes/{name}", StorageRead, Volume),
+    r("DELETE", "/v1/pools/{pool}/volumes/{name}", StorageWrite, Volume),
+    r("POST", "/v1/pools/{pool}/volumes/{name}/resize", StorageWrite, Volume),
+    // A clone belongs to its source's project.
+    r("POST", "/v1/pools/{pool}/volumes/{name}/clone", StorageWrite, Volume),
     r("POST", "/v1/pools/{pool}/imports", StorageWrite, Body),
-    r(
-        "POST",
-        "/v1/pools/{pool}/volumes/{name}/export",
-        StorageWrite,
-        Any,
-    ),
+    r("POST", "/v1/pools/{pool}/volumes/{name}/export", StorageWrite, Volume),
     r("GET", "/v1/images", ImageRead, Any),
     r("POST", "/v1/images", ImageWrite, Body),
     r("GET", "/v1/images/{name}", ImageRead, Image),

@@ -26,6 +26,7 @@ mod tls;
 mod view;
 mod vm_disks;
 mod volume_keys;
+mod volume_projects;
 mod volumes;
 mod worker;
 

@@ -14,7 +14,8 @@
 //!    audit log before the answer goes out. A 4xx is recorded as `denied: ...`, a 5xx as
 //!    `error: ...`.
 //!
-//! Lists of VMs and images are filtered to the caller's projects here, from the handler's JSON.
+//! Lists of VMs, images and volumes are filtered to the caller's projects here, from the
+//! handler's JSON.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -268,6 +269,9 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
         (Some(m), false) if m.route.path == "/v1/images" => {
             filter_list(&caller, Permission::ImageRead, response).await
         }
+        (Some(m), false) if m.route.path == "/v1/pools/{pool}/volumes" => {
+            filter_list(&caller, Permission::StorageRead, response).await
+        }
         _ => response,
     };
     // Reads are audited only when refused as malformed (the 401/403/429 cases were above).
@@ -453,7 +457,13 @@ async fn resolve(
         }
         Target::Host | Target::Any => Ok((req, None, path)),
         Target::Project => Ok((req, matched.param("name").map(str::to_string), path)),
-        Target::Vm | Target::Image if everywhere => Ok((req, None, path)),
+        Target::Vm | Target::Image | Target::Volume if everywhere => Ok((req, None, path)),
+        Target::Volume => {
+            let pool = matched.param("pool").unwrap_or_default();
+            let name = matched.param("name").unwrap_or_default();
+            let project = crate::volume_projects::get(sec.ctx.store.as_ref(), pool, name).await?;
+            Ok((req, Some(project), path))
+        }
         Target::Vm => {
             let name = matched.param("name").unwrap_or_default();
             let project = match sec.ctx.view.get(name).await {

@@ -117,6 +117,11 @@ impl Service {
             if let Some(sealed) = &cloud_init {
                 txn = txn.then(Op::Put(cloud_init_key(&request.name), encode(sealed)));
             }
+            // The root disk made from an image belongs to the VM's project.
+            if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
+                let root = vessel_core::spec::root_volume_name(&request.name);
+                txn = txn.then(crate::volume_projects::put(pool, &root, &project));
+            }
             let txn = txn
                 .when(Compare::Missing(spec_key(&request.name)))
                 .then(Op::Put(spec_key(&request.name), encode(&record)))

@@ -421,6 +421,8 @@ async fn every_route_of_the_openapi_document_allows_and_denies_per_the_permissio
                         // Named objects do not exist (any project), bodies say nothing (default).
                         vessel_auth::Target::Body => Scope::Project("default"),
                         vessel_auth::Target::Project => Scope::Project("nosuch0"),
+                        // A volume without a project of its own belongs to `default`.
+                        vessel_auth::Target::Volume => Scope::Project("default"),
                         _ => Scope::AnyProject,
                     };
                     identity.check(permission, scope).is_ok()
@@ -825,4 +827,61 @@ async fn malformed_unknown_and_oversized_requests_are_refused_audited_and_change
             .all(|rec| rec.result.starts_with("denied: 4")),
         "{records:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_belong_to_projects_and_callers_see_and_touch_only_theirs() {
+    let r = Remote::start();
+    let root = r.root();
+    root.create_project(&vessel_api::CreateProjectRequest {
+        name: "dev".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let volume = |name: &str, project: Option<&str>| vessel_api::CreateVolumeRequest {
+        name: name.into(),
+        size_bytes: Some(1 << 20),
+        project: project.map(str::to_string),
+        ..Default::default()
+    };
+    let dev_vol = root
+        .create_volume("default", &volume("devdata", Some("dev")))
+        .await
+        .unwrap();
+    assert_eq!(dev_vol.project, "dev");
+    root.create_volume("default", &volume("shared", None))
+        .await
+        .unwrap();
+
+    let token = r.user("dora", vec![grant("dev", Role::Operator)]).await;
+    let dora = r.client(&token);
+    let seen: Vec<String> = dora
+        .list_volumes("default")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(seen, vec!["devdata".to_string()]);
+    let err = dora.delete_volume("default", "shared").await.unwrap_err();
+    assert!(err.to_string().contains("storage.write"), "{err}");
+    // Her own project's volume she may resize and delete; a new one goes to dev when she says so.
+    dora.create_volume("default", &volume("mine", Some("dev")))
+        .await
+        .unwrap();
+    let err = dora
+        .create_volume("default", &volume("notmine", None))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("in project \"default\""), "{err}");
+    dora.delete_volume("default", "devdata").await.unwrap();
+    let left: Vec<String> = root
+        .list_volumes("default")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(left, vec!["mine".to_string(), "shared".to_string()]);
 }
