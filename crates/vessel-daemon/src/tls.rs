@@ -26,6 +26,9 @@ pub const SERVER_NAME: &str = "vessel";
 /// How long a client may take for the TLS handshake, and then for a request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request body (at most 64 KiB): a client that trickles
+/// its body is cut off instead of holding a connection slot.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The read buffer bounds the request line plus headers (hyper's minimum is 8 KiB).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Open TLS connections at once; more wait in the kernel's accept queue.
@@ -356,7 +359,9 @@ async fn serve_connection(
             let app = app.clone();
             async move {
                 use tower::ServiceExt as _;
-                app.oneshot(req.map(axum::body::Body::new)).await
+                let req =
+                    req.map(|body| axum::body::Body::new(DeadlineBody::new(body, BODY_TIMEOUT)));
+                app.oneshot(req).await
             }
         });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -377,9 +382,81 @@ async fn serve_connection(
     }
 }
 
+/// A request body that fails once `limit` has passed before it was fully received.
+struct DeadlineBody<B> {
+    inner: B,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, limit: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            limit,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        if this.timer.as_mut().poll(cx).is_ready() {
+            let message = format!(
+                "the request body did not arrive within {} s",
+                this.limit.as_secs()
+            );
+            return Poll::Ready(Some(Err(message.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_fails() {
+        use http_body_util::BodyExt as _;
+        let never = http_body_util::StreamBody::new(futures::stream::pending::<
+            Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>,
+        >());
+        let body = DeadlineBody::new(never, Duration::from_secs(10));
+        let Err(err) = body.collect().await else {
+            panic!("the deadline should fail the body");
+        };
+        assert!(err.to_string().contains("within 10 s"), "{err}");
+        let whole = DeadlineBody::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+            Duration::from_secs(10),
+        );
+        assert_eq!(whole.collect().await.unwrap().to_bytes().as_ref(), b"{}");
+    }
 
     #[test]
     fn days_convert_to_dates() {
