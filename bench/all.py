@@ -4,11 +4,13 @@
 Usage: python3 bench/all.py [--quick] [--only NAME,...] [--vessel PATH] [--out FILE]
                             [--results FILE] [--no-wait-quiet] [--build-note TEXT]
 
-Benchmarks (in this order): run, libvirt, import, snapshot, storage, density, metrics, network.
+Benchmarks (in this order): run, libvirt, import, snapshot, storage, density, metrics, network,
+security.
 Needs a release build first:
     cargo build --release -p vessel
     cargo build --release -p vessel-metrics --examples
     cargo build --release -p vessel-storage --example import
+    cargo build --release -p vessel-audit --example append_bench
 (binaries from $CARGO_TARGET_DIR, else target/).
 
 Each script runs as its own process and prints JSON; the results of all of them are kept in
@@ -38,7 +40,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import common  # noqa: E402
 
-ORDER = ["run", "libvirt", "import", "snapshot", "storage", "density", "metrics", "network"]
+ORDER = ["run", "libvirt", "import", "snapshot", "storage", "density", "metrics", "network",
+         "security"]
 
 TITLES = {
     "run": "Foundation: start overhead, boot vs raw QEMU, daemon memory, list latency (bench/run.py)",
@@ -49,6 +52,7 @@ TITLES = {
     "density": "Density and sampling cost: idle test guests (64 MiB asked) on one host (bench/density.py)",
     "metrics": "Metrics: per-VM sample cost and /metrics render time (bench/metrics.py)",
     "network": "Networks: TCP throughput on a managed bridge vs user-mode NAT, network create and NIC attach (bench/network.py)",
+    "security": "Security: TLS + token overhead vs the unix socket, audit append throughput (bench/security.py)",
 }
 
 
@@ -63,6 +67,7 @@ def args_for(name, quick):
         "density": ["--max", "40", "--window", "60", "--pairs", "2"],
         "metrics": ["--repeat", "3", "--requests", "50", "--vms", "200"],
         "network": ["--runs", "11", "--mib", "8", "--create-runs", "10", "--nic-runs", "10"],
+        "security": ["--requests", "5000", "--audited", "20000"],
     }
     fast = {
         "run": ["--runs", "3", "--list-vms", "200", "--list-requests", "100"],
@@ -74,6 +79,7 @@ def args_for(name, quick):
         "density": ["--max", "4", "--window", "10", "--pairs", "1", "--settle", "3"],
         "metrics": ["--repeat", "1", "--requests", "10", "--vms", "200"],
         "network": ["--runs", "1", "--mib", "2", "--create-runs", "3", "--nic-runs", "3"],
+        "security": ["--requests", "500", "--audited", "2000"],
     }
     return (fast if quick else full)[name]
 
@@ -215,6 +221,7 @@ def command(name, a):
         "density": ["--vessel", a.vessel, "--json"],
         "metrics": ["--vessel", a.vessel, "--json"] + (["--examples", examples] if examples else []),
         "network": ["--vessel", a.vessel, "--json"],
+        "security": ["--vessel", a.vessel, "--json"] + (["--examples", examples] if examples else []),
     }[name]
     return py + extra + args_for(name, a.quick)
 
@@ -547,9 +554,29 @@ def render_network(r):
     return out
 
 
+def render_security(r):
+    g, a, lib = r["get_vms"], r["audited_requests"], r["append_library"]
+    rows = [
+        [f"`GET /v1/vms` ({g['vms']} VMs), unix socket, keep-alive, p50 / p99", "",
+         f"{g['unix_ms']['p50']} / {g['unix_ms']['p99']} ms", f"n={g['requests']}", ""],
+        ["the same over TLS on loopback with a bearer token (authenticated, authorized), p50 / p99", "",
+         f"{g['tls_ms']['p50']} / {g['tls_ms']['p99']} ms", f"n={g['requests']}", ""],
+        ["→ p99 overhead of TLS + token vs the unix socket", "<= 1 ms", f"**{g['p99_overhead_ms']} ms**",
+         f"p50 overhead {g['p50_overhead_ms']} ms", verdict(g["p99_overhead_ms"] <= 1)],
+        [f"audited requests through the daemon ({a['writers']} writers, refused creates: HTTP, middleware, handler, "
+         f"append with the chain and a durable commit before each answer)", "", f"**{a['records_per_s']} records/s**",
+         f"{a['records_added']} records in {a['seconds']} s; chain intact: {a['chain_intact']}", ""],
+    ]
+    if lib.get("records_per_s"):
+        rows.append(["the audit log alone (examples/append_bench: 20,000 records, 32 tasks, SqliteStore on disk)",
+                     ">= 5,000 records/s", f"**{lib['records_per_s']:.0f} records/s**", "one run",
+                     verdict(lib["records_per_s"] >= 5000)])
+    return table(rows)
+
+
 RENDER = {"run": render_run, "libvirt": render_libvirt, "import": render_import, "snapshot": render_snapshot,
           "storage": render_storage, "density": render_density, "metrics": render_metrics,
-          "network": render_network}
+          "network": render_network, "security": render_security}
 
 
 def notes(name):
@@ -583,6 +610,7 @@ def render(doc, quick_any):
             "cargo build --release -p vessel",
             "cargo build --release -p vessel-metrics --examples",
             "cargo build --release -p vessel-storage --example import",
+            "cargo build --release -p vessel-audit --example append_bench",
             "python3 bench/all.py                 # everything (about the time above); --quick for a smoke check",
             "python3 bench/all.py --only density,metrics   # re-run some, keep the others' results",
             "```", "", "Notes that apply to every section:", ""]

@@ -21,6 +21,15 @@ pub enum ErrorCode {
     Internal,
     /// The operation did not finish in time (504).
     Timeout,
+    /// No credentials, or wrong, expired or revoked ones (401).
+    Unauthenticated,
+    /// The caller is known but lacks the permission the message names (403).
+    PermissionDenied,
+    /// The request would take a project over a quota; the message names the limit and the
+    /// usage (409).
+    QuotaExceeded,
+    /// Too many failed sign-ins from this address; wait and try again (429).
+    TooManyRequests,
 }
 
 impl ErrorCode {
@@ -28,7 +37,10 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::NotFound => 404,
-            ErrorCode::AlreadyExists | ErrorCode::Conflict => 409,
+            ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::QuotaExceeded => 409,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::OperationFailed | ErrorCode::Internal => 500,
             ErrorCode::Timeout => 504,
@@ -40,7 +52,10 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument | ErrorCode::PayloadTooLarge => 2,
             ErrorCode::NotFound => 3,
-            ErrorCode::AlreadyExists | ErrorCode::Conflict => 4,
+            ErrorCode::AlreadyExists | ErrorCode::Conflict | ErrorCode::QuotaExceeded => 4,
+            ErrorCode::Unauthenticated
+            | ErrorCode::PermissionDenied
+            | ErrorCode::TooManyRequests => 8,
             ErrorCode::OperationFailed => 5,
             ErrorCode::Timeout => 6,
             ErrorCode::Internal => 1,

@@ -7,6 +7,9 @@ use crate::VolumeFormat;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Image {
     pub name: String,
+    /// The project the image belongs to (who may see, use and delete it).
+    #[serde(default = "crate::vm::default_project")]
+    pub project: String,
     /// The pool that holds the image's volume (of the same name).
     pub pool: String,
     pub format: VolumeFormat,
@@ -35,6 +38,9 @@ pub struct ImportImageRequest {
     /// The pool to keep it in; `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// The project the image belongs to; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// `POST /v1/pools/{pool}/volumes/import`: a file or URL as a new (writable) volume.

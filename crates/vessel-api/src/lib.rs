@@ -4,6 +4,7 @@
 //! the CLI. Request types reject unknown fields so that a typo in a client is an error, not a
 //! silently ignored setting.
 
+mod auth;
 mod error;
 mod host;
 mod image;
@@ -12,6 +13,11 @@ mod operation;
 mod pool;
 mod vm;
 
+pub use auth::{
+    AuditRecord, AuditVerifyReport, CreateProjectRequest, CreateTokenRequest, CreateUserRequest,
+    CreatedToken, Grant, IssueCertRequest, IssuedCert, Project, Quota, Role, TokenInfo, Usage,
+    User, Whoami,
+};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo, MasterKeyRotation};
 pub use image::{

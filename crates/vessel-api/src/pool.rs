@@ -69,6 +69,9 @@ impl VolumeFormat {
 pub struct Volume {
     pub pool: String,
     pub name: String,
+    /// The project the volume belongs to.
+    #[serde(default = "crate::vm::default_project")]
+    pub project: String,
     pub format: VolumeFormat,
     /// The volume's file; a VM's `disk` can point here.
     pub path: String,
@@ -107,6 +110,9 @@ pub struct CreateVolumeRequest {
     /// Encrypt the volume (LUKS inside qcow2) with a new random key of its own.
     #[serde(default)]
     pub encrypted: bool,
+    /// The project the volume belongs to; `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// `POST /v1/pools/{pool}/volumes/{name}/resize`.

@@ -176,6 +176,10 @@ pub struct CreateVmRequest {
     /// NICs on networks, in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<crate::AddNicRequest>,
+    /// The project the VM belongs to (its quota, who may see and change it); `default` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// `PATCH /v1/vms/{name}`: only allowed while the VM is stopped. Absent fields stay as they are.
@@ -271,6 +275,9 @@ impl DesiredState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Vm {
     pub spec: VmSpec,
+    /// The project the VM belongs to.
+    #[serde(default = "default_project")]
+    pub project: String,
     pub desired_state: DesiredState,
     pub state: VmState,
     /// Why the VM is in its state, when that is not obvious (crash reason, last error).
@@ -344,4 +351,8 @@ pub struct GuestInfo {
     /// Why there is nothing to show, when there is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+pub(crate) fn default_project() -> String {
+    vessel_auth::DEFAULT_PROJECT.to_string()
 }

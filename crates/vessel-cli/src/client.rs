@@ -62,6 +62,9 @@ pub enum ClientError {
         #[source]
         source: hyper::Error,
     },
+    /// A remote daemon (TLS) could not be reached or its identity could not be verified.
+    #[error("cannot reach the Vessel daemon at {url}: {detail}")]
+    Remote { url: String, detail: String },
     /// The daemon answered something this client does not understand.
     #[error("the daemon at {} sent an unexpected response: {detail}", socket.display())]
     Protocol { socket: PathBuf, detail: String },
@@ -104,6 +107,11 @@ impl ClientError {
                     .into(),
             ),
             ClientError::Api { error, .. } => error.hint.clone(),
+            ClientError::Remote { .. } => Some(
+                "check the URL and that the daemon runs with --listen; if its CA changed, run \
+                 `vessel remote remove NAME` and `vessel remote add` again"
+                    .into(),
+            ),
             ClientError::Connection { .. } => {
                 Some("check that the daemon is still running (see its log)".into())
             }
@@ -117,7 +125,7 @@ impl ClientError {
     /// code's own exit code for API errors, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+            ClientError::Unreachable { .. } | ClientError::Remote { .. } => EXIT_UNREACHABLE,
             ClientError::Api { error, .. } => error.code.exit_code(),
             ClientError::Connection { .. } | ClientError::Protocol { .. } => 1,
         }
@@ -174,12 +182,23 @@ impl VmAction {
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    /// Set for a remote daemon (TLS); `socket` is then unused.
+    remote: Option<std::sync::Arc<crate::tls::RemoteTarget>>,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client {
             socket: socket.into(),
+            remote: None,
+        }
+    }
+
+    /// A client of a daemon's remote API (TLS, token or client certificate).
+    pub fn remote(target: crate::tls::RemoteTarget) -> Self {
+        Client {
+            socket: PathBuf::from(&target.url),
+            remote: Some(std::sync::Arc::new(target)),
         }
     }
 
@@ -637,7 +656,7 @@ impl Client {
         Ok(TokioIo::new(upgraded))
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let (status, body) = self.exchange(Method::GET, path, None).await?;
         self.decode(status, &body)
     }
@@ -657,7 +676,7 @@ impl Client {
     }
 
     /// Sends one request and reads the whole response; non-2xx statuses become errors.
-    async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         method: Method,
         path: &str,
@@ -693,6 +712,9 @@ impl Client {
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
+        if let Some(remote) = &self.remote {
+            return remote.send(request).await;
+        }
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|err| self.unreachable(err))?;
@@ -726,7 +748,7 @@ impl Client {
         }
     }
 
-    fn decode<T: DeserializeOwned>(
+    pub(crate) fn decode<T: DeserializeOwned>(
         &self,
         status: StatusCode,
         body: &[u8],
@@ -800,7 +822,7 @@ pub fn parse_error_body(body: &[u8]) -> Option<ApiError> {
     })
 }
 
-fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("API request types serialize to JSON")
 }
 

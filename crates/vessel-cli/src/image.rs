@@ -59,6 +59,9 @@ pub struct ImportArgs {
     /// The pool to keep the image in.
     #[arg(long, value_name = "POOL")]
     pub pool: Option<String>,
+    /// The project the image belongs to [default: default].
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -82,6 +85,7 @@ pub(crate) async fn run(command: ImageCommand, ctx: &Context) -> Result<ExitCode
                 source: source_arg(&args.source)?,
                 sha256: args.sha256,
                 pool: args.pool,
+                project: args.project,
             };
             match client.import_image(&request, false).await? {
                 Outcome::Accepted(accepted) if args.wait.no_wait => {

@@ -7,9 +7,11 @@
 //!
 //! Exit codes: 0 success; 1 an internal or unexpected error; 2 a usage error or an invalid
 //! argument; 3 not found; 4 already exists or conflicting state; 5 the operation failed;
-//! 6 timeout; 7 the daemon cannot be reached.
+//! 6 timeout; 7 the daemon cannot be reached; 8 not signed in, or not allowed (401, 403, 429).
 
+mod access;
 pub mod client;
+mod client_access;
 pub mod console;
 mod error;
 mod event;
@@ -21,8 +23,10 @@ mod operation;
 pub mod output;
 mod pool;
 mod progress;
+mod remote;
 mod snapshot;
 mod stats;
+pub mod tls;
 mod vm;
 mod volume;
 
@@ -33,6 +37,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 pub use client::{Client, ClientError, Outcome, Unreachable, VmAction, DEFAULT_SOCKET};
+pub use client_access::AuditQuery;
 pub use error::CliError;
 pub use event::EventCommand;
 pub use host::HostCommand;
@@ -89,6 +94,21 @@ pub enum Command {
     /// Inspect the host the daemon runs on.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Daemons reached over TLS: trust, sign in, choose which one commands go to.
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
+    /// Users and their roles in projects (admin, operator, viewer).
+    #[command(subcommand)]
+    User(access::UserCommand),
+    /// API tokens for the remote API: shown once, stored as a digest, with expiry and scope.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+    /// Projects: every VM belongs to one; quotas on VMs, vCPUs, memory, disk, networks.
+    #[command(subcommand)]
+    Project(access::ProjectCommand),
+    /// The tamper-evident audit log: list records, verify the chain (also offline).
+    #[command(subcommand)]
+    Audit(access::AuditCommand),
 }
 
 /// Options every client command takes.
@@ -124,6 +144,18 @@ pub struct GlobalOpts {
         default_value_t = OutputFormat::Table
     )]
     pub output: OutputFormat,
+    /// Talk to this remote (see `vessel remote list`) instead of the unix socket.
+    ///
+    /// Without it, commands go to the remote chosen with `vessel remote switch`, unless
+    /// --socket (or VESSEL_SOCKET) names a socket.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "NAME",
+        env = "VESSEL_REMOTE"
+    )]
+    pub remote: Option<String>,
 }
 
 impl Default for GlobalOpts {
@@ -131,15 +163,43 @@ impl Default for GlobalOpts {
         GlobalOpts {
             socket: PathBuf::from(DEFAULT_SOCKET),
             output: OutputFormat::Table,
+            remote: None,
         }
+    }
+}
+
+/// The daemon commands go to: --remote, else an explicit --socket, else the current remote,
+/// else the default socket.
+fn choose_client(global: &GlobalOpts) -> Result<Client, CliError> {
+    if let Some(name) = &global.remote {
+        return remote::client_for(name);
+    }
+    if global.socket.as_os_str() != DEFAULT_SOCKET {
+        return Ok(Client::new(global.socket.clone()));
+    }
+    match remote::current()? {
+        Some(name) => remote::client_for(&name),
+        None => Ok(Client::new(global.socket.clone())),
     }
 }
 
 /// Carries out one client command and returns the exit code. Errors are printed to stderr as
 /// `error: ...` and `hint: ...`.
 pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
+    let client = match &command {
+        // Managing remotes needs no daemon (and must work when the current one is broken).
+        Command::Remote(_) => Ok(Client::new(global.socket.clone())),
+        _ => choose_client(&global),
+    };
+    let client = match client {
+        Ok(client) => client,
+        Err(err) => {
+            err.report();
+            return error::exit_code(err.exit_code());
+        }
+    };
     let ctx = Context {
-        client: Client::new(global.socket),
+        client,
         output: global.output,
     };
     let result = match command {
@@ -153,6 +213,11 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
         Command::Top(args) => stats::top(&ctx, &args).await,
         Command::Events(args) => event::run(event::EventCommand::List(args), &ctx).await,
         Command::Host(command) => host::run(command, &ctx).await,
+        Command::Remote(command) => remote::run(command, &ctx).await,
+        Command::User(command) => access::run_user(command, &ctx).await,
+        Command::Token(command) => access::run_token(command, &ctx).await,
+        Command::Project(command) => access::run_project(command, &ctx).await,
+        Command::Audit(command) => access::run_audit(command, &ctx).await,
     };
     match result {
         Ok(code) => code,

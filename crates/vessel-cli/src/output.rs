@@ -578,6 +578,7 @@ mod tests {
 
     fn vm(name: &str, memory_mib: u64, boot: Boot, state: VmState, pid: Option<u32>) -> Vm {
         Vm {
+            project: "default".into(),
             spec: VmSpec {
                 name: name.into(),
                 cpus: 2,

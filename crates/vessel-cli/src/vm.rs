@@ -330,6 +330,9 @@ pub struct CreateArgs {
     pub network_config: Option<PathBuf>,
     #[command(flatten)]
     pub wait: WaitArgs,
+    /// The project the VM belongs to (its quota; who may see and change it) [default: default].
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
 }
 
 /// Reads a small text file given on the command line (cloud-init data).
@@ -477,6 +480,7 @@ impl CreateArgs {
                     ..Default::default()
                 })
                 .collect(),
+            project: self.project.clone(),
         })
     }
 }

@@ -181,6 +181,9 @@ pub struct VolumeCreateArgs {
     /// master key. The data in the file is unreadable without the daemon's keys.
     #[arg(long, conflicts_with = "backing")]
     pub encrypted: bool,
+    /// The project the volume belongs to [default: default].
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -234,6 +237,7 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
                 size_bytes: args.size,
                 backing: args.backing,
                 encrypted: args.encrypted,
+                project: args.project.clone(),
             };
             let volume = client
                 .create_volume(&args.volume.pool.pool, &request)

@@ -88,6 +88,7 @@ fn socket_in(dir: &tempfile::TempDir) -> PathBuf {
 
 fn sample_vm() -> Vm {
     Vm {
+        project: "default".into(),
         spec: VmSpec {
             name: "web1".into(),
             cpus: 2,

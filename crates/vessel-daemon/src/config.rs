@@ -11,7 +11,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/vessel/vessel.toml";
 /// `vessel daemon` flags.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(
-    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period"
+    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)"
 )]
 pub struct DaemonArgs {
     /// Where the database, VM run directories and console logs live [default: /var/lib/vessel].
@@ -26,6 +26,10 @@ pub struct DaemonArgs {
     /// Accelerator: auto picks KVM only when it can really run guests, otherwise TCG.
     #[arg(long, value_parser = ["auto", "kvm", "tcg"])]
     pub accelerator: Option<String>,
+    /// Also serve the API over TLS on this address (e.g. 0.0.0.0:8443); off by default.
+    /// Remote callers sign in with a token or a client certificate.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The settings file. Unknown keys are an error: a typo must not be silently ignored.
@@ -40,6 +44,9 @@ struct FileConfig {
     stop_timeout_secs: Option<u64>,
     event_buffer: Option<usize>,
     sample_interval_secs: Option<u64>,
+    listen: Option<std::net::SocketAddr>,
+    tls_names: Option<Vec<String>>,
+    socket_group: Option<String>,
 }
 
 /// The effective configuration.
@@ -55,6 +62,13 @@ pub struct Config {
     pub event_buffer: usize,
     /// How often running VMs are sampled for `vm stats`, `top` and `/metrics`.
     pub sample_interval_secs: u64,
+    /// The TLS listener's address, if the remote API is on.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Extra DNS names or IP addresses for the server certificate.
+    pub tls_names: Vec<String>,
+    /// The group that may use the unix socket besides root (its members are the built-in
+    /// `root` identity: admin of everything).
+    pub socket_group: Option<String>,
 }
 
 impl Config {
@@ -69,6 +83,9 @@ impl Config {
             stop_timeout_secs: 30,
             event_buffer: 1024,
             sample_interval_secs: 5,
+            listen: None,
+            tls_names: Vec::new(),
+            socket_group: None,
         }
     }
 
@@ -107,6 +124,9 @@ impl Config {
         if let Some(secs) = file.sample_interval_secs {
             config.sample_interval_secs = secs.clamp(1, 3600);
         }
+        config.listen = args.listen.or(file.listen);
+        config.tls_names = file.tls_names.unwrap_or_default();
+        config.socket_group = file.socket_group;
         if !["auto", "kvm", "tcg"].contains(&config.accelerator.as_str()) {
             anyhow::bail!(
                 "accelerator {:?} is not one of auto, kvm, tcg",

@@ -170,6 +170,7 @@ pub struct ApiDoc;
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(crate::networks_http::NetworkApi::openapi());
+    crate::security::extend_openapi(&mut doc);
     doc.to_pretty_json().expect("OpenAPI document serializes")
 }
 

@@ -24,7 +24,7 @@ use crate::worker::error_chain;
 
 pub const IMAGES_PREFIX: &str = "images/";
 
-fn image_key(name: &str) -> String {
+pub(crate) fn image_key(name: &str) -> String {
     format!("{IMAGES_PREFIX}{name}")
 }
 
@@ -36,6 +36,9 @@ pub struct ImageRecord {
     pub sha256: String,
     pub source: String,
     pub created_at_ms: u64,
+    /// Images from before projects existed belong to `default`.
+    #[serde(default = "crate::model::default_project")]
+    pub project: String,
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -106,6 +109,7 @@ impl Service {
             .collect();
         Ok(Image {
             name: record.name,
+            project: record.project,
             pool: record.pool,
             format: from_format(info.format),
             virtual_bytes: info.virtual_size,
@@ -155,6 +159,11 @@ impl Service {
         validate_name("image", &request.name).map_err(ApiError::invalid)?;
         let source = parse_source(&request.source)?;
         let pool_name = request.pool.clone().unwrap_or_else(|| DEFAULT_POOL.into());
+        let project = request
+            .project
+            .clone()
+            .unwrap_or_else(crate::model::default_project);
+        crate::projects::load(self.ctx.store.as_ref(), &project).await?;
         let pool = crate::pools::open_by_name(&self.ctx, &pool_name).await?;
         if self.image_record(&request.name).await?.is_some() {
             return Err(ApiError::conflict(format!(
@@ -193,6 +202,7 @@ impl Service {
                     sha256: imported.sha256,
                     source: source_text,
                     created_at_ms: now_ms(),
+                    project,
                 };
                 let key = image_key(&name);
                 let txn = Txn::new()

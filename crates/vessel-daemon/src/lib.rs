@@ -11,6 +11,7 @@ mod events_http;
 mod guest;
 mod host_ops;
 mod http;
+mod identities;
 mod images;
 mod lock;
 mod model;
@@ -18,13 +19,17 @@ mod net_host;
 mod networks;
 mod networks_http;
 mod pools;
+mod projects;
 mod provision;
 mod sampler;
+mod security;
 mod service;
 mod snapshots;
+mod tls;
 mod view;
 mod vm_disks;
 mod volume_keys;
+mod volume_projects;
 mod volumes;
 mod worker;
 
@@ -90,6 +95,8 @@ pub async fn run(
         .await?,
     );
     pools::ensure_default_pool(&ctx).await?;
+    projects::ensure_default(&ctx).await?;
+    let security = security::open(Arc::clone(&ctx), &config).await?;
     // Bridges and the firewall first: re-adopted VMs' taps go back onto their bridges.
     ctx.net.startup(&ctx).await;
     Controller::new(Arc::clone(&ctx)).start().await?;
@@ -98,8 +105,14 @@ pub async fn run(
         std::time::Duration::from_secs(config.sample_interval_secs),
     ));
     let listener = bind_socket(&config.socket)?;
+    if let Some(group) = &config.socket_group {
+        security::set_socket_group(&config.socket, group)?;
+    }
+    let remote = security::bind_remote(&config, &security).await?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "vessel daemon ready");
-    serve(listener, http::router(Service { ctx }), shutdown).await;
+    let app = security::app(http::router(Service { ctx }), Arc::clone(&security));
+    serve(listener, remote, app, shutdown).await;
+    security.close().await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
 }
@@ -108,11 +121,21 @@ pub async fn run(
 /// a moment to finish.
 async fn serve(
     listener: tokio::net::UnixListener,
+    remote: Option<security::Remote>,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
+    if let Some(remote) = remote {
+        tokio::spawn(tls::serve(
+            remote.listener,
+            remote.config,
+            router.clone(),
+            rx.clone(),
+        ));
+    }
+    let router = router.layer(axum::Extension(tls::Peer::Unix));
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);

@@ -45,6 +45,13 @@ pub fn event_key(seq: u64) -> String {
 pub struct VmRecord {
     pub spec: VmSpec,
     pub created_at_ms: u64,
+    /// The VM's project; records from before projects existed belong to `default`.
+    #[serde(default = "default_project")]
+    pub project: String,
+}
+
+pub fn default_project() -> String {
+    vessel_auth::DEFAULT_PROJECT.to_string()
 }
 
 /// The reconciler's side of a VM.
@@ -83,6 +90,7 @@ impl VmStatus {
 pub fn vm_view(record: &VmRecord, desired: DesiredState, status: &VmStatus) -> Vm {
     Vm {
         spec: record.spec.clone(),
+        project: record.project.clone(),
         desired_state: desired,
         state: status.state,
         reason: status.reason.clone(),

@@ -340,6 +340,25 @@ fn random_free_mac(in_use: &HashSet<String>) -> Result<String, ApiError> {
     Err(ApiError::internal("could not find a free MAC address"))
 }
 
+/// The first NIC whose MAC or address another NIC holds now.
+pub async fn first_taken<'a>(
+    store: &dyn vessel_store::Store,
+    nics: &'a [VmNic],
+) -> Option<&'a VmNic> {
+    for nic in nics {
+        let mut keys = vec![mac_key(&nic.mac)];
+        if let Some(ip) = &nic.ipv4 {
+            keys.push(ipam_key(&nic.network, ip));
+        }
+        for key in keys {
+            if matches!(store.get(&key).await, Ok(Some(_))) {
+                return Some(nic);
+            }
+        }
+    }
+    None
+}
+
 /// A reservation that lost a race: someone took the address or MAC after it was planned.
 pub fn reservation_lost(nic: &VmNic) -> ApiError {
     ApiError::conflict(format!(

@@ -100,9 +100,14 @@ impl Service {
             DesiredState::Stopped
         };
         let now = now_ms();
+        let project = request
+            .project
+            .clone()
+            .unwrap_or_else(crate::model::default_project);
         let record = VmRecord {
             spec,
             created_at_ms: now,
+            project: project.clone(),
         };
         check_files(&record)
             .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
@@ -113,41 +118,61 @@ impl Service {
             ActionOptions::default(),
         );
         op.provision = provision;
-        let mut txn = Txn::new();
-        for nic in &record.spec.nics {
-            txn = crate::networks::reserve(txn, &request.name, nic);
-        }
-        if let Some(sealed) = cloud_init {
-            txn = txn.then(Op::Put(cloud_init_key(&request.name), encode(&sealed)));
-        }
-        let txn = txn
-            .when(Compare::Missing(spec_key(&request.name)))
-            .then(Op::Put(spec_key(&request.name), encode(&record)))
-            .then(Op::Put(desired_key(&request.name), encode(&desired)))
-            .then(Op::Put(
-                status_key(&request.name),
-                encode(&VmStatus::stopped(now)),
-            ))
-            .then(Op::Put(op_key(&op.operation.id), encode(&op)));
-        let result = self.ctx.store.txn(txn).await.map_err(store_error)?;
-        if !result.succeeded {
-            if let (Some(nic), Ok(None)) = (
-                record.spec.nics.first(),
-                self.ctx.store.get(&spec_key(&request.name)).await,
-            ) {
+        let need = crate::projects::vm_usage(&record);
+        // Retried when another request changed the project between the quota check and the
+        // commit (see projects.rs): the next round counts what that request added.
+        for _ in 0..crate::projects::MAX_ATTEMPTS {
+            let guard = crate::projects::reserve(self.ctx.store.as_ref(), &project, &need).await?;
+            let mut txn = guard.apply(Txn::new());
+            for nic in &record.spec.nics {
+                txn = crate::networks::reserve(txn, &request.name, nic);
+            }
+            if let Some(sealed) = &cloud_init {
+                txn = txn.then(Op::Put(cloud_init_key(&request.name), encode(sealed)));
+            }
+            // The root disk made from an image belongs to the VM's project.
+            if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
+                let root = vessel_core::spec::root_volume_name(&request.name);
+                txn = txn.then(crate::volume_projects::put(pool, &root, &project));
+            }
+            let txn = txn
+                .when(Compare::Missing(spec_key(&request.name)))
+                .then(Op::Put(spec_key(&request.name), encode(&record)))
+                .then(Op::Put(desired_key(&request.name), encode(&desired)))
+                .then(Op::Put(
+                    status_key(&request.name),
+                    encode(&VmStatus::stopped(now)),
+                ))
+                .then(Op::Put(op_key(&op.operation.id), encode(&op)));
+            let result = self.ctx.store.txn(txn).await.map_err(store_error)?;
+            if result.succeeded {
+                if !record.spec.nics.is_empty() {
+                    // The NICs' port rules and DHCP bindings exist before their taps do.
+                    self.ctx.net.sync(&self.ctx).await;
+                }
+                return Ok(op.operation);
+            }
+            if self
+                .ctx
+                .store
+                .get(&spec_key(&request.name))
+                .await
+                .map_err(store_error)?
+                .is_some()
+            {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("a VM named {:?} already exists", request.name),
+                )
+                .with_hint("choose another name, or delete the existing VM first"));
+            }
+            if let Some(nic) =
+                crate::networks::first_taken(self.ctx.store.as_ref(), &record.spec.nics).await
+            {
                 return Err(crate::networks::reservation_lost(nic));
             }
-            return Err(ApiError::new(
-                ErrorCode::AlreadyExists,
-                format!("a VM named {:?} already exists", request.name),
-            )
-            .with_hint("choose another name, or delete the existing VM first"));
         }
-        if !record.spec.nics.is_empty() {
-            // The NICs' port rules and DHCP bindings exist before their taps do.
-            self.ctx.net.sync(&self.ctx).await;
-        }
-        Ok(op.operation)
+        Err(crate::projects::contended(&project))
     }
 
     /// Checks that the image exists and where the root disk goes; fills in the pool.
@@ -261,11 +286,18 @@ impl Service {
             status,
         } = self.load(name).await?;
         check_action(action, status.state, options.force).map_err(ApiError::conflict)?;
+        let mut quota_guard = None;
         if let Some(edit) = &options.edit {
             let spec = vessel_core::apply_edit(&record.spec, edit, self.ctx.host)
                 .map_err(ApiError::invalid)?;
-            check_files(&VmRecord { spec, ..record })
+            let edited = VmRecord {
+                spec,
+                ..record.clone()
+            };
+            check_files(&edited)
                 .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
+            quota_guard =
+                crate::projects::reserve_growth(self.ctx.store.as_ref(), &record, &edited).await?;
         }
         if let (Some(disk), OperationAction::AttachDisk | OperationAction::DetachDisk) =
             (&options.disk, action)
@@ -291,9 +323,13 @@ impl Service {
         let op = new_op(name, action, target.unwrap_or(desired), options);
         // A blind write of the desired state: the VM's worker runs operations one at a time and
         // re-checks the state when it gets to this one, so no compare on the state is needed.
+        let guarded = quota_guard.is_some();
         let mut txn = Txn::new()
             .when(Compare::Exists(spec_key(name)))
             .then(Op::Put(op_key(&op.operation.id), encode(&op)));
+        if let Some(guard) = quota_guard {
+            txn = guard.apply(txn);
+        }
         if let Some(target) = target {
             txn = txn.then(Op::Put(desired_key(name), encode(&target)));
         }
@@ -308,6 +344,9 @@ impl Service {
             .map_err(store_error)?
             .succeeded
         {
+            if guarded {
+                return Err(crate::projects::contended(&record.project));
+            }
             return match (reserve, self.ctx.store.get(&spec_key(name)).await) {
                 (Some(nic), Ok(Some(_))) => Err(crate::networks::reservation_lost(nic)),
                 _ => Err(not_found(name)),

@@ -55,9 +55,10 @@ fn users_of(vms: &[Loaded], pool: &str, volume: &str, path: &std::path::Path) ->
         .collect()
 }
 
-fn view(pool: &str, info: VolumeInfo, vms: &[Loaded]) -> Volume {
+fn view(pool: &str, info: VolumeInfo, vms: &[Loaded], project: String) -> Volume {
     Volume {
         pool: pool.to_string(),
+        project,
         used_by: users_of(vms, pool, &info.name, &info.path),
         name: info.name,
         format: from_format(info.format),
@@ -87,14 +88,25 @@ impl Service {
         let dir = self.open_pool(pool).await?;
         let vms = self.vms().await?;
         let volumes = dir.list_volumes().await.map_err(api_error)?;
-        Ok(volumes.into_iter().map(|v| view(pool, v, &vms)).collect())
+        let projects = crate::volume_projects::of_pool(self.ctx.store.as_ref(), pool).await?;
+        Ok(volumes
+            .into_iter()
+            .map(|v| {
+                let project = projects
+                    .get(&v.name)
+                    .cloned()
+                    .unwrap_or_else(crate::model::default_project);
+                view(pool, v, &vms, project)
+            })
+            .collect())
     }
 
     pub async fn get_volume(&self, pool: &str, name: &str) -> Result<Volume, ApiError> {
         validate_name("volume", name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
         let info = dir.volume(name).await.map_err(api_error)?;
-        Ok(view(pool, info, &self.vms().await?))
+        let project = crate::volume_projects::get(self.ctx.store.as_ref(), pool, name).await?;
+        Ok(view(pool, info, &self.vms().await?, project))
     }
 
     /// Creates an empty volume, or a linked clone when `backing` is given.
@@ -104,6 +116,11 @@ impl Service {
         request: &CreateVolumeRequest,
     ) -> Result<Volume, ApiError> {
         let dir = self.open_pool(pool).await?;
+        let project = request
+            .project
+            .clone()
+            .unwrap_or_else(crate::model::default_project);
+        crate::projects::load(self.ctx.store.as_ref(), &project).await?;
         let spec = VolumeSpec {
             name: request.name.clone(),
             format: to_format(request.format),
@@ -137,7 +154,8 @@ impl Service {
         } else {
             dir.create_volume(&spec).await.map_err(api_error)?
         };
-        Ok(view(pool, info, &self.vms().await?))
+        crate::volume_projects::set(self.ctx.store.as_ref(), pool, &info.name, &project).await?;
+        Ok(view(pool, info, &self.vms().await?, project))
     }
 
     /// Starts a clone: a linked one is instant, a full copy reports progress and can be
@@ -153,6 +171,10 @@ impl Service {
         validate_name("volume", &request.name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
         let src = dir.volume(source).await.map_err(api_error)?;
+        // The copy belongs to the source's project; recorded now (a failed copy leaves an entry
+        // for a volume that does not exist, harmless: the next create of that name rewrites it).
+        let project = crate::volume_projects::get(self.ctx.store.as_ref(), pool, source).await?;
+        crate::volume_projects::set(self.ctx.store.as_ref(), pool, &request.name, &project).await?;
         if src.encrypted && request.linked {
             return Err(ApiError::invalid(format!(
                 "volume {source:?} is encrypted; encrypted volumes are copied in full, each with its own key (drop --linked)"
@@ -217,7 +239,7 @@ impl Service {
                 };
                 let info = made.map_err(|e| crate::worker::error_chain(&e))?;
                 let vms = service.vms().await.map_err(|e| e.message)?;
-                serde_json::to_value(view(&pool, info, &vms)).map_err(|e| e.to_string())
+                serde_json::to_value(view(&pool, info, &vms, project)).map_err(|e| e.to_string())
             },
         );
         Ok(operation)
@@ -258,7 +280,8 @@ impl Service {
                 .await
         }
         .map_err(api_error)?;
-        Ok(view(pool, info, &vms))
+        let project = crate::volume_projects::get(self.ctx.store.as_ref(), pool, name).await?;
+        Ok(view(pool, info, &vms, project))
     }
 
     /// Grows the disk of a running VM: its worker resizes it through QEMU (`block_resize`), and
@@ -331,6 +354,7 @@ impl Service {
             .delete_volume(name)
             .await
             .map_err(api_error)?;
+        crate::volume_projects::remove(self.ctx.store.as_ref(), pool, name).await?;
         // After the volume: a key without a volume is harmless, a volume without its key is lost.
         volume_keys::delete(&self.ctx, pool, name).await
     }

@@ -19,6 +19,7 @@ async fn new_volume(client: &vessel_cli::Client, name: &str) {
                 size_bytes: Some(16 * MIB),
                 backing: None,
                 encrypted: false,
+                project: None,
             },
         )
         .await
@@ -225,6 +226,7 @@ async fn an_encrypted_volume_hides_its_data_and_survives_key_rotation() {
                 size_bytes: Some(16 * MIB),
                 backing: None,
                 encrypted: true,
+                project: None,
             },
         )
         .await

@@ -49,6 +49,7 @@ fn import(name: &str, source: &Path, sha256: Option<String>) -> ImportImageReque
         source: source.to_string_lossy().into_owned(),
         sha256,
         pool: None,
+        project: None,
     }
 }
 
@@ -253,6 +254,7 @@ async fn a_download_can_be_cancelled_and_leaves_nothing() {
         source: server.url(),
         sha256: None,
         pool: None,
+        project: None,
     };
     let op = match client.import_image(&request, false).await.unwrap() {
         Outcome::Accepted(accepted) => accepted.operation,

@@ -22,6 +22,7 @@ async fn stats_follow_what_the_guest_does_and_metrics_pass_promtool() {
                 size_bytes: Some(64 << 20),
                 backing: None,
                 encrypted: false,
+                project: None,
             },
         )
         .await

@@ -20,6 +20,7 @@ async fn vm_with_disk(client: &Client, vm: &str) {
                 size_bytes: Some(16 << 20),
                 backing: None,
                 encrypted: false,
+                project: None,
             },
         )
         .await

@@ -22,6 +22,7 @@ fn volume(
         size_bytes: size,
         backing: backing.map(str::to_string),
         encrypted: false,
+        project: None,
     }
 }
 

@@ -52,22 +52,29 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// The network namespace the daemon (and so its VMs) runs in, if not the test's own.
     pub netns: Option<String>,
+    /// More `vessel daemon` arguments (e.g. `--listen`).
+    pub extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
+    /// A daemon on a fresh data dir, with more `vessel daemon` arguments.
+    pub fn start_with(extra_args: &[&str]) -> Daemon {
+        Self::start_in(None, extra_args)
+    }
+
     /// A daemon on a fresh data dir.
     pub fn start() -> Daemon {
-        Self::start_in(None)
+        Self::start_in(None, &[])
     }
 
     /// A daemon on a fresh data dir inside network namespace `netns` (`ip netns exec`), so that
     /// the bridges, taps and rules it makes stay there.
     pub fn start_in_netns(netns: &str) -> Daemon {
-        Self::start_in(Some(netns.to_string()))
+        Self::start_in(Some(netns.to_string()), &[])
     }
 
-    fn start_in(netns: Option<String>) -> Daemon {
+    fn start_in(netns: Option<String>, extra_args: &[&str]) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("vessel-test-")
             .tempdir()
@@ -77,6 +84,7 @@ impl Daemon {
             data_dir: tmp.path().join("data"),
             socket: tmp.path().join("vessel.sock"),
             netns,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _tmp: Some(tmp),
         };
         daemon.spawn();
@@ -97,7 +105,8 @@ impl Daemon {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--socket")
-            .arg(&self.socket);
+            .arg(&self.socket)
+            .args(&self.extra_args);
         cmd.env("VESSEL_LOG", "info,vessel_daemon=debug");
         cmd
     }

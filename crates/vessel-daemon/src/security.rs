@@ -1,0 +1,795 @@
+//! Authentication, authorization and auditing of every request: one middleware in front of
+//! every route, on every listener.
+//!
+//! 1. Who: the unix socket is the built-in `root` (admin everywhere). A TLS client shows a
+//!    bearer token (`Authorization: Bearer vsl_...`) or a client certificate issued by the
+//!    daemon's CA. Anything else is 401. Repeated failures from one address are 429 for a while.
+//! 2. May they: the route's row in [`vessel_auth::ROUTES`] names the permission and where the
+//!    project comes from (the VM, the image, the body's `project`, the host). No row: denied
+//!    (except for host admins, root included, whose requests fall through to the router's own
+//!    404). Denied is 403, naming the missing permission; a denied request never reaches the
+//!    handler.
+//! 3. Audit: every mutating request (after it ran, with its result) and every denied one
+//!    (401, 403, 429; reads refused as malformed, 400 and 413) is appended to the hash-chained
+//!    audit log before the answer goes out. A 4xx is recorded as `denied: ...`, a 5xx as
+//!    `error: ...`.
+//!
+//! Lists of VMs, images and volumes are filtered to the caller's projects here, from the
+//! handler's JSON.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use http_body_util::BodyExt;
+use vessel_api::{ApiError, ErrorCode, Whoami, MAX_BODY_BYTES};
+use vessel_audit::{AuditEntry, AuditLog};
+use vessel_auth::routes::{lookup, Matched, Target};
+use vessel_auth::{Identity, Permission, Scope, DEFAULT_PROJECT};
+
+use crate::ctx::Ctx;
+use crate::http::HttpError;
+use crate::tls::{Peer, TlsMaterial};
+
+/// Failed sign-ins one address may make per window before it is refused outright.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the middleware shares.
+pub struct Security {
+    pub ctx: Arc<Ctx>,
+    pub audit: AuditLog,
+    pub tls: Option<TlsMaterial>,
+    pub auth_cache: crate::identities::AuthCache,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl Security {
+    pub fn new(ctx: Arc<Ctx>, audit: AuditLog, tls: Option<TlsMaterial>) -> Security {
+        Security {
+            ctx,
+            audit,
+            tls,
+            auth_cache: Default::default(),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn blocked(&self, ip: IpAddr) -> bool {
+        let failures = self.failures.lock().expect("failures lock");
+        failures
+            .get(&ip)
+            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut failures = self.failures.lock().expect("failures lock");
+        // Bounded: forget expired windows before the map can grow without end.
+        if failures.len() > 10_000 {
+            failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = failures.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+/// Opens the audit log (its signing key `audit.key` is made at first start, 0600; the public
+/// key goes to `audit.pub` for offline verification) and, if the remote API is on, the TLS
+/// material.
+pub async fn open(ctx: Arc<Ctx>, config: &crate::Config) -> anyhow::Result<Arc<Security>> {
+    use anyhow::Context as _;
+    let key_path = config.data_dir.join("audit.key");
+    let key = vessel_audit::AuditKey::load_or_create(&key_path)
+        .with_context(|| format!("cannot load the audit key {}", key_path.display()))?;
+    let public = format!("{}\n", key.public_key_hex());
+    std::fs::write(config.data_dir.join("audit.pub"), public).context("cannot write audit.pub")?;
+    let audit = AuditLog::open(
+        Arc::clone(&ctx.store),
+        key,
+        vessel_audit::AuditOptions::default(),
+    )
+    .await
+    .context("cannot open the audit log")?;
+    let tls = match config.listen {
+        Some(_) => Some(TlsMaterial::load_or_create(
+            &config.data_dir.join("tls"),
+            &config.tls_names,
+        )?),
+        None => None,
+    };
+    Ok(Arc::new(Security::new(ctx, audit, tls)))
+}
+
+/// Gives the unix socket (mode 0660) to `group`, so that its members may use it.
+pub fn set_socket_group(path: &std::path::Path, group: &str) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| anyhow::anyhow!("socket_group {group:?} contains a NUL byte"))?;
+    // SAFETY: all-zero bytes are a valid `group` (null pointers, zero gid) for getgrnam_r to fill.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the duration of the call and `buf` is as long as said.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        anyhow::bail!("socket_group {group:?} is not a group on this host; create it (groupadd {group}) or remove the setting");
+    }
+    let path_c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: path_c is a valid NUL-terminated path; -1 (as uid_t) leaves the owner unchanged.
+    let rc = unsafe { libc::chown(path_c.as_ptr(), u32::MAX, entry.gr_gid) };
+    if rc != 0 {
+        anyhow::bail!(
+            "cannot give {} to group {group:?}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// The bound TLS listener and its configuration.
+pub struct Remote {
+    pub listener: tokio::net::TcpListener,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+/// Binds the remote API's address, if it is on.
+pub async fn bind_remote(config: &crate::Config, sec: &Security) -> anyhow::Result<Option<Remote>> {
+    use anyhow::Context as _;
+    let (Some(addr), Some(tls)) = (config.listen, sec.tls.as_ref()) else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(
+        %addr,
+        ca_fingerprint = %tls.ca_fingerprint,
+        "remote API (TLS) listening; clients check this CA fingerprint"
+    );
+    Ok(Some(Remote {
+        listener,
+        config: Arc::clone(&tls.server_config),
+    }))
+}
+
+/// Every route (the API's and these modules'), behind the security middleware.
+pub fn app(api: axum::Router, sec: Arc<Security>) -> axum::Router {
+    let own = router()
+        .merge(crate::identities::router())
+        .merge(crate::projects::router())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Arc::clone(&sec));
+    api.merge(own)
+        .layer(axum::middleware::from_fn_with_state(sec, middleware))
+}
+
+/// The OpenAPI paths of these modules, added to the API's document.
+pub fn extend_openapi(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    doc.merge(SecurityDoc::openapi());
+    doc.merge(crate::identities::IdentitiesDoc::openapi());
+    doc.merge(crate::projects::ProjectsDoc::openapi());
+}
+
+impl Security {
+    /// Writes what is queued in the audit log and signs its newest record.
+    pub async fn close(&self) {
+        if let Err(e) = self.audit.checkpoint().await {
+            tracing::warn!(error = %e, "could not checkpoint the audit log at shutdown");
+        }
+    }
+}
+
+/// The authenticated caller of a request, for handlers that need it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Identity,
+    pub source: String,
+    /// `unix`, `token` or `certificate`.
+    pub method: &'static str,
+}
+
+fn error_response(e: ApiError) -> Response {
+    HttpError(e).into_response()
+}
+
+fn unauthenticated(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Unauthenticated, message).with_hint(
+        "sign in with `vessel remote add NAME https://HOST:PORT` and a token from `vessel token create`",
+    )
+}
+
+/// The middleware: authenticate, authorize, run, audit.
+pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let Some(peer) = req.extensions().get::<Peer>().cloned() else {
+        // Every listener tags its requests; a request without a tag came from somewhere we
+        // do not know, so it is nobody.
+        return error_response(unauthenticated("the request came from an unknown listener"));
+    };
+    let source = peer.source();
+    let matched = lookup(method.as_str(), &path);
+    let action = matched
+        .as_ref()
+        .map(|m| action_name(method.as_str(), m.route.path))
+        .unwrap_or_else(|| format!("{method} {path}"));
+    let audit = Audit {
+        sec: &sec,
+        source: source.clone(),
+        action,
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let caller = match authenticate(&sec, &peer, bearer.as_deref()).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            audit.denied("-", &path, &e).await;
+            return error_response(e);
+        }
+    };
+    let (req, target) = match authorize(&sec, &caller, matched.as_ref(), req).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            audit.denied(&caller.identity.name, &path, &e).await;
+            return error_response(e);
+        }
+    };
+    let mutating = !matches!(method, Method::GET | Method::HEAD);
+    let mut req = req;
+    req.extensions_mut().insert(caller.clone());
+    let response = next.run(req).await;
+    let response = match (&matched, mutating) {
+        (Some(m), false) if m.route.path == "/v1/vms" => {
+            filter_list(&caller, Permission::VmRead, response).await
+        }
+        (Some(m), false) if m.route.path == "/v1/images" => {
+            filter_list(&caller, Permission::ImageRead, response).await
+        }
+        (Some(m), false) if m.route.path == "/v1/pools/{pool}/volumes" => {
+            filter_list(&caller, Permission::StorageRead, response).await
+        }
+        _ => response,
+    };
+    // Reads are audited only when refused as malformed (the 401/403/429 cases were above).
+    if !mutating && !matches!(response.status().as_u16(), 400 | 413) {
+        return response;
+    }
+    let (response, result) = outcome(response).await;
+    audit.record(&caller.identity.name, &target, result).await;
+    response
+}
+
+/// The audit context of one request.
+struct Audit<'a> {
+    sec: &'a Security,
+    source: String,
+    action: String,
+}
+
+impl Audit<'_> {
+    async fn denied(&self, identity: &str, target: &str, e: &ApiError) {
+        let status = e.code.http_status();
+        self.record(identity, target, format!("denied: {status} {}", e.message))
+            .await;
+    }
+
+    async fn record(&self, identity: &str, target: &str, result: String) {
+        let entry = AuditEntry::now(
+            identity,
+            self.source.clone(),
+            self.action.clone(),
+            target,
+            result,
+        );
+        if let Err(e) = self.sec.audit.append(entry).await {
+            tracing::error!(error = %e, "could not append to the audit log");
+        }
+    }
+}
+
+/// `vms.start` for `POST /v1/vms/{name}/start`: the resource words of the template and a verb.
+pub fn action_name(method: &str, template: &str) -> String {
+    const VERBS: &[&str] = &[
+        "start", "stop", "kill", "reboot", "pause", "resume", "revert", "resize", "clone",
+        "export", "cancel", "rotate", "verify", "imports", "certs", "quota",
+    ];
+    let parts: Vec<&str> = template
+        .trim_start_matches("/v1/")
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|p| !p.starts_with('{'))
+        .collect();
+    let last_is_param = template.ends_with('}');
+    let (resource, verb) = match parts.split_last() {
+        Some((last, rest)) if VERBS.contains(last) && !last_is_param && !rest.is_empty() => {
+            (rest.join("."), Some(*last))
+        }
+        _ => (parts.join("."), None),
+    };
+    let verb = match (method, verb) {
+        (_, Some(v)) => v.to_string(),
+        ("GET", None) if last_is_param => "get".into(),
+        ("GET", None) => "list".into(),
+        ("POST", None) => "create".into(),
+        ("PUT", None) => "set".into(),
+        ("PATCH", None) => "edit".into(),
+        ("DELETE", None) => "delete".into(),
+        (other, None) => other.to_ascii_lowercase(),
+    };
+    format!("{resource}.{verb}")
+}
+
+async fn authenticate(
+    sec: &Security,
+    peer: &Peer,
+    bearer: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let (addr, client_cert) = match peer {
+        Peer::Unix => {
+            return Ok(Caller {
+                identity: Identity::root(),
+                source: peer.source(),
+                method: "unix",
+            })
+        }
+        Peer::Tls { addr, client_cert } => (addr, client_cert),
+    };
+    let ip = addr.ip();
+    if sec.blocked(ip) {
+        return Err(ApiError::new(
+            ErrorCode::TooManyRequests,
+            format!("too many failed sign-ins from {ip}; wait a minute and try again"),
+        ));
+    }
+    let store = sec.ctx.store.as_ref();
+    let result = match (bearer, client_cert) {
+        (Some(token), _) => crate::identities::authenticate_token(store, &sec.auth_cache, token)
+            .await
+            .map(|id| (id, "token")),
+        (None, Some(fp)) => crate::identities::authenticate_cert(store, &sec.auth_cache, fp)
+            .await
+            .map(|id| (id, "certificate")),
+        (None, None) => {
+            sec.failed(ip);
+            return Err(unauthenticated(
+                "no credentials: send a bearer token or a client certificate",
+            ));
+        }
+    };
+    match result {
+        Ok((identity, method)) => Ok(Caller {
+            identity,
+            source: peer.source(),
+            method,
+        }),
+        Err(crate::identities::AuthFailure::Store(e)) => Err(e),
+        Err(failure) => {
+            sec.failed(ip);
+            tracing::info!(%addr, reason = %failure, "sign-in refused");
+            Err(unauthenticated(failure.to_string()))
+        }
+    }
+}
+
+/// Checks the route's permission; returns the request (its body re-attached if it was read
+/// for the project) and the audit target.
+async fn authorize(
+    sec: &Security,
+    caller: &Caller,
+    matched: Option<&Matched>,
+    req: Request,
+) -> Result<(Request, String), ApiError> {
+    let path = req.uri().path().to_string();
+    let Some(matched) = matched else {
+        // Not in the permission table. Root's request goes on to the router (which answers 404
+        // or 405); everybody else is refused, so a new route is closed until it has a row.
+        if caller
+            .identity
+            .check(Permission::HostAdmin, Scope::Host)
+            .is_ok()
+        {
+            return Ok((req, path));
+        }
+        return Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "{} {path} has no entry in the permission table, so it is denied",
+                req.method()
+            ),
+        ));
+    };
+    let Some(permission) = matched.route.permission else {
+        return Ok((req, path));
+    };
+    // A caller with the permission on the host has it in every project: no need to look up the
+    // target's project (that lookup waits for the VM view to catch up with the store).
+    let everywhere = caller.identity.check(permission, Scope::Host).is_ok();
+    let (req, project, target) = resolve(sec, matched, req, everywhere).await?;
+    let scope = match (matched.route.target, project.as_deref()) {
+        (Target::Host, _) => Scope::Host,
+        (_, Some(project)) => Scope::Project(project),
+        (_, None) => Scope::AnyProject,
+    };
+    caller.identity.check(permission, scope).map_err(|denied| {
+        ApiError::new(ErrorCode::PermissionDenied, denied.to_string()).with_hint(
+            "ask an admin for a role that grants it (`vessel user create --grant PROJECT=ROLE`)",
+        )
+    })?;
+    Ok((req, target))
+}
+
+/// The project a request acts on (None: no single one) and the audit target.
+async fn resolve(
+    sec: &Security,
+    matched: &Matched,
+    req: Request,
+    everywhere: bool,
+) -> Result<(Request, Option<String>, String), ApiError> {
+    let path = req.uri().path().to_string();
+    match matched.route.target {
+        Target::Host | Target::Any if creates(matched) => {
+            let (req, _, target) = peek_body(req, path).await?;
+            Ok((req, None, target))
+        }
+        Target::Host | Target::Any => Ok((req, None, path)),
+        Target::Project => Ok((req, matched.param("name").map(str::to_string), path)),
+        Target::Vm | Target::Image | Target::Volume if everywhere => Ok((req, None, path)),
+        Target::Volume => {
+            let pool = matched.param("pool").unwrap_or_default();
+            let name = matched.param("name").unwrap_or_default();
+            let project = crate::volume_projects::get(sec.ctx.store.as_ref(), pool, name).await?;
+            Ok((req, Some(project), path))
+        }
+        Target::Vm => {
+            let name = matched.param("name").unwrap_or_default();
+            let project = match sec.ctx.view.get(name).await {
+                Ok(Some(vm)) => Some(vm.record.project),
+                // A VM that does not exist: any project will do; the handler answers 404.
+                _ => None,
+            };
+            Ok((req, project, path))
+        }
+        Target::Image => {
+            let name = matched.param("name").unwrap_or_default();
+            Ok((req, image_project(sec, name).await, path))
+        }
+        Target::Body => {
+            let (req, project, target) = peek_body(req, path).await?;
+            Ok((req, Some(project), target))
+        }
+    }
+}
+
+/// The project of an image; `None` (any project) for one that does not exist.
+async fn image_project(sec: &Security, name: &str) -> Option<String> {
+    let kv = sec
+        .ctx
+        .store
+        .get(&crate::images::image_key(name))
+        .await
+        .ok()??;
+    let record: crate::images::ImageRecord = serde_json::from_slice(&kv.value).ok()?;
+    Some(record.project)
+}
+
+/// Whether the route creates something named in its body (`POST /v1/users`...).
+fn creates(matched: &Matched) -> bool {
+    matched.route.method == "POST" && action_name("POST", matched.route.path).ends_with(".create")
+}
+
+/// Reads the body for its `project` and `name`; returns the request with the body put back,
+/// the project, and the audit target (the path, plus the name of what is created).
+async fn peek_body(req: Request, path: String) -> Result<(Request, String, String), ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_limited(body).await?;
+    let (project, name) = body_project(&bytes);
+    let target = match name {
+        Some(name) => format!("{path}/{name}"),
+        None => path,
+    };
+    Ok((
+        Request::from_parts(parts, Body::from(bytes)),
+        project,
+        target,
+    ))
+}
+
+/// Reads a body up to the API's limit (the handler would refuse a larger one anyway).
+async fn read_limited(body: Body) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        )),
+        Err(e) => Err(ApiError::invalid(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// The `project` (default `default`) and `name` of a JSON body. A body that is not JSON is
+/// left for the handler to refuse; its project is then `default`.
+pub fn body_project(bytes: &[u8]) -> (String, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        project: Option<String>,
+        name: Option<String>,
+    }
+    match serde_json::from_slice::<Peek>(bytes) {
+        Ok(peek) => (
+            peek.project.unwrap_or_else(|| DEFAULT_PROJECT.to_string()),
+            peek.name,
+        ),
+        Err(_) => (DEFAULT_PROJECT.to_string(), None),
+    }
+}
+
+/// The audit result of a response; error bodies (small JSON) are read for their message.
+async fn outcome(response: Response) -> (Response, String) {
+    let status = response.status();
+    if status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS {
+        return (response, "ok".into());
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = read_limited(body).await.unwrap_or_default();
+    let message = serde_json::from_slice::<vessel_api::ErrorBody>(&bytes)
+        .map(|b| b.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+    // A 4xx is the request refused (bad input, no permission, over quota, conflict): nothing
+    // was changed. A 5xx is the daemon failing while carrying it out.
+    let kind = if status.is_client_error() {
+        "denied"
+    } else {
+        "error"
+    };
+    let result = format!("{kind}: {} {message}", status.as_u16());
+    (Response::from_parts(parts, Body::from(bytes)), result)
+}
+
+/// Keeps only the items (VMs, images) of projects the caller may read with `permission` (root
+/// and `*` grants see everything).
+async fn filter_list(caller: &Caller, permission: Permission, response: Response) -> Response {
+    let Some(projects) = caller.identity.readable_projects(permission) else {
+        return response;
+    };
+    if !response.status().is_success() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return error_response(ApiError::internal("could not read the list"));
+    };
+    let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&collected.to_bytes()) else {
+        return error_response(ApiError::internal("the list is not a JSON array"));
+    };
+    let kept: Vec<serde_json::Value> = items
+        .into_iter()
+        .filter(|item| {
+            let project = item
+                .get("project")
+                .and_then(|p| p.as_str())
+                .unwrap_or(DEFAULT_PROJECT);
+            projects.iter().any(|p| p == project)
+        })
+        .collect();
+    let mut response = Json(kept).into_response();
+    *response.status_mut() = parts.status;
+    response
+}
+
+// ---- routes: who am I, the audit log ----
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(whoami, list_audit, verify_audit))]
+pub struct SecurityDoc;
+
+pub fn router() -> axum::Router<Arc<Security>> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/audit", get(list_audit))
+        .route("/v1/audit/verify", get(verify_audit))
+}
+
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Whoami), (status = 401, body = vessel_api::ErrorBody)))]
+async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
+    Json(Whoami {
+        identity: caller.identity.name,
+        grants: caller.identity.grants,
+        source: caller.source,
+        method: caller.method.to_string(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/audit",
+    params(
+        ("since" = Option<u64>, Query, description = "only records at or after this time (ms since the epoch)"),
+        ("identity" = Option<String>, Query, description = "only records of this identity"),
+        ("action" = Option<String>, Query, description = "only this action; ending in `.` is a prefix (`vms.`)"),
+        ("limit" = Option<usize>, Query, description = "at most this many, the newest")
+    ),
+    responses((status = 200, body = Vec<vessel_api::AuditRecord>), (status = 400, body = vessel_api::ErrorBody)))]
+async fn list_audit(
+    State(sec): State<Arc<Security>>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Result<Json<Vec<vessel_api::AuditRecord>>, HttpError> {
+    let params = crate::http::Params::parse(q, &["since", "identity", "action", "limit"])?;
+    let number = |key: &str| -> Result<Option<u64>, HttpError> {
+        params
+            .0
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    HttpError(ApiError::invalid(format!("{key}={v:?} is not a number")))
+                })
+            })
+            .transpose()
+    };
+    let filter = vessel_audit::ListFilter {
+        since_ms: number("since")?,
+        identity: params.0.get("identity").map(|s| decode_query(s)),
+        action: params.0.get("action").map(|s| decode_query(s)),
+        limit: number("limit")?.map(|n| n as usize),
+    };
+    let records = sec
+        .audit
+        .list(&filter)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?;
+    Ok(Json(records.into_iter().map(audit_view).collect()))
+}
+
+fn decode_query(text: &str) -> String {
+    let plus = text.replace('+', " ");
+    let bytes = plus.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            // Bytes, not a str slice: `%` may be followed by a multi-byte character.
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn audit_view(r: vessel_audit::AuditRecord) -> vessel_api::AuditRecord {
+    vessel_api::AuditRecord {
+        seq: r.seq,
+        at_ms: r.at_ms,
+        identity: r.identity,
+        source: r.source,
+        action: r.action,
+        target: r.target,
+        result: r.result,
+        hash: r.hash.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, body = vessel_api::AuditVerifyReport)))]
+async fn verify_audit(
+    State(sec): State<Arc<Security>>,
+) -> Result<Json<vessel_api::AuditVerifyReport>, HttpError> {
+    // Sign the newest records first, so that everything appended so far is pinned by a key.
+    sec.audit
+        .checkpoint()
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot checkpoint the audit log: {e}")))?;
+    let key =
+        vessel_audit::parse_public_key(sec.audit.public_key_hex()).map_err(ApiError::internal)?;
+    let report = vessel_audit::verify_store(sec.ctx.store.as_ref(), &key)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot verify the audit log: {e}")))?;
+    Ok(Json(report_view(report, sec.audit.public_key_hex())))
+}
+
+pub fn report_view(
+    report: vessel_audit::VerifyReport,
+    public_key: &str,
+) -> vessel_api::AuditVerifyReport {
+    vessel_api::AuditVerifyReport {
+        records: report.records,
+        last_seq: report.last_seq,
+        valid_checkpoints: report.valid_checkpoints,
+        last_verified_checkpoint: report.last_verified_checkpoint,
+        issues: report.issues.iter().map(ToString::to_string).collect(),
+        public_key: public_key.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_named_after_their_routes() {
+        assert_eq!(action_name("POST", "/v1/vms/{name}/start"), "vms.start");
+        assert_eq!(action_name("POST", "/v1/vms"), "vms.create");
+        assert_eq!(action_name("DELETE", "/v1/vms/{name}"), "vms.delete");
+        assert_eq!(action_name("PATCH", "/v1/vms/{name}"), "vms.edit");
+        assert_eq!(action_name("GET", "/v1/vms"), "vms.list");
+        assert_eq!(action_name("GET", "/v1/vms/{name}"), "vms.get");
+        assert_eq!(
+            action_name("POST", "/v1/vms/{name}/snapshots"),
+            "vms.snapshots.create"
+        );
+        assert_eq!(
+            action_name("POST", "/v1/vms/{name}/snapshots/{snapshot}/revert"),
+            "vms.snapshots.revert"
+        );
+        assert_eq!(
+            action_name("PUT", "/v1/projects/{name}/quota"),
+            "projects.quota"
+        );
+        assert_eq!(
+            action_name("POST", "/v1/host/master-key/rotate"),
+            "host.master-key.rotate"
+        );
+        assert_eq!(action_name("GET", "/metrics"), "metrics.list");
+    }
+
+    #[test]
+    fn the_socket_goes_to_an_existing_group_and_an_unknown_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, b"").unwrap();
+        set_socket_group(&path, "root").unwrap();
+        let err = set_socket_group(&path, "no-such-group-xyz").unwrap_err();
+        assert!(err.to_string().contains("groupadd"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_yields_a_project_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = body_project(&bytes);
+        }
+
+        #[test]
+        fn any_query_decodes_without_panicking(text in ".{0,60}") {
+            let _ = decode_query(&text);
+        }
+    }
+
+    #[test]
+    fn the_body_names_the_project_or_default() {
+        assert_eq!(
+            body_project(br#"{"name":"a","project":"dev"}"#),
+            ("dev".into(), Some("a".into()))
+        );
+        assert_eq!(body_project(b"{}"), ("default".into(), None));
+        assert_eq!(body_project(b"not json"), ("default".into(), None));
+    }
+}
