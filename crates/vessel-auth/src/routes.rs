@@ -19,6 +19,8 @@ pub enum Target {
     /// The volume named by the `{pool}` and `{name}` path parameters (`default` when it has no
     /// project of its own).
     Volume,
+    /// The network named by the `{name}` path parameter.
+    Network,
     /// The project named by the `{name}` path parameter.
     Project,
     /// The `project` field of the JSON body (`default` when absent): creates.
@@ -50,7 +52,7 @@ const fn r(
     }
 }
 
-use Target::{Any, Body, Host, Image, Project, Vm, Volume};
+use Target::{Any, Body, Host, Image, Network, Project, Vm, Volume};
 
 /// Every route of the API. Keep in the order of the OpenAPI document's sections.
 #[rustfmt::skip]
@@ -118,6 +120,16 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/tokens", IdentityAdmin, Host),
     r("POST", "/v1/tokens", IdentityAdmin, Host),
     r("DELETE", "/v1/tokens/{id}", IdentityAdmin, Host),
+    // Networks and NICs. A NIC is part of its VM: adding one needs the VM's edit permission
+    // (and the network must be in the VM's project).
+    r("GET", "/v1/networks", NetworkRead, Any),
+    r("POST", "/v1/networks", NetworkWrite, Body),
+    r("GET", "/v1/networks/{name}", NetworkRead, Network),
+    r("PATCH", "/v1/networks/{name}", NetworkWrite, Network),
+    r("DELETE", "/v1/networks/{name}", NetworkWrite, Network),
+    r("GET", "/v1/vms/{name}/nics", VmRead, Vm),
+    r("POST", "/v1/vms/{name}/nics", VmEdit, Vm),
+    r("DELETE", "/v1/vms/{name}/nics/{nic}", VmEdit, Vm),
     // Projects and quotas
     r("GET", "/v1/projects", ProjectRead, Any),
     r("POST", "/v1/projects", ProjectAdmin, Host),
@@ -227,7 +239,7 @@ mod tests {
 
     #[test]
     fn routes_missing_from_the_table_are_not_found() {
-        assert!(lookup("GET", "/v1/networks").is_none());
+        assert!(lookup("GET", "/v1/no-such-route").is_none());
         assert!(lookup("PUT", "/v1/vms/a").is_none());
         assert!(lookup("GET", "/v1/vms/").is_none());
         assert!(lookup("GET", "/v1/vms/a/b/c/d/e").is_none());

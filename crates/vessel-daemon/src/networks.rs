@@ -163,23 +163,21 @@ impl Service {
         }
         let network =
             rules::network_from_create(req, &existing, now_ms()).map_err(ApiError::invalid)?;
+        let one = vessel_api::Usage {
+            networks: 1,
+            ..Default::default()
+        };
+        // Checked before anything is made; re-checked at the commit below.
+        crate::projects::reserve(self.ctx.store.as_ref(), &network.project, &one).await?;
         self.ctx.net.check_host(&network).await.map_err(|e| {
             ApiError::invalid(e).with_hint("see `ip link` and `ip route` on the host")
         })?;
         self.ctx.net.ensure(&network).await.map_err(|e| {
             ApiError::internal(format!("could not set up network {:?}: {e}", network.name))
         })?;
-        let key = network_key(&network.name);
-        let txn = Txn::new()
-            .when(Compare::Missing(key.clone()))
-            .then(Op::Put(key, encode(&network)));
-        let stored = self.ctx.store.txn(txn).await.map_err(store_error);
-        if !matches!(stored, Ok(ref r) if r.succeeded) {
+        if let Err(e) = self.record_network(&network, &one).await {
             self.ctx.net.remove(&network).await;
-            stored?;
-            return Err(ApiError::conflict(
-                "the network was created at the same time by another request",
-            ));
+            return Err(e);
         }
         self.ctx.net.sync(&self.ctx).await;
         self.ctx
@@ -193,6 +191,48 @@ impl Service {
             )
             .await;
         Ok(network)
+    }
+
+    /// Writes a new network's record if the project's quota still allows it (the check is
+    /// part of the commit: a VM create racing in the same project makes this round retry).
+    async fn record_network(
+        &self,
+        network: &Network,
+        one: &vessel_api::Usage,
+    ) -> Result<(), ApiError> {
+        let key = network_key(&network.name);
+        for _ in 0..crate::projects::MAX_ATTEMPTS {
+            let guard =
+                crate::projects::reserve(self.ctx.store.as_ref(), &network.project, one).await?;
+            let txn = guard
+                .apply(Txn::new())
+                .when(Compare::Missing(key.clone()))
+                .then(Op::Put(key.clone(), encode(network)));
+            if self
+                .ctx
+                .store
+                .txn(txn)
+                .await
+                .map_err(store_error)?
+                .succeeded
+            {
+                return Ok(());
+            }
+            if self
+                .ctx
+                .store
+                .get(&key)
+                .await
+                .map_err(store_error)?
+                .is_some()
+            {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("a network named {:?} already exists", network.name),
+                ));
+            }
+        }
+        Err(crate::projects::contended(&network.project))
     }
 
     pub async fn update_network(
@@ -242,8 +282,20 @@ impl Service {
 
     /// Decides a new NIC for a VM: its network, MAC and address, against what is taken now.
     /// The reservation happens with the operation (see [`reserve`]).
-    pub async fn plan_nic(&self, spec: &VmSpec, req: &AddNicRequest) -> Result<VmNic, ApiError> {
+    pub async fn plan_nic(
+        &self,
+        spec: &VmSpec,
+        project: &str,
+        req: &AddNicRequest,
+    ) -> Result<VmNic, ApiError> {
         let network = record(&self.ctx, &req.network).await?;
+        if network.project != project {
+            return Err(ApiError::invalid(format!(
+                "network {:?} belongs to project {:?}, and VM {:?} to project {project:?}; a NIC uses a network of its VM's project",
+                network.name, network.project, spec.name
+            ))
+            .with_hint("create the network in the VM's project, or list networks with `vessel network list`"));
+        }
         if network.kind.uses_tap() {
             check_privileges(network.kind)?;
         }
@@ -296,7 +348,9 @@ impl Service {
         let loaded = self.load_vm(vm).await?;
         vessel_core::check_action(OperationAction::AddNic, loaded.status.state, false)
             .map_err(ApiError::conflict)?;
-        let nic = self.plan_nic(&loaded.record.spec, req).await?;
+        let nic = self
+            .plan_nic(&loaded.record.spec, &loaded.record.project, req)
+            .await?;
         let options = ActionOptions {
             nic: Some(nic.clone()),
             ..Default::default()

@@ -94,6 +94,16 @@ pub async fn usage(store: &dyn Store, name: &str) -> Result<Usage, ApiError> {
             total.add(&vm_usage(&vm.record));
         }
     }
+    let (networks, _) = store
+        .list(crate::networks::NETWORKS_PREFIX)
+        .await
+        .map_err(store_error)?;
+    for kv in &networks {
+        let network: vessel_api::Network = decode(&kv.key, &kv.value).map_err(internal)?;
+        if network.project == name {
+            total.networks += 1;
+        }
+    }
     Ok(total)
 }
 

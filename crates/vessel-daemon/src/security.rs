@@ -269,6 +269,9 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
         (Some(m), false) if m.route.path == "/v1/images" => {
             filter_list(&caller, Permission::ImageRead, response).await
         }
+        (Some(m), false) if m.route.path == "/v1/networks" => {
+            filter_list(&caller, Permission::NetworkRead, response).await
+        }
         (Some(m), false) if m.route.path == "/v1/pools/{pool}/volumes" => {
             filter_list(&caller, Permission::StorageRead, response).await
         }
@@ -457,7 +460,17 @@ async fn resolve(
         }
         Target::Host | Target::Any => Ok((req, None, path)),
         Target::Project => Ok((req, matched.param("name").map(str::to_string), path)),
-        Target::Vm | Target::Image | Target::Volume if everywhere => Ok((req, None, path)),
+        Target::Vm | Target::Image | Target::Volume | Target::Network if everywhere => {
+            Ok((req, None, path))
+        }
+        Target::Network => {
+            let name = matched.param("name").unwrap_or_default();
+            let project = crate::networks::record(&sec.ctx, name)
+                .await
+                .ok()
+                .map(|n| n.project);
+            Ok((req, project, path))
+        }
         Target::Volume => {
             let pool = matched.param("pool").unwrap_or_default();
             let name = matched.param("name").unwrap_or_default();

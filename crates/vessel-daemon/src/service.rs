@@ -88,9 +88,13 @@ impl Service {
             None => None,
         };
         let request = &request;
+        let project = request
+            .project
+            .clone()
+            .unwrap_or_else(crate::model::default_project);
         let mut spec = spec_from_create(request, self.ctx.host).map_err(ApiError::invalid)?;
         for nic in &request.nics {
-            let planned = self.plan_nic(&spec, nic).await?;
+            let planned = self.plan_nic(&spec, &project, nic).await?;
             spec.nics.push(planned);
         }
         let cloud_init = self.seal_cloud_init(request).await?;
@@ -100,10 +104,6 @@ impl Service {
             DesiredState::Stopped
         };
         let now = now_ms();
-        let project = request
-            .project
-            .clone()
-            .unwrap_or_else(crate::model::default_project);
         let record = VmRecord {
             spec,
             created_at_ms: now,

@@ -605,6 +605,37 @@ async fn bad_input_is_refused_and_bridge_and_user_networks_work() {
         .expect("kill");
     assert_taps_on_bridge(&host, "br0", 0);
 
+    // Networks belong to projects: the project's network quota holds, and a NIC uses only a
+    // network of its VM's project.
+    client
+        .create_project(&vessel_api::CreateProjectRequest {
+            name: "team".into(),
+            quota: vessel_api::Quota {
+                networks: Some(1),
+                ..Default::default()
+            },
+        })
+        .await
+        .expect("project");
+    let in_team = |name: &str| CreateNetworkRequest {
+        kind: NetworkKind::User,
+        subnet: None,
+        project: Some("team".into()),
+        ..managed(name, "10.0.0.0/24", None)
+    };
+    client.create_network(&in_team("t1")).await.expect("t1");
+    let (status, message) = api_error(client.create_network(&in_team("t2")).await).await;
+    assert_eq!(status, 409, "{message}");
+    assert!(message.contains("networks"), "{message}");
+    let mut foreign = guest_vm("n4");
+    foreign.nics = vec![AddNicRequest {
+        network: "t1".into(),
+        ..Default::default()
+    }];
+    let (status, message) = api_error(client.create_vm(&foreign, true).await).await;
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("project \"team\""), "{message}");
+
     // No interfaces of refused networks exist.
     let links = host.exec(&["ip", "-o", "link", "show"]);
     for name in ["vb-lan2", "vb-routed", "vb-nouplink", "vb-ov2", "vx-ov2"] {

@@ -464,7 +464,7 @@ async fn every_route_of_the_openapi_document_allows_and_denies_per_the_permissio
     assert_eq!(status, 403);
     assert!(r.root().get_project("made-by-viewer").await.is_err());
     // A route missing from the table is refused to everyone but root.
-    let (status, body) = r.raw(Some(&viewer), "GET", "/v1/networks", "").await;
+    let (status, body) = r.raw(Some(&viewer), "GET", "/v1/no-such-route", "").await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("permission table"), "{body}");
 }
