@@ -286,7 +286,6 @@ impl Service {
             status,
         } = self.load(name).await?;
         check_action(action, status.state, options.force).map_err(ApiError::conflict)?;
-        let mut quota_guard = None;
         if let Some(edit) = &options.edit {
             let spec = vessel_core::apply_edit(&record.spec, edit, self.ctx.host)
                 .map_err(ApiError::invalid)?;
@@ -296,8 +295,9 @@ impl Service {
             };
             check_files(&edited)
                 .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
-            quota_guard =
-                crate::projects::reserve_growth(self.ctx.store.as_ref(), &record, &edited).await?;
+            // Fails fast when the growth does not fit now; the worker checks again atomically
+            // with the write of the edited spec, where racing growths are decided.
+            crate::projects::reserve_growth(self.ctx.store.as_ref(), &record, &edited).await?;
         }
         if let (Some(disk), OperationAction::AttachDisk | OperationAction::DetachDisk) =
             (&options.disk, action)
@@ -323,13 +323,9 @@ impl Service {
         let op = new_op(name, action, target.unwrap_or(desired), options);
         // A blind write of the desired state: the VM's worker runs operations one at a time and
         // re-checks the state when it gets to this one, so no compare on the state is needed.
-        let guarded = quota_guard.is_some();
         let mut txn = Txn::new()
             .when(Compare::Exists(spec_key(name)))
             .then(Op::Put(op_key(&op.operation.id), encode(&op)));
-        if let Some(guard) = quota_guard {
-            txn = guard.apply(txn);
-        }
         if let Some(target) = target {
             txn = txn.then(Op::Put(desired_key(name), encode(&target)));
         }
@@ -344,9 +340,6 @@ impl Service {
             .map_err(store_error)?
             .succeeded
         {
-            if guarded {
-                return Err(crate::projects::contended(&record.project));
-            }
             return match (reserve, self.ctx.store.get(&spec_key(name)).await) {
                 (Some(nic), Ok(Some(_))) => Err(crate::networks::reservation_lost(nic)),
                 _ => Err(not_found(name)),

@@ -471,14 +471,45 @@ impl Worker {
             ..
         } = self.load_existing().await?;
         vessel_core::check_action(OperationAction::Edit, status.state, false)?;
+        let before = vm.clone();
         vm.spec = vessel_core::apply_edit(&vm.spec, edit, self.ctx.host)?;
         check_files(&vm)?;
-        let txn = Txn::new()
-            .when(Compare::Exists(spec_key(&self.name)))
-            .then(Op::Put(spec_key(&self.name), encode(&vm)));
-        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        self.put_edited_spec(&before, &vm).await?;
         self.ctx.event(&self.name, "spec edited").await;
         Ok(())
+    }
+
+    /// Writes an edited spec. When it grows the VM, the project's quota is checked again here,
+    /// in the same transaction as the write (the request's check ran earlier, and another edit
+    /// or create may have used the room since): of two racing growths only one can fit.
+    async fn put_edited_spec(&self, before: &VmRecord, after: &VmRecord) -> OpResult {
+        let store = self.ctx.store.as_ref();
+        for _ in 0..crate::projects::MAX_ATTEMPTS {
+            let guard = crate::projects::reserve_growth(store, before, after)
+                .await
+                .map_err(|e| e.message)?;
+            let guarded = guard.is_some();
+            let mut txn = Txn::new()
+                .when(Compare::Exists(spec_key(&self.name)))
+                .then(Op::Put(spec_key(&self.name), encode(after)));
+            if let Some(guard) = guard {
+                txn = guard.apply(txn);
+            }
+            if self
+                .ctx
+                .store
+                .txn(txn)
+                .await
+                .map_err(|e| e.to_string())?
+                .succeeded
+            {
+                return Ok(());
+            }
+            if !guarded {
+                return Err("the VM was deleted during the edit".into());
+            }
+        }
+        Err(crate::projects::contended(&before.project).message)
     }
 
     /// Makes a new VM's root disk from its image. On failure the whole create is undone: the

@@ -552,6 +552,33 @@ async fn concurrent_creates_never_exceed_the_project_quota() {
     root.edit_vm(&first, &grow, true).await.unwrap();
     assert_eq!(root.get_project("q").await.unwrap().usage.vcpus, 6);
 
+    // Racing growths: room for 2 more vCPUs, 4 edits of +1 each pass the request's check, and
+    // the re-check at the commit lets exactly 2 through.
+    let roomier = vessel_api::Quota {
+        vcpus: Some(8),
+        ..raised
+    };
+    root.set_quota("q", &roomier).await.unwrap();
+    let mut edits = Vec::new();
+    for vm in vms
+        .iter()
+        .filter(|vm| vm.project == "q" && vm.spec.name != first)
+    {
+        let (client, name, grow) = (r.root(), vm.spec.name.clone(), grow.clone());
+        edits.push(tokio::spawn(async move {
+            client.edit_vm(&name, &grow, true).await
+        }));
+    }
+    let mut grown = 0;
+    for edit in edits {
+        match edit.await.unwrap() {
+            Ok(_) => grown += 1,
+            Err(e) => assert!(e.to_string().contains("vcpus quota"), "{e}"),
+        }
+    }
+    assert_eq!(grown, 2);
+    assert_eq!(root.get_project("q").await.unwrap().usage.vcpus, 8);
+
     // A user of another project does not see these VMs.
     let token = r.user("dev", vec![grant("dev", Role::Operator)]).await;
     assert!(r.client(&token).list_vms().await.unwrap().is_empty());
