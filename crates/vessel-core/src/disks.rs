@@ -74,13 +74,18 @@ pub fn validate_disks(disks: &[VmDisk]) -> Result<(), String> {
 /// and volume, so that a daemon that re-adopts a running QEMU finds the same names; hashed,
 /// because QEMU limits node names to 31 characters.
 pub fn disk_node_name(pool: &str, volume: &str) -> String {
-    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    format!("vd{:016x}", stable_hash(pool, volume))
+}
+
+/// FNV-1a of `a/b`: stable across releases and platforms, unlike std's hasher, so names derived
+/// from it (block nodes, taps) stay the same for a VM's whole life.
+pub fn stable_hash(a: &str, b: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in pool.bytes().chain([b'/']).chain(volume.bytes()) {
+    for byte in a.bytes().chain([b'/']).chain(b.bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("vd{hash:016x}")
+    hash
 }
 
 #[cfg(test)]

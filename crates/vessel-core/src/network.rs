@@ -111,13 +111,7 @@ pub const OWNED_PREFIXES: [&str; 3] = ["vb-", "vx-", "vt"];
 
 /// The tap of a VM's NIC: stable, unique per (VM, NIC), within the 15-byte limit.
 pub fn tap_name(vm: &str, nic_id: &str) -> String {
-    // FNV-1a: stable across releases, unlike std's hasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in vm.bytes().chain([b'/']).chain(nic_id.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("vt{:012x}", hash >> 16)
+    format!("vt{:012x}", crate::disks::stable_hash(vm, nic_id) >> 16)
 }
 
 /// Checks an interface name the user gives (a host bridge, an uplink).

@@ -41,10 +41,18 @@ pub struct NetHost {
     /// Serializes [`NetHost::sync`] and remembers what it applied last.
     applied: Mutex<Option<FirewallPlan>>,
     dhcp: StdMutex<HashMap<String, DhcpRuntime>>,
+    nl: std::sync::OnceLock<Netlink>,
 }
 
-fn netlink() -> Result<Netlink, String> {
-    Netlink::connect().map_err(|e| format!("netlink: {e}"))
+impl NetHost {
+    /// The daemon's one netlink connection, opened at first use (in the daemon's namespace).
+    fn netlink(&self) -> Result<Netlink, String> {
+        if let Some(nl) = self.nl.get() {
+            return Ok(nl.clone());
+        }
+        let nl = Netlink::connect().map_err(|e| format!("netlink: {e}"))?;
+        Ok(self.nl.get_or_init(|| nl).clone())
+    }
 }
 
 fn subnet_of(network: &Network) -> Option<Ipv4Cidr> {
@@ -66,7 +74,7 @@ impl NetHost {
         if !network.kind.uses_tap() {
             return Ok(());
         }
-        let nl = netlink()?;
+        let nl = self.netlink()?;
         let exists = |name: String| {
             let nl = nl.clone();
             async move { nl.exists(&name).await.map_err(|e| e.to_string()) }
@@ -121,7 +129,7 @@ impl NetHost {
         if !matches!(network.kind, NetworkKind::Managed | NetworkKind::Vxlan) {
             return Ok(());
         }
-        let nl = netlink()?;
+        let nl = self.netlink()?;
         let bridge = rules::bridge_name(&network.name);
         ensure_bridge(&nl, &bridge, network).await?;
         if network.kind == NetworkKind::Vxlan {
@@ -167,7 +175,7 @@ impl NetHost {
         if !matches!(network.kind, NetworkKind::Managed | NetworkKind::Vxlan) {
             return;
         }
-        let Ok(nl) = netlink() else { return };
+        let Ok(nl) = self.netlink() else { return };
         for name in [
             rules::vxlan_name(&network.name),
             rules::bridge_name(&network.name),
@@ -195,7 +203,7 @@ impl NetHost {
         self.update_bindings(&networks, &vms);
         if networks.iter().any(|n| n.kind.uses_tap()) {
             // Bandwidth limits leave an IFB device behind when their tap goes with its QEMU.
-            if let Ok(nl) = netlink() {
+            if let Ok(nl) = self.netlink() {
                 if let Err(e) = vessel_net::tc::remove_orphan_ifbs(&nl).await {
                     tracing::warn!(error = %e, "could not remove orphan IFB devices");
                 }
@@ -258,8 +266,9 @@ impl NetHost {
                 .await;
             }
         }
-        if networks.iter().any(|n| n.kind.uses_tap()) || is_root() {
-            remove_orphans(&networks).await;
+        // Only root can have made (and can remove) interfaces.
+        if let (0, Ok(nl)) = (euid(), self.netlink()) {
+            remove_orphans(&nl, &networks).await;
         }
         self.sync(ctx).await;
     }
@@ -279,9 +288,10 @@ async fn has_vessel_tables() -> bool {
         .any(|l| l.trim_end().ends_with(&format!(" {}", firewall::TABLE)))
 }
 
-fn is_root() -> bool {
+/// The daemon's effective uid: only root makes bridges, taps and nftables rules.
+pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { libc::geteuid() }
 }
 
 async fn ensure_bridge(nl: &Netlink, bridge: &str, network: &Network) -> Result<(), String> {
@@ -438,8 +448,7 @@ fn ingress_rule(rule: &vessel_api::IngressRule) -> Option<vessel_net::IngressRul
 }
 
 /// Deletes `vb-`/`vx-` interfaces no network owns, and IFBs whose tap is gone.
-async fn remove_orphans(networks: &[Network]) {
-    let Ok(nl) = netlink() else { return };
+async fn remove_orphans(nl: &Netlink, networks: &[Network]) {
     for (prefix, name_of) in [
         ("vb-", rules::bridge_name as fn(&str) -> String),
         ("vx-", rules::vxlan_name as fn(&str) -> String),
@@ -459,7 +468,7 @@ async fn remove_orphans(networks: &[Network]) {
             }
         }
     }
-    if let Err(e) = vessel_net::tc::remove_orphan_ifbs(&nl).await {
+    if let Err(e) = vessel_net::tc::remove_orphan_ifbs(nl).await {
         tracing::warn!(error = %e, "could not remove orphan IFB devices");
     }
 }
@@ -479,7 +488,7 @@ pub async fn plan_nic(ctx: &Ctx, vm: &str, nic: &VmNic) -> Result<NicPlan, Strin
         .await
         .map_err(|e| format!("NIC {} of {vm}: {}", nic.id, e.message))?;
     let backend = if network.kind.uses_tap() {
-        let fd = open_tap(nic, &network)
+        let fd = open_tap(&ctx.net.netlink()?, nic, &network)
             .await
             .map_err(|e| format!("NIC {} of {vm}: tap {}: {e}", nic.id, nic.tap))?;
         NicBackend::Tap(Arc::new(fd))
@@ -493,13 +502,12 @@ pub async fn plan_nic(ctx: &Ctx, vm: &str, nic: &VmNic) -> Result<NicPlan, Strin
     })
 }
 
-async fn open_tap(nic: &VmNic, network: &Network) -> Result<OwnedFd, String> {
+async fn open_tap(nl: &Netlink, nic: &VmNic, network: &Network) -> Result<OwnedFd, String> {
     let bridge = network
         .bridge
         .as_deref()
         .ok_or("the network has no bridge")?;
     let fd = vessel_net::create_tap(&nic.tap).map_err(|e| e.to_string())?;
-    let nl = netlink()?;
     nl.set_mtu(&nic.tap, network.mtu)
         .await
         .map_err(|e| e.to_string())?;
@@ -518,7 +526,7 @@ async fn open_tap(nic: &VmNic, network: &Network) -> Result<OwnedFd, String> {
 /// After a daemon restart: the taps of a re-adopted VM are still there (QEMU holds them); put
 /// them back on their bridges in case the bridge was made again in between.
 pub async fn readopt_taps(ctx: &Ctx, spec: &VmSpec) {
-    let Ok(nl) = netlink() else { return };
+    let Ok(nl) = ctx.net.netlink() else { return };
     for nic in &spec.nics {
         let Ok(network) = crate::networks::record(ctx, &nic.network).await else {
             continue;

@@ -75,8 +75,7 @@ fn not_found(name: &str) -> ApiError {
 
 /// Only root can make bridges and taps; say so instead of failing half-way.
 fn check_privileges(kind: NetworkKind) -> Result<(), ApiError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::net_host::euid();
     if kind.uses_tap() && uid != 0 {
         return Err(ApiError::new(
             ErrorCode::Conflict,

@@ -938,29 +938,13 @@ impl Worker {
     /// Hot-unplugs a NIC: the device goes (the guest is told), then its backend, which closes
     /// the tap.
     async fn unplug_nic(&mut self, nic_id: &str) -> OpResult {
-        let live = self.live.as_ref().ok_or("the VM is not running")?;
-        live.instance
+        self.running_instance("the VM is not running")?
             .unplug_nic(nic_id)
             .await
             .map_err(|e| format!("hot-unplug failed: {}", error_chain(&e)))?;
-        let device = vessel_qemu::nic::device_id(nic_id);
-        let gone = self
-            .wait_for_event(
-                UNPLUG_TIMEOUT,
-                |event| matches!(event, InstanceEvent::DeviceDeleted { device: d } if *d == device),
-            )
+        self.await_released(vessel_qemu::nic::device_id(nic_id), "NIC", "remove it")
             .await?;
-        if !gone {
-            return Err(format!(
-                "the guest did not release the NIC within {} s; try again, or stop the VM and remove it then",
-                UNPLUG_TIMEOUT.as_secs()
-            ));
-        }
-        let live = self
-            .live
-            .as_ref()
-            .ok_or("the VM stopped during the unplug")?;
-        live.instance
+        self.running_instance("the VM stopped during the unplug")?
             .remove_nic_backend(nic_id)
             .await
             .map_err(|e| format!("could not close the NIC's tap: {}", error_chain(&e)))
@@ -969,12 +953,25 @@ impl Worker {
     /// Hot-unplugs a disk: the device goes (the guest is told), then the block node, which
     /// closes the file.
     async fn unplug(&mut self, node_name: &str) -> OpResult {
-        let live = self.live.as_ref().ok_or("the VM is not running")?;
-        live.instance
+        self.running_instance("the VM is not running")?
             .unplug_disk(node_name)
             .await
             .map_err(|e| format!("hot-unplug failed: {}", error_chain(&e)))?;
-        let device = vessel_qemu::disk::device_id(node_name);
+        self.await_released(vessel_qemu::disk::device_id(node_name), "disk", "detach it")
+            .await?;
+        self.running_instance("the VM stopped during the unplug")?
+            .remove_block_node(node_name)
+            .await
+            .map_err(|e| format!("could not close the disk: {}", error_chain(&e)))
+    }
+
+    /// The QEMU of the running VM, or `why` it is not there.
+    fn running_instance(&self, why: &str) -> Result<&dyn Instance, String> {
+        Ok(self.live.as_ref().ok_or(why)?.instance.as_ref())
+    }
+
+    /// Waits until the guest has released a device being hot-unplugged (`DEVICE_DELETED`).
+    async fn await_released(&mut self, device: String, what: &str, instead: &str) -> OpResult {
         let gone = self
             .wait_for_event(
                 UNPLUG_TIMEOUT,
@@ -983,18 +980,11 @@ impl Worker {
             .await?;
         if !gone {
             return Err(format!(
-                "the guest did not release the disk within {} s; try again, or stop the VM and detach it then",
+                "the guest did not release the {what} within {} s; try again, or stop the VM and {instead} then",
                 UNPLUG_TIMEOUT.as_secs()
             ));
         }
-        let live = self
-            .live
-            .as_ref()
-            .ok_or("the VM stopped during the unplug")?;
-        live.instance
-            .remove_block_node(node_name)
-            .await
-            .map_err(|e| format!("could not close the disk: {}", error_chain(&e)))
+        Ok(())
     }
 
     /// Waits for an instance event that matches, handling the others as usual (an exit ends the
