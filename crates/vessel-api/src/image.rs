@@ -55,6 +55,9 @@ pub struct ImportVolumeRequest {
     /// Store it in this format; the source's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<VolumeFormat>,
+    /// The project the volume belongs to (its disk quota counts it); `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// `POST /v1/pools/{pool}/volumes/{name}/export`.

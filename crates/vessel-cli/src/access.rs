@@ -164,7 +164,8 @@ pub struct ProjectCreateArgs {
     /// Most memory over all VMs (e.g. 32G; a bare number is MiB).
     #[arg(long, value_name = "SIZE", value_parser = vessel_core::parse_memory_mib)]
     pub memory: Option<u64>,
-    /// Most disk (e.g. 500G). Recorded and shown, not enforced yet (see docs/security.md).
+    /// Most disk over all volumes and images of the project, by virtual (provisioned) size
+    /// (e.g. 500G).
     #[arg(long, value_name = "SIZE", value_parser = vessel_core::units::parse_size_bytes)]
     pub disk: Option<u64>,
     /// Most networks.

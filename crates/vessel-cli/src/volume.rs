@@ -101,6 +101,9 @@ pub struct VolumeImportArgs {
     /// Store it in this format [default: the source's].
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
+    /// The project the volume belongs to (its disk quota counts it) [default: default].
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
     #[command(flatten)]
     pub wait: crate::vm::WaitArgs,
 }
@@ -305,6 +308,7 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
                 source: crate::image::source_arg(&args.source)?,
                 sha256: args.sha256,
                 format: args.format.map(Into::into),
+                project: args.project,
             };
             let outcome = client
                 .import_volume(&args.volume.pool.pool, &request, false)

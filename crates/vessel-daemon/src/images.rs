@@ -163,7 +163,7 @@ impl Service {
             .project
             .clone()
             .unwrap_or_else(crate::model::default_project);
-        crate::projects::load(self.ctx.store.as_ref(), &project).await?;
+        crate::volume_projects::check_room(self.ctx.store.as_ref(), &project).await?;
         let pool = crate::pools::open_by_name(&self.ctx, &pool_name).await?;
         if self.image_record(&request.name).await?.is_some() {
             return Err(ApiError::conflict(format!(
@@ -196,6 +196,19 @@ impl Service {
                     .import_volume(&name, source, &opts, &mut track(progress))
                     .await
                     .map_err(|e| error_chain(&e))?;
+                let size = imported.info.virtual_size;
+                let store = &service.ctx.store;
+                let pending = match crate::volume_projects::reserve_new(
+                    store, &pool_name, &name, &project, size,
+                )
+                .await
+                {
+                    Ok(pending) => pending,
+                    Err(e) => {
+                        let _ = pool.delete_volume(&name).await;
+                        return Err(e.message);
+                    }
+                };
                 let image = ImageRecord {
                     name: name.clone(),
                     pool: pool_name,
@@ -212,8 +225,10 @@ impl Service {
                 if !matches!(stored, Ok(ref r) if r.succeeded) {
                     // Raced with another import of the name: keep theirs, drop ours.
                     let _ = pool.delete_volume(&name).await;
+                    pending.failed().await;
                     return Err(format!("an image named {name:?} was imported meanwhile"));
                 }
+                pending.made(size).await.map_err(|e| e.message)?;
                 let view = service.image_view(image).await.map_err(|e| e.message)?;
                 serde_json::to_value(view).map_err(|e| e.to_string())
             },
@@ -229,7 +244,9 @@ impl Service {
             Ok(()) | Err(vessel_storage::PoolError::NotFound { .. }) => {}
             Err(e) => return Err(crate::volumes::api_error(e)),
         }
-        let txn = Txn::new().then(Op::Delete(image_key(name)));
+        let txn = Txn::new()
+            .then(Op::Delete(image_key(name)))
+            .then(Op::Delete(crate::volume_projects::key(&record.pool, name)));
         self.ctx.store.txn(txn).await.map_err(store_error)?;
         Ok(())
     }
@@ -251,6 +268,11 @@ impl Service {
         validate_name("volume", &request.name).map_err(ApiError::invalid)?;
         let source = parse_source(&request.source)?;
         validate_digest(request.sha256.as_deref())?;
+        let project = request
+            .project
+            .clone()
+            .unwrap_or_else(crate::model::default_project);
+        crate::volume_projects::check_room(self.ctx.store.as_ref(), &project).await?;
         let pool = crate::pools::open_by_name(&self.ctx, pool_name).await?;
         let mut opts = ImportOptions::default();
         opts.expected_sha256 = request.sha256.clone();
@@ -271,9 +293,28 @@ impl Service {
             record,
             cancel,
             move |progress| async move {
-                pool.import_volume(&name, source, &opts, &mut track(progress))
+                let imported = pool
+                    .import_volume(&name, source, &opts, &mut track(progress))
                     .await
                     .map_err(|e| error_chain(&e))?;
+                // Its size is known now: counted against the project's disk quota, and
+                // deleted again if it does not fit.
+                let size = imported.info.virtual_size;
+                let claimed = crate::volume_projects::reserve_new(
+                    &service.ctx.store,
+                    &pool_name,
+                    &name,
+                    &project,
+                    size,
+                )
+                .await;
+                match claimed {
+                    Ok(pending) => pending.made(size).await.map_err(|e| e.message)?,
+                    Err(e) => {
+                        let _ = pool.delete_volume(&name).await;
+                        return Err(e.message);
+                    }
+                }
                 let volume = service
                     .get_volume(&pool_name, &name)
                     .await

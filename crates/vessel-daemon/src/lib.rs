@@ -96,6 +96,8 @@ pub async fn run(
     );
     pools::ensure_default_pool(&ctx).await?;
     projects::ensure_default(&ctx).await?;
+    // Before any request: the disk quota counts these entries.
+    volume_projects::reconcile(&ctx).await?;
     let security = security::open(Arc::clone(&ctx), &config).await?;
     // Bridges and the firewall first: re-adopted VMs' taps go back onto their bridges.
     ctx.net.startup(&ctx).await;

@@ -1,4 +1,4 @@
-//! Projects and their quotas. Every VM belongs to a project (`default` unless the create names
+//! Projects and their quotas. Every VM, volume, image and network belongs to a project (`default` unless the create names
 //! another). Quotas are enforced atomically: a create (or an edit that grows a VM) computes the
 //! project's usage, checks it, and commits only if the project's record has not changed since
 //! (compare-and-swap on its mod revision), re-putting the record so that every concurrent
@@ -104,6 +104,8 @@ pub async fn usage(store: &dyn Store, name: &str) -> Result<Usage, ApiError> {
             total.networks += 1;
         }
     }
+    // Volumes (VMs' root disks, data volumes, clones, imports, images) and those being made.
+    total.disk_bytes = crate::volume_projects::project_disk(store, name).await?.0;
     Ok(total)
 }
 
@@ -284,10 +286,14 @@ async fn delete_project(
     let store = sec.ctx.store.as_ref();
     let (_, revision) = load(store, &name).await?;
     let used = usage(store, &name).await?;
-    if used.vms > 0 {
+    let (_, volumes) = crate::volume_projects::project_disk(store, &name).await?;
+    if used.vms > 0 || used.networks > 0 || volumes > 0 {
         return Err(HttpError(
-            ApiError::conflict(format!("project {name:?} still has {} VM(s)", used.vms))
-                .with_hint("delete its VMs first"),
+            ApiError::conflict(format!(
+                "project {name:?} still has {} VM(s), {} network(s) and {volumes} volume(s) or image(s)",
+                used.vms, used.networks
+            ))
+            .with_hint("delete them first (`vessel vm list`, `vessel network list`, `vessel volume list`, `vessel image list` show them)"),
         ));
     }
     // Conditional on the revision read before counting: a create that committed meanwhile

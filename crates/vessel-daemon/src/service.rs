@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use vessel_api::{
     ApiError, CreateVmRequest, DesiredState, EditVmRequest, ErrorCode, Event, HostInfo, Operation,
-    OperationAction, OperationStatus, Vm, VmState,
+    OperationAction, OperationStatus, Usage, Vm, VmState,
 };
 use vessel_core::{check_action, spec_from_create, validate_name};
 use vessel_storage::StoragePool;
@@ -83,9 +83,12 @@ impl Service {
     pub async fn create_vm(&self, request: &CreateVmRequest) -> Result<Operation, ApiError> {
         validate_name("VM", &request.name).map_err(ApiError::invalid)?;
         let mut request = request.clone();
-        let provision = match request.image.clone() {
-            Some(image) => Some(self.plan_root_disk(&mut request, &image).await?),
-            None => None,
+        let (provision, root_bytes) = match request.image.clone() {
+            Some(image) => {
+                let (plan, bytes) = self.plan_root_disk(&mut request, &image).await?;
+                (Some(plan), bytes)
+            }
+            None => (None, 0),
         };
         let request = &request;
         let project = request
@@ -118,7 +121,10 @@ impl Service {
             ActionOptions::default(),
         );
         op.provision = provision;
-        let need = crate::projects::vm_usage(&record);
+        let need = Usage {
+            disk_bytes: root_bytes,
+            ..crate::projects::vm_usage(&record)
+        };
         // Retried when another request changed the project between the quota check and the
         // commit (see projects.rs): the next round counts what that request added.
         for _ in 0..crate::projects::MAX_ATTEMPTS {
@@ -130,10 +136,14 @@ impl Service {
             if let Some(sealed) = &cloud_init {
                 txn = txn.then(Op::Put(cloud_init_key(&request.name), encode(sealed)));
             }
-            // The root disk made from an image belongs to the VM's project.
+            // The root disk made from an image belongs to the VM's project, and its size is
+            // reserved in the project's disk quota with the VM (the worker makes it later).
             if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
                 let root = vessel_core::spec::root_volume_name(&request.name);
-                txn = txn.then(crate::volume_projects::put(pool, &root, &project));
+                let entry = crate::volume_projects::VolumeEntry::new(&project, root_bytes);
+                txn = txn
+                    .when(Compare::Missing(crate::volume_projects::key(pool, &root)))
+                    .then(crate::volume_projects::put(pool, &root, &entry));
             }
             let txn = txn
                 .when(Compare::Missing(spec_key(&request.name)))
@@ -166,6 +176,12 @@ impl Service {
                 )
                 .with_hint("choose another name, or delete the existing VM first"));
             }
+            if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
+                let root = vessel_core::spec::root_volume_name(&request.name);
+                if crate::volume_projects::exists(self.ctx.store.as_ref(), pool, &root).await? {
+                    return Err(root_taken(pool, &root));
+                }
+            }
             if let Some(nic) =
                 crate::networks::first_taken(self.ctx.store.as_ref(), &record.spec.nics).await
             {
@@ -175,12 +191,13 @@ impl Service {
         Err(crate::projects::contended(&project))
     }
 
-    /// Checks that the image exists and where the root disk goes; fills in the pool.
+    /// Checks that the image exists and where the root disk goes; fills in the pool. Also
+    /// returns the root disk's size (what it takes of the project's disk quota).
     async fn plan_root_disk(
         &self,
         request: &mut CreateVmRequest,
         image: &str,
-    ) -> Result<Provision, ApiError> {
+    ) -> Result<(Provision, u64), ApiError> {
         let location = self.image_location(image).await?;
         let pool = request
             .pool
@@ -201,21 +218,29 @@ impl Service {
             .await
             .is_ok()
         {
-            return Err(ApiError::new(
-                ErrorCode::AlreadyExists,
-                format!(
-                    "pool {pool:?} already has a volume {root:?}, the name of this VM's root disk"
-                ),
-            )
-            .with_hint("delete that volume or choose another VM name"));
+            return Err(root_taken(&pool, &root));
         }
-        Ok(Provision {
+        let image_bytes = crate::pools::open_by_name(&self.ctx, &location.pool)
+            .await?
+            .volume(image)
+            .await
+            .map_err(crate::volumes::api_error)?
+            .virtual_size;
+        let bytes = request.disk_size_bytes.unwrap_or(image_bytes);
+        if bytes < image_bytes {
+            return Err(ApiError::invalid(format!(
+                "the disk size ({bytes} bytes) is smaller than image {image:?} ({image_bytes} bytes)"
+            ))
+            .with_hint("give at least the image's size, or leave out --disk-size"));
+        }
+        let plan = Provision {
             image: image.to_string(),
             image_pool: location.pool,
             size_bytes: request.disk_size_bytes,
             full_clone: request.full_clone,
             encrypted: request.encrypted,
-        })
+        };
+        Ok((plan, bytes))
     }
 
     /// Validates the request's cloud-init data and wraps it with the master key.
@@ -508,4 +533,12 @@ fn new_op(
         size_bytes: options.size_bytes,
         nic: options.nic,
     }
+}
+
+fn root_taken(pool: &str, root: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::AlreadyExists,
+        format!("pool {pool:?} already has a volume {root:?}, the name of this VM's root disk"),
+    )
+    .with_hint("delete that volume or choose another VM name")
 }

@@ -60,7 +60,7 @@ impl Service {
 }
 
 /// Finds the pool handle for a disk's pool.
-async fn pool_of(ctx: &Ctx, pool: &str) -> Result<Arc<DirPool>, String> {
+pub(crate) async fn pool_of(ctx: &Ctx, pool: &str) -> Result<Arc<DirPool>, String> {
     crate::pools::open_by_name(ctx, pool)
         .await
         .map_err(|e| e.message)
@@ -123,6 +123,9 @@ pub async fn delete_owned(ctx: &Ctx, disk: &VmDisk) -> Result<(), String> {
         Ok(()) | Err(vessel_storage::PoolError::NotFound { .. }) => {}
         Err(e) => return Err(e.to_string()),
     }
+    crate::volume_projects::remove(ctx.store.as_ref(), &disk.pool, &disk.volume)
+        .await
+        .map_err(|e| e.message)?;
     crate::volume_keys::delete(ctx, &disk.pool, &disk.volume)
         .await
         .map_err(|e| e.message)

@@ -109,12 +109,14 @@ impl Service {
         Ok(view(pool, info, &self.vms().await?, project))
     }
 
-    /// Creates an empty volume, or a linked clone when `backing` is given.
+    /// Creates an empty volume, or a linked clone when `backing` is given. Its size is reserved
+    /// against the project's disk quota first (see `volume_projects`).
     pub async fn create_volume(
         &self,
         pool: &str,
         request: &CreateVolumeRequest,
     ) -> Result<Volume, ApiError> {
+        validate_name("volume", &request.name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
         let project = request
             .project
@@ -127,35 +129,56 @@ impl Service {
             size: request.size_bytes,
             backing: request.backing.clone(),
         };
-        if spec.size.is_none() && spec.backing.is_none() {
-            return Err(
-                ApiError::invalid("a new volume needs a size (size_bytes), e.g. 20G")
-                    .with_hint("vessel volume create NAME --size 20G"),
-            );
-        }
-        let info = if request.encrypted {
-            validate_name("volume", &spec.name).map_err(ApiError::invalid)?;
-            if dir.volume(&spec.name).await.is_ok() {
-                return Err(api_error(PoolError::AlreadyExists {
-                    pool: pool.into(),
-                    name: spec.name,
-                }));
+        let bytes = match (spec.size, &spec.backing) {
+            (Some(size), _) => size,
+            (None, Some(backing)) => dir.volume(backing).await.map_err(api_error)?.virtual_size,
+            (None, None) => {
+                return Err(
+                    ApiError::invalid("a new volume needs a size (size_bytes), e.g. 20G")
+                        .with_hint("vessel volume create NAME --size 20G"),
+                )
             }
-            // The key is stored (wrapped) first, so an encrypted volume never exists without
-            // its key; if the volume cannot be made, the key goes again.
-            let (key, _pending) = volume_keys::create(&self.ctx, pool, &spec.name).await?;
-            match dir.create_encrypted_volume(&spec, &key).await {
-                Ok(info) => info,
-                Err(e) => {
-                    volume_keys::delete(&self.ctx, pool, &spec.name).await?;
-                    return Err(api_error(e));
-                }
-            }
-        } else {
-            dir.create_volume(&spec).await.map_err(api_error)?
         };
-        crate::volume_projects::set(self.ctx.store.as_ref(), pool, &info.name, &project).await?;
+        let pending =
+            crate::volume_projects::reserve_new(&self.ctx.store, pool, &spec.name, &project, bytes)
+                .await?;
+        let info = match self.make_volume(&dir, pool, &spec, request.encrypted).await {
+            Ok(info) => info,
+            Err(e) => {
+                pending.failed().await;
+                return Err(e);
+            }
+        };
+        pending.made(info.virtual_size).await?;
         Ok(view(pool, info, &self.vms().await?, project))
+    }
+
+    async fn make_volume(
+        &self,
+        dir: &DirPool,
+        pool: &str,
+        spec: &VolumeSpec,
+        encrypted: bool,
+    ) -> Result<VolumeInfo, ApiError> {
+        if !encrypted {
+            return dir.create_volume(spec).await.map_err(api_error);
+        }
+        if dir.volume(&spec.name).await.is_ok() {
+            return Err(api_error(PoolError::AlreadyExists {
+                pool: pool.into(),
+                name: spec.name.clone(),
+            }));
+        }
+        // The key is stored (wrapped) first, so an encrypted volume never exists without its
+        // key; if the volume cannot be made, the key goes again.
+        let (key, _pending) = volume_keys::create(&self.ctx, pool, &spec.name).await?;
+        match dir.create_encrypted_volume(spec, &key).await {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                volume_keys::delete(&self.ctx, pool, &spec.name).await?;
+                Err(api_error(e))
+            }
+        }
     }
 
     /// Starts a clone: a linked one is instant, a full copy reports progress and can be
@@ -171,15 +194,34 @@ impl Service {
         validate_name("volume", &request.name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
         let src = dir.volume(source).await.map_err(api_error)?;
-        // The copy belongs to the source's project; recorded now (a failed copy leaves an entry
-        // for a volume that does not exist, harmless: the next create of that name rewrites it).
-        let project = crate::volume_projects::get(self.ctx.store.as_ref(), pool, source).await?;
-        crate::volume_projects::set(self.ctx.store.as_ref(), pool, &request.name, &project).await?;
         if src.encrypted && request.linked {
             return Err(ApiError::invalid(format!(
                 "volume {source:?} is encrypted; encrypted volumes are copied in full, each with its own key (drop --linked)"
             )));
         }
+        // The copy belongs to the source's project, and its size is reserved in that project's
+        // disk quota before the copy starts; a failed copy gives it back.
+        let project = crate::volume_projects::get(self.ctx.store.as_ref(), pool, source).await?;
+        let pending = crate::volume_projects::reserve_new(
+            &self.ctx.store,
+            pool,
+            &request.name,
+            &project,
+            src.virtual_size,
+        )
+        .await?;
+        self.start_clone(dir, &src, request, project, pending).await
+    }
+
+    async fn start_clone(
+        &self,
+        dir: Arc<DirPool>,
+        src: &VolumeInfo,
+        request: &CloneVolumeRequest,
+        project: String,
+        pending: crate::volume_projects::PendingVolume,
+    ) -> Result<vessel_api::Operation, ApiError> {
+        let (pool, source) = (dir.name(), src.name.as_str());
         let keys = if src.encrypted {
             let src_key = volume_keys::get(&self.ctx, pool, source)
                 .await
@@ -237,7 +279,17 @@ impl Service {
                         dir.clone_volume(&source, &name, mode, &mut report).await
                     }
                 };
-                let info = made.map_err(|e| crate::worker::error_chain(&e))?;
+                let info = match made {
+                    Ok(info) => info,
+                    Err(e) => {
+                        pending.failed().await;
+                        return Err(crate::worker::error_chain(&e));
+                    }
+                };
+                pending
+                    .made(info.virtual_size)
+                    .await
+                    .map_err(|e| e.message)?;
                 let vms = service.vms().await.map_err(|e| e.message)?;
                 serde_json::to_value(view(&pool, info, &vms, project)).map_err(|e| e.to_string())
             },
@@ -264,11 +316,31 @@ impl Service {
                     .any(|vm| &vm.record.spec.name == user && vm.status.state.has_process())
             })
             .collect();
-        if !running.is_empty() {
-            return self
-                .resize_online(pool, name, request, &current, running)
-                .await;
-        }
+        // A growth is reserved against the project's disk quota first; whatever then happens,
+        // the entry ends up with the size the volume has on disk.
+        let store = self.ctx.store.as_ref();
+        crate::volume_projects::reserve_resize(store, pool, name, request.size_bytes).await?;
+        let resized = if running.is_empty() {
+            self.resize_offline(&dir, pool, name, request, &current, &vms)
+                .await
+        } else {
+            self.resize_online(pool, name, request, &current, running)
+                .await
+        };
+        let on_disk = dir.volume(name).await.map_err(api_error)?.virtual_size;
+        crate::volume_projects::record_size(store, pool, name, on_disk).await?;
+        resized
+    }
+
+    async fn resize_offline(
+        &self,
+        dir: &DirPool,
+        pool: &str,
+        name: &str,
+        request: &ResizeVolumeRequest,
+        current: &VolumeInfo,
+        vms: &[Loaded],
+    ) -> Result<Volume, ApiError> {
         let info = if current.encrypted {
             let key = volume_keys::get(&self.ctx, pool, name)
                 .await
@@ -281,7 +353,7 @@ impl Service {
         }
         .map_err(api_error)?;
         let project = crate::volume_projects::get(self.ctx.store.as_ref(), pool, name).await?;
-        Ok(view(pool, info, &vms, project))
+        Ok(view(pool, info, vms, project))
     }
 
     /// Grows the disk of a running VM: its worker resizes it through QEMU (`block_resize`), and

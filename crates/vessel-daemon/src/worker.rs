@@ -526,7 +526,12 @@ impl Worker {
             .clone();
         let result = provision::make_root_disk(&self.ctx, &record.operation.id, plan, &root).await;
         if let Err(problem) = result {
-            let mut txn = Txn::new().then(Op::DeletePrefix(vm_prefix(&self.name)));
+            let mut txn = Txn::new()
+                .then(Op::DeletePrefix(vm_prefix(&self.name)))
+                .then(Op::Delete(crate::volume_projects::key(
+                    &root.pool,
+                    &root.volume,
+                )));
             for nic in &vm.spec.nics {
                 txn = crate::networks::release(txn, nic);
             }
@@ -536,6 +541,21 @@ impl Worker {
             self.ctx.forget_console(&self.name);
             return Err(problem);
         }
+        // The reservation made with the VM becomes the size the disk was made with.
+        let made = vessel_storage::StoragePool::volume(
+            vm_disks::pool_of(&self.ctx, &root.pool).await?.as_ref(),
+            &root.volume,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        crate::volume_projects::record_size(
+            self.ctx.store.as_ref(),
+            &root.pool,
+            &root.volume,
+            made.virtual_size,
+        )
+        .await
+        .map_err(|e| e.message)?;
         Ok(())
     }
 

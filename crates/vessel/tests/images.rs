@@ -288,6 +288,7 @@ async fn an_exported_volume_imports_back_with_the_same_bytes() {
                 source: source.to_string_lossy().into_owned(),
                 sha256: None,
                 format: Some(vessel_api::VolumeFormat::Qcow2),
+                project: None,
             },
             true,
         )
@@ -321,6 +322,7 @@ async fn an_exported_volume_imports_back_with_the_same_bytes() {
                 source: exported.path.clone(),
                 sha256: Some(exported.sha256.clone()),
                 format: None,
+                project: None,
             },
             true,
         )

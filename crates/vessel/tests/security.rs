@@ -586,6 +586,189 @@ async fn concurrent_creates_never_exceed_the_project_quota() {
     assert_eq!(r.client(&token).list_vms().await.unwrap().len(), 5);
 }
 
+const MIB: u64 = 1 << 20;
+
+fn is_disk_quota_error(e: &vessel_cli::ClientError) -> bool {
+    match e {
+        vessel_cli::ClientError::Api { status, error } => {
+            *status == 409
+                && error.code == vessel_api::ErrorCode::QuotaExceeded
+                && error.message.contains("disk_bytes quota")
+        }
+        _ => false,
+    }
+}
+
+/// The disk quota counts every volume of the project by its virtual size: creates, resizes,
+/// clones and VMs' root disks are checked, racing creates never exceed it, and after a crash
+/// the accounting is rebuilt from the pools.
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
+    let mut r = Remote::start();
+    let root = r.root();
+    root.create_project(&vessel_api::CreateProjectRequest {
+        name: "d".into(),
+        quota: vessel_api::Quota {
+            disk_bytes: Some(10 * MIB),
+            ..Default::default()
+        },
+    })
+    .await
+    .unwrap();
+    let volume = |name: String, size: u64| vessel_api::CreateVolumeRequest {
+        name,
+        size_bytes: Some(size),
+        project: Some("d".into()),
+        ..Default::default()
+    };
+    // Eight racing creates of 3 MiB for 10 MiB: exactly three fit.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (client, request) = (r.root(), volume(format!("d{i}"), 3 * MIB));
+        tasks.push(tokio::spawn(async move {
+            client.create_volume("default", &request).await
+        }));
+    }
+    let mut made = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(v) => made.push(v.name),
+            Err(e) => assert!(is_disk_quota_error(&e), "{e}"),
+        }
+    }
+    made.sort();
+    assert_eq!(made.len(), 3, "{made:?}");
+    assert_eq!(
+        root.get_project("d").await.unwrap().usage.disk_bytes,
+        9 * MIB
+    );
+    // The refused ones left nothing behind: no file, no entry.
+    let pool_dir = r.daemon.data_dir.join("pools/default");
+    let mut files: Vec<String> = std::fs::read_dir(&pool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let expected: Vec<String> = made.iter().map(|n| format!("{n}.qcow2")).collect();
+    assert_eq!(files, expected);
+
+    // Growing by 1 MiB fits (10 of 10); growing another is refused and changes nothing.
+    let grow = vessel_api::ResizeVolumeRequest {
+        size_bytes: 4 * MIB,
+        shrink: false,
+    };
+    root.resize_volume("default", &made[0], &grow)
+        .await
+        .unwrap();
+    let err = root
+        .resize_volume("default", &made[1], &grow)
+        .await
+        .unwrap_err();
+    assert!(is_disk_quota_error(&err), "{err}");
+    assert!(
+        err.to_string().contains("limit 10485760, in use 10485760"),
+        "{err}"
+    );
+    let unchanged = root.get_volume("default", &made[1]).await.unwrap();
+    assert_eq!(unchanged.virtual_bytes, 3 * MIB);
+
+    // A clone needs its source's size, linked or not.
+    let clone = vessel_api::CloneVolumeRequest {
+        name: "dclone".into(),
+        linked: true,
+    };
+    let err = root
+        .clone_volume("default", &made[1], &clone)
+        .await
+        .unwrap_err();
+    assert!(is_disk_quota_error(&err), "{err}");
+    assert!(root.get_volume("default", "dclone").await.is_err());
+    // Deleting makes room; shrinking gives room back.
+    root.delete_volume("default", &made[2]).await.unwrap();
+    let cloned = root
+        .clone_volume("default", &made[1], &clone)
+        .await
+        .unwrap();
+    assert_eq!(cloned.project, "d");
+    assert_eq!(
+        root.get_project("d").await.unwrap().usage.disk_bytes,
+        10 * MIB
+    );
+    let shrink = vessel_api::ResizeVolumeRequest {
+        size_bytes: 2 * MIB,
+        shrink: true,
+    };
+    root.resize_volume("default", &made[0], &shrink)
+        .await
+        .unwrap();
+    assert_eq!(
+        root.get_project("d").await.unwrap().usage.disk_bytes,
+        8 * MIB
+    );
+
+    // A VM's root disk made from an image counts too: an image of 4 MiB does not fit in the
+    // 2 MiB left, and the refused create leaves no VM.
+    let raw = r.daemon.data_dir.join("img.raw");
+    std::fs::write(&raw, vec![0u8; 4 * MIB as usize]).unwrap();
+    let import = vessel_api::ImportImageRequest {
+        name: "img".into(),
+        source: raw.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    root.import_image(&import, true).await.unwrap();
+    let vm = vessel_api::CreateVmRequest {
+        name: "dvm".into(),
+        cpus: 1,
+        memory_mib: 64,
+        image: Some("img".into()),
+        project: Some("d".into()),
+        ..Default::default()
+    };
+    let err = root.create_vm(&vm, true).await.unwrap_err();
+    assert!(is_disk_quota_error(&err), "{err}");
+    assert!(root.get_vm("dvm").await.is_err());
+    assert_eq!(
+        root.get_project("d").await.unwrap().usage.disk_bytes,
+        8 * MIB
+    );
+    // With room for it, the VM's root disk (a linked clone of the image) counts at its virtual
+    // size, and deleting the VM gives it back.
+    let raised = vessel_api::Quota {
+        disk_bytes: Some(12 * MIB),
+        ..Default::default()
+    };
+    root.set_quota("d", &raised).await.unwrap();
+    root.create_vm(&vm, true).await.unwrap();
+    assert_eq!(
+        root.get_project("d").await.unwrap().usage.disk_bytes,
+        12 * MIB
+    );
+    root.delete_vm("dvm", false, true).await.unwrap();
+    assert_eq!(
+        root.get_project("d").await.unwrap().usage.disk_bytes,
+        8 * MIB
+    );
+    // The image itself is the default project's.
+    let default_use = root.get_project("default").await.unwrap().usage.disk_bytes;
+    assert_eq!(default_use, 4 * MIB);
+
+    // A crash, and a volume put into the pool by hand meanwhile: at the next start the
+    // accounting is rebuilt from the pools (the stray file counts for `default`).
+    r.daemon.kill9();
+    std::fs::write(pool_dir.join("stray.raw"), vec![0u8; 2 * MIB as usize]).unwrap();
+    r.daemon.spawn();
+    let root = r.root();
+    assert_eq!(
+        root.get_project("d").await.unwrap().usage.disk_bytes,
+        8 * MIB
+    );
+    let default_use = root.get_project("default").await.unwrap().usage.disk_bytes;
+    assert_eq!(default_use, 6 * MIB);
+    // A project with volumes cannot be deleted.
+    let err = root.delete_project("d").await.unwrap_err();
+    assert!(err.to_string().contains("3 volume(s)"), "{err}");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     let status = Command::new("cp")
         .arg("-a")
