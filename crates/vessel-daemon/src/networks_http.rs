@@ -4,14 +4,44 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use utoipa::OpenApi;
 use vessel_api::{
-    AddNicRequest, CreateNetworkRequest, ErrorBody, Network, UpdateNetworkRequest, Vm, VmNic,
+    AddNicRequest, ApiError, CreateNetworkRequest, ErrorBody, ErrorCode, Network, NetworkKind,
+    UpdateNetworkRequest, Vm, VmNic,
 };
+use vessel_auth::{Permission, Scope};
 
 use crate::http::{finish, wait_param, ApiJson, ApiResult};
+use crate::security::Caller;
 use crate::service::Service;
+
+/// Most of a network lives inside Vessel's own bridge and tables, so `network.write` in its
+/// project is enough. Three things reach the host's own networking, which spans projects: joining
+/// an existing host bridge, NAT through a host uplink (with forwarding turned on), and VXLAN
+/// tunnels to other servers over the host's network. Those need the host admin permission, like
+/// pools. The answer names the part, for the error.
+fn touches_host(kind: NetworkKind, uplink: bool) -> Option<&'static str> {
+    match kind {
+        NetworkKind::Bridge => Some("a network on a host bridge"),
+        NetworkKind::Vxlan => Some("a VXLAN network (tunnels over the host's network)"),
+        NetworkKind::Managed if uplink => Some("an uplink"),
+        NetworkKind::Managed | NetworkKind::User => None,
+    }
+}
+
+fn require_host_admin(caller: &Caller, what: &str) -> Result<(), ApiError> {
+    caller
+        .identity
+        .check(Permission::HostAdmin, Scope::Host)
+        .map_err(|denied| {
+            ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!("{what} touches the host's own network, so it needs host.admin on the host: {denied}"),
+            )
+            .with_hint("ask a host admin (admin on project *) to create it, or use a `managed` network without --uplink or a `user` network")
+        })
+}
 
 #[derive(OpenApi)]
 #[openapi(paths(
@@ -48,8 +78,12 @@ async fn list_networks(State(s): State<Service>) -> ApiResult<Json<Vec<Network>>
     responses((status = 201, body = Network), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_network(
     State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateNetworkRequest>,
 ) -> ApiResult<Response> {
+    if let Some(what) = touches_host(req.kind, req.uplink.is_some()) {
+        require_host_admin(&caller, what)?;
+    }
     Ok((StatusCode::CREATED, Json(s.create_network(&req).await?)).into_response())
 }
 
@@ -66,9 +100,16 @@ async fn get_network(
     responses((status = 200, body = Network), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_network(
     State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<UpdateNetworkRequest>,
 ) -> ApiResult<Json<Network>> {
+    if req.peers.is_some() {
+        let kind = s.get_network(&name).await?.kind;
+        if let Some(what) = touches_host(kind, false) {
+            require_host_admin(&caller, what)?;
+        }
+    }
     Ok(Json(s.update_network(&name, &req).await?))
 }
 

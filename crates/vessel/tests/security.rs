@@ -586,6 +586,58 @@ async fn concurrent_creates_never_exceed_the_project_quota() {
     assert_eq!(r.client(&token).list_vms().await.unwrap().len(), 5);
 }
 
+/// A network that reaches the host's own networking (a host bridge, an uplink, VXLAN tunnels)
+/// needs a host admin; a project's operator makes only networks that stay inside Vessel.
+#[tokio::test(flavor = "multi_thread")]
+async fn networks_that_touch_the_host_need_a_host_admin() {
+    let r = Remote::start();
+    r.root()
+        .create_project(&vessel_api::CreateProjectRequest {
+            name: "dev".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let token = r.user("otto", vec![grant("dev", Role::Operator)]).await;
+    let (status, body) = r
+        .raw(
+            Some(&token),
+            "POST",
+            "/v1/networks",
+            r#"{"name":"devnat","kind":"user","project":"dev"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let touching = [
+        (
+            r#"{"name":"devbr","kind":"bridge","bridge":"br0","project":"dev"}"#,
+            "host bridge",
+        ),
+        (
+            r#"{"name":"devvx","kind":"vxlan","subnet":"10.93.0.0/24","vni":42,"peers":["192.168.250.2"],"project":"dev"}"#,
+            "VXLAN",
+        ),
+        (
+            r#"{"name":"devup","kind":"managed","subnet":"10.94.0.0/24","uplink":"lo","project":"dev"}"#,
+            "uplink",
+        ),
+    ];
+    for (request, what) in touching {
+        let (status, body) = r.raw(Some(&token), "POST", "/v1/networks", request).await;
+        assert_eq!(status, 403, "{request}: {body}");
+        assert!(body.contains("host.admin") && body.contains(what), "{body}");
+    }
+    let names: Vec<String> = r
+        .root()
+        .list_networks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, vec!["devnat".to_string()]);
+}
+
 const MIB: u64 = 1 << 20;
 
 fn is_disk_quota_error(e: &vessel_cli::ClientError) -> bool {
@@ -731,6 +783,18 @@ async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
         root.get_project("d").await.unwrap().usage.disk_bytes,
         8 * MIB
     );
+    // An import's size is known once it is done: over the quota, it is refused and deleted.
+    let import = vessel_api::ImportVolumeRequest {
+        name: "dimport".into(),
+        source: raw.to_string_lossy().into_owned(),
+        project: Some("d".into()),
+        ..Default::default()
+    };
+    let refused = root.import_volume("default", &import, true).await;
+    let err = refused.map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("disk_bytes quota"), "{err}");
+    assert!(root.get_volume("default", "dimport").await.is_err());
+    assert!(!pool_dir.join("dimport.raw").exists());
     // With room for it, the VM's root disk (a linked clone of the image) counts at its virtual
     // size, and deleting the VM gives it back.
     let raised = vessel_api::Quota {
