@@ -104,6 +104,9 @@ pub struct Operation {
     /// What a host-level operation works on, e.g. `image/debian12` or `volume/default/data1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// The project of what it works on: who may see and cancel it.
+    #[serde(default = "crate::vm::default_project")]
+    pub project: String,
     /// How far a long operation (import, export, full clone) has got, in percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,

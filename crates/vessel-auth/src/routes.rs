@@ -10,7 +10,7 @@ pub enum Target {
     /// The host, or something that spans projects: needs the permission on project `*`.
     Host,
     /// No single project: the permission in any project will do (lists are filtered to the
-    /// caller's projects; objects without a project of their own, such as pools and operations).
+    /// caller's projects; objects without a project of their own, such as pools).
     Any,
     /// The VM named by the `{name}` path parameter.
     Vm,
@@ -21,6 +21,8 @@ pub enum Target {
     Volume,
     /// The network named by the `{name}` path parameter.
     Network,
+    /// The operation whose id is the `{id}` path parameter (in the project of what it works on).
+    Operation,
     /// The project named by the `{name}` path parameter.
     Project,
     /// The `project` field of the JSON body (`default` when absent): creates.
@@ -52,7 +54,7 @@ const fn r(
     }
 }
 
-use Target::{Any, Body, Host, Image, Network, Project, Vm, Volume};
+use Target::{Any, Body, Host, Image, Network, Operation, Project, Vm, Volume};
 
 /// Every route of the API. Keep in the order of the OpenAPI document's sections.
 #[rustfmt::skip]
@@ -104,10 +106,10 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/images/{name}", ImageRead, Image),
     r("DELETE", "/v1/images/{name}", ImageWrite, Image),
     // Operations, events, host
-    r("POST", "/v1/operations/{id}/cancel", OperationCancel, Any),
+    r("POST", "/v1/operations/{id}/cancel", OperationCancel, Operation),
     r("GET", "/v1/events", EventRead, Any),
     r("GET", "/v1/operations", OperationRead, Any),
-    r("GET", "/v1/operations/{id}", OperationRead, Any),
+    r("GET", "/v1/operations/{id}", OperationRead, Operation),
     r("GET", "/v1/host", HostRead, Any),
     r("GET", "/v1/host/check", HostRead, Any),
     r("POST", "/v1/host/master-key/rotate", HostAdmin, Host),

@@ -745,6 +745,7 @@ mod tests {
             id: "op-1".into(),
             vm: "web1".into(),
             resource: None,
+            project: "default".into(),
             progress: None,
             result: None,
             action: OperationAction::Start,

@@ -4,17 +4,56 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 use vessel_api::{ApiError, Event, EventKind};
+use vessel_auth::Permission;
 
 use crate::http::{ApiResult, HttpError, Params};
 use crate::model::now_ms;
+use crate::security::Caller;
 use crate::service::Service;
+use crate::view::VmView;
+
+/// Which VMs' events a caller may see: those of the projects it may read events in (`None`:
+/// all). Host-level events (no VM) are seen by everyone allowed on the route; events of a VM
+/// that no longer exists only by callers who see all projects, since its project is gone.
+#[derive(Clone)]
+struct Visibility {
+    projects: Option<Arc<Vec<String>>>,
+    view: Arc<VmView>,
+}
+
+impl Visibility {
+    fn of(caller: &Caller, view: Arc<VmView>) -> Visibility {
+        Visibility {
+            projects: caller
+                .identity
+                .readable_projects(Permission::EventRead)
+                .map(Arc::new),
+            view,
+        }
+    }
+
+    async fn allows(&self, event: &Event) -> bool {
+        let Some(projects) = &self.projects else {
+            return true;
+        };
+        if event.vm.is_empty() {
+            return true;
+        }
+        match self.view.get(&event.vm).await {
+            Ok(Some(vm)) => projects.contains(&vm.record.project),
+            _ => false,
+        }
+    }
+}
 
 /// Which events a client wants.
 #[derive(Debug, Clone, Default)]
@@ -92,14 +131,24 @@ pub fn subscription(
            ("follow" = Option<bool>, Query, description = "stream events as they happen (text/event-stream) instead of listing recorded ones"),
            ("limit" = Option<usize>, Query, description = "newest N recorded events (default 100, at most 2000)")),
     responses((status = 200, body = Vec<vessel_api::Event>, description = "a JSON list, or with follow=true a text/event-stream of Event objects")))]
-pub async fn events(State(s): State<Service>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+pub async fn events(
+    State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     let params = Params::parse(q, &["vm", "limit", "kind", "follow"])?;
     let filter = EventFilter::parse(&params)?;
+    let visibility = Visibility::of(&caller, Arc::clone(&s.ctx.view));
     if params.flag("follow", false)? {
-        let stream = subscription(s.ctx.view.subscribe(), filter).map(|event| {
-            let data = serde_json::to_string(&event).expect("events serialize");
-            Ok::<_, Infallible>(SseEvent::default().event(event.kind.as_str()).data(data))
-        });
+        let stream = subscription(s.ctx.view.subscribe(), filter)
+            .filter(move |event| {
+                let (visibility, event) = (visibility.clone(), event.clone());
+                async move { event.kind == EventKind::Lagged || visibility.allows(&event).await }
+            })
+            .map(|event| {
+                let data = serde_json::to_string(&event).expect("events serialize");
+                Ok::<_, Infallible>(SseEvent::default().event(event.kind.as_str()).data(data))
+            });
         let keep_alive = KeepAlive::new().interval(Duration::from_secs(15));
         return Ok(Sse::new(stream).keep_alive(keep_alive).into_response());
     }
@@ -116,7 +165,12 @@ pub async fn events(State(s): State<Service>, RawQuery(q): RawQuery) -> ApiResul
             })?,
     };
     let events = s.list_events(filter.vm.as_deref(), 2000).await?;
-    let mut kept: Vec<Event> = events.into_iter().filter(|e| filter.matches(e)).collect();
+    let mut kept = Vec::new();
+    for event in events.into_iter().filter(|e| filter.matches(e)) {
+        if visibility.allows(&event).await {
+            kept.push(event);
+        }
+    }
     let excess = kept.len().saturating_sub(limit);
     kept.drain(..excess);
     Ok(Json(kept).into_response())

@@ -21,16 +21,19 @@ use crate::service::store_error;
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Records a new running host operation and returns it.
+/// `project` is that of what it works on (who may see and cancel it).
 pub async fn begin(
     ctx: &Ctx,
     action: OperationAction,
     target: String,
+    project: &str,
 ) -> Result<OpRecord, ApiError> {
     let record = OpRecord {
         operation: Operation {
             id: uuid::Uuid::new_v4().to_string(),
             vm: String::new(),
             resource: Some(target),
+            project: project.to_string(),
             progress: Some(0.0),
             result: None,
             action,

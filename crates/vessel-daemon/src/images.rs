@@ -180,6 +180,7 @@ impl Service {
             &self.ctx,
             OperationAction::ImportImage,
             format!("image/{}", request.name),
+            &project,
         )
         .await?;
         let operation = record.operation.clone();
@@ -283,6 +284,7 @@ impl Service {
             &self.ctx,
             OperationAction::ImportVolume,
             format!("volume/{pool_name}/{}", request.name),
+            &project,
         )
         .await?;
         let operation = record.operation.clone();
@@ -351,10 +353,12 @@ impl Service {
         } else {
             None
         };
+        let project = crate::volume_projects::get(self.ctx.store.as_ref(), pool_name, name).await?;
         let record = host_ops::begin(
             &self.ctx,
             OperationAction::ExportVolume,
             format!("volume/{pool_name}/{name}"),
+            &project,
         )
         .await?;
         let operation = record.operation.clone();

@@ -275,6 +275,9 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
         (Some(m), false) if m.route.path == "/v1/pools/{pool}/volumes" => {
             filter_list(&caller, Permission::StorageRead, response).await
         }
+        (Some(m), false) if m.route.path == "/v1/operations" => {
+            filter_list(&caller, Permission::OperationRead, response).await
+        }
         _ => response,
     };
     // Reads are audited only when refused as malformed (the 401/403/429 cases were above).
@@ -460,8 +463,14 @@ async fn resolve(
         }
         Target::Host | Target::Any => Ok((req, None, path)),
         Target::Project => Ok((req, matched.param("name").map(str::to_string), path)),
-        Target::Vm | Target::Image | Target::Volume | Target::Network if everywhere => {
+        Target::Vm | Target::Image | Target::Volume | Target::Network | Target::Operation
+            if everywhere =>
+        {
             Ok((req, None, path))
+        }
+        Target::Operation => {
+            let id = matched.param("id").unwrap_or_default();
+            Ok((req, operation_project(sec, id).await, path))
         }
         Target::Network => {
             let name = matched.param("name").unwrap_or_default();
@@ -495,6 +504,13 @@ async fn resolve(
             Ok((req, Some(project), target))
         }
     }
+}
+
+/// The project of an operation; `None` (any project) for one that does not exist.
+async fn operation_project(sec: &Security, id: &str) -> Option<String> {
+    let kv = sec.ctx.store.get(&crate::model::op_key(id)).await.ok()??;
+    let record: crate::model::OpRecord = serde_json::from_slice(&kv.value).ok()?;
+    Some(record.operation.project)
 }
 
 /// The project of an image; `None` (any project) for one that does not exist.
@@ -585,7 +601,7 @@ async fn outcome(response: Response) -> (Response, String) {
     (Response::from_parts(parts, Body::from(bytes)), result)
 }
 
-/// Keeps only the items (VMs, images) of projects the caller may read with `permission` (root
+/// Keeps only the items (VMs, images, volumes, networks, operations) of projects the caller may read with `permission` (root
 /// and `*` grants see everything).
 async fn filter_list(caller: &Caller, permission: Permission, response: Response) -> Response {
     let Some(projects) = caller.identity.readable_projects(permission) else {

@@ -115,7 +115,7 @@ impl Service {
         check_files(&record)
             .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
         let mut op = new_op(
-            &request.name,
+            &record,
             OperationAction::Create,
             desired,
             ActionOptions::default(),
@@ -345,7 +345,7 @@ impl Service {
             }
         }
         let target = desired_after(action, status.state);
-        let op = new_op(name, action, target.unwrap_or(desired), options);
+        let op = new_op(&record, action, target.unwrap_or(desired), options);
         // A blind write of the desired state: the VM's worker runs operations one at a time and
         // re-checks the state when it gets to this one, so no compare on the state is needed.
         let mut txn = Txn::new()
@@ -505,7 +505,7 @@ fn desired_after(action: OperationAction, state: VmState) -> Option<DesiredState
 }
 
 fn new_op(
-    vm: &str,
+    vm: &VmRecord,
     action: OperationAction,
     target: DesiredState,
     options: ActionOptions,
@@ -513,8 +513,9 @@ fn new_op(
     OpRecord {
         operation: Operation {
             id: uuid::Uuid::new_v4().to_string(),
-            vm: vm.to_string(),
+            vm: vm.spec.name.clone(),
             resource: None,
+            project: vm.project.clone(),
             progress: None,
             result: None,
             action,

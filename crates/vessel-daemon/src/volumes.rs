@@ -237,6 +237,7 @@ impl Service {
             &self.ctx,
             vessel_api::OperationAction::CloneVolume,
             format!("volume/{pool}/{}", request.name),
+            &project,
         )
         .await?;
         let operation = record.operation.clone();

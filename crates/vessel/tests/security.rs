@@ -638,6 +638,74 @@ async fn networks_that_touch_the_host_need_a_host_admin() {
     assert_eq!(names, vec!["devnat".to_string()]);
 }
 
+/// Operations and events belong to the project of what they work on: a project's operator sees
+/// only those, and cannot read or cancel another project's operation even knowing its id.
+#[tokio::test(flavor = "multi_thread")]
+async fn operations_and_events_are_seen_only_in_their_project() {
+    let r = Remote::start();
+    let root = r.root();
+    root.create_project(&vessel_api::CreateProjectRequest {
+        name: "dev".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let kernel = r.daemon.data_dir.join("fake-kernel");
+    std::fs::write(&kernel, b"not booted").unwrap();
+    for (vm, project) in [("prodvm", "default"), ("devvm", "dev")] {
+        let request = vessel_api::CreateVmRequest {
+            name: vm.into(),
+            cpus: 1,
+            memory_mib: 64,
+            kernel: Some(kernel.to_string_lossy().into_owned()),
+            project: Some(project.into()),
+            ..Default::default()
+        };
+        root.create_vm(&request, true).await.unwrap();
+        // An edit records an event for the VM.
+        let edit = vessel_api::EditVmRequest {
+            memory_mib: Some(96),
+            ..Default::default()
+        };
+        root.edit_vm(vm, &edit, true).await.unwrap();
+    }
+    let all = root.list_operations().await.unwrap();
+    let prod_op = all
+        .iter()
+        .find(|op| op.vm == "prodvm" && op.action == vessel_api::OperationAction::Create)
+        .unwrap();
+    assert_eq!(prod_op.project, "default");
+    let dev_op = all
+        .iter()
+        .find(|op| op.vm == "devvm" && op.action == vessel_api::OperationAction::Create)
+        .unwrap();
+    assert_eq!(dev_op.project, "dev");
+
+    let token = r.user("dora", vec![grant("dev", Role::Operator)]).await;
+    let dora = r.client(&token);
+    let seen: Vec<String> = dora
+        .list_operations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|op| op.vm)
+        .collect();
+    assert_eq!(seen, vec!["devvm".to_string(); 2]);
+    dora.get_operation(&dev_op.id).await.unwrap();
+    let err = dora.get_operation(&prod_op.id).await.unwrap_err();
+    assert!(err.to_string().contains("operation.read"), "{err}");
+    let cancel = format!("/v1/operations/{}/cancel", prod_op.id);
+    let (status, body) = r.raw(Some(&token), "POST", &cancel, "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("operation.cancel"), "{body}");
+
+    let events = dora.list_events(None, 100).await.unwrap();
+    assert!(events.iter().any(|e| e.vm == "devvm"), "{events:?}");
+    assert!(events.iter().all(|e| e.vm != "prodvm"), "{events:?}");
+    let everything = root.list_events(None, 100).await.unwrap();
+    assert!(everything.iter().any(|e| e.vm == "prodvm"));
+}
+
 const MIB: u64 = 1 << 20;
 
 fn is_disk_quota_error(e: &vessel_cli::ClientError) -> bool {
