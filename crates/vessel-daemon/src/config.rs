@@ -11,7 +11,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/vessel/vessel.toml";
 /// `vessel daemon` flags.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(
-    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)"
+    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)\n  qemu_uid_base = 1879048192    # each VM's QEMU runs as its own uid from here on (0: as the daemon's user)"
 )]
 pub struct DaemonArgs {
     /// Where the database, VM run directories and console logs live [default: /var/lib/vessel].
@@ -47,6 +47,7 @@ struct FileConfig {
     listen: Option<std::net::SocketAddr>,
     tls_names: Option<Vec<String>>,
     socket_group: Option<String>,
+    qemu_uid_base: Option<u32>,
 }
 
 /// The effective configuration.
@@ -69,6 +70,11 @@ pub struct Config {
     /// The group that may use the unix socket besides root (its members are the built-in
     /// `root` identity: admin of everything).
     pub socket_group: Option<String>,
+    /// Each VM's QEMU runs as a user of its own: uid (and gid) `qemu_uid_base + slot`, slot the
+    /// smallest one free (see `vessel_qemu::uid`). `None` (`qemu_uid_base = 0` in the file):
+    /// QEMU runs as the daemon's user, for hosts where switching users cannot work. A daemon
+    /// that is not root never switches.
+    pub qemu_uids: Option<vessel_qemu::UidRange>,
 }
 
 impl Config {
@@ -86,6 +92,10 @@ impl Config {
             listen: None,
             tls_names: Vec::new(),
             socket_group: None,
+            qemu_uids: Some(
+                vessel_qemu::UidRange::new(vessel_qemu::DEFAULT_UID_BASE)
+                    .expect("the default range is valid"),
+            ),
         }
     }
 
@@ -127,6 +137,14 @@ impl Config {
         config.listen = args.listen.or(file.listen);
         config.tls_names = file.tls_names.unwrap_or_default();
         config.socket_group = file.socket_group;
+        config.qemu_uids = match file.qemu_uid_base {
+            None => config.qemu_uids,
+            Some(0) => None,
+            Some(base) => Some(
+                vessel_qemu::UidRange::new(base)
+                    .map_err(|e| anyhow::anyhow!("qemu_uid_base: {e}"))?,
+            ),
+        };
         if !["auto", "kvm", "tcg"].contains(&config.accelerator.as_str()) {
             anyhow::bail!(
                 "accelerator {:?} is not one of auto, kvm, tcg",
@@ -167,6 +185,29 @@ mod tests {
         assert_eq!(config.socket, PathBuf::from("/x.sock"));
         assert_eq!(config.stop_timeout_secs, 5);
         assert_eq!(config.accelerator, "auto");
+    }
+
+    #[test]
+    fn qemu_uid_base_sets_the_range_and_zero_turns_separate_users_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vessel.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::load(&DaemonArgs {
+                config: Some(file.clone()),
+                ..Default::default()
+            })
+        };
+        let default = load("").unwrap();
+        assert_eq!(
+            default.qemu_uids.map(|r| r.base()),
+            Some(vessel_qemu::DEFAULT_UID_BASE)
+        );
+        let custom = load("qemu_uid_base = 500000000\n").unwrap();
+        assert_eq!(custom.qemu_uids.map(|r| r.base()), Some(500_000_000));
+        assert!(load("qemu_uid_base = 0\n").unwrap().qemu_uids.is_none());
+        let err = load("qemu_uid_base = 2147483000\n").unwrap_err();
+        assert!(err.to_string().contains("2^31"), "{err}");
     }
 
     #[test]

@@ -81,7 +81,16 @@ pub async fn run(
         );
         "not installed".into()
     });
-    let backend = Arc::new(QemuBackend::new(config.qemu_binary.clone()));
+    // Only root can start QEMU as another user; an unprivileged daemon's QEMUs run as itself.
+    let qemu_uids = config.qemu_uids.filter(|_| net_host::euid() == 0);
+    match qemu_uids {
+        Some(range) => tracing::info!(
+            "each VM's QEMU runs as its own user: uids from {} on",
+            range.base()
+        ),
+        None => tracing::info!("QEMU runs as the daemon's user (qemu_uid_base = 0, or not root)"),
+    }
+    let backend = Arc::new(QemuBackend::new(config.qemu_binary.clone()).with_uid_range(qemu_uids));
     let ctx = Arc::new(
         Ctx::new(
             Arc::new(store),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vessel_api::{ApiError, AttachDiskRequest, Operation, OperationAction, VmDisk, VmSpec};
 use vessel_core::{disk_node_name, validate_name};
-use vessel_qemu::DiskFile;
+use vessel_qemu::{BackingFile, DiskFile};
 use vessel_storage::{DirPool, StoragePool};
 
 use crate::ctx::Ctx;
@@ -73,8 +73,27 @@ pub async fn resolve_disk(ctx: &Ctx, disk: &VmDisk) -> Result<DiskFile, String> 
         .volume(&disk.volume)
         .await
         .map_err(|e| format!("disk {}/{}: {e}", disk.pool, disk.volume))?;
+    if info.backing_chain.len() > vessel_qemu::disk::MAX_BACKING_DEPTH {
+        return Err(format!(
+            "disk {}/{}: its backing chain is {} images deep; at most {} are supported (make a full clone)",
+            disk.pool,
+            disk.volume,
+            info.backing_chain.len(),
+            vessel_qemu::disk::MAX_BACKING_DEPTH
+        ));
+    }
     Ok(DiskFile {
         node_name: disk_node_name(&disk.pool, &disk.volume),
+        // Named to QEMU with their formats: QEMU then neither follows the qcow2 header's names
+        // nor probes a format, and a hot-plugged disk's chain can be passed as fds.
+        backing: info
+            .backing_chain
+            .iter()
+            .map(|image| BackingFile {
+                path: image.path.clone(),
+                format: image.format,
+            })
+            .collect(),
         path: info.path,
         format: info.format,
         read_only: disk.read_only,

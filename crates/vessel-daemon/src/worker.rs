@@ -292,6 +292,7 @@ impl Worker {
             .sampler
             .register(&self.name, instance.stats_probe());
         let pid = instance.pid();
+        let uid = describe_uid(instance.as_ref());
         let events = instance.take_events().expect("fresh instance has events");
         self.live = Some(Live {
             instance,
@@ -312,7 +313,7 @@ impl Worker {
         }
         self.save(&status, None).await?;
         self.ctx
-            .event(&self.name, format!("started (QEMU pid {})", pid.pid))
+            .event(&self.name, format!("started (QEMU pid {}{})", pid.pid, uid))
             .await;
         Ok(())
     }
@@ -1231,6 +1232,7 @@ impl Worker {
                     .sampler
                     .register(&self.name, instance.stats_probe());
                 let events = instance.take_events().expect("fresh instance has events");
+                let uid = describe_uid(instance.as_ref());
                 let state = match instance.status().await {
                     Ok(vessel_qemu::RunState::Paused) => VmState::Paused,
                     _ => VmState::Running,
@@ -1248,7 +1250,10 @@ impl Worker {
                 self.ctx
                     .event(
                         &self.name,
-                        format!("re-adopted QEMU pid {} after a daemon restart", pid.pid),
+                        format!(
+                            "re-adopted QEMU pid {}{uid} after a daemon restart",
+                            pid.pid
+                        ),
                     )
                     .await;
                 if !stopping {
@@ -1272,6 +1277,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// `, uid N` for the events of a QEMU that runs as its own user.
+fn describe_uid(instance: &dyn Instance) -> String {
+    instance
+        .uid()
+        .map(|uid| format!(", uid {uid}"))
+        .unwrap_or_default()
 }
 
 /// Waits for the next instance event, or forever when no instance runs.

@@ -33,6 +33,9 @@ pub struct CmdlineInputs<'a> {
     pub seed: Option<&'a str>,
     /// NICs on networks, in order. Their taps are inherited right after the secret pipes.
     pub nics: &'a [NicPlan],
+    /// The uid (and gid, the same number) QEMU switches to once it has opened its files; `None`:
+    /// it keeps the daemon's (see [`crate::uid`]).
+    pub runas: Option<u32>,
 }
 
 /// QEMU's option parser splits on commas; a literal comma is written twice.
@@ -88,13 +91,15 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
         "-device",
         "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0",
     ]);
+    // Written by QEMU while still root; QEMU cannot remove it once it runs as its own user (the
+    // run dir is root's), so the daemon removes it after the exit.
     push(&["-pidfile", inputs.pid_file]);
-    // QEMU never needs to spawn processes, gain privileges or use obsolete syscalls; seccomp
-    // turns an exploit's attempt to do so into a crash.
-    push(&[
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-    ]);
+    push(&["-sandbox", &sandbox(inputs.runas.is_some())]);
+    if let Some(uid) = inputs.runas {
+        // Numeric uid:gid (QEMU 7.2 and later): no passwd entry needed. QEMU opens every file of
+        // its command line first, then drops to this user before the guest runs.
+        push(&["-runas", &format!("{uid}:{uid}")]);
+    }
     push(&["-msg", "timestamp=on"]);
     // A guest kernel that panics tells QEMU through this device (GUEST_PANICKED), so the VM is
     // reported as crashed instead of hanging forever as "running".
@@ -168,6 +173,20 @@ fn nic_args(inputs: &CmdlineInputs<'_>, first_tap_fd: i32, args: &mut Vec<String
         args.extend(["-netdev".into(), nic::netdev_arg(plan, fd)]);
         args.extend(["-device".into(), nic::device(machine, plan).to_string()]);
     }
+}
+
+/// The seccomp policy. QEMU never needs to spawn processes, gain privileges or use obsolete
+/// syscalls; seccomp turns an exploit's attempt to do so into a crash.
+///
+/// With `-runas`, the set*id syscalls must stay allowed: QEMU installs the filter before it
+/// switches users, and `elevateprivileges=deny` (and `children`, which in QEMU 7.2 denies the
+/// same syscalls and adds no_new_privs) kill it with SIGSYS at the switch. Allowing them gives
+/// nothing away: after the switch QEMU's real, effective and saved uids and gids are all its
+/// own non-zero ids and it has no capability (see `process::drop_privileges`), so set*id can
+/// only "change" to those same ids, and QEMU itself checks that setuid(0) fails.
+fn sandbox(switches_user: bool) -> String {
+    let elevate = if switches_user { "allow" } else { "deny" };
+    format!("on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny")
 }
 
 fn machine_option(machine: Machine) -> String {
@@ -275,6 +294,7 @@ mod tests {
             disks: &[],
             seed: None,
             nics: &[],
+            runas: None,
         })
         .join(" ")
     }
@@ -334,6 +354,7 @@ mod tests {
                 serial: node.into(),
                 key: (node == "vdb2")
                     .then(|| std::sync::Arc::new(vessel_storage::VolumeKey::generate().unwrap())),
+                backing: vec![],
             });
         let s = spec(Boot::Disk { disk: "/d".into() }, Machine::Q35);
         let (tap, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -358,6 +379,7 @@ mod tests {
             disks: &disks,
             seed: Some("/run/vm/cidata.iso"),
             nics: &nics,
+            runas: None,
         });
         let line = args.join(" ");
         // One encrypted disk takes fd 6, so the tap is the next one.
@@ -379,6 +401,38 @@ mod tests {
         assert!(line.contains(r#""key-secret":"vdb2-key""#), "{line}");
         let passphrase = disks[1].key.as_ref().unwrap().luks_passphrase();
         assert!(!line.contains(passphrase.as_str()), "no key in the args");
+    }
+
+    #[test]
+    fn runas_switches_to_the_vms_own_uid_and_gid_and_lets_qemu_do_so() {
+        let s = spec(Boot::Disk { disk: "/d".into() }, Machine::Q35);
+        let plain = joined(&s, Accel::Tcg);
+        assert!(!plain.contains("-runas"), "{plain}");
+        assert!(
+            plain.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "{plain}"
+        );
+        let line = build(&CmdlineInputs {
+            spec: &s,
+            accel: Accel::Tcg,
+            pid_file: "/run/x.pid",
+            disk_format: None,
+            host_tsc_khz: None,
+            disks: &[],
+            seed: None,
+            nics: &[],
+            runas: Some(1_879_048_193),
+        })
+        .join(" ");
+        assert!(line.contains("-runas 1879048193:1879048193"), "{line}");
+        assert!(
+            line.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+            ),
+            "the switch is a setuid: {line}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the command line (`-blockdev`, `-device`) and in hot-plug (`blockdev-add`, `device_add`), so
 //! a cold-plugged and a hot-plugged disk are the same thing to QEMU.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -13,6 +13,25 @@ use vessel_storage::{Format, VolumeKey};
 pub const SCSI_CONTROLLER: &str = "scsi0";
 /// SCSI serial numbers are at most 36 characters in QEMU; longer ones are refused.
 const MAX_SERIAL_LEN: usize = 36;
+/// The longest backing chain a disk may have; deeper ones are refused (a chain is a linked clone
+/// of an image, maybe of a clone: a few levels, never dozens).
+pub const MAX_BACKING_DEPTH: usize = 16;
+
+/// An image below a disk (a linked clone's backing file), opened read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingFile {
+    pub path: PathBuf,
+    /// Always given to QEMU, never probed.
+    pub format: Format,
+}
+
+/// One file QEMU opens for a disk, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskFileUse<'a> {
+    pub path: &'a Path,
+    /// Opened for writing (the disk's own file of a writable disk), else read-only.
+    pub writable: bool,
+}
 
 /// A disk resolved to its file, ready to hand to QEMU.
 #[derive(Debug, Clone)]
@@ -30,6 +49,12 @@ pub struct DiskFile {
     /// The LUKS key of an encrypted volume. It reaches QEMU as a `secret` object read from an
     /// inherited pipe (cold plug) or over QMP (hot-plug), never on the command line.
     pub key: Option<Arc<VolumeKey>>,
+    /// The images below the disk's own file, nearest first (empty for a self-contained volume).
+    /// They are named to QEMU explicitly, with their formats, instead of QEMU following the
+    /// names in the qcow2 headers: a hot-plugged disk's files are fds (`/dev/fdset/N`), from
+    /// which no relative backing name could be resolved, and QEMU, running as its own user by
+    /// then, could not open the pool's files by name anyway.
+    pub backing: Vec<BackingFile>,
 }
 
 impl DiskFile {
@@ -42,17 +67,42 @@ impl DiskFile {
         format!("{}-key", self.node_name)
     }
 
-    /// The `blockdev-add` arguments; also the `-blockdev` value in JSON syntax.
+    /// The files QEMU opens for this disk: its own, then its backing chain, nearest first.
+    pub fn files(&self) -> Vec<DiskFileUse<'_>> {
+        std::iter::once(DiskFileUse {
+            path: &self.path,
+            writable: !self.read_only,
+        })
+        .chain(self.backing.iter().map(|b| DiskFileUse {
+            path: &b.path,
+            writable: false,
+        }))
+        .collect()
+    }
+
+    /// The `-blockdev` value in JSON syntax: QEMU opens the files by path (as root, at start).
     pub fn blockdev(&self) -> Value {
+        let paths: Vec<String> = self
+            .files()
+            .iter()
+            .map(|f| f.path.to_string_lossy().into_owned())
+            .collect();
+        self.blockdev_with(&paths)
+    }
+
+    /// The `blockdev-add` arguments, with QEMU's file names for [`DiskFile::files`], in the same
+    /// order: paths, or `/dev/fdset/N` for files the daemon opened and passed as fds.
+    pub fn blockdev_with(&self, filenames: &[String]) -> Value {
+        assert_eq!(filenames.len(), 1 + self.backing.len(), "one name per file");
         let mut node = json!({
             "driver": self.format.as_str(),
             "node-name": self.node_name,
             "read-only": self.read_only,
-            "file": {
-                "driver": "file",
-                "filename": self.path.to_string_lossy(),
-            },
+            "file": { "driver": "file", "filename": filenames[0] },
         });
+        if let Some(backing) = backing_node(&self.backing, &filenames[1..]) {
+            node["backing"] = backing;
+        }
         if self.key.is_some() {
             node["encrypt"] = json!({ "format": "luks", "key-secret": self.secret_id() });
         }
@@ -74,6 +124,21 @@ impl DiskFile {
         }
         device
     }
+}
+
+/// The backing chain as nested nodes, read-only, each with its format; the last image's own
+/// header has no backing file (the chain was read to its end), so QEMU opens nothing more.
+fn backing_node(chain: &[BackingFile], filenames: &[String]) -> Option<Value> {
+    let (image, below) = chain.split_first()?;
+    let mut node = json!({
+        "driver": image.format.as_str(),
+        "read-only": true,
+        "file": { "driver": "file", "filename": filenames[0] },
+    });
+    if let Some(next) = backing_node(below, &filenames[1..]) {
+        node["backing"] = next;
+    }
+    Some(node)
 }
 
 /// The device id of the disk whose block node is `node_name`.
@@ -103,6 +168,7 @@ mod tests {
             shareable: false,
             serial: "x".repeat(50),
             key: None,
+            backing: vec![],
         }
     }
 
@@ -112,6 +178,46 @@ mod tests {
         assert_eq!(b["file"]["filename"], "/pool/a,b.qcow2");
         assert_eq!(b["driver"], "qcow2");
         assert_eq!(b["read-only"], true);
+    }
+
+    #[test]
+    fn a_backing_chain_is_named_explicitly_read_only_with_formats() {
+        let d = DiskFile {
+            read_only: false,
+            backing: vec![
+                BackingFile {
+                    path: "/pool/mid.qcow2".into(),
+                    format: Format::Qcow2,
+                },
+                BackingFile {
+                    path: "/pool/base.raw".into(),
+                    format: Format::Raw,
+                },
+            ],
+            ..disk()
+        };
+        let files = d.files();
+        assert_eq!(files.len(), 3);
+        assert!(files[0].writable && !files[1].writable && !files[2].writable);
+        let b = d.blockdev();
+        assert_eq!(b["file"]["filename"], "/pool/a,b.qcow2");
+        assert_eq!(b["backing"]["driver"], "qcow2");
+        assert_eq!(b["backing"]["read-only"], true);
+        assert_eq!(b["backing"]["file"]["filename"], "/pool/mid.qcow2");
+        assert_eq!(b["backing"]["backing"]["driver"], "raw");
+        assert_eq!(
+            b["backing"]["backing"]["file"]["filename"],
+            "/pool/base.raw"
+        );
+        assert!(b["backing"]["backing"].get("backing").is_none());
+        let names = ["/dev/fdset/1", "/dev/fdset/2", "/dev/fdset/3"].map(String::from);
+        let hot = d.blockdev_with(&names);
+        assert_eq!(hot["file"]["filename"], "/dev/fdset/1");
+        assert_eq!(
+            hot["backing"]["backing"]["file"]["filename"],
+            "/dev/fdset/3"
+        );
+        assert!(disk().blockdev().get("backing").is_none());
     }
 
     #[test]

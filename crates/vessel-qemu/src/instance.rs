@@ -5,6 +5,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +20,7 @@ use crate::cmdline::{self, CmdlineInputs};
 use crate::nic::{NicBackend, NicPlan};
 use crate::process::{self, ExitWatch, InheritedSockets, ProcessId};
 use crate::snapshot;
+use crate::uid::{QemuUids, UidLease, UidRange};
 use crate::{
     Backend, BackendError, DiskFile, Instance, InstanceEvent, LaunchRequest, RunFiles, RunState,
 };
@@ -33,6 +35,9 @@ pub struct QemuBackend {
     binary: String,
     /// Leave the vCPUs stopped after start-up ([`Backend::launch_paused`]).
     start_paused: bool,
+    /// The uids of this backend's QEMUs, each running as its own user; `None`: QEMU keeps the
+    /// daemon's user (separate users are off, or the daemon is not root).
+    uids: Option<Arc<QemuUids>>,
 }
 
 impl QemuBackend {
@@ -40,7 +45,14 @@ impl QemuBackend {
         QemuBackend {
             binary: binary.into(),
             start_paused: false,
+            uids: None,
         }
+    }
+
+    /// Runs each QEMU as a user of its own from `range` (needs a root daemon).
+    pub fn with_uid_range(mut self, range: Option<UidRange>) -> Self {
+        self.uids = range.map(QemuUids::new);
+        self
     }
 }
 
@@ -90,6 +102,7 @@ impl Backend for QemuBackend {
             .mode(0o600)
             .open(&files.qemu_log)?;
         let pid_file = files.pid_file.to_string_lossy().into_owned();
+        let lease = self.uids.as_ref().map(|uids| uids.lease()).transpose()?;
         let seed = request
             .seed
             .as_ref()
@@ -103,26 +116,27 @@ impl Backend for QemuBackend {
             disks: &request.disks,
             seed: seed.as_deref(),
             nics: &request.nics,
+            runas: lease.as_ref().map(UidLease::uid),
         });
         tracing::debug!(vm = %request.spec.name, ?args, "launching QEMU");
-        let child = process::spawn(&self.binary, &args, sockets, log).map_err(|source| {
-            BackendError::Spawn {
+        let child = process::spawn(&self.binary, &args, sockets, log, lease.is_some()).map_err(
+            |source| BackendError::Spawn {
                 binary: self.binary.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         drop(secrets);
         let pid = child.id().unwrap_or_default();
         let exit = ExitWatch::Child(child);
         let attached = match attach(&files).await {
             Ok(attached) => attached,
-            Err(e) => return Err(early_exit(exit, &files, e).await),
+            Err(e) => return Err(early_exit(exit, lease, &files, e).await),
         };
         let id = ProcessId::of(pid).map_err(|_| BackendError::EarlyExit {
             detail: process::last_log_line(&files.qemu_log)
                 .unwrap_or_else(|| "QEMU vanished".into()),
         })?;
-        let instance = QemuInstance::new(id, attached, exit);
+        let instance = QemuInstance::new(id, attached, exit, lease);
         if !self.start_paused {
             instance.qmp.execute("cont", None).await?;
         }
@@ -162,7 +176,9 @@ impl Backend for QemuBackend {
         let exit = ExitWatch::pidfd(id.pid)?;
         let files = RunFiles::in_dir(&request.run_dir);
         let attached = attach(&files).await?;
-        Ok(Box::new(QemuInstance::new(id, attached, exit)))
+        // Its uid stays taken until it exits, so that no VM started from now on gets it.
+        let lease = self.uids.as_ref().and_then(|uids| uids.recover(id.pid));
+        Ok(Box::new(QemuInstance::new(id, attached, exit, lease)))
     }
 }
 
@@ -226,9 +242,21 @@ async fn attach(files: &RunFiles) -> Result<Attached, BackendError> {
     })
 }
 
-/// Turns a failed start into QEMU's own explanation, once the process is gone.
-async fn early_exit(exit: ExitWatch, files: &RunFiles, cause: BackendError) -> BackendError {
+/// Turns a failed start into QEMU's own explanation, once the process is gone. Its uid is
+/// freed only then: a QEMU still running keeps it until it exits.
+async fn early_exit(
+    mut exit: ExitWatch,
+    lease: Option<UidLease>,
+    files: &RunFiles,
+    cause: BackendError,
+) -> BackendError {
     let waited = tokio::time::timeout(Duration::from_secs(5), exit.wait()).await;
+    if waited.is_err() {
+        tokio::spawn(async move {
+            exit.wait().await;
+            drop(lease);
+        });
+    }
     match (waited, process::last_log_line(&files.qemu_log)) {
         (Ok((how, _)), Some(line)) => BackendError::EarlyExit {
             detail: format!("{line} ({how})"),
@@ -240,6 +268,8 @@ async fn early_exit(exit: ExitWatch, files: &RunFiles, cause: BackendError) -> B
 
 struct QemuInstance {
     id: ProcessId,
+    /// Its own uid, if it runs as one (the lease itself lives with the exit watch).
+    uid: Option<u32>,
     qmp: Qmp,
     events: Option<mpsc::UnboundedReceiver<InstanceEvent>>,
     console: Option<UnixStream>,
@@ -258,12 +288,14 @@ impl QemuInstance {
             .await;
     }
 
-    fn new(id: ProcessId, attached: Attached, exit: ExitWatch) -> Self {
+    fn new(id: ProcessId, attached: Attached, exit: ExitWatch, lease: Option<UidLease>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs) = watch::channel(0);
-        tokio::spawn(pump_events(attached.events, exit, tx, jobs_tx));
+        let uid = lease.as_ref().map(UidLease::uid);
+        tokio::spawn(pump_events(attached.events, exit, lease, tx, jobs_tx));
         QemuInstance {
             id,
+            uid,
             qmp: attached.qmp,
             events: Some(rx),
             console: Some(attached.console),
@@ -272,10 +304,112 @@ impl QemuInstance {
     }
 }
 
-/// Forwards QMP events as [`InstanceEvent`]s and, once QMP is gone, the process's exit.
+/// The `opaque` tag of the fd sets of a disk's files. QEMU keeps it with each fd, so the sets
+/// are found again by name (`query-fdsets`), also by a daemon that re-adopted the VM and never
+/// saw them added.
+fn fdset_tag(node_name: &str) -> String {
+    format!("vessel-disk:{node_name}")
+}
+
+/// Opens a hot-plugged disk's files in the daemon and passes them to QEMU (`add-fd`, the fd
+/// over SCM_RIGHTS), one fd set per file; returns QEMU's names for them (`/dev/fdset/N`), in
+/// the order of [`DiskFile::files`].
+///
+/// QEMU runs as its own user by now and may not open the pool's files by path: a running
+/// QEMU never opens a path. A file it may write gets two fds in its set, read-only and
+/// read-write: QEMU picks the fd whose access mode matches its open, and it reopens an image
+/// with the other mode when the permissions it needs change. On error, some sets may be added:
+/// the caller removes them with [`remove_disk_fdsets`].
+async fn add_disk_fdsets(qmp: &Qmp, disk: &DiskFile) -> Result<Vec<String>, BackendError> {
+    let tag = fdset_tag(&disk.node_name);
+    let files = disk.files();
+    if files.len() > 1 + crate::disk::MAX_BACKING_DEPTH {
+        return Err(BackendError::Refused(format!(
+            "the disk's backing chain is {} images deep; at most {} are supported",
+            files.len() - 1,
+            crate::disk::MAX_BACKING_DEPTH
+        )));
+    }
+    let mut filenames = Vec::with_capacity(files.len());
+    for file in files {
+        let modes: &[bool] = if file.writable {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        let mut set: Option<u64> = None;
+        for &write in modes {
+            let fd: std::os::fd::OwnedFd = OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(file.path)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open {}: {e}", file.path.display()),
+                    )
+                })?
+                .into();
+            let mut arguments = serde_json::json!({ "opaque": tag });
+            if let Some(id) = set {
+                arguments["fdset-id"] = id.into();
+            }
+            let reply = qmp.execute_with_fd("add-fd", Some(arguments), fd).await?;
+            set = Some(
+                reply
+                    .get("fdset-id")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| {
+                        BackendError::Refused(format!("add-fd answered without an fd set: {reply}"))
+                    })?,
+            );
+        }
+        filenames.push(format!("/dev/fdset/{}", set.expect("one fd at least")));
+    }
+    Ok(filenames)
+}
+
+/// Removes the fd sets of a disk's files (see [`add_disk_fdsets`]); QEMU closes their fds once
+/// no block node uses them. Nothing to do for a disk that has none (cold-plugged at start).
+async fn remove_disk_fdsets(qmp: &Qmp, node_name: &str) {
+    let tag = fdset_tag(node_name);
+    let sets = match qmp.execute("query-fdsets", None).await {
+        Ok(sets) => sets,
+        Err(e) => {
+            tracing::warn!(node = node_name, error = %e, "could not list QEMU's fd sets");
+            return;
+        }
+    };
+    for id in fdsets_tagged(&sets, &tag) {
+        if let Err(e) = qmp
+            .execute("remove-fd", Some(serde_json::json!({ "fdset-id": id })))
+            .await
+        {
+            tracing::warn!(node = node_name, fdset = id, error = %e, "could not remove an fd set");
+        }
+    }
+}
+
+/// The ids of the fd sets (a `query-fdsets` reply) that hold an fd tagged `tag`.
+fn fdsets_tagged(sets: &Value, tag: &str) -> Vec<u64> {
+    sets.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|set| {
+            set.get("fds")
+                .and_then(Value::as_array)
+                .is_some_and(|fds| fds.iter().any(|fd| fd.get("opaque") == Some(&tag.into())))
+        })
+        .filter_map(|set| set.get("fdset-id").and_then(Value::as_u64))
+        .collect()
+}
+
+/// Forwards QMP events as [`InstanceEvent`]s and, once QMP is gone, the process's exit. The
+/// process's uid is freed when it has exited.
 async fn pump_events(
     mut events: EventStream,
-    exit: ExitWatch,
+    mut exit: ExitWatch,
+    lease: Option<UidLease>,
     tx: mpsc::UnboundedSender<InstanceEvent>,
     jobs: watch::Sender<u64>,
 ) {
@@ -288,6 +422,7 @@ async fn pump_events(
         }
     }
     let (detail, clean) = exit.wait().await;
+    drop(lease);
     let _ = tx.send(InstanceEvent::Exited { detail, clean });
 }
 
@@ -324,6 +459,10 @@ fn map_event(event: &QmpEvent) -> Option<InstanceEvent> {
 impl Instance for QemuInstance {
     fn pid(&self) -> ProcessId {
         self.id
+    }
+
+    fn uid(&self) -> Option<u32> {
+        self.uid
     }
 
     fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<InstanceEvent>> {
@@ -383,13 +522,18 @@ impl Instance for QemuInstance {
                 )
                 .await?;
         }
-        if let Err(e) = self
-            .qmp
-            .execute("blockdev-add", Some(disk.blockdev()))
-            .await
-        {
+        let added = async {
+            let filenames = add_disk_fdsets(&self.qmp, disk).await?;
+            self.qmp
+                .execute("blockdev-add", Some(disk.blockdev_with(&filenames)))
+                .await?;
+            Ok::<(), BackendError>(())
+        }
+        .await;
+        if let Err(e) = added {
+            remove_disk_fdsets(&self.qmp, &disk.node_name).await;
             self.remove_secret(&disk.node_name).await;
-            return Err(e.into());
+            return Err(e);
         }
         if let Err(e) = self.qmp.execute("device_add", Some(disk.device())).await {
             // Leave nothing behind: the node would keep the image file open and locked.
@@ -482,6 +626,8 @@ impl Instance for QemuInstance {
                 Some(serde_json::json!({ "node-name": node_name })),
             )
             .await?;
+        // The node's own fds are closed now; these are the daemon's copies QEMU still keeps.
+        remove_disk_fdsets(&self.qmp, node_name).await;
         self.remove_secret(node_name).await;
         Ok(())
     }
@@ -528,6 +674,18 @@ mod tests {
             data,
             timestamp_micros: 0,
         }
+    }
+
+    #[test]
+    fn a_disks_fd_sets_are_found_by_their_tag() {
+        let sets = json!([
+            {"fdset-id": 1, "fds": [{"fd": 30, "opaque": "vessel-disk:vd1"}, {"fd": 31, "opaque": "vessel-disk:vd1"}]},
+            {"fdset-id": 2, "fds": [{"fd": 32, "opaque": "vessel-disk:vd12"}]},
+            {"fdset-id": 3, "fds": [{"fd": 33}]},
+            {"fdset-id": 4, "fds": [{"fd": 34, "opaque": "vessel-disk:vd1"}]},
+        ]);
+        assert_eq!(fdsets_tagged(&sets, &fdset_tag("vd1")), vec![1, 4]);
+        assert_eq!(fdsets_tagged(&sets, &fdset_tag("vd9")), Vec::<u64>::new());
     }
 
     #[test]

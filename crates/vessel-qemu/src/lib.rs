@@ -15,6 +15,7 @@ pub mod nic;
 mod process;
 pub mod snapshot;
 pub mod stats;
+pub mod uid;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,9 +25,10 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 pub use accel::{detect_accelerator, Accel, AccelChoice};
-pub use disk::DiskFile;
+pub use disk::{BackingFile, DiskFile};
 pub use instance::QemuBackend;
 pub use process::ProcessId;
+pub use uid::{UidRange, DEFAULT_UID_BASE, UID_SLOTS};
 use vessel_api::VmSpec;
 use vessel_storage::SnapshotInfo;
 
@@ -163,6 +165,10 @@ pub trait Backend: Send + Sync + 'static {
 #[async_trait]
 pub trait Instance: Send + Sync {
     fn pid(&self) -> ProcessId;
+    /// The user the process runs as, when it runs as one of its own (see [`uid`]).
+    fn uid(&self) -> Option<u32> {
+        None
+    }
     /// Events in order; the stream ends after [`InstanceEvent::Exited`].
     fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<InstanceEvent>>;
     /// The serial console's byte stream (first caller only).

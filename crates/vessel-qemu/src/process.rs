@@ -77,12 +77,14 @@ pub struct InheritedSockets {
 }
 
 /// Spawns QEMU in a new session (so that a terminal's Ctrl-C to the daemon does not reach it,
-/// and it outlives the daemon), with its output going to `log`.
+/// and it outlives the daemon), with its output going to `log`. `switches_user`: QEMU's
+/// command line has `-runas`, so it keeps what it needs to switch (see [`drop_privileges`]).
 pub fn spawn(
     binary: &str,
     args: &[String],
     sockets: InheritedSockets,
     log: File,
+    switches_user: bool,
 ) -> io::Result<Child> {
     // Move the listeners above the fds they must land on, so the dup2 calls below cannot clobber
     // one with the other; the copies are close-on-exec, the dup2 targets are not.
@@ -127,7 +129,7 @@ pub fn spawn(
                     return Err(io::Error::last_os_error());
                 }
             }
-            drop_privileges()
+            drop_privileges(switches_user)
         });
     }
     let child = command.spawn();
@@ -153,6 +155,9 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
+/// CAP_SETGID (6) and CAP_SETUID (7), from linux/capability.h.
+const SETID_CAPS: u64 = (1 << 6) | (1 << 7);
+
 /// Leaves QEMU without any capability, for good: no new privileges on exec (setuid files, file
 /// capabilities), an empty bounding set (so not even uid 0's exec regains any), and empty
 /// effective, permitted and inheritable sets. QEMU needs none: its sockets and taps are passed
@@ -160,13 +165,25 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// cannot change the host's network, load modules, mount, trace other processes or read files
 /// it does not own. Without CAP_SETPCAP (an unprivileged daemon) there is nothing to drop.
 ///
+/// `keep_setid`: QEMU switches to its own user (`-runas`), for which it needs CAP_SETGID and
+/// CAP_SETUID; only those two stay (bounding, permitted, effective). Across the exec, uid 0
+/// gets its bounding set as permitted set, limited by no_new_privs to the permitted set it had,
+/// so both must hold them. The switch to a non-zero uid then clears the permitted and effective
+/// sets (the kernel does so at setuid without SECBIT_KEEP_CAPS), so the running QEMU has no
+/// capability either; the two left in its bounding set only limit what an exec could gain,
+/// and it cannot exec (no_new_privs, `-sandbox spawn=deny`).
+///
 /// Runs in the forked child before exec: only raw syscalls, no allocation.
-fn drop_privileges() -> io::Result<()> {
+fn drop_privileges(keep_setid: bool) -> io::Result<()> {
+    let kept = if keep_setid { SETID_CAPS } else { 0 };
     // SAFETY: prctl with these arguments only changes this (child) process's flags.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     for cap in 0..64 {
+        if kept & (1 << cap) != 0 {
+            continue;
+        }
         // SAFETY: as above; EINVAL marks the end of the kernel's capability list.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
             match io::Error::last_os_error().raw_os_error() {
@@ -190,11 +207,20 @@ fn drop_privileges() -> io::Result<()> {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    // Version 3 splits the 64 capability bits in two 32-bit halves; both kept ones are in the
+    // low half.
+    let data = [
+        CapData {
+            effective: kept as u32,
+            permitted: kept as u32,
+            inheritable: 0,
+        },
+        CapData {
+            effective: (kept >> 32) as u32,
+            permitted: (kept >> 32) as u32,
+            inheritable: 0,
+        },
+    ];
     // SAFETY: capset reads one header and two data structs, which live on this stack frame.
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
@@ -235,9 +261,9 @@ impl ExitWatch {
     }
 
     /// Waits for the process to end; returns how it ended in words, and whether it was clean.
-    pub async fn wait(self) -> (String, bool) {
+    pub async fn wait(&mut self) -> (String, bool) {
         match self {
-            ExitWatch::Child(mut child) => match child.wait().await {
+            ExitWatch::Child(child) => match child.wait().await {
                 Ok(status) => (describe_status(status), status.success()),
                 Err(e) => (format!("could not collect the exit status: {e}"), false),
             },

@@ -47,6 +47,7 @@ fn disk(node: &str, path: &Path, format: Format) -> DiskFile {
         shareable: false,
         serial: node.into(),
         key: None,
+        backing: vec![],
     }
 }
 

@@ -303,3 +303,93 @@ async fn an_encrypted_volume_hides_its_data_and_survives_key_rotation() {
     .await;
     await_console(&client, "crypt1", "secret-mark-42", 1).await;
 }
+
+/// QEMU runs as its own user, so a hot-plugged disk's files reach it as fds the daemon opened;
+/// a linked clone's backing chain too (QEMU could neither open it by name nor resolve its
+/// relative names from an fd). Chain: top (qcow2) -> mid (qcow2) -> base (raw).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_plugged_linked_clone_reads_its_backing_chain() {
+    let daemon = Daemon::start();
+    let client = daemon.client();
+    let volume = |name: &str, format, size_bytes, backing: Option<&str>| CreateVolumeRequest {
+        name: name.into(),
+        format,
+        size_bytes,
+        backing: backing.map(str::to_string),
+        encrypted: false,
+        project: None,
+    };
+    let base = client
+        .create_volume(
+            "default",
+            &volume("base", VolumeFormat::Raw, Some(16 * MIB), None),
+        )
+        .await
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&base.path)
+            .unwrap();
+        file.write_all(b"BASE-MARK-42").unwrap();
+    }
+    let mid = client
+        .create_volume(
+            "default",
+            &volume("mid", VolumeFormat::Qcow2, None, Some("base")),
+        )
+        .await
+        .unwrap();
+    // 512 bytes of 'M' in the middle layer only.
+    let wrote = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x4d 512 512", &mid.path])
+        .output()
+        .unwrap();
+    assert!(wrote.status.success(), "{wrote:?}");
+    client
+        .create_volume(
+            "default",
+            &volume("top", VolumeFormat::Qcow2, None, Some("mid")),
+        )
+        .await
+        .unwrap();
+
+    let vm = booted(&client, guest_vm("chain1")).await;
+    let qemu = vm.pid.unwrap();
+    qemu_uid(qemu);
+    attach(&client, "chain1", "top").await;
+    run_in_guest(
+        &client,
+        "chain1",
+        "until grep -q sda /proc/partitions; do sleep 0.1; done; head -c 12 /dev/sda; echo; \
+         dd if=/dev/sda bs=512 skip=1 count=1 2>/dev/null | head -c 8; echo; \
+         echo TOP-$((6*7))-written >/dev/sda; sync; echo done-$((5*5))",
+    )
+    .await;
+    let console = await_console(&client, "chain1", "done-25", 1).await;
+    assert!(console.contains("BASE-MARK-42"), "from base:\n{console}");
+    assert!(console.contains("MMMMMMMM"), "from mid:\n{console}");
+    // The guest's write went to the top layer; the layers below are unchanged.
+    run_in_guest(&client, "chain1", "head -c 15 /dev/sda; echo").await;
+    await_console(&client, "chain1", "TOP-42-written", 1).await;
+    let base_bytes = std::fs::read(&base.path).unwrap();
+    assert!(base_bytes.starts_with(b"BASE-MARK-42"));
+
+    match client.detach_disk("chain1", "default", "top", true).await {
+        Ok(Outcome::Done(_)) => {}
+        other => panic!("detach: {other:?}"),
+    }
+    // No fd of QEMU still refers to a file of the chain: the fd sets went with the disk.
+    let pool_dir = std::path::Path::new(&base.path)
+        .parent()
+        .unwrap()
+        .to_owned();
+    let open: Vec<_> = std::fs::read_dir(format!("/proc/{qemu}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(&pool_dir))
+        .collect();
+    assert!(open.is_empty(), "QEMU still has {open:?} open");
+}

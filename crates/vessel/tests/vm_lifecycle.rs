@@ -36,20 +36,54 @@ async fn guest_boots_to_userspace_and_its_console_is_logged() {
         log.contains("VESSEL-GUEST-READY"),
         "the console log file holds the output"
     );
-    // QEMU runs without any capability, cannot regain one, and under seccomp.
+    // QEMU runs as a user of its own, without any capability, cannot regain one, and under
+    // seccomp. Only CAP_SETUID and CAP_SETGID stay in its bounding set (it needed them to
+    // switch users); with no_new_privs and no exec allowed they cannot come back.
+    let uid = qemu_uid(vm.pid.unwrap());
     let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid.unwrap())).unwrap();
+    let ids = format!("\t{uid}\t{uid}\t{uid}\t{uid}\n");
     for line in [
-        "CapEff:\t0000000000000000",
-        "CapPrm:\t0000000000000000",
-        "CapBnd:\t0000000000000000",
-        "NoNewPrivs:\t1",
-        "Seccomp:\t2",
+        format!("Uid:{ids}"),
+        format!("Gid:{ids}"),
+        format!("Groups:\t{uid} \n"),
+        "CapInh:\t0000000000000000".into(),
+        "CapEff:\t0000000000000000".into(),
+        "CapPrm:\t0000000000000000".into(),
+        "CapBnd:\t00000000000000c0".into(),
+        "CapAmb:\t0000000000000000".into(),
+        "NoNewPrivs:\t1".into(),
+        "Seccomp:\t2".into(),
     ] {
         assert!(
-            status.contains(line),
+            status.contains(&line),
             "QEMU's status lacks {line:?}:\n{status}"
         );
     }
+    // A second VM's QEMU runs as another user of the range: one QEMU cannot signal, trace or
+    // read another.
+    let second = booted(&client, guest_vm("boot2")).await;
+    let uid2 = qemu_uid(second.pid.unwrap());
+    assert_ne!(uid, uid2, "each VM has its own uid");
+    // The daemon names the uid when it starts QEMU.
+    let events = client.list_events(Some("boot2"), 50).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains(&format!("uid {uid2})"))),
+        "{events:?}"
+    );
+    // QEMU wrote its pid file as root before the switch and cannot remove it (the run dir is
+    // root's); the daemon does, once the VM stops.
+    act(
+        &client,
+        "boot2",
+        VmAction::Stop(StopVmRequest {
+            force: true,
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert!(!daemon.data_dir.join("vms/boot2/qemu.pid").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,6 +186,17 @@ async fn daemon_kill9_and_restart_readopts_the_running_vm() {
     use tokio::io::AsyncWriteExt;
     console.write_all(b"echo adopted-$((6*7))\n").await.unwrap();
     await_console(&client, "adopt1", "adopted-42", 1).await;
+    // The new daemon took the re-adopted QEMU's uid back from /proc: a VM started now gets
+    // another one.
+    let uid = qemu_uid(vm.pid.unwrap());
+    let events = client.list_events(Some("adopt1"), 50).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.message.contains("re-adopted")
+            && e.message.contains(&format!("uid {uid} "))),
+        "{events:?}"
+    );
+    let fresh = booted(&client, guest_vm("adopt2")).await;
+    assert_ne!(qemu_uid(fresh.pid.unwrap()), uid, "a uid of its own");
     let stopped = act(&client, "adopt1", VmAction::Stop(StopVmRequest::default())).await;
     assert_eq!(stopped.state, VmState::Stopped);
     assert!(daemon.qemu_pids_of("adopt1").is_empty());

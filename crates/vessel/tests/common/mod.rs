@@ -213,6 +213,25 @@ impl Drop for Daemon {
     }
 }
 
+/// The uid a VM's QEMU runs as (`/proc/PID/status`), checked to be one of the daemon's
+/// default range: every QEMU runs as a user of its own.
+pub fn qemu_uid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("QEMU's status");
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .expect("a Uid line");
+    // vessel_qemu::DEFAULT_UID_BASE and UID_SLOTS: the daemon's default range.
+    let base: u32 = 0x7000_0000;
+    assert!(
+        uid >= base && uid - base < 65_536,
+        "QEMU runs as uid {uid}, outside the range from {base}"
+    );
+    uid
+}
+
 /// A kernel-boot VM of the test guest.
 pub fn guest_vm(name: &str) -> CreateVmRequest {
     let guest = guest();
