@@ -375,7 +375,7 @@ fn project_table(projects: &[vessel_api::Project]) -> String {
         "VMS",
         "VCPUS",
         "MEMORY MIB",
-        "DISK BYTES",
+        "DISK",
         "NETWORKS",
     ]));
     for p in projects {
@@ -385,7 +385,12 @@ fn project_table(projects: &[vessel_api::Project]) -> String {
             format!("{}/{}", u.vms, limit(q.vms)),
             format!("{}/{}", u.vcpus, limit(q.vcpus)),
             format!("{}/{}", u.memory_mib, limit(q.memory_mib)),
-            format!("{}/{}", u.disk_bytes, limit(q.disk_bytes)),
+            format!(
+                "{}/{}",
+                vessel_core::units::format_size_bytes(u.disk_bytes),
+                q.disk_bytes
+                    .map_or("-".into(), vessel_core::units::format_size_bytes)
+            ),
             format!("{}/{}", u.networks, limit(q.networks)),
         ]);
     }
