@@ -295,7 +295,7 @@ pub async fn remove(store: &dyn Store, pool: &str, volume: &str) -> Result<(), A
 /// else of a VM that uses it, else `default`. An entry whose size differs from the file (a
 /// crash during a resize) takes the file's. An entry without a volume (a crash while one was
 /// being made) goes, unless a VM's spec names the volume: a create interrupted by the crash
-/// makes that root disk when it is run again.
+/// makes that root disk when it is run again. Entries of pools that no longer exist go too.
 pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
     let store = ctx.store.as_ref();
     let (pools, _) = store.list(crate::pools::POOLS_PREFIX).await?;
@@ -316,8 +316,10 @@ pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     let mut ops = Vec::new();
+    let mut pool_names = HashSet::new();
     for kv in &pools {
         let record: crate::pools::PoolRecord = crate::model::decode(&kv.key, &kv.value)?;
+        pool_names.insert(record.name.clone());
         let pool = crate::pools::open(ctx, &record)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -354,6 +356,14 @@ pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
             if !wanted.contains(&(record.name.clone(), name.clone())) {
                 ops.push(Op::Delete(key(&record.name, &name)));
             }
+        }
+    }
+    // Reservations in a pool deleted while they were pending.
+    let (all, _) = store.list(PREFIX).await?;
+    for kv in all {
+        let pool = kv.key[PREFIX.len()..].split('/').next().unwrap_or_default();
+        if !pool_names.contains(pool) {
+            ops.push(Op::Delete(kv.key));
         }
     }
     if !ops.is_empty() {

@@ -885,9 +885,18 @@ async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
     assert_eq!(default_use, 4 * MIB);
 
     // A crash, and a volume put into the pool by hand meanwhile: at the next start the
-    // accounting is rebuilt from the pools (the stray file counts for `default`).
+    // accounting is rebuilt from the pools (the stray file counts for `default`, leftover
+    // reservations go).
     r.daemon.kill9();
     std::fs::write(pool_dir.join("stray.raw"), vec![0u8; 2 * MIB as usize]).unwrap();
+    {
+        // Reservations a crash left behind: one whose volume was never made, one in a pool
+        // that is gone. Neither may count any more.
+        let conn = rusqlite::Connection::open(r.daemon.data_dir.join("vessel.db")).unwrap();
+        let entry = br#"{"project":"d","virtual_bytes":1048576}"#;
+        set_value(&conn, "volprojects/default/ghost", entry);
+        set_value(&conn, "volprojects/gonepool/x", entry);
+    }
     r.daemon.spawn();
     let root = r.root();
     assert_eq!(
