@@ -331,6 +331,14 @@ def render_run(r):
          verdict(me["idle_rss_mib"] <= 12)],
         ["daemon RSS, 50 VMs defined", "<= 16 MiB", f"**{me['fifty_vms_rss_mib']:.1f} MiB**", "one reading",
          verdict(me["fifty_vms_rss_mib"] <= 16)],
+    ]
+    if "idle_anon_mib" in me:
+        rows += [
+            ["of which private (RssAnon): idle / 50 VMs defined", "",
+             f"{me['idle_anon_mib']:.1f} / {me['fifty_vms_anon_mib']:.1f} MiB",
+             f"the rest is the {me['binary_mib']:.0f} MiB binary's clean file pages", ""],
+        ]
+    rows += [
         [f"`GET /v1/vms` with {li.get('vms', 1000)} VMs defined, {li.get('requests', 500)} requests, new connection each: p99",
          "p99 <= 5 ms", f"**p99 {li['p99_ms']:.2f} ms** (p50 {li['p50_ms']:.2f} ms)",
          f"max {f(li.get('max_ms'), 2)} ms", verdict(li["p99_ms"] <= 5)],

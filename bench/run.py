@@ -73,9 +73,13 @@ class Daemon:
                 time.sleep(0.01)
 
     def rss_kib(self):
+        return self.status_kib("VmRSS:")
+
+    def status_kib(self, field):
+        """A memory figure of /proc/PID/status (VmRSS:, RssAnon:, RssFile:), in KiB."""
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
         return 0
 
@@ -231,11 +235,16 @@ def bench_memory(vessel, guest):
     try:
         time.sleep(1.0)  # let start-up allocations settle
         idle = d.rss_kib()
+        idle_anon = d.status_kib("RssAnon:")
         for i in range(50):
             api(d.sock, "POST", "/v1/vms", vm_body(f"mem{i}", guest))
         time.sleep(1.0)
         fifty = d.rss_kib()
-        return {"idle_rss_mib": idle / 1024, "fifty_vms_rss_mib": fifty / 1024}
+        fifty_anon = d.status_kib("RssAnon:")
+        binary = os.path.getsize(os.path.realpath(vessel))
+        return {"idle_rss_mib": idle / 1024, "fifty_vms_rss_mib": fifty / 1024,
+                "idle_anon_mib": idle_anon / 1024, "fifty_vms_anon_mib": fifty_anon / 1024,
+                "binary_mib": binary / 1024 / 1024}
     finally:
         d.close()
 
