@@ -59,6 +59,17 @@ impl Remote {
     }
 
     /// A user with `grants` and a token of it.
+    /// Makes a project (as root) with these limits.
+    async fn project(&self, name: &str, quota: vessel_api::Quota) {
+        self.root()
+            .create_project(&vessel_api::CreateProjectRequest {
+                name: name.into(),
+                quota,
+            })
+            .await
+            .unwrap();
+    }
+
     async fn user(&self, name: &str, grants: Vec<Grant>) -> String {
         self.root()
             .create_user(&CreateUserRequest {
@@ -473,16 +484,12 @@ async fn every_route_of_the_openapi_document_allows_and_denies_per_the_permissio
 async fn concurrent_creates_never_exceed_the_project_quota() {
     let r = Remote::start();
     let root = r.root();
-    root.create_project(&vessel_api::CreateProjectRequest {
-        name: "q".into(),
-        quota: vessel_api::Quota {
-            vms: Some(5),
-            vcpus: Some(5),
-            ..Default::default()
-        },
-    })
-    .await
-    .unwrap();
+    let quota = vessel_api::Quota {
+        vms: Some(5),
+        vcpus: Some(5),
+        ..Default::default()
+    };
+    r.project("q", quota).await;
     let kernel = r.daemon.data_dir.join("fake-kernel");
     std::fs::write(&kernel, b"not booted").unwrap();
     let mut tasks = Vec::new();
@@ -591,13 +598,7 @@ async fn concurrent_creates_never_exceed_the_project_quota() {
 #[tokio::test(flavor = "multi_thread")]
 async fn networks_that_touch_the_host_need_a_host_admin() {
     let r = Remote::start();
-    r.root()
-        .create_project(&vessel_api::CreateProjectRequest {
-            name: "dev".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    r.project("dev", Default::default()).await;
     let token = r.user("otto", vec![grant("dev", Role::Operator)]).await;
     let (status, body) = r
         .raw(
@@ -644,12 +645,7 @@ async fn networks_that_touch_the_host_need_a_host_admin() {
 async fn operations_and_events_are_seen_only_in_their_project() {
     let r = Remote::start();
     let root = r.root();
-    root.create_project(&vessel_api::CreateProjectRequest {
-        name: "dev".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    r.project("dev", Default::default()).await;
     let kernel = r.daemon.data_dir.join("fake-kernel");
     std::fs::write(&kernel, b"not booted").unwrap();
     for (vm, project) in [("prodvm", "default"), ("devvm", "dev")] {
@@ -726,15 +722,11 @@ fn is_disk_quota_error(e: &vessel_cli::ClientError) -> bool {
 async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
     let mut r = Remote::start();
     let root = r.root();
-    root.create_project(&vessel_api::CreateProjectRequest {
-        name: "d".into(),
-        quota: vessel_api::Quota {
-            disk_bytes: Some(10 * MIB),
-            ..Default::default()
-        },
-    })
-    .await
-    .unwrap();
+    let quota = vessel_api::Quota {
+        disk_bytes: Some(10 * MIB),
+        ..Default::default()
+    };
+    r.project("d", quota).await;
     let volume = |name: String, size: u64| vessel_api::CreateVolumeRequest {
         name,
         size_bytes: Some(size),
@@ -1184,12 +1176,7 @@ async fn malformed_unknown_and_oversized_requests_are_refused_audited_and_change
 async fn volumes_belong_to_projects_and_callers_see_and_touch_only_theirs() {
     let r = Remote::start();
     let root = r.root();
-    root.create_project(&vessel_api::CreateProjectRequest {
-        name: "dev".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    r.project("dev", Default::default()).await;
     let volume = |name: &str, project: Option<&str>| vessel_api::CreateVolumeRequest {
         name: name.into(),
         size_bytes: Some(1 << 20),
