@@ -22,7 +22,8 @@ scripts/install-deps.sh
 
 step "Building vessel (release)"
 cargo build --release --locked -p vessel
-vessel="$root/target/release/vessel"
+# Where cargo put it: $CARGO_TARGET_DIR when set, else target/ of the repository.
+vessel="${CARGO_TARGET_DIR:-$root/target}/release/vessel"
 
 step "Building the demo guest (Debian cloud kernel + busybox initramfs, cached)"
 guest_dir="${VESSEL_TEST_GUEST_DIR:-$HOME/.cache/vessel/test-guest}"
