@@ -135,7 +135,7 @@ pub async fn reserve(
     let (record, revision) = load(store, project).await?;
     let used = usage(store, project).await?;
     record.quota.check(project, &used, request).map_err(|e| {
-        ApiError::new(ErrorCode::QuotaExceeded, e.to_string()).with_hint(
+        ApiError::new(ErrorCode::QuotaExceeded, quota_message(&e)).with_hint(
             "delete or shrink something in the project, or ask an admin to raise the quota (`vessel project quota`)",
         )
     })?;
@@ -144,6 +144,27 @@ pub async fn reserve(
         revision,
         record,
     })
+}
+
+/// The refusal in words; disk figures in binary units as well as bytes, since nobody reads
+/// 10737418240 at a glance.
+fn quota_message(e: &vessel_auth::QuotaExceeded) -> String {
+    if e.limit != "disk_bytes" {
+        return e.to_string();
+    }
+    let size = |bytes: u64| {
+        format!(
+            "{} ({bytes} bytes)",
+            vessel_core::units::format_size_bytes(bytes)
+        )
+    };
+    format!(
+        "project {:?} is at its disk quota: limit {}, in use {}, this request needs {} more",
+        e.project,
+        size(e.max),
+        size(e.used),
+        size(e.requested)
+    )
 }
 
 /// For an edit that grows a VM: the quota check of the growth (nothing when it does not grow).

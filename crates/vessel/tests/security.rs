@@ -709,7 +709,7 @@ fn is_disk_quota_error(e: &vessel_cli::ClientError) -> bool {
         vessel_cli::ClientError::Api { status, error } => {
             *status == 409
                 && error.code == vessel_api::ErrorCode::QuotaExceeded
-                && error.message.contains("disk_bytes quota")
+                && error.message.contains("disk quota")
         }
         _ => false,
     }
@@ -778,7 +778,8 @@ async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
         .unwrap_err();
     assert!(is_disk_quota_error(&err), "{err}");
     assert!(
-        err.to_string().contains("limit 10485760, in use 10485760"),
+        err.to_string()
+            .contains("limit 10 MiB (10485760 bytes), in use 10 MiB (10485760 bytes)"),
         "{err}"
     );
     let unchanged = root.get_volume("default", &made[1]).await.unwrap();
@@ -852,7 +853,7 @@ async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
     };
     let refused = root.import_volume("default", &import, true).await;
     let err = refused.map(|_| ()).unwrap_err();
-    assert!(err.to_string().contains("disk_bytes quota"), "{err}");
+    assert!(err.to_string().contains("disk quota"), "{err}");
     assert!(root.get_volume("default", "dimport").await.is_err());
     assert!(!pool_dir.join("dimport.raw").exists());
     // With room for it, the VM's root disk (a linked clone of the image) counts at its virtual
