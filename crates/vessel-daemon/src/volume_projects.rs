@@ -155,18 +155,25 @@ pub async fn reserve_new(
 }
 
 /// Reserves a volume's new size before it is grown (a growth is checked against the quota; a
-/// shrink needs no check and is recorded by [`record_size`] once done).
+/// shrink needs no check and is recorded by [`record_size`] once done). A volume without an
+/// entry (a file put into the pool while the daemon ran) is taken as `default`'s, at
+/// `on_disk` bytes, and gets one.
 pub async fn reserve_resize(
     store: &dyn Store,
     pool: &str,
     volume: &str,
+    on_disk: u64,
     new_bytes: u64,
 ) -> Result<(), ApiError> {
     for _ in 0..crate::projects::MAX_ATTEMPTS {
-        let Some((current, revision)) = entry(store, pool, volume).await? else {
-            return Err(ApiError::internal(format!(
-                "volume {volume:?} of pool {pool:?} has no accounting entry; restart the daemon to rebuild it"
-            )));
+        let (current, unchanged) = match entry(store, pool, volume).await? {
+            Some((current, revision)) => {
+                (current, Compare::ModRevision(key(pool, volume), revision))
+            }
+            None => (
+                VolumeEntry::new(&crate::model::default_project(), on_disk),
+                Compare::Missing(key(pool, volume)),
+            ),
         };
         let growth = new_bytes.saturating_sub(current.virtual_bytes);
         if growth == 0 {
@@ -177,14 +184,11 @@ pub async fn reserve_resize(
             ..Usage::default()
         };
         let guard = crate::projects::reserve(store, &current.project, &need).await?;
-        let txn = guard
-            .apply(Txn::new())
-            .when(Compare::ModRevision(key(pool, volume), revision))
-            .then(put(
-                pool,
-                volume,
-                &VolumeEntry::new(&current.project, new_bytes),
-            ));
+        let txn = guard.apply(Txn::new()).when(unchanged).then(put(
+            pool,
+            volume,
+            &VolumeEntry::new(&current.project, new_bytes),
+        ));
         if store.txn(txn).await.map_err(store_error)?.succeeded {
             return Ok(());
         }

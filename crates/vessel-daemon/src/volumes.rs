@@ -320,7 +320,14 @@ impl Service {
         // A growth is reserved against the project's disk quota first; whatever then happens,
         // the entry ends up with the size the volume has on disk.
         let store = self.ctx.store.as_ref();
-        crate::volume_projects::reserve_resize(store, pool, name, request.size_bytes).await?;
+        crate::volume_projects::reserve_resize(
+            store,
+            pool,
+            name,
+            current.virtual_size,
+            request.size_bytes,
+        )
+        .await?;
         let resized = if running.is_empty() {
             self.resize_offline(&dir, pool, name, request, &current, &vms)
                 .await

@@ -898,6 +898,17 @@ async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
     );
     let default_use = root.get_project("default").await.unwrap().usage.disk_bytes;
     assert_eq!(default_use, 6 * MIB);
+    // A file put into the pool while the daemon runs is counted from its first growth on.
+    std::fs::write(pool_dir.join("late.raw"), vec![0u8; MIB as usize]).unwrap();
+    let grow_late = vessel_api::ResizeVolumeRequest {
+        size_bytes: 2 * MIB,
+        shrink: false,
+    };
+    root.resize_volume("default", "late", &grow_late)
+        .await
+        .unwrap();
+    let default_use = root.get_project("default").await.unwrap().usage.disk_bytes;
+    assert_eq!(default_use, 8 * MIB);
     // A project with volumes cannot be deleted.
     let err = root.delete_project("d").await.unwrap_err();
     assert!(err.to_string().contains("3 volume(s)"), "{err}");
