@@ -327,34 +327,26 @@ pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
         let pool = crate::pools::open(ctx, &record)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
-        let volumes = pool.list_volumes().await?;
         let prefix = format!("{PREFIX}{}/", record.name);
         let (entries, _) = store.list(&prefix).await?;
         let mut entries: HashMap<String, VolumeEntry> = entries
             .into_iter()
             .map(|kv| (kv.key[prefix.len()..].to_string(), decode_entry(&kv.value)))
             .collect();
-        for volume in volumes {
-            let id = (record.name.clone(), volume.name.clone());
-            match entries.remove(&volume.name) {
-                Some(e) if e.virtual_bytes == volume.virtual_size => {}
-                Some(e) => ops.push(put(
-                    &id.0,
-                    &id.1,
-                    &VolumeEntry::new(&e.project, volume.virtual_size),
-                )),
-                None => {
-                    let project = owner
-                        .get(&id)
-                        .cloned()
-                        .unwrap_or_else(crate::model::default_project);
-                    ops.push(put(
-                        &id.0,
-                        &id.1,
-                        &VolumeEntry::new(&project, volume.virtual_size),
-                    ));
-                }
-            }
+        // Sizes from the files' headers: no qemu-img run per volume at start.
+        for name in pool.volume_names().await? {
+            let path = pool.volume_path(&name).await?;
+            let size = vessel_storage::format::read_virtual_size(&path).await?;
+            let id = (record.name.clone(), name);
+            let project = match entries.remove(&id.1) {
+                Some(e) if e.virtual_bytes == size => continue,
+                Some(e) => e.project,
+                None => owner
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(crate::model::default_project),
+            };
+            ops.push(put(&id.0, &id.1, &VolumeEntry::new(&project, size)));
         }
         for name in entries.into_keys() {
             if !wanted.contains(&(record.name.clone(), name.clone())) {

@@ -111,6 +111,20 @@ pub async fn read_qcow2_backing_file(path: &Path) -> io::Result<Option<String>> 
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "backing file name is not UTF-8"))
 }
 
+/// The size the guest sees, read from the file without running qemu-img: a qcow2 header's
+/// `size` field (bytes 24..32, big-endian; also right for LUKS inside qcow2), else the file's
+/// length (raw). Cheap enough to do for every volume of every pool at start.
+pub async fn read_virtual_size(path: &Path) -> io::Result<u64> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut header = [0u8; 32];
+    if file.read_exact(&mut header).await.is_ok() && header[..4] == QCOW2_MAGIC {
+        return Ok(u64::from_be_bytes(
+            header[24..32].try_into().expect("8 bytes"),
+        ));
+    }
+    Ok(file.metadata().await?.len())
+}
+
 fn format_from_magic(magic: &[u8; 4]) -> Format {
     if *magic == QCOW2_MAGIC {
         Format::Qcow2
@@ -132,6 +146,23 @@ mod tests {
             .parse::<Format>()
             .unwrap_err()
             .contains("qemu-img convert"));
+    }
+
+    #[tokio::test]
+    async fn virtual_size_comes_from_the_qcow2_header_or_the_raw_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("a.raw");
+        std::fs::write(&raw, vec![0u8; 3000]).unwrap();
+        assert_eq!(read_virtual_size(&raw).await.unwrap(), 3000);
+        let qcow2 = dir.path().join("b.qcow2");
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow2)
+            .arg("5M")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(read_virtual_size(&qcow2).await.unwrap(), 5 << 20);
     }
 
     #[test]

@@ -889,6 +889,9 @@ async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
         let entry = br#"{"project":"d","virtual_bytes":1048576}"#;
         set_value(&conn, "volprojects/default/ghost", entry);
         set_value(&conn, "volprojects/gonepool/x", entry);
+        // And one whose size went wrong (a crash during a resize): the file's header wins.
+        let wrong = br#"{"project":"d","virtual_bytes":7340032}"#;
+        set_value(&conn, &format!("volprojects/default/{}", made[1]), wrong);
     }
     r.daemon.spawn();
     let root = r.root();
