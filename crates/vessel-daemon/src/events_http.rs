@@ -1,6 +1,7 @@
 //! `GET /v1/events`: the recorded events as a list, or, with `follow=true`, everything that
 //! happens from now on as a server-sent-event stream (state changes, operations, alerts).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -41,17 +42,46 @@ impl Visibility {
         }
     }
 
+    /// Whether `event` may be shown, its VM being in `project` (`None`: the VM is gone).
+    fn allows_in(&self, event: &Event, project: Option<&str>) -> bool {
+        match &self.projects {
+            None => true,
+            Some(projects) => {
+                event.vm.is_empty() || project.is_some_and(|p| projects.iter().any(|q| q == p))
+            }
+        }
+    }
+
+    /// For a stream: the VM's project looked up as each event comes.
     async fn allows(&self, event: &Event) -> bool {
-        let Some(projects) = &self.projects else {
+        if self.projects.is_none() || event.vm.is_empty() {
             return true;
+        }
+        let project = match self.view.get(&event.vm).await {
+            Ok(Some(vm)) => Some(vm.record.project),
+            _ => None,
         };
-        if event.vm.is_empty() {
-            return true;
+        self.allows_in(event, project.as_deref())
+    }
+
+    /// For a list: every VM's project read once, not once per event.
+    async fn keep(&self, events: Vec<Event>) -> ApiResult<Vec<Event>> {
+        if self.projects.is_none() {
+            return Ok(events);
         }
-        match self.view.get(&event.vm).await {
-            Ok(Some(vm)) => projects.contains(&vm.record.project),
-            _ => false,
-        }
+        let vms = self
+            .view
+            .all()
+            .await
+            .map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
+        let project_of: HashMap<&str, &str> = vms
+            .iter()
+            .map(|vm| (vm.record.spec.name.as_str(), vm.record.project.as_str()))
+            .collect();
+        Ok(events
+            .into_iter()
+            .filter(|e| self.allows_in(e, project_of.get(e.vm.as_str()).copied()))
+            .collect())
     }
 }
 
@@ -165,12 +195,8 @@ pub async fn events(
             })?,
     };
     let events = s.list_events(filter.vm.as_deref(), 2000).await?;
-    let mut kept = Vec::new();
-    for event in events.into_iter().filter(|e| filter.matches(e)) {
-        if visibility.allows(&event).await {
-            kept.push(event);
-        }
-    }
+    let matching = events.into_iter().filter(|e| filter.matches(e)).collect();
+    let mut kept = visibility.keep(matching).await?;
     let excess = kept.len().saturating_sub(limit);
     kept.drain(..excess);
     Ok(Json(kept).into_response())
