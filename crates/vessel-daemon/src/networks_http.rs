@@ -7,7 +7,7 @@ use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use utoipa::OpenApi;
 use vessel_api::{
-    AddNicRequest, ApiError, CreateNetworkRequest, ErrorBody, ErrorCode, Network, NetworkKind,
+    AddNicRequest, ApiError, CreateNetworkRequest, ErrorBody, Network, NetworkKind,
     UpdateNetworkRequest, Vm, VmNic,
 };
 use vessel_auth::{Permission, Scope};
@@ -35,11 +35,9 @@ fn require_host_admin(caller: &Caller, what: &str) -> Result<(), ApiError> {
         .identity
         .check(Permission::HostAdmin, Scope::Host)
         .map_err(|denied| {
-            ApiError::new(
-                ErrorCode::PermissionDenied,
-                format!("{what} touches the host's own network, so it needs host.admin on the host: {denied}"),
-            )
-            .with_hint("ask a host admin (admin on project *) to create it, or use a `managed` network without --uplink or a `user` network")
+            let mut e = crate::security::permission_denied(denied);
+            e.message = format!("{what} touches the host's own network: {}", e.message);
+            e.with_hint("ask a host admin (admin on project *) to create it, or use a `managed` network without --uplink or a `user` network")
         })
 }
 

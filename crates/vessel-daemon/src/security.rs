@@ -440,12 +440,18 @@ async fn authorize(
         (_, Some(project)) => Scope::Project(project),
         (_, None) => Scope::AnyProject,
     };
-    caller.identity.check(permission, scope).map_err(|denied| {
-        ApiError::new(ErrorCode::PermissionDenied, denied.to_string()).with_hint(
-            "ask an admin for a role that grants it (`vessel user create --grant PROJECT=ROLE`)",
-        )
-    })?;
+    caller
+        .identity
+        .check(permission, scope)
+        .map_err(permission_denied)?;
     Ok((req, target))
+}
+
+/// The 403 of a missing permission (it names the permission, the place and the role held).
+pub fn permission_denied(denied: vessel_auth::Denied) -> ApiError {
+    ApiError::new(ErrorCode::PermissionDenied, denied.to_string()).with_hint(
+        "ask an admin for a role that grants it (`vessel user create --grant PROJECT=ROLE`)",
+    )
 }
 
 /// The project a request acts on (None: no single one) and the audit target.

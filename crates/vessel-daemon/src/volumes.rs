@@ -335,7 +335,10 @@ impl Service {
             self.resize_online(pool, name, request, &current, running)
                 .await
         };
-        let on_disk = dir.volume(name).await.map_err(api_error)?.virtual_size;
+        let on_disk = match &resized {
+            Ok(volume) => volume.virtual_bytes,
+            Err(_) => dir.volume(name).await.map_err(api_error)?.virtual_size,
+        };
         crate::volume_projects::record_size(store, pool, name, on_disk).await?;
         resized
     }
