@@ -327,32 +327,30 @@ impl Netlink {
         vxlan: &str,
         peer: Ipv4Addr,
     ) -> Result<Vec<[u8; 6]>> {
-        let mut stream = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
-        let mut out = Vec::new();
-        while let Some(msg) = stream.next().await {
-            let msg = msg.map_err(|e| netlink_error(e, "list fdb", vxlan))?;
-            if msg.header.ifindex != index || fdb_destination(&msg) != Some(peer) {
-                continue;
-            }
-            let mac = msg.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::LinkLayerAddress(l) => <[u8; 6]>::try_from(l.as_slice()).ok(),
-                _ => None,
-            });
-            if let Some(mac) = mac {
-                out.push(mac);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .fdb(index, vxlan)
+            .await?
+            .into_iter()
+            .filter(|(_, dst)| *dst == Some(peer))
+            .map(|(mac, _)| mac)
+            .collect())
     }
 
     /// The peers that a VXLAN link replicates broadcast traffic to (its all-zeros FDB entries).
     pub async fn vxlan_peers(&self, vxlan: &str) -> Result<Vec<Ipv4Addr>> {
         let index = self.index(vxlan).await?;
+        Ok(self
+            .fdb(index, vxlan)
+            .await?
+            .into_iter()
+            .filter(|(mac, _)| *mac == [0; 6])
+            .filter_map(|(_, dst)| dst)
+            .collect())
+    }
+
+    /// The FDB entries of the link with `index` (named `vxlan`, for errors): each entry's MAC and
+    /// its IPv4 destination, if it has one.
+    async fn fdb(&self, index: u32, vxlan: &str) -> Result<Vec<([u8; 6], Option<Ipv4Addr>)>> {
         let mut stream = self
             .handle
             .neighbours()
@@ -365,11 +363,12 @@ impl Netlink {
             if msg.header.ifindex != index {
                 continue;
             }
-            let zero_mac = msg.attributes.iter().any(
-                |a| matches!(a, NeighbourAttribute::LinkLayerAddress(l) if l.iter().all(|b| *b == 0)),
-            );
-            if let (true, Some(dst)) = (zero_mac, fdb_destination(&msg)) {
-                out.push(dst);
+            let mac = msg.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(l) => <[u8; 6]>::try_from(l.as_slice()).ok(),
+                _ => None,
+            });
+            if let Some(mac) = mac {
+                out.push((mac, fdb_destination(&msg)));
             }
         }
         Ok(out)
