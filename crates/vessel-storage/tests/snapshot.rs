@@ -158,25 +158,34 @@ async fn an_image_held_by_a_running_qemu_is_in_use_but_can_be_listed_with_force_
         .await
         .unwrap();
     // qemu-io in interactive mode keeps the image open with QEMU's write lock, like a VM.
+    // It opens the image before it reads a command, so its answer to `info` means the lock
+    // is held. (Polling with `qemu-img snapshot -l` instead races: a listing that opens the
+    // image at the moment qemu-io does makes qemu-io fail to take its write lock.)
     let mut holder = std::process::Command::new("qemu-io")
         .args(["-f", "qcow2"])
         .arg(&disk)
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the lock is taken (the listing without -U starts failing).
-    let mut locked = false;
-    for _ in 0..200 {
-        if let Err(SnapshotError::InUse { .. }) =
-            img.snapshot_list(&disk, Format::Qcow2, false).await
-        {
-            locked = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // The pipes stay open until the end: a closed stdout would kill qemu-io by SIGPIPE.
+    let mut holder_out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    {
+        use std::io::{BufRead, Write};
+        let stdin = holder.stdin.as_mut().unwrap();
+        stdin.write_all(b"info\n").unwrap();
+        stdin.flush().unwrap();
+        let opened = (&mut holder_out)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("format name: qcow2"));
+        assert!(opened, "qemu-io did not open the image");
     }
-    assert!(locked, "qemu-io did not lock the image");
+    let err = img
+        .snapshot_list(&disk, Format::Qcow2, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SnapshotError::InUse { .. }), "{err:?}");
     let list = img.snapshot_list(&disk, Format::Qcow2, true).await.unwrap();
     assert_eq!(list[0].name, "s1");
     let err = img
@@ -187,6 +196,7 @@ async fn an_image_held_by_a_running_qemu_is_in_use_but_can_be_listed_with_force_
     assert!(err.to_string().contains("in use by a running VM"), "{err}");
     holder.kill().unwrap();
     holder.wait().unwrap();
+    drop(holder_out);
 }
 
 #[tokio::test]
