@@ -12,4 +12,5 @@ if [ "$(id -u)" -eq 0 ]; then
 	scripts/install-deps.sh --test
 fi
 bash scripts/build-test-guest.sh >/dev/null
-cargo test --workspace --locked "$@"
+# --no-fail-fast: one failing test binary does not hide the results of the others.
+cargo test --workspace --locked --no-fail-fast "$@"
