@@ -111,18 +111,26 @@ pub async fn read_qcow2_backing_file(path: &Path) -> io::Result<Option<String>> 
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "backing file name is not UTF-8"))
 }
 
-/// The size the guest sees, read from the file without running qemu-img: a qcow2 header's
-/// `size` field (bytes 24..32, big-endian; also right for LUKS inside qcow2), else the file's
-/// length (raw). Cheap enough to do for every volume of every pool at start.
-pub async fn read_virtual_size(path: &Path) -> io::Result<u64> {
+/// The size the guest sees, read from the file without running qemu-img: for qcow2, the
+/// header's `size` field (bytes 24..32, big-endian; also right for LUKS inside qcow2); for raw,
+/// the file's length. The format is the volume's known one, never probed: a guest can write a
+/// qcow2 header at the start of its raw disk. Cheap enough for every volume of every pool.
+pub async fn read_virtual_size(path: &Path, format: Format) -> io::Result<u64> {
     let mut file = tokio::fs::File::open(path).await?;
+    if format == Format::Raw {
+        return Ok(file.metadata().await?.len());
+    }
     let mut header = [0u8; 32];
-    if file.read_exact(&mut header).await.is_ok() && header[..4] == QCOW2_MAGIC {
-        return Ok(u64::from_be_bytes(
-            header[24..32].try_into().expect("8 bytes"),
+    file.read_exact(&mut header).await?;
+    if header[..4] != QCOW2_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} has no qcow2 header", path.display()),
         ));
     }
-    Ok(file.metadata().await?.len())
+    Ok(u64::from_be_bytes(
+        header[24..32].try_into().expect("8 bytes"),
+    ))
 }
 
 fn format_from_magic(magic: &[u8; 4]) -> Format {
@@ -153,7 +161,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("a.raw");
         std::fs::write(&raw, vec![0u8; 3000]).unwrap();
-        assert_eq!(read_virtual_size(&raw).await.unwrap(), 3000);
+        assert_eq!(read_virtual_size(&raw, Format::Raw).await.unwrap(), 3000);
+        assert!(read_virtual_size(&raw, Format::Qcow2).await.is_err());
         let qcow2 = dir.path().join("b.qcow2");
         let made = std::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
@@ -162,7 +171,15 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        assert_eq!(read_virtual_size(&qcow2).await.unwrap(), 5 << 20);
+        assert_eq!(
+            read_virtual_size(&qcow2, Format::Qcow2).await.unwrap(),
+            5 << 20
+        );
+        // A raw disk whose guest wrote a qcow2 header: still the file's length.
+        let mut planted = std::fs::read(&qcow2).unwrap();
+        planted.resize(4096, 0);
+        std::fs::write(&raw, &planted).unwrap();
+        assert_eq!(read_virtual_size(&raw, Format::Raw).await.unwrap(), 4096);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::{statvfs, CloneMode, PoolError, PoolUsage, StoragePool, VolumeInfo, VolumeSpec};
-use crate::format::{read_qcow2_backing_file, Format};
+use crate::format::{read_qcow2_backing_file, read_virtual_size, Format};
 use crate::import::{
     ExportOptions, ExportedFile, ImportOptions, ImportProgress, ImportSource, ImportedVolume,
 };
@@ -488,6 +488,13 @@ impl StoragePool for DirPool {
             volumes.push(self.volume(&name).await?);
         }
         Ok(volumes)
+    }
+
+    async fn virtual_size(&self, name: &str) -> Result<u64, PoolError> {
+        let (path, format) = self.locate(name).await?;
+        read_virtual_size(&path, format)
+            .await
+            .map_err(|e| io_error(&path, e))
     }
 
     async fn volume_path(&self, name: &str) -> Result<PathBuf, PoolError> {

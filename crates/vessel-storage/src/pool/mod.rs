@@ -212,6 +212,10 @@ pub trait StoragePool: Send + Sync {
     /// All volumes, by name.
     async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, PoolError>;
 
+    /// A volume's virtual size, read from its file's header without running qemu-img (cheap:
+    /// for accounting over every volume of a pool).
+    async fn virtual_size(&self, name: &str) -> Result<u64, PoolError>;
+
     /// The volume's file, where QEMU opens it. File and LVM pools have paths; an RBD pool will
     /// need a different locator, which is when this becomes an enum.
     async fn volume_path(&self, name: &str) -> Result<PathBuf, PoolError>;
