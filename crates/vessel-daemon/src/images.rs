@@ -12,9 +12,12 @@ use vessel_api::{
     Operation, OperationAction,
 };
 use vessel_core::validate_name;
-use vessel_storage::{CancelToken, ExportOptions, ImportOptions, ImportSource, StoragePool};
+use vessel_storage::{
+    CancelToken, DirPool, ExportOptions, ImportOptions, ImportSource, StoragePool,
+};
 use vessel_store::{Compare, Op, Txn};
 
+use crate::ctx::Ctx;
 use crate::host_ops;
 use crate::model::{decode, encode, now_ms};
 use crate::pools::DEFAULT_POOL;
@@ -44,6 +47,24 @@ pub struct ImageRecord {
 fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("image {name:?} not found"))
         .with_hint("list images with `vessel image list`, import one with `vessel image import`")
+}
+
+/// Counts an imported volume (its size is known only once it is done) against the project's
+/// disk quota; one that does not fit is deleted again.
+async fn count_import(
+    ctx: &Ctx,
+    pool: &DirPool,
+    name: &str,
+    project: &str,
+    size: u64,
+) -> Result<crate::volume_projects::PendingVolume, String> {
+    match crate::volume_projects::reserve_new(&ctx.store, pool.name(), name, project, size).await {
+        Ok(pending) => Ok(pending),
+        Err(e) => {
+            let _ = pool.delete_volume(name).await;
+            Err(e.message)
+        }
+    }
 }
 
 /// A file on the daemon's host (absolute path) or an http(s) URL.
@@ -198,18 +219,7 @@ impl Service {
                     .await
                     .map_err(|e| error_chain(&e))?;
                 let size = imported.info.virtual_size;
-                let store = &service.ctx.store;
-                let pending = match crate::volume_projects::reserve_new(
-                    store, &pool_name, &name, &project, size,
-                )
-                .await
-                {
-                    Ok(pending) => pending,
-                    Err(e) => {
-                        let _ = pool.delete_volume(&name).await;
-                        return Err(e.message);
-                    }
-                };
+                let pending = count_import(&service.ctx, &pool, &name, &project, size).await?;
                 let image = ImageRecord {
                     name: name.clone(),
                     pool: pool_name,
@@ -299,24 +309,12 @@ impl Service {
                     .import_volume(&name, source, &opts, &mut track(progress))
                     .await
                     .map_err(|e| error_chain(&e))?;
-                // Its size is known now: counted against the project's disk quota, and
-                // deleted again if it does not fit.
                 let size = imported.info.virtual_size;
-                let claimed = crate::volume_projects::reserve_new(
-                    &service.ctx.store,
-                    &pool_name,
-                    &name,
-                    &project,
-                    size,
-                )
-                .await;
-                match claimed {
-                    Ok(pending) => pending.made(size).await.map_err(|e| e.message)?,
-                    Err(e) => {
-                        let _ = pool.delete_volume(&name).await;
-                        return Err(e.message);
-                    }
-                }
+                count_import(&service.ctx, &pool, &name, &project, size)
+                    .await?
+                    .made(size)
+                    .await
+                    .map_err(|e| e.message)?;
                 let volume = service
                     .get_volume(&pool_name, &name)
                     .await

@@ -1,9 +1,9 @@
-//! Projects and their quotas. Every VM, volume, image and network belongs to a project (`default` unless the create names
-//! another). Quotas are enforced atomically: a create (or an edit that grows a VM) computes the
-//! project's usage, checks it, and commits only if the project's record has not changed since
-//! (compare-and-swap on its mod revision), re-putting the record so that every concurrent
-//! create in the project conflicts with it. Two requests racing for the last unit: one commits,
-//! the other retries, sees the new usage and is refused.
+//! Projects and their quotas. Every VM, volume, image and network belongs to a project
+//! (`default` unless the create names another). Quotas are enforced atomically: a create (or
+//! an edit that grows a VM) computes the project's usage, checks it, and commits only if the
+//! project's record has not changed since (compare-and-swap on its mod revision), re-putting
+//! the record so that every concurrent create in the project conflicts with it. Two requests
+//! racing for the last unit: one commits, the other retries, sees the new usage and is refused.
 
 use std::sync::Arc;
 
@@ -87,6 +87,11 @@ pub fn vm_usage(record: &VmRecord) -> Usage {
 /// What a project uses now, from the store (not the view: a create that just committed must be
 /// counted by the next one).
 pub async fn usage(store: &dyn Store, name: &str) -> Result<Usage, ApiError> {
+    Ok(usage_and_volumes(store, name).await?.0)
+}
+
+/// [`usage`], and how many volumes (and images) the project has.
+async fn usage_and_volumes(store: &dyn Store, name: &str) -> Result<(Usage, u64), ApiError> {
     let (kvs, _) = store.list(VMS_PREFIX).await.map_err(store_error)?;
     let mut total = Usage::default();
     for vm in group_vms(&kvs).map_err(internal)? {
@@ -105,8 +110,9 @@ pub async fn usage(store: &dyn Store, name: &str) -> Result<Usage, ApiError> {
         }
     }
     // Volumes (VMs' root disks, data volumes, clones, imports, images) and those being made.
-    total.disk_bytes = crate::volume_projects::project_disk(store, name).await?.0;
-    Ok(total)
+    let (disk_bytes, volumes) = crate::volume_projects::project_disk(store, name).await?;
+    total.disk_bytes = disk_bytes;
+    Ok((total, volumes))
 }
 
 /// The conditions under which a quota check stays true: the project's record is unchanged.
@@ -306,8 +312,7 @@ async fn delete_project(
     }
     let store = sec.ctx.store.as_ref();
     let (_, revision) = load(store, &name).await?;
-    let used = usage(store, &name).await?;
-    let (_, volumes) = crate::volume_projects::project_disk(store, &name).await?;
+    let (used, volumes) = usage_and_volumes(store, &name).await?;
     if used.vms > 0 || used.networks > 0 || volumes > 0 {
         return Err(HttpError(
             ApiError::conflict(format!(

@@ -15,17 +15,18 @@ use crate::worker::error_chain;
 
 /// Makes `root` from the image in `plan`. Idempotent: a root volume that exists already (a
 /// create re-run after a daemon restart) is taken as made, since volumes appear atomically.
+/// Returns the virtual size of the disk made (what it takes of the project's disk quota).
 pub async fn make_root_disk(
     ctx: &Arc<Ctx>,
     op_id: &str,
     plan: &Provision,
     root: &VmDisk,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let pool = crate::pools::open_by_name(ctx, &root.pool)
         .await
         .map_err(|e| e.message)?;
-    if pool.volume(&root.volume).await.is_ok() {
-        return Ok(());
+    if let Ok(existing) = pool.volume(&root.volume).await {
+        return Ok(existing.virtual_size);
     }
     let image_pool = crate::pools::open_by_name(ctx, &plan.image_pool)
         .await
@@ -51,7 +52,7 @@ pub async fn make_root_disk(
         return pool
             .create_volume(&spec)
             .await
-            .map(drop)
+            .map(|made| made.virtual_size)
             .map_err(|e| error_chain(&e));
     }
     // A copy: long, so with progress and cancellation.
@@ -70,21 +71,26 @@ pub async fn make_root_disk(
                 .await
                 .map_err(|e| e.message)?;
             let made = async {
-                pool.clone_encrypted_volume(&plan.image, None, &root.volume, &key, &mut report)
+                let copy = pool
+                    .clone_encrypted_volume(&plan.image, None, &root.volume, &key, &mut report)
                     .await?;
-                if let Some(size) = size {
-                    pool.resize_encrypted_volume(&root.volume, &key, size, false)
-                        .await?;
+                match size {
+                    Some(size) => {
+                        pool.resize_encrypted_volume(&root.volume, &key, size, false)
+                            .await
+                    }
+                    None => Ok(copy),
                 }
-                Ok::<_, vessel_storage::PoolError>(())
             }
             .await;
-            if let Err(e) = made {
-                let _ = pool.delete_volume(&root.volume).await;
-                let _ = volume_keys::delete(ctx, &root.pool, &root.volume).await;
-                return Err(error_chain(&e));
-            }
-            return Ok(());
+            return match made {
+                Ok(made) => Ok(made.virtual_size),
+                Err(e) => {
+                    let _ = pool.delete_volume(&root.volume).await;
+                    let _ = volume_keys::delete(ctx, &root.pool, &root.volume).await;
+                    Err(error_chain(&e))
+                }
+            };
         }
         let made = if root.pool == plan.image_pool {
             pool.clone_volume(&plan.image, &root.volume, CloneMode::Full, &mut report)
@@ -105,14 +111,17 @@ pub async fn make_root_disk(
             .await
             .map(|imported| imported.info)
         };
-        made.map_err(|e| error_chain(&e))?;
-        if let Some(size) = size {
-            if let Err(e) = pool.resize_volume(&root.volume, size, false).await {
+        let copy = made.map_err(|e| error_chain(&e))?;
+        let Some(size) = size else {
+            return Ok(copy.virtual_size);
+        };
+        match pool.resize_volume(&root.volume, size, false).await {
+            Ok(resized) => Ok(resized.virtual_size),
+            Err(e) => {
                 let _ = pool.delete_volume(&root.volume).await;
-                return Err(error_chain(&e));
+                Err(error_chain(&e))
             }
         }
-        Ok(())
     };
     let outcome = tokio::select! {
         outcome = copy => outcome,

@@ -60,7 +60,7 @@ impl Service {
 }
 
 /// Finds the pool handle for a disk's pool.
-pub(crate) async fn pool_of(ctx: &Ctx, pool: &str) -> Result<Arc<DirPool>, String> {
+async fn pool_of(ctx: &Ctx, pool: &str) -> Result<Arc<DirPool>, String> {
     crate::pools::open_by_name(ctx, pool)
         .await
         .map_err(|e| e.message)

@@ -303,40 +303,18 @@ pub async fn remove(store: &dyn Store, pool: &str, volume: &str) -> Result<(), A
 pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
     let store = ctx.store.as_ref();
     let (pools, _) = store.list(crate::pools::POOLS_PREFIX).await?;
-    let (vm_kvs, _) = store.list(crate::model::VMS_PREFIX).await?;
-    let vms = crate::model::group_vms(&vm_kvs)?;
-    let (image_kvs, _) = store.list(crate::images::IMAGES_PREFIX).await?;
-    let mut owner: HashMap<(String, String), String> = HashMap::new();
-    for kv in &image_kvs {
-        let image: crate::images::ImageRecord = crate::model::decode(&kv.key, &kv.value)?;
-        owner.insert((image.pool, image.name), image.project);
-    }
-    let mut wanted: HashSet<(String, String)> = HashSet::new();
-    for vm in &vms {
-        for disk in &vm.record.spec.disks {
-            let id = (disk.pool.clone(), disk.volume.clone());
-            wanted.insert(id.clone());
-            owner.entry(id).or_insert_with(|| vm.record.project.clone());
-        }
-    }
+    let (owner, wanted) = known_owners(store).await?;
     let mut ops = Vec::new();
-    let mut pool_names = HashSet::new();
+    let mut by_pool = entries_by_pool(store, &mut ops).await?;
     for kv in &pools {
         let record: crate::pools::PoolRecord = crate::model::decode(&kv.key, &kv.value)?;
-        pool_names.insert(record.name.clone());
         let pool = crate::pools::open(ctx, &record)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
-        let prefix = format!("{PREFIX}{}/", record.name);
-        let (entries, _) = store.list(&prefix).await?;
-        let mut entries: HashMap<String, VolumeEntry> = entries
-            .into_iter()
-            .map(|kv| (kv.key[prefix.len()..].to_string(), decode_entry(&kv.value)))
-            .collect();
+        let mut entries = by_pool.remove(&record.name).unwrap_or_default();
         // Sizes from the files' headers: no qemu-img run per volume at start.
         for name in pool.volume_names().await? {
-            let path = pool.volume_path(&name).await?;
-            let size = vessel_storage::format::read_virtual_size(&path).await?;
+            let size = pool.virtual_size(&name).await?;
             let id = (record.name.clone(), name);
             let project = match entries.remove(&id.1) {
                 Some(e) if e.virtual_bytes == size => continue,
@@ -354,13 +332,13 @@ pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
             }
         }
     }
-    // Reservations in a pool deleted while they were pending.
-    let (all, _) = store.list(PREFIX).await?;
-    for kv in all {
-        let pool = kv.key[PREFIX.len()..].split('/').next().unwrap_or_default();
-        if !pool_names.contains(pool) {
-            ops.push(Op::Delete(kv.key));
-        }
+    // What is left are entries of pools deleted while a reservation was pending.
+    for (pool, entries) in by_pool {
+        ops.extend(
+            entries
+                .into_keys()
+                .map(|name| Op::Delete(key(&pool, &name))),
+        );
     }
     if !ops.is_empty() {
         tracing::info!(
@@ -374,6 +352,51 @@ pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
         store.txn(txn).await?;
     }
     Ok(())
+}
+
+/// Volume (pool, name) → project, from the images and the VMs' disks; and the volumes some VM's
+/// spec names (kept even without a file: an interrupted create makes them again).
+async fn known_owners(
+    store: &dyn Store,
+) -> anyhow::Result<(HashMap<(String, String), String>, HashSet<(String, String)>)> {
+    let (vm_kvs, _) = store.list(crate::model::VMS_PREFIX).await?;
+    let vms = crate::model::group_vms(&vm_kvs)?;
+    let (image_kvs, _) = store.list(crate::images::IMAGES_PREFIX).await?;
+    let mut owner = HashMap::new();
+    for kv in &image_kvs {
+        let image: crate::images::ImageRecord = crate::model::decode(&kv.key, &kv.value)?;
+        owner.insert((image.pool, image.name), image.project);
+    }
+    let mut wanted = HashSet::new();
+    for vm in &vms {
+        for disk in &vm.record.spec.disks {
+            let id = (disk.pool.clone(), disk.volume.clone());
+            wanted.insert(id.clone());
+            owner.entry(id).or_insert_with(|| vm.record.project.clone());
+        }
+    }
+    Ok((owner, wanted))
+}
+
+/// Every entry, read once, grouped by pool then volume; a key this module never writes is
+/// deleted (through `ops`).
+async fn entries_by_pool(
+    store: &dyn Store,
+    ops: &mut Vec<Op>,
+) -> anyhow::Result<HashMap<String, HashMap<String, VolumeEntry>>> {
+    let (all, _) = store.list(PREFIX).await?;
+    let mut by_pool: HashMap<String, HashMap<String, VolumeEntry>> = HashMap::new();
+    for kv in all {
+        let Some((pool, name)) = kv.key[PREFIX.len()..].split_once('/') else {
+            ops.push(Op::Delete(kv.key));
+            continue;
+        };
+        by_pool
+            .entry(pool.to_string())
+            .or_default()
+            .insert(name.to_string(), decode_entry(&kv.value));
+    }
+    Ok(by_pool)
 }
 
 #[cfg(test)]

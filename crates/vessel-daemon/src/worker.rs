@@ -525,39 +525,41 @@ impl Worker {
             .first()
             .ok_or("the VM has no root disk")?
             .clone();
-        let result = provision::make_root_disk(&self.ctx, &record.operation.id, plan, &root).await;
-        if let Err(problem) = result {
-            let mut txn = Txn::new()
-                .then(Op::DeletePrefix(vm_prefix(&self.name)))
-                .then(Op::Delete(crate::volume_projects::key(
-                    &root.pool,
-                    &root.volume,
-                )));
-            for nic in &vm.spec.nics {
-                txn = crate::networks::release(txn, nic);
+        let made = provision::make_root_disk(&self.ctx, &record.operation.id, plan, &root).await;
+        let virtual_bytes = match made {
+            Ok(bytes) => bytes,
+            Err(problem) => {
+                self.undo_create(&vm, &root).await;
+                return Err(problem);
             }
-            if let Err(e) = self.ctx.store.txn(txn).await {
-                tracing::error!(vm = %self.name, error = %e, "could not undo a failed create");
-            }
-            self.ctx.forget_console(&self.name);
-            return Err(problem);
-        }
+        };
         // The reservation made with the VM becomes the size the disk was made with.
-        let made = vessel_storage::StoragePool::volume(
-            vm_disks::pool_of(&self.ctx, &root.pool).await?.as_ref(),
-            &root.volume,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
         crate::volume_projects::record_size(
             self.ctx.store.as_ref(),
             &root.pool,
             &root.volume,
-            made.virtual_size,
+            virtual_bytes,
         )
         .await
-        .map_err(|e| e.message)?;
-        Ok(())
+        .map_err(|e| e.message)
+    }
+
+    /// Undoes a create whose root disk could not be made: the VM's records, its cloud-init
+    /// data, its disk's quota reservation and its NICs' addresses go.
+    async fn undo_create(&mut self, vm: &VmRecord, root: &vessel_api::VmDisk) {
+        let mut txn = Txn::new()
+            .then(Op::DeletePrefix(vm_prefix(&self.name)))
+            .then(Op::Delete(crate::volume_projects::key(
+                &root.pool,
+                &root.volume,
+            )));
+        for nic in &vm.spec.nics {
+            txn = crate::networks::release(txn, nic);
+        }
+        if let Err(e) = self.ctx.store.txn(txn).await {
+            tracing::error!(vm = %self.name, error = %e, "could not undo a failed create");
+        }
+        self.ctx.forget_console(&self.name);
     }
 
     /// Grows a disk of the running VM through QEMU.
