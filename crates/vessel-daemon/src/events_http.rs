@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};

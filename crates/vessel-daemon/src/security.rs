@@ -607,8 +607,8 @@ async fn outcome(response: Response) -> (Response, String) {
     (Response::from_parts(parts, Body::from(bytes)), result)
 }
 
-/// Keeps only the items (VMs, images, volumes, networks, operations) of projects the caller may read with `permission` (root
-/// and `*` grants see everything).
+/// Keeps only the items (VMs, images, volumes, networks, operations) of projects the caller may
+/// read with `permission` (root and `*` grants see everything).
 async fn filter_list(caller: &Caller, permission: Permission, response: Response) -> Response {
     let Some(projects) = caller.identity.readable_projects(permission) else {
         return response;

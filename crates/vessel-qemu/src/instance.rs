@@ -322,51 +322,43 @@ fn fdset_tag(node_name: &str) -> String {
 /// the caller removes them with [`remove_disk_fdsets`].
 async fn add_disk_fdsets(qmp: &Qmp, disk: &DiskFile) -> Result<Vec<String>, BackendError> {
     let tag = fdset_tag(&disk.node_name);
-    let files = disk.files();
-    if files.len() > 1 + crate::disk::MAX_BACKING_DEPTH {
-        return Err(BackendError::Refused(format!(
-            "the disk's backing chain is {} images deep; at most {} are supported",
-            files.len() - 1,
-            crate::disk::MAX_BACKING_DEPTH
-        )));
-    }
-    let mut filenames = Vec::with_capacity(files.len());
-    for file in files {
-        let modes: &[bool] = if file.writable {
-            &[false, true]
-        } else {
-            &[false]
-        };
-        let mut set: Option<u64> = None;
-        for &write in modes {
-            let fd: std::os::fd::OwnedFd = OpenOptions::new()
-                .read(true)
-                .write(write)
-                .open(file.path)
-                .map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot open {}: {e}", file.path.display()),
-                    )
-                })?
-                .into();
-            let mut arguments = serde_json::json!({ "opaque": tag });
-            if let Some(id) = set {
-                arguments["fdset-id"] = id.into();
-            }
-            let reply = qmp.execute_with_fd("add-fd", Some(arguments), fd).await?;
-            set = Some(
-                reply
-                    .get("fdset-id")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| {
-                        BackendError::Refused(format!("add-fd answered without an fd set: {reply}"))
-                    })?,
-            );
+    let mut filenames = Vec::new();
+    for file in disk.files() {
+        let mut set = add_fd(qmp, &tag, None, open_for(file.path, false)?).await?;
+        if file.writable {
+            set = add_fd(qmp, &tag, Some(set), open_for(file.path, true)?).await?;
         }
-        filenames.push(format!("/dev/fdset/{}", set.expect("one fd at least")));
+        filenames.push(format!("/dev/fdset/{set}"));
     }
     Ok(filenames)
+}
+
+/// One of a disk's files, opened by the daemon for QEMU: read-only, or read-write.
+fn open_for(path: &Path, write: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map(Into::into)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))
+}
+
+/// Passes `fd` to QEMU into fd set `set` (a new one when `None`); returns the set's id.
+async fn add_fd(
+    qmp: &Qmp,
+    tag: &str,
+    set: Option<u64>,
+    fd: std::os::fd::OwnedFd,
+) -> Result<u64, BackendError> {
+    let mut arguments = serde_json::json!({ "opaque": tag });
+    if let Some(id) = set {
+        arguments["fdset-id"] = id.into();
+    }
+    let reply = qmp.execute_with_fd("add-fd", Some(arguments), fd).await?;
+    reply
+        .get("fdset-id")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| BackendError::Refused(format!("add-fd answered without an fd set: {reply}")))
 }
 
 /// Removes the fd sets of a disk's files (see [`add_disk_fdsets`]); QEMU closes their fds once
