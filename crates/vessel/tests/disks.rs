@@ -375,6 +375,16 @@ async fn a_hot_plugged_linked_clone_reads_its_backing_chain() {
     await_console(&client, "chain1", "TOP-42-written", 1).await;
     let base_bytes = std::fs::read(&base.path).unwrap();
     assert!(base_bytes.starts_with(b"BASE-MARK-42"));
+    // Read through mid, offset 0 still shows base's bytes: mid holds nothing there either.
+    let through_mid = std::process::Command::new("qemu-io")
+        .args(["-r", "-U", "-f", "qcow2", "-c", "read -v 0 12", &mid.path])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&through_mid.stdout)
+            .contains("42 41 53 45 2d 4d 41 52 4b 2d 34 32"),
+        "BASE-MARK-42 through mid: {through_mid:?}"
+    );
 
     match client.detach_disk("chain1", "default", "top", true).await {
         Ok(Outcome::Done(_)) => {}

@@ -58,7 +58,6 @@ impl Remote {
         self.daemon.client()
     }
 
-    /// A user with `grants` and a token of it.
     /// Makes a project (as root) with these limits.
     async fn project(&self, name: &str, quota: vessel_api::Quota) {
         self.root()
@@ -70,6 +69,7 @@ impl Remote {
             .unwrap();
     }
 
+    /// A user with `grants` and a token of it.
     async fn user(&self, name: &str, grants: Vec<Grant>) -> String {
         self.root()
             .create_user(&CreateUserRequest {

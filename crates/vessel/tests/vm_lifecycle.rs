@@ -74,6 +74,8 @@ async fn guest_boots_to_userspace_and_its_console_is_logged() {
     );
     // QEMU wrote its pid file as root before the switch and cannot remove it (the run dir is
     // root's); the daemon does, once the VM stops.
+    let pid_file = daemon.data_dir.join("vms/boot2/qemu.pid");
+    assert!(pid_file.exists(), "QEMU writes its pid file");
     act(
         &client,
         "boot2",
@@ -83,7 +85,7 @@ async fn guest_boots_to_userspace_and_its_console_is_logged() {
         }),
     )
     .await;
-    assert!(!daemon.data_dir.join("vms/boot2/qemu.pid").exists());
+    assert!(!pid_file.exists(), "the daemon removes the pid file");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
