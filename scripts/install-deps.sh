@@ -18,8 +18,10 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
+# qemu-io (package qemu-utils, with qemu-img) is used by the tests to write into images.
 have_qemu() {
 	command -v qemu-system-x86_64 >/dev/null 2>&1 && command -v qemu-img >/dev/null 2>&1 &&
+		command -v qemu-io >/dev/null 2>&1 &&
 		command -v depmod >/dev/null 2>&1 && command -v cpio >/dev/null 2>&1
 }
 
