@@ -13,14 +13,7 @@ async fn new_volume(client: &vessel_cli::Client, name: &str) {
     client
         .create_volume(
             "default",
-            &CreateVolumeRequest {
-                name: name.into(),
-                format: VolumeFormat::Qcow2,
-                size_bytes: Some(16 * MIB),
-                backing: None,
-                encrypted: false,
-                project: None,
-            },
+            &volume_request(name, VolumeFormat::Qcow2, Some(16 * MIB), None),
         )
         .await
         .unwrap_or_else(|e| panic!("create volume {name}: {e}"));
@@ -311,18 +304,10 @@ async fn an_encrypted_volume_hides_its_data_and_survives_key_rotation() {
 async fn a_hot_plugged_linked_clone_reads_its_backing_chain() {
     let daemon = Daemon::start();
     let client = daemon.client();
-    let volume = |name: &str, format, size_bytes, backing: Option<&str>| CreateVolumeRequest {
-        name: name.into(),
-        format,
-        size_bytes,
-        backing: backing.map(str::to_string),
-        encrypted: false,
-        project: None,
-    };
     let base = client
         .create_volume(
             "default",
-            &volume("base", VolumeFormat::Raw, Some(16 * MIB), None),
+            &volume_request("base", VolumeFormat::Raw, Some(16 * MIB), None),
         )
         .await
         .unwrap();
@@ -337,7 +322,7 @@ async fn a_hot_plugged_linked_clone_reads_its_backing_chain() {
     let mid = client
         .create_volume(
             "default",
-            &volume("mid", VolumeFormat::Qcow2, None, Some("base")),
+            &volume_request("mid", VolumeFormat::Qcow2, None, Some("base")),
         )
         .await
         .unwrap();
@@ -350,7 +335,7 @@ async fn a_hot_plugged_linked_clone_reads_its_backing_chain() {
     client
         .create_volume(
             "default",
-            &volume("top", VolumeFormat::Qcow2, None, Some("mid")),
+            &volume_request("top", VolumeFormat::Qcow2, None, Some("mid")),
         )
         .await
         .unwrap();

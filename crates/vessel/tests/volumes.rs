@@ -3,28 +3,10 @@
 mod common;
 
 use common::*;
-use vessel_api::{
-    CloneVolumeRequest, CreateVolumeRequest, ResizeVolumeRequest, VmState, VolumeFormat,
-};
+use vessel_api::{CloneVolumeRequest, ResizeVolumeRequest, VmState, VolumeFormat};
 use vessel_cli::VmAction;
 
 const MIB: u64 = 1024 * 1024;
-
-fn volume(
-    name: &str,
-    format: VolumeFormat,
-    size: Option<u64>,
-    backing: Option<&str>,
-) -> CreateVolumeRequest {
-    CreateVolumeRequest {
-        name: name.into(),
-        format,
-        size_bytes: size,
-        backing: backing.map(str::to_string),
-        encrypted: false,
-        project: None,
-    }
-}
 
 #[tokio::test]
 async fn volumes_are_created_cloned_resized_and_deleted() {
@@ -33,7 +15,7 @@ async fn volumes_are_created_cloned_resized_and_deleted() {
     let data = client
         .create_volume(
             "default",
-            &volume("data1", VolumeFormat::Qcow2, Some(16 * MIB), None),
+            &volume_request("data1", VolumeFormat::Qcow2, Some(16 * MIB), None),
         )
         .await
         .unwrap();
@@ -46,7 +28,7 @@ async fn volumes_are_created_cloned_resized_and_deleted() {
     let linked = client
         .create_volume(
             "default",
-            &volume("child1", VolumeFormat::Qcow2, None, Some("data1")),
+            &volume_request("child1", VolumeFormat::Qcow2, None, Some("data1")),
         )
         .await
         .unwrap();
@@ -121,26 +103,35 @@ async fn bad_volume_requests_are_refused_and_change_nothing() {
     let daemon = Daemon::start();
     let client = daemon.client();
     client
-        .create_volume("default", &volume("v1", VolumeFormat::Raw, Some(MIB), None))
+        .create_volume(
+            "default",
+            &volume_request("v1", VolumeFormat::Raw, Some(MIB), None),
+        )
         .await
         .unwrap();
     let cases = [
-        (volume("a/b", VolumeFormat::Qcow2, Some(MIB), None), "'/'"),
         (
-            volume("..", VolumeFormat::Qcow2, Some(MIB), None),
+            volume_request("a/b", VolumeFormat::Qcow2, Some(MIB), None),
+            "'/'",
+        ),
+        (
+            volume_request("..", VolumeFormat::Qcow2, Some(MIB), None),
             "start with",
         ),
         (
-            volume("nosize", VolumeFormat::Qcow2, None, None),
+            volume_request("nosize", VolumeFormat::Qcow2, None, None),
             "needs a size",
         ),
-        (volume("odd", VolumeFormat::Qcow2, Some(1000), None), "512"),
         (
-            volume("v1", VolumeFormat::Qcow2, Some(MIB), None),
+            volume_request("odd", VolumeFormat::Qcow2, Some(1000), None),
+            "512",
+        ),
+        (
+            volume_request("v1", VolumeFormat::Qcow2, Some(MIB), None),
             "already exists",
         ),
         (
-            volume("orphan", VolumeFormat::Qcow2, None, Some("missing")),
+            volume_request("orphan", VolumeFormat::Qcow2, None, Some("missing")),
             "missing",
         ),
     ];
@@ -149,7 +140,10 @@ async fn bad_volume_requests_are_refused_and_change_nothing() {
         assert!(err.to_string().contains(expected), "{request:?}: {err}");
     }
     let unknown_pool = client
-        .create_volume("nopool", &volume("x", VolumeFormat::Qcow2, Some(MIB), None))
+        .create_volume(
+            "nopool",
+            &volume_request("x", VolumeFormat::Qcow2, Some(MIB), None),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -181,7 +175,7 @@ async fn a_vm_boots_from_a_pool_volume_which_is_then_in_use() {
     let vol = client
         .create_volume(
             "default",
-            &volume("boot1", VolumeFormat::Raw, Some(MIB), None),
+            &volume_request("boot1", VolumeFormat::Raw, Some(MIB), None),
         )
         .await
         .unwrap();

@@ -232,6 +232,24 @@ pub fn qemu_uid(pid: u32) -> u32 {
     uid
 }
 
+/// A request for an unencrypted volume in the caller's default project: `size` for a new one,
+/// or `backing` for a linked clone (its size then is the backing volume's).
+pub fn volume_request(
+    name: &str,
+    format: vessel_api::VolumeFormat,
+    size: Option<u64>,
+    backing: Option<&str>,
+) -> vessel_api::CreateVolumeRequest {
+    vessel_api::CreateVolumeRequest {
+        name: name.into(),
+        format,
+        size_bytes: size,
+        backing: backing.map(str::to_string),
+        encrypted: false,
+        project: None,
+    }
+}
+
 /// A kernel-boot VM of the test guest.
 pub fn guest_vm(name: &str) -> CreateVmRequest {
     let guest = guest();
