@@ -14,6 +14,10 @@ use crate::model::{Host, HostState, HostUsage, Settings, Strategy, VmRequest};
 /// whose leftover resources the VM complements (see `docs/scheduler.md`).
 pub const WINDOW: usize = 8;
 
+/// How much pack's score weighs a placement that leaves a host's free CPU and free memory more
+/// unequal, against how full it makes the host (measured: `docs/scheduler.md`).
+const LOPSIDED_WEIGHT: f64 = 0.5;
+
 /// One fraction (0..=1 of a host's limit) in the load key's fixed point.
 const ONE: u64 = 1 << 30;
 
@@ -41,9 +45,9 @@ pub struct Score {
     /// The host's committed vCPUs and memory after the placement, as fractions of its limits.
     pub cpu_after: f64,
     pub memory_after: f64,
-    /// The strategy's score of the chosen host (lower is better): for pack, the change of the
-    /// gap between the host's free CPU and free memory fractions; for spread, the dominant
-    /// (larger) fraction used after the placement.
+    /// The strategy's score of the chosen host (lower is better): for pack, minus the host's
+    /// CPU + memory fractions after the placement, plus half the growth of the gap between them;
+    /// for spread, the dominant (larger) fraction used after the placement.
     pub value: f64,
     /// How many fitting hosts were compared.
     pub compared: usize,
@@ -309,12 +313,15 @@ impl Cluster {
     fn score(&self, host: &Host, vm: &VmRequest) -> f64 {
         let (cpu_after, memory_after) = fractions_after(host, vm, &self.settings);
         match self.settings.strategy {
-            // Free fractions after minus before: how much more lopsided the host's leftover
-            // room gets. A VM that uses up what a host has most of scores best, so CPU-heavy
-            // and memory-heavy VMs end up sharing hosts instead of stranding room.
+            // The fuller the host after the placement (CPU + memory fractions), the better;
+            // minus half of how much more lopsided its leftover room gets, so that among hosts
+            // about as full a VM goes where it uses what the host has most of, and CPU-heavy and
+            // memory-heavy VMs share hosts instead of stranding room.
             Strategy::Pack => {
                 let (cpu_before, memory_before) = fractions(host, &self.settings);
-                (cpu_after - memory_after).abs() - (cpu_before - memory_before).abs()
+                let lopsided =
+                    (cpu_after - memory_after).abs() - (cpu_before - memory_before).abs();
+                -(cpu_after + memory_after) + LOPSIDED_WEIGHT * lopsided
             }
             Strategy::Spread => cpu_after.max(memory_after),
         }
