@@ -8,7 +8,7 @@
 //! then `Cluster::apply`. Only that loop is timed. Prints JSON: placements/s (median, min, max),
 //! hosts used, the lower bound (the larger of total vCPU demand / vCPUs per host and total memory
 //! demand / memory per host, rounded up), the percentage over it, refusals, and the spread of
-//! host loads.
+//! host loads (the dominant fraction used, over the hosts in use).
 
 use std::time::Instant;
 
@@ -46,24 +46,51 @@ impl Rng {
 /// Mixed sizes: 1, 2, 4 or 8 vCPUs, and 1, 2 or 4 GiB per vCPU (compute, general and memory
 /// families), so that some VMs are CPU-heavy and others memory-heavy for the host's shape (2 GiB
 /// of room per vCPU of room).
-fn requests(n: usize, seed: u64) -> Vec<VmRequest> {
+///
+/// With `constrained`, some requests also carry rules: 5% need pool `fast` (one host in ten has
+/// it), 25% need label `zone=a` (half the hosts), 10% are in anti-affinity groups of about 50
+/// VMs, 5% in affinity groups of about 200. The sizes are the same as without.
+fn requests(n: usize, seed: u64, constrained: bool) -> Vec<VmRequest> {
     let mut rng = Rng(seed);
     (0..n)
         .map(|i| {
             let cpus = rng.pick(&[(1u32, 35), (2, 30), (4, 25), (8, 10)]);
             let gib_per_cpu = rng.pick(&[(1u64, 40), (2, 30), (4, 30)]);
-            VmRequest::new(
-                &format!("vm{i}"),
-                cpus,
-                u64::from(cpus) * gib_per_cpu * 1024,
-            )
+            let memory_mib = u64::from(cpus) * gib_per_cpu * 1024;
+            let mut vm = VmRequest::new(&format!("vm{i}"), cpus, memory_mib);
+            let rule = rng.next() % 100;
+            if constrained {
+                match rule {
+                    0..5 => drop(vm.pools.insert("fast".to_string())),
+                    5..30 => drop(vm.labels.insert("zone".to_string(), "a".to_string())),
+                    30..40 => vm.anti_affinity = Some(format!("aa{}", i % 2000)),
+                    40..45 => vm.affinity = Some(format!("af{}", i % 500)),
+                    _ => {}
+                }
+            }
+            vm
         })
         .collect()
 }
 
-fn cluster(hosts: usize, strategy: Strategy) -> Cluster {
+/// With `constrained`: one host in ten has pool `fast`, labels `zone=a` and `zone=b` alternate,
+/// one host in fifty is in maintenance.
+fn cluster(hosts: usize, strategy: Strategy, constrained: bool) -> Cluster {
     let hosts = (0..hosts)
-        .map(|i| Host::new(&format!("h{i:05}"), HOST_CPUS, HOST_MEMORY_MIB))
+        .map(|i| {
+            let mut host = Host::new(&format!("h{i:05}"), HOST_CPUS, HOST_MEMORY_MIB);
+            if constrained {
+                if i % 10 == 0 {
+                    host.pools.insert("fast".to_string());
+                }
+                host.labels
+                    .insert("zone".to_string(), ["a", "b"][i % 2].to_string());
+                if i % 50 == 7 {
+                    host.state = vessel_scheduler::HostState::Maintenance;
+                }
+            }
+            host
+        })
         .collect();
     Cluster::new(
         hosts,
@@ -83,8 +110,8 @@ struct Run {
     max_load: f64,
 }
 
-fn run(hosts: usize, strategy: Strategy, vms: &[VmRequest]) -> Run {
-    let mut c = cluster(hosts, strategy);
+fn run(hosts: usize, strategy: Strategy, vms: &[VmRequest], constrained: bool) -> Run {
+    let mut c = cluster(hosts, strategy, constrained);
     let mut refused = 0;
     let t0 = Instant::now();
     for vm in vms {
@@ -100,6 +127,7 @@ fn run(hosts: usize, strategy: Strategy, vms: &[VmRequest]) -> Run {
     let loads: Vec<f64> = c
         .hosts()
         .iter()
+        .filter(|h| h.usage.cpus > 0)
         .map(|h| {
             let cpu = h.usage.cpus as f64 / h.cpu_limit(&oc) as f64;
             let mem = h.usage.memory_mib as f64 / h.memory_limit_mib(&oc) as f64;
@@ -132,7 +160,13 @@ fn main() {
     let n: usize = arg(&args, "--vms", "100000").parse().expect("--vms");
     let runs: usize = arg(&args, "--runs", "5").parse().expect("--runs");
     let seed: u64 = arg(&args, "--seed", "1").parse().expect("--seed");
-    let vms = requests(n, seed);
+    let plain = requests(n, seed, false);
+    let constrained = requests(n, seed, true);
+    let vms = &plain;
+    assert!(plain
+        .iter()
+        .zip(&constrained)
+        .all(|(a, b)| (a.cpus, a.memory_mib) == (b.cpus, b.memory_mib)));
     let oc = Overcommit::default();
     let cpu_room = (f64::from(HOST_CPUS) * oc.cpu).floor();
     let mem_room = (HOST_MEMORY_MIB as f64 * oc.memory).floor();
@@ -143,25 +177,30 @@ fn main() {
         .ceil() as usize;
 
     let mut results = Vec::new();
-    for &hosts in &sizes {
-        for strategy in [Strategy::Pack, Strategy::Spread] {
-            let all: Vec<Run> = (0..runs).map(|_| run(hosts, strategy, &vms)).collect();
-            let mut rates: Vec<f64> = all.iter().map(|r| r.per_s).collect();
-            rates.sort_by(f64::total_cmp);
-            let median = if rates.len() % 2 == 1 {
-                rates[rates.len() / 2]
-            } else {
-                (rates[rates.len() / 2 - 1] + rates[rates.len() / 2]) / 2.0
-            };
-            let last = all.last().expect("at least one run");
-            let over = (last.used as f64 / bound as f64 - 1.0) * 100.0;
-            results.push(format!(
+    for (scenario, vms) in [("mixed", &plain), ("constrained", &constrained)] {
+        for &hosts in &sizes {
+            for strategy in [Strategy::Pack, Strategy::Spread] {
+                let is_constrained = scenario == "constrained";
+                let all: Vec<Run> = (0..runs)
+                    .map(|_| run(hosts, strategy, vms, is_constrained))
+                    .collect();
+                let mut rates: Vec<f64> = all.iter().map(|r| r.per_s).collect();
+                rates.sort_by(f64::total_cmp);
+                let median = if rates.len() % 2 == 1 {
+                    rates[rates.len() / 2]
+                } else {
+                    (rates[rates.len() / 2 - 1] + rates[rates.len() / 2]) / 2.0
+                };
+                let last = all.last().expect("at least one run");
+                let over = (last.used as f64 / bound as f64 - 1.0) * 100.0;
+                results.push(format!(
                 concat!(
-                    "    {{\"hosts\": {}, \"strategy\": \"{}\", ",
+                    "    {{\"scenario\": \"{}\", \"hosts\": {}, \"strategy\": \"{}\", ",
                     "\"placements_per_s\": {{\"median\": {:.0}, \"min\": {:.0}, \"max\": {:.0}, \"runs\": {}}}, ",
                     "\"hosts_used\": {}, \"lower_bound\": {}, \"over_bound_pct\": {:.2}, \"refused\": {}, ",
                     "\"host_load_pct\": {{\"min\": {:.1}, \"max\": {:.1}}}}}"
                 ),
+                scenario,
                 hosts,
                 strategy,
                 median,
@@ -175,6 +214,7 @@ fn main() {
                 last.min_load * 100.0,
                 last.max_load * 100.0,
             ));
+            }
         }
     }
     println!("{{");
