@@ -5,12 +5,13 @@ Usage: python3 bench/all.py [--quick] [--only NAME,...] [--vessel PATH] [--out F
                             [--results FILE] [--no-wait-quiet] [--build-note TEXT]
 
 Benchmarks (in this order): run, libvirt, import, snapshot, storage, density, metrics, network,
-security.
+security, scheduler.
 Needs a release build first:
     cargo build --release -p vessel
     cargo build --release -p vessel-metrics --examples
     cargo build --release -p vessel-storage --example import
     cargo build --release -p vessel-audit --example append_bench
+    cargo build --release -p vessel-scheduler --example place_bench
 (binaries from $CARGO_TARGET_DIR, else target/).
 
 Each script runs as its own process and prints JSON; the results of all of them are kept in
@@ -19,7 +20,8 @@ into docs/benchmarks.md: the machine, then per benchmark a table of figures (med
 target vs measured), the side-by-side comparisons, and the static notes of bench/notes/NAME.md.
 
 --quick runs every benchmark with few runs and small sizes: a smoke check, not figures to keep
-(the document says so). libvirt is skipped with a note when virsh/libvirtd are not installed;
+(the document says so). The scheduler benchmark needs only its example (no daemon, no vessel
+binary: `--only scheduler` then keeps the machine's accelerator from the earlier results). libvirt is skipped with a note when virsh/libvirtd are not installed;
 when they are installed but libvirtd is not running, this script starts virtlogd and libvirtd in
 the foreground for the benchmark and stops them afterwards. Before each benchmark it waits until no
 other benchmark (bench/storage.py, import.py, snapshot.py of someone else) runs on the machine.
@@ -41,7 +43,10 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402
 
 ORDER = ["run", "libvirt", "import", "snapshot", "storage", "density", "metrics", "network",
-         "security"]
+         "security", "scheduler"]
+
+# Benchmarks that run no daemon (pure library examples).
+NO_DAEMON = {"scheduler"}
 
 TITLES = {
     "run": "Foundation: start overhead, boot vs raw QEMU, daemon memory, list latency (bench/run.py)",
@@ -53,6 +58,7 @@ TITLES = {
     "metrics": "Metrics: per-VM sample cost and /metrics render time (bench/metrics.py)",
     "network": "Networks: TCP throughput on a managed bridge vs user-mode NAT, network create and NIC attach (bench/network.py)",
     "security": "Security: TLS + token overhead vs the unix socket, audit append throughput (bench/security.py)",
+    "scheduler": "Scheduler: placements per second and packing quality on synthetic clusters (bench/scheduler.py)",
 }
 
 
@@ -68,6 +74,7 @@ def args_for(name, quick):
         "metrics": ["--repeat", "3", "--requests", "50", "--vms", "200"],
         "network": ["--runs", "11", "--mib", "8", "--create-runs", "10", "--nic-runs", "10"],
         "security": ["--requests", "5000", "--audited", "20000"],
+        "scheduler": ["--runs", "5"],
     }
     fast = {
         "run": ["--runs", "3", "--list-vms", "200", "--list-requests", "100"],
@@ -80,6 +87,7 @@ def args_for(name, quick):
         "metrics": ["--repeat", "1", "--requests", "10", "--vms", "200"],
         "network": ["--runs", "1", "--mib", "2", "--create-runs", "3", "--nic-runs", "3"],
         "security": ["--requests", "500", "--audited", "2000"],
+        "scheduler": ["--runs", "1", "--vms", "20000"],
     }
     return (fast if quick else full)[name]
 
@@ -94,7 +102,19 @@ def sh(*cmd):
         return ""
 
 
-def machine(vessel):
+def daemon_accel(vessel):
+    try:
+        d = common.Daemon(vessel)
+        try:
+            host = common.api(d.sock, "GET", "/v1/host")
+            return host.get("accelerator") or host.get("accel") or json.dumps(host)[:120]
+        finally:
+            d.close()
+    except Exception as e:  # noqa: BLE001
+        return f"? ({e})"
+
+
+def machine(vessel, previous=None):
     cpu = ""
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -108,16 +128,11 @@ def machine(vessel):
             debian = f.read().strip()
     except OSError:
         debian = "?"
-    accel = "?"
-    try:
-        d = common.Daemon(vessel)
-        try:
-            host = common.api(d.sock, "GET", "/v1/host")
-            accel = host.get("accelerator") or host.get("accel") or json.dumps(host)[:120]
-        finally:
-            d.close()
-    except Exception as e:  # noqa: BLE001
-        accel = f"? ({e})"
+    if not os.path.exists(vessel) and previous:
+        # Only daemon-less benchmarks run (no vessel binary): keep what the daemon said last time.
+        accel = previous.get("accelerator", "?")
+    else:
+        accel = daemon_accel(vessel)
     dirty = sh("git", "-C", ROOT, "status", "--porcelain", "--", "crates", "Cargo.toml", "Cargo.lock")
     return {
         "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem_kib / 2**20, 1),
@@ -222,6 +237,7 @@ def command(name, a):
         "metrics": ["--vessel", a.vessel, "--json"] + (["--examples", examples] if examples else []),
         "network": ["--vessel", a.vessel, "--json"],
         "security": ["--vessel", a.vessel, "--json"] + (["--examples", examples] if examples else []),
+        "scheduler": ["--json"] + (["--examples", examples] if examples else []),
     }[name]
     return py + extra + args_for(name, a.quick)
 
@@ -582,9 +598,35 @@ def render_security(r):
     return table(rows)
 
 
+def render_scheduler(r):
+    c = r["config"]
+    rows = []
+    for x in r["results"]:
+        rate, where = x["placements_per_s"], f"{x['strategy']}, {x['hosts']:,} hosts, {x['scenario']}"
+        rate_target = ">= 5,000/s" if x["hosts"] >= 10000 else ""
+        rows.append([f"placements/s (place + apply), {where}", rate_target,
+                     f"**{rate['median']:,.0f}/s**" if rate_target else f"{rate['median']:,.0f}/s",
+                     f"{rate['min']:,.0f}–{rate['max']:,.0f}/s, n={rate['runs']}",
+                     verdict(rate["median"] >= 5000) if rate_target else ""])
+        packed = x["strategy"] == "pack" and x["scenario"] == "mixed"
+        used = (f"{x['hosts_used']:,} hosts used, bound {x['lower_bound']:,} ({x['over_bound_pct']:+.2f}%)"
+                + (f", {x['refused']:,} refused" if x["refused"] else ""))
+        rows.append([f"hosts used vs lower bound, {where}", "<= 3% over" if packed else "",
+                     f"**{used}**" if packed else used,
+                     f"dominant load of the hosts in use {x['host_load_pct']['min']}–{x['host_load_pct']['max']}%",
+                     verdict(x["over_bound_pct"] <= 3.0 and x["refused"] == 0) if packed else ""])
+    out = [f"{c['vms']:,} VMs of mixed sizes (seed {c['seed']}: {c['vcpu_demand']:,} vCPUs, "
+           f"{c['memory_demand_gib']:,} GiB in all) placed one at a time on fresh clusters of identical hosts "
+           f"({c['host_cpus']} CPUs × {c['cpu_ratio']} = {int(c['host_cpus'] * c['cpu_ratio'])} vCPUs, "
+           f"{c['host_memory_gib']} GiB × {c['memory_ratio']}); {c['runs']} runs per line, release build, "
+           f"one thread. Lower bound: the larger of total vCPU demand / vCPUs per host and total memory / "
+           f"memory per host, rounded up.", ""]
+    return out + table(rows)
+
+
 RENDER = {"run": render_run, "libvirt": render_libvirt, "import": render_import, "snapshot": render_snapshot,
           "storage": render_storage, "density": render_density, "metrics": render_metrics,
-          "network": render_network, "security": render_security}
+          "network": render_network, "security": render_security, "scheduler": render_scheduler}
 
 
 def notes(name):
@@ -619,6 +661,7 @@ def render(doc, quick_any):
             "cargo build --release -p vessel-metrics --examples",
             "cargo build --release -p vessel-storage --example import",
             "cargo build --release -p vessel-audit --example append_bench",
+            "cargo build --release -p vessel-scheduler --example place_bench",
             "python3 bench/all.py                 # everything (about the time above); --quick for a smoke check",
             "python3 bench/all.py --only density,metrics   # re-run some, keep the others' results",
             "```", "", "Notes that apply to every section:", ""]
@@ -672,7 +715,7 @@ def main():
     unknown = [x for x in only if x not in ORDER]
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {unknown}; known: {', '.join(ORDER)}")
-    if not os.path.exists(a.vessel):
+    if not os.path.exists(a.vessel) and any(n not in NO_DAEMON for n in only):
         raise SystemExit(f"{a.vessel} not found; build it with `cargo build --release -p vessel`")
 
     doc = {"benchmarks": {}}
@@ -681,7 +724,7 @@ def main():
             doc = json.load(fh)
     if not a.render_only:
         t0 = time.time()
-        doc["machine"] = machine(a.vessel)
+        doc["machine"] = machine(a.vessel, doc.get("machine"))
         if a.build_note:
             doc["build_note"] = a.build_note
         for name in only:

@@ -48,8 +48,8 @@ impl Rng {
 /// of room per vCPU of room).
 ///
 /// With `constrained`, some requests also carry rules: 5% need pool `fast` (one host in ten has
-/// it), 25% need label `zone=a` (half the hosts), 10% are in anti-affinity groups of about 50
-/// VMs, 5% in affinity groups of about 200. The sizes are the same as without.
+/// it), 25% need label `zone=a` (half the hosts), 10% are in anti-affinity groups of about 5
+/// VMs, 5% in affinity groups of about 10. The sizes are the same as without.
 fn requests(n: usize, seed: u64, constrained: bool) -> Vec<VmRequest> {
     let mut rng = Rng(seed);
     (0..n)
