@@ -209,7 +209,7 @@ impl Cluster {
     }
 
     /// The dry run: the same choice as [`Cluster::place`], made by a scan of every host, with
-    /// every filtered host's reason.
+    /// every filtered host's reason. (A pinned request considers only its host, as in `place`.)
     pub fn explain(&self, vm: &VmRequest) -> Result<Placement, PlaceError> {
         if let Some(pinned) = &vm.host {
             return self.place_pinned(pinned, vm);
@@ -226,6 +226,9 @@ impl Cluster {
                 }),
             }
         }
+        if fitting.is_empty() {
+            return Err(PlaceError::NoHostFits { filtered });
+        }
         if let Some(window) = self.affinity_window(vm) {
             return Ok(self
                 .choose(&window, vm, true, filtered)
@@ -233,12 +236,9 @@ impl Cluster {
         }
         fitting.sort_by_key(|&i| (self.keys[i], i));
         fitting.truncate(WINDOW);
-        match self.choose(&fitting, vm, false, filtered) {
-            Some(placement) => Ok(placement),
-            None => Err(PlaceError::NoHostFits {
-                filtered: self.all_reasons(vm),
-            }),
-        }
+        Ok(self
+            .choose(&fitting, vm, false, filtered)
+            .expect("a fitting host"))
     }
 
     fn place_pinned(&self, pinned: &str, vm: &VmRequest) -> Result<Placement, PlaceError> {
