@@ -12,36 +12,11 @@
 
 use std::time::Instant;
 
+use vessel_scheduler::synthetic::SplitMix64 as Rng;
 use vessel_scheduler::{Cluster, Host, Overcommit, Settings, Strategy, VmRequest};
 
 const HOST_CPUS: u32 = 96;
 const HOST_MEMORY_MIB: u64 = 768 * 1024;
-
-/// splitmix64: a tiny seeded generator, so the benchmark needs no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// One of `choices` by integer weight.
-    fn pick<T: Copy>(&mut self, choices: &[(T, u64)]) -> T {
-        let total: u64 = choices.iter().map(|c| c.1).sum();
-        let mut x = self.next() % total;
-        for &(value, weight) in choices {
-            if x < weight {
-                return value;
-            }
-            x -= weight;
-        }
-        unreachable!()
-    }
-}
 
 /// Mixed sizes: 1, 2, 4 or 8 vCPUs, and 1, 2 or 4 GiB per vCPU (compute, general and memory
 /// families), so that some VMs are CPU-heavy and others memory-heavy for the host's shape (2 GiB
@@ -58,7 +33,7 @@ fn requests(n: usize, seed: u64, constrained: bool) -> Vec<VmRequest> {
             let gib_per_cpu = rng.pick(&[(1u64, 40), (2, 30), (4, 30)]);
             let memory_mib = u64::from(cpus) * gib_per_cpu * 1024;
             let mut vm = VmRequest::new(&format!("vm{i}"), cpus, memory_mib);
-            let rule = rng.next() % 100;
+            let rule = rng.next_u64() % 100;
             if constrained {
                 match rule {
                     0..5 => drop(vm.pools.insert("fast".to_string())),

@@ -18,6 +18,7 @@
 mod cluster;
 mod filter;
 mod model;
+pub mod synthetic;
 
 pub use cluster::{ApplyError, Cluster, DuplicateHost, PlaceError, Placement, Score, WINDOW};
 pub use filter::{fits_after, memory, Filtered, Reason};

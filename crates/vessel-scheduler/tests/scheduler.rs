@@ -7,6 +7,8 @@ use vessel_scheduler::{
     Settings, Strategy, VmRequest,
 };
 
+use vessel_scheduler::synthetic::SplitMix64 as Rng;
+
 const GIB: u64 = 1024;
 
 fn settings(strategy: Strategy) -> Settings {
@@ -511,23 +513,6 @@ fn reasons_and_usage_records_round_trip_through_json() {
 }
 
 // ---------------------------------------------------------------- seeded random clusters
-
-/// splitmix64: enough randomness for property-style tests without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Hosts of different sizes, some in maintenance, with pools, labels, machine types; requests
 /// of mixed sizes, some with constraints, pins and groups.
