@@ -8,6 +8,7 @@ mod console_http;
 mod controller;
 mod ctx;
 mod events_http;
+mod file_modes;
 mod guest;
 mod host_ops;
 mod http;
@@ -59,12 +60,21 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    file_modes::private_umask();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let fixed = file_modes::secure_data_dir(&config.data_dir)?;
+    if fixed > 0 {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            fixed,
+            "the data dir or files below it were readable by group or others; made them private"
+        );
+    }
     let store = SqliteStore::open(&config.data_dir.join("vessel.db"))
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let accel = choose_accelerator(&config.accelerator);
@@ -104,6 +114,7 @@ pub async fn run(
         .await?,
     );
     pools::ensure_default_pool(&ctx).await?;
+    pools::warn_open_pools(&ctx).await;
     projects::ensure_default(&ctx).await?;
     // Before any request: the disk quota counts these entries.
     volume_projects::reconcile(&ctx).await?;
@@ -199,12 +210,13 @@ fn host_capacity() -> HostCapacity {
 
 /// Binds the API socket (0660), refusing to steal one that another daemon serves.
 fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|dir| !dir.exists()) {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
             .create(dir)
             .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        // Explicitly, past the umask: members of socket_group must reach the socket.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

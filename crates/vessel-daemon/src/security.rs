@@ -3,7 +3,8 @@
 //!
 //! 1. Who: the unix socket is the built-in `root` (admin everywhere). A TLS client shows a
 //!    bearer token (`Authorization: Bearer vsl_...`) or a client certificate issued by the
-//!    daemon's CA. Anything else is 401. Repeated failures from one address are 429 for a while.
+//!    daemon's CA. Anything else is 401. Repeated failures from one address are 429 for a while; a valid
+//!    credential from that address still passes.
 //! 2. May they: the route's row in [`vessel_auth::ROUTES`] names the permission and where the
 //!    project comes from (the VM, the image, the body's `project`, the host). No row: denied
 //!    (except for host admins, root included, whose requests fall through to the router's own
@@ -38,7 +39,8 @@ use crate::ctx::Ctx;
 use crate::http::HttpError;
 use crate::tls::{Peer, TlsMaterial};
 
-/// Failed sign-ins one address may make per window before it is refused outright.
+/// Failed sign-ins one address may make per window; after that its failures are answered 429
+/// (a valid credential from it still passes).
 const MAX_FAILURES: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -365,12 +367,19 @@ async fn authenticate(
         Peer::Tls { addr, client_cert } => (addr, client_cert),
     };
     let ip = addr.ip();
-    if sec.blocked(ip) {
-        return Err(ApiError::new(
-            ErrorCode::TooManyRequests,
-            format!("too many failed sign-ins from {ip}; wait a minute and try again"),
-        ));
-    }
+    // A blocked address still has its credentials checked: a valid one passes, so that users
+    // sharing an address (a NAT, a jump host) with someone failing are never locked out.
+    // Secrets are 256-bit random, so the limit is not what stops guessing; it keeps a failing
+    // client's noise down (429 without counting further).
+    let blocked = sec.blocked(ip);
+    let refuse = |e: ApiError| {
+        if blocked {
+            too_many_failures(ip)
+        } else {
+            sec.failed(ip);
+            e
+        }
+    };
     let store = sec.ctx.store.as_ref();
     let result = match (bearer, client_cert) {
         (Some(token), _) => crate::identities::authenticate_token(store, &sec.auth_cache, token)
@@ -380,10 +389,9 @@ async fn authenticate(
             .await
             .map(|id| (id, "certificate")),
         (None, None) => {
-            sec.failed(ip);
-            return Err(unauthenticated(
+            return Err(refuse(unauthenticated(
                 "no credentials: send a bearer token or a client certificate",
-            ));
+            )));
         }
     };
     match result {
@@ -394,11 +402,18 @@ async fn authenticate(
         }),
         Err(crate::identities::AuthFailure::Store(e)) => Err(e),
         Err(failure) => {
-            sec.failed(ip);
             tracing::info!(%addr, reason = %failure, "sign-in refused");
-            Err(unauthenticated(failure.to_string()))
+            Err(refuse(unauthenticated(failure.to_string())))
         }
     }
+}
+
+fn too_many_failures(ip: IpAddr) -> ApiError {
+    ApiError::new(
+        ErrorCode::TooManyRequests,
+        format!("too many failed sign-ins from {ip}; wait a minute and try again"),
+    )
+    .with_hint("a valid token or client certificate is still accepted from this address")
 }
 
 /// Checks the route's permission; returns the request (its body re-attached if it was read
@@ -760,6 +775,7 @@ pub fn report_view(
         last_seq: report.last_seq,
         valid_checkpoints: report.valid_checkpoints,
         last_verified_checkpoint: report.last_verified_checkpoint,
+        pruned_through: report.pruned_through,
         issues: report.issues.iter().map(ToString::to_string).collect(),
         public_key: public_key.to_string(),
     }
