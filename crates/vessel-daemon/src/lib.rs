@@ -14,6 +14,7 @@ mod host_ops;
 mod http;
 mod identities;
 mod images;
+mod limits;
 mod lock;
 mod model;
 mod net_host;
@@ -22,6 +23,7 @@ mod networks_http;
 mod pools;
 mod projects;
 mod provision;
+mod refusals;
 mod sampler;
 mod security;
 mod service;
@@ -61,6 +63,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     file_modes::private_umask();
+    raise_fd_limit();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -154,6 +157,7 @@ async fn serve(
             remote.listener,
             remote.config,
             router.clone(),
+            remote.limits,
             rx.clone(),
         ));
     }
@@ -173,6 +177,25 @@ async fn serve(
     tokio::select! {
         result = graceful => if let Err(e) = result { tracing::error!(error = %e, "API server failed") },
         _ = deadline => tracing::info!("closing remaining API connections"),
+    }
+}
+
+/// Raises the soft limit of open files to the hard one (at most 65536): the TLS listener may
+/// hold about a thousand connections (`limits.rs`), besides every VM's sockets and disks.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            let wanted = limit.rlim_max.min(65_536);
+            if limit.rlim_cur < wanted {
+                limit.rlim_cur = wanted;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
     }
 }
 
