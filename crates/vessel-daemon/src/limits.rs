@@ -278,6 +278,24 @@ mod tests {
         assert_eq!(limits.counts(), (0, 0));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_held_stream_ends_after_its_lifetime_and_gives_its_slot_back() {
+        use http_body_util::BodyExt as _;
+        let limits = Arc::new(Limits::default());
+        let never = axum::body::Body::from_stream(futures::stream::pending::<
+            Result<axum::body::Bytes, std::io::Error>,
+        >());
+        let body = HeldStream::new(never, limits.stream("bob").unwrap());
+        let started = tokio::time::Instant::now();
+        let collected = body.collect().await.unwrap();
+        assert!(collected.to_bytes().is_empty());
+        assert_eq!(started.elapsed(), MAX_STREAM_LIFE);
+        let all: Vec<StreamSlot> = (0..MAX_STREAMS_PER_IDENTITY)
+            .map(|_| limits.stream("bob").unwrap())
+            .collect();
+        assert_eq!(all.len(), MAX_STREAMS_PER_IDENTITY);
+    }
+
     #[test]
     fn an_identity_is_limited_in_connections_and_streams_others_are_not() {
         let limits = Arc::new(Limits::default());
