@@ -230,20 +230,30 @@ impl Checkpoint {
     /// The signed bytes. The log id is included so a checkpoint cannot be moved to another log
     /// signed by the same key; the time is not, it is only informative.
     pub fn signed_message(log_id: &[u8; 16], seq: u64, hash: &Hash) -> Vec<u8> {
-        let mut m = b"vessel-audit-checkpoint-v1\0".to_vec();
-        m.extend_from_slice(log_id);
-        m.extend_from_slice(&seq.to_be_bytes());
-        m.extend_from_slice(hash);
-        m
+        seq_hash_message(b"vessel-audit-checkpoint-v1\0", log_id, seq, hash)
     }
 
     /// Whether `public_key` signed this checkpoint for the log `log_id`.
     pub fn signature_is_valid(&self, log_id: &[u8; 16], public_key: &VerifyingKey) -> bool {
         let message = Self::signed_message(log_id, self.seq, &self.hash);
-        public_key
-            .verify(&message, &Signature::from_bytes(&self.signature))
-            .is_ok()
+        signed_by(public_key, &message, &self.signature)
     }
+}
+
+/// The bytes of a signed statement about record `seq` (with hash `hash`) of log `log_id`; `tag`
+/// says which statement it is, so that one kind cannot be passed off as another.
+fn seq_hash_message(tag: &[u8], log_id: &[u8; 16], seq: u64, hash: &Hash) -> Vec<u8> {
+    let mut m = tag.to_vec();
+    m.extend_from_slice(log_id);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+fn signed_by(public_key: &VerifyingKey, message: &[u8], signature: &[u8; 64]) -> bool {
+    public_key
+        .verify(message, &Signature::from_bytes(signature))
+        .is_ok()
 }
 
 /// A signed statement "records 1 to `seq` of log `log_id` were pruned; record `seq` had hash
@@ -265,22 +275,13 @@ impl Pruned {
     /// The signed bytes: another domain tag than a checkpoint's, so that a checkpoint's signature
     /// cannot be passed off as permission to prune.
     pub fn signed_message(log_id: &[u8; 16], seq: u64, hash: &Hash) -> Vec<u8> {
-        let mut m = b"vessel-audit-pruned-v1\0".to_vec();
-        m.extend_from_slice(log_id);
-        m.extend_from_slice(&seq.to_be_bytes());
-        m.extend_from_slice(hash);
-        m
+        seq_hash_message(b"vessel-audit-pruned-v1\0", log_id, seq, hash)
     }
 
     /// Whether `public_key` signed this statement for the log `log_id`.
     pub fn signature_is_valid(&self, log_id: &[u8; 16], public_key: &VerifyingKey) -> bool {
-        key_id(public_key) == self.key_id
-            && public_key
-                .verify(
-                    &Self::signed_message(log_id, self.seq, &self.hash),
-                    &Signature::from_bytes(&self.signature),
-                )
-                .is_ok()
+        let message = Self::signed_message(log_id, self.seq, &self.hash);
+        key_id(public_key) == self.key_id && signed_by(public_key, &message, &self.signature)
     }
 }
 

@@ -139,19 +139,19 @@ impl AuditLog {
 
     /// Appends one entry; returns its seq once the store has committed it.
     pub async fn append(&self, entry: AuditEntry) -> Result<u64, AuditError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Append(entry, reply))
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        answer.await.map_err(|_| AuditError::Closed)?
+        self.ask(|reply| Request::Append(entry, reply)).await
     }
 
     /// Signs the newest record now (with whatever is queued before it); `None` for an empty log.
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        self.ask(Request::Checkpoint).await
+    }
+
+    /// Sends the writer a request and waits for its answer.
+    async fn ask<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, AuditError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::Checkpoint(reply))
+            .send(request(reply))
             .await
             .map_err(|_| AuditError::Closed)?;
         answer.await.map_err(|_| AuditError::Closed)?
@@ -177,12 +177,7 @@ impl AuditLog {
         if cut <= pruned {
             return Ok(0);
         }
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Prune(cut, reply))
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        answer.await.map_err(|_| AuditError::Closed)?
+        self.ask(|reply| Request::Prune(cut, reply)).await
     }
 
     /// Records matching `filter` (see [`crate::list`]).

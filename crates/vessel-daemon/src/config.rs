@@ -201,17 +201,19 @@ mod tests {
         assert_eq!(config.accelerator, "auto");
     }
 
-    #[test]
-    fn qemu_uid_base_sets_the_range_and_zero_turns_separate_users_off() {
+    /// The configuration of a file holding `text`.
+    fn load(text: &str) -> anyhow::Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vessel.toml");
-        let load = |text: &str| {
-            std::fs::write(&file, text).unwrap();
-            Config::load(&DaemonArgs {
-                config: Some(file.clone()),
-                ..Default::default()
-            })
-        };
+        std::fs::write(&file, text).unwrap();
+        Config::load(&DaemonArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn qemu_uid_base_sets_the_range_and_zero_turns_separate_users_off() {
         let default = load("").unwrap();
         assert_eq!(
             default.qemu_uids.map(|r| r.base()),
@@ -226,15 +228,6 @@ mod tests {
 
     #[test]
     fn audit_retention_comes_from_the_file_and_zero_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("vessel.toml");
-        let load = |text: &str| {
-            std::fs::write(&file, text).unwrap();
-            Config::load(&DaemonArgs {
-                config: Some(file.clone()),
-                ..Default::default()
-            })
-        };
         assert!(load("").unwrap().audit_retention.keeps_everything());
         let kept = load("audit_keep_days = 90\naudit_keep_records = 5000\n").unwrap();
         assert_eq!(kept.audit_retention.keep_days, Some(90));
@@ -245,14 +238,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_in_the_file_are_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("vessel.toml");
-        std::fs::write(&file, "data_dri = \"/srv/a\"\n").unwrap();
-        let err = Config::load(&DaemonArgs {
-            config: Some(file),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let err = load("data_dri = \"/srv/a\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

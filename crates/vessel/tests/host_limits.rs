@@ -128,14 +128,7 @@ async fn refusals_are_recorded_compactly_and_pruning_keeps_the_log_verifiable() 
         assert!(status == 401 || status == 429, "{status}");
     }
     let grown = db_bytes(&data).saturating_sub(before);
-    let refusals = r
-        .root()
-        .list_audit(&vessel_cli::AuditQuery {
-            identity: Some("-".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let refusals = r.audit_of(Some("-")).await;
     assert_eq!(refusals.len(), 20, "{refusals:?}");
     assert!(
         refusals
@@ -157,11 +150,7 @@ async fn refusals_are_recorded_compactly_and_pruning_keeps_the_log_verifiable() 
         config.to_string_lossy().into_owned(),
     ]);
     r.daemon.spawn();
-    let kept = r
-        .root()
-        .list_audit(&vessel_cli::AuditQuery::default())
-        .await
-        .unwrap();
+    let kept = r.audit_of(None).await;
     assert_eq!(kept.len(), 5, "{kept:?}");
     let summary = kept
         .iter()
@@ -390,14 +379,7 @@ async fn control_characters_are_refused_in_names_and_escaped_in_tables() {
     assert!(!out.contains('\u{1b}'), "{out:?}");
     assert!(out.contains("/v1/vms/evil\\n\\u{1b}[31mroot"), "{out}");
     // One line per record, plus the header: the newline did not forge a row.
-    let records = r
-        .root()
-        .list_audit(&vessel_cli::AuditQuery {
-            identity: Some("alice".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let records = r.audit_of(Some("alice")).await;
     assert!(records.iter().any(|rec| rec.target.contains(forged)));
     assert_eq!(out.lines().count(), records.len() + 1, "{out}");
 }
