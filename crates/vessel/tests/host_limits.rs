@@ -346,6 +346,33 @@ async fn control_characters_are_refused_in_names_and_escaped_in_tables() {
         message.contains("VM name") && !message.contains('\u{1b}') && !message.contains('\n'),
         "{message:?}"
     );
+    // The other names a tenant or an admin gives, each refused the same way.
+    let admin = r.user("hostadmin", vec![grant("*", Role::Admin)]).await;
+    let creates = [
+        (
+            "/v1/pools/default/volumes",
+            serde_json::json!({"name": forged, "size_bytes": 1 << 20}),
+        ),
+        (
+            "/v1/networks",
+            serde_json::json!({"name": forged, "kind": "user"}),
+        ),
+        ("/v1/projects", serde_json::json!({"name": forged})),
+        (
+            "/v1/users",
+            serde_json::json!({"name": forged, "grants": []}),
+        ),
+    ];
+    for (path, body) in creates {
+        let (status, answer) = r.raw(Some(&admin), "POST", path, &body.to_string()).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        let message: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let message = message["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("name") && !message.chars().any(char::is_control),
+            "{path}: {message:?}"
+        );
+    }
     let token = serde_json::json!({"user": "alice", "description": "ci\n\u{1b}[2J"}).to_string();
     let (status, answer) = r.raw(Some(&alice), "POST", "/v1/tokens", &token).await;
     assert!(status == 400 || status == 403, "{status} {answer}");
