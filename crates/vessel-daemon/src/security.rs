@@ -3,8 +3,9 @@
 //!
 //! 1. Who: the unix socket is the built-in `root` (admin everywhere). A TLS client shows a
 //!    bearer token (`Authorization: Bearer vsl_...`) or a client certificate issued by the
-//!    daemon's CA. Anything else is 401. Repeated failures from one address are 429 for a while; a valid
-//!    credential from that address still passes.
+//!    daemon's CA. Anything else is 401. Repeated failures from one address are 429 for a
+//!    while; a valid credential from that address still passes. Over TLS, a connection counts
+//!    for the identity of its first request, and streams are held per identity (`limits.rs`).
 //! 2. May they: the route's row in [`vessel_auth::ROUTES`] names the permission and where the
 //!    project comes from (the VM, the image, the body's `project`, the host). No row: denied
 //!    (except for host admins, root included, whose requests fall through to the router's own
@@ -13,7 +14,8 @@
 //! 3. Audit: every mutating request (after it ran, with its result) and every denied one
 //!    (401, 403, 429; reads refused as malformed, 400 and 413) is appended to the hash-chained
 //!    audit log before the answer goes out. A 4xx is recorded as `denied: ...`, a 5xx as
-//!    `error: ...`.
+//!    `error: ...`. Refusals are recorded compactly: fields clipped, and past a share per
+//!    address and minute only counted, then summarized in one record (`refusals.rs`).
 //!
 //! Lists of VMs, images and volumes are filtered to the caller's projects here, from the
 //! handler's JSON.
