@@ -132,6 +132,10 @@ pub struct AuditVerifyReport {
     pub last_seq: u64,
     pub valid_checkpoints: u64,
     pub last_verified_checkpoint: u64,
+    /// Records up to this seq were pruned by the retention policy (0: none), as a signed
+    /// statement in the log says; the retained chain starts after it.
+    #[serde(default)]
+    pub pruned_through: u64,
     /// What is wrong, one line per problem, naming the record; empty for an intact log.
     pub issues: Vec<String>,
     /// The Ed25519 public key that verifies the checkpoints, hex.

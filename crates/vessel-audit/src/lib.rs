@@ -13,9 +13,16 @@
 //! - [`verify`] is a pure function over records and checkpoints that says record by record what is
 //!   wrong ([`Issue`]); [`verify_store`] reads a store (also a copy of a data dir) and calls it.
 //!
+//! - Retention ([`AuditLog::prune`] with a [`Retention`]): the oldest records (and the checkpoints
+//!   among them) are deleted, and a signed [`Pruned`] statement names the last one removed and its
+//!   hash. Verification then starts the chain there: the first retained record must link to that
+//!   hash, so deleting more of the oldest records, or putting back an older statement, shows as a
+//!   deletion, and a forged statement fails its signature.
+//!
 //! Store layout: `audit/header` ([`Header`]), `audit/head` (newest seq and hash, the CAS point),
 //! `audit/records/<seq:020>` ([`AuditRecord`] as JSON), `audit/checkpoints/<seq:020>`
-//! ([`Checkpoint`] as JSON). Seqs start at 1.
+//! ([`Checkpoint`] as JSON), `audit/pruned` ([`Pruned`], once something was pruned). Seqs start
+//! at 1.
 
 mod hex;
 mod key;
@@ -28,9 +35,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use key::{key_id, parse_public_key, AuditKey};
-pub use log::{AuditLog, AuditOptions};
+pub use log::{AuditLog, AuditOptions, Retention};
 pub use query::{list, ListFilter};
-pub use verify::{verify, verify_store, Issue, VerifyReport};
+pub use verify::{verify, verify_retained, verify_store, Issue, VerifyReport};
 
 /// A 32-byte SHA-256 hash.
 pub type Hash = [u8; 32];
@@ -39,6 +46,7 @@ pub const HEADER_KEY: &str = "audit/header";
 pub const HEAD_KEY: &str = "audit/head";
 pub const RECORDS_PREFIX: &str = "audit/records/";
 pub const CHECKPOINTS_PREFIX: &str = "audit/checkpoints/";
+pub const PRUNED_KEY: &str = "audit/pruned";
 
 /// The key of record `seq`; zero-padded so that key order is seq order.
 pub fn record_key(seq: u64) -> String {
@@ -222,19 +230,58 @@ impl Checkpoint {
     /// The signed bytes. The log id is included so a checkpoint cannot be moved to another log
     /// signed by the same key; the time is not, it is only informative.
     pub fn signed_message(log_id: &[u8; 16], seq: u64, hash: &Hash) -> Vec<u8> {
-        let mut m = b"vessel-audit-checkpoint-v1\0".to_vec();
-        m.extend_from_slice(log_id);
-        m.extend_from_slice(&seq.to_be_bytes());
-        m.extend_from_slice(hash);
-        m
+        seq_hash_message(b"vessel-audit-checkpoint-v1\0", log_id, seq, hash)
     }
 
     /// Whether `public_key` signed this checkpoint for the log `log_id`.
     pub fn signature_is_valid(&self, log_id: &[u8; 16], public_key: &VerifyingKey) -> bool {
         let message = Self::signed_message(log_id, self.seq, &self.hash);
-        public_key
-            .verify(&message, &Signature::from_bytes(&self.signature))
-            .is_ok()
+        signed_by(public_key, &message, &self.signature)
+    }
+}
+
+/// The bytes of a signed statement about record `seq` (with hash `hash`) of log `log_id`; `tag`
+/// says which statement it is, so that one kind cannot be passed off as another.
+fn seq_hash_message(tag: &[u8], log_id: &[u8; 16], seq: u64, hash: &Hash) -> Vec<u8> {
+    let mut m = tag.to_vec();
+    m.extend_from_slice(log_id);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+fn signed_by(public_key: &VerifyingKey, message: &[u8], signature: &[u8; 64]) -> bool {
+    public_key
+        .verify(message, &Signature::from_bytes(signature))
+        .is_ok()
+}
+
+/// A signed statement "records 1 to `seq` of log `log_id` were pruned; record `seq` had hash
+/// `hash`": where the retained chain starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pruned {
+    pub seq: u64,
+    #[serde(with = "hex::serde32")]
+    pub hash: Hash,
+    /// When the pruning was done (informative, not signed).
+    pub at_ms: u64,
+    pub key_id: String,
+    #[serde(with = "hex::serde64")]
+    pub signature: [u8; 64],
+}
+
+impl Pruned {
+    /// The signed bytes: another domain tag than a checkpoint's, so that a checkpoint's signature
+    /// cannot be passed off as permission to prune.
+    pub fn signed_message(log_id: &[u8; 16], seq: u64, hash: &Hash) -> Vec<u8> {
+        seq_hash_message(b"vessel-audit-pruned-v1\0", log_id, seq, hash)
+    }
+
+    /// Whether `public_key` signed this statement for the log `log_id`.
+    pub fn signature_is_valid(&self, log_id: &[u8; 16], public_key: &VerifyingKey) -> bool {
+        let message = Self::signed_message(log_id, self.seq, &self.hash);
+        key_id(public_key) == self.key_id && signed_by(public_key, &message, &self.signature)
     }
 }
 

@@ -9,7 +9,7 @@ use vessel_store::{Compare, Op, Store, StoreError, Txn};
 
 use crate::{
     checkpoint_key, decode, encode, hex, record_key, AuditEntry, AuditError, AuditKey, AuditRecord,
-    Checkpoint, Hash, Header, HEADER_KEY, HEAD_KEY,
+    Checkpoint, Hash, Header, Pruned, CHECKPOINTS_PREFIX, HEADER_KEY, HEAD_KEY, PRUNED_KEY,
 };
 
 /// How often a log re-reads the head and retries a batch that lost a race with another writer
@@ -56,6 +56,22 @@ type Reply<T> = oneshot::Sender<Result<T, AuditError>>;
 enum Request {
     Append(AuditEntry, Reply<u64>),
     Checkpoint(Reply<Option<Checkpoint>>),
+    /// Prune every record up to this seq.
+    Prune(u64, Reply<u64>),
+}
+
+/// How much of the log to keep. Each limit that is set prunes: records older than `keep_days`,
+/// and records beyond the newest `keep_records`. `Default` keeps everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub keep_days: Option<u64>,
+    pub keep_records: Option<u64>,
+}
+
+impl Retention {
+    pub fn keeps_everything(&self) -> bool {
+        self.keep_days.is_none() && self.keep_records.is_none()
+    }
 }
 
 /// An open audit log. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -123,22 +139,45 @@ impl AuditLog {
 
     /// Appends one entry; returns its seq once the store has committed it.
     pub async fn append(&self, entry: AuditEntry) -> Result<u64, AuditError> {
+        self.ask(|reply| Request::Append(entry, reply)).await
+    }
+
+    /// Signs the newest record now (with whatever is queued before it); `None` for an empty log.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        self.ask(Request::Checkpoint).await
+    }
+
+    /// Sends the writer a request and waits for its answer.
+    async fn ask<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, AuditError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::Append(entry, reply))
+            .send(request(reply))
             .await
             .map_err(|_| AuditError::Closed)?;
         answer.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// Signs the newest record now (with whatever is queued before it); `None` for an empty log.
-    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Checkpoint(reply))
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        answer.await.map_err(|_| AuditError::Closed)?
+    /// Deletes the records (and checkpoints) `retention` does not keep, and signs where the
+    /// retained chain starts ([`crate::Pruned`]). Returns how many records were deleted.
+    pub async fn prune(&self, retention: Retention) -> Result<u64, AuditError> {
+        if retention.keeps_everything() {
+            return Ok(0);
+        }
+        let store = self.store.as_ref();
+        let (head, _) = read_head(store).await?;
+        let pruned = read_pruned(store).await?.map_or(0, |p| p.seq);
+        let mut cut = 0;
+        if let Some(keep) = retention.keep_records {
+            cut = cut.max(head.seq.saturating_sub(keep));
+        }
+        if let Some(days) = retention.keep_days {
+            let before = crate::now_ms().saturating_sub(days.saturating_mul(86_400_000));
+            cut = cut.max(last_before(store, pruned, head.seq, before).await?);
+        }
+        if cut <= pruned {
+            return Ok(0);
+        }
+        self.ask(|reply| Request::Prune(cut, reply)).await
     }
 
     /// Records matching `filter` (see [`crate::list`]).
@@ -196,6 +235,39 @@ async fn load_or_create_header(
     }
     let kv = store.get(HEADER_KEY).await?.ok_or(AuditError::NoHeader)?;
     decode(HEADER_KEY, &kv.value)
+}
+
+/// Where the retained chain starts, if anything was pruned.
+pub(crate) async fn read_pruned(store: &dyn Store) -> Result<Option<Pruned>, AuditError> {
+    match store.get(PRUNED_KEY).await? {
+        Some(kv) => Ok(Some(decode(PRUNED_KEY, &kv.value)?)),
+        None => Ok(None),
+    }
+}
+
+/// The newest seq in `(after, last]` whose record is older than `before_ms` (`after` if none).
+/// Records are stamped in seq order (give or take a group commit), so a binary search does.
+async fn last_before(
+    store: &dyn Store,
+    after: u64,
+    last: u64,
+    before_ms: u64,
+) -> Result<u64, AuditError> {
+    let (mut lo, mut hi) = (after, last);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        let key = record_key(mid);
+        let Some(kv) = store.get(&key).await? else {
+            return Ok(lo);
+        };
+        let record: AuditRecord = decode(&key, &kv.value)?;
+        if record.at_ms < before_ms {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(lo)
 }
 
 async fn read_head(store: &dyn Store) -> Result<(Head, i64), AuditError> {
@@ -259,6 +331,7 @@ impl Writer {
         let mut entries = Vec::new();
         let mut append_replies = Vec::new();
         let mut checkpoint_replies = Vec::new();
+        let mut prunes = Vec::new();
         for request in batch {
             match request {
                 Request::Append(entry, reply) => {
@@ -266,7 +339,11 @@ impl Writer {
                     append_replies.push(reply);
                 }
                 Request::Checkpoint(reply) => checkpoint_replies.push(reply),
+                Request::Prune(cut, reply) => prunes.push((cut, reply)),
             }
+        }
+        for (cut, reply) in prunes {
+            let _ = reply.send(self.prune(cut).await);
         }
         let wants_checkpoint = !checkpoint_replies.is_empty();
         match self.commit(entries, wants_checkpoint).await {
@@ -362,6 +439,49 @@ impl Writer {
         }
         txn = txn.then(Op::Put(HEAD_KEY.into(), encode(&head)));
         (txn, head, manual)
+    }
+
+    /// Deletes records up to `cut` in transactions of at most `max_batch` records, each with the
+    /// signed statement of where the chain now starts, so that a crash between them leaves a
+    /// log that verifies.
+    async fn prune(&mut self, cut: u64) -> Result<u64, AuditError> {
+        let store = self.store.as_ref();
+        let mut done = read_pruned(store).await?.map_or(0, |p| p.seq);
+        let start = done;
+        let (checkpoint_kvs, _) = store.list(CHECKPOINTS_PREFIX).await?;
+        while done < cut.min(self.head.seq) {
+            let end = (done + self.max_batch as u64).min(cut);
+            let key = record_key(end);
+            let kv = store
+                .get(&key)
+                .await?
+                .ok_or_else(|| AuditError::Malformed {
+                    key: key.clone(),
+                    reason: "missing, so the log cannot be pruned past it".into(),
+                })?;
+            let record: AuditRecord = decode(&key, &kv.value)?;
+            let message = Pruned::signed_message(&self.log_id, end, &record.hash);
+            let marker = Pruned {
+                seq: end,
+                hash: record.hash,
+                at_ms: crate::now_ms(),
+                key_id: self.key.key_id().to_owned(),
+                signature: self.key.sign(&message),
+            };
+            let mut txn = Txn::new().then(Op::Put(PRUNED_KEY.into(), encode(&marker)));
+            for seq in done + 1..=end {
+                txn = txn.then(Op::Delete(record_key(seq)));
+            }
+            for kv in &checkpoint_kvs {
+                let seq = kv.key[CHECKPOINTS_PREFIX.len()..].parse::<u64>().ok();
+                if seq.is_some_and(|seq| seq > done && seq <= end) {
+                    txn = txn.then(Op::Delete(kv.key.clone()));
+                }
+            }
+            store.txn(txn).await?;
+            done = end;
+        }
+        Ok(done - start)
     }
 
     fn sign(&self, head: Head) -> Checkpoint {

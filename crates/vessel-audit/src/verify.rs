@@ -23,6 +23,11 @@
 //!   `MissingCheckpoint`; a checkpoint beyond the newest record means the newest records were
 //!   deleted: `Truncated`.
 //!
+//! - **Pruned**: after retention pruned the oldest records, a signed [`Pruned`] statement names
+//!   the last pruned seq and its hash; the chain is walked from there. A bad signature is
+//!   `BadPrunedSignature` (and the chain is then walked from the start, so every missing record
+//!   shows as deleted); a record at or below the pruned seq is `Inserted`.
+//!
 //! What cannot be detected from the data alone, by anyone who can write the database:
 //! - deleting the newest records after the last checkpoint (and that checkpoint's successors are
 //!   not due yet): the remaining chain is a valid shorter log. Only a head kept elsewhere catches
@@ -42,8 +47,8 @@ use ed25519_dalek::VerifyingKey;
 use vessel_store::Store;
 
 use crate::{
-    decode, key_id, AuditError, AuditRecord, Checkpoint, Hash, Header, CHECKPOINTS_PREFIX,
-    HEADER_KEY, HEAD_KEY, RECORDS_PREFIX,
+    decode, key_id, AuditError, AuditRecord, Checkpoint, Hash, Header, Pruned, CHECKPOINTS_PREFIX,
+    HEADER_KEY, HEAD_KEY, PRUNED_KEY, RECORDS_PREFIX,
 };
 
 /// One thing wrong with a log.
@@ -74,6 +79,8 @@ pub enum Issue {
     HeadAhead { head_seq: u64, last_seq: u64 },
     /// The header is not signed by the given key (log id or interval changed, or another key).
     BadHeaderSignature,
+    /// The statement of what retention pruned is not signed by the given key for this log.
+    BadPrunedSignature { seq: u64 },
     /// A stored value that does not decode.
     Unreadable { key: String },
 }
@@ -126,6 +133,10 @@ impl fmt::Display for Issue {
                  were deleted"
             ),
             Issue::BadHeaderSignature => write!(f, "the log header has a bad signature"),
+            Issue::BadPrunedSignature { seq } => write!(
+                f,
+                "the statement that records up to {seq} were pruned has a bad signature"
+            ),
             Issue::Unreadable { key } => write!(f, "{key} does not decode"),
         }
     }
@@ -145,6 +156,8 @@ pub struct VerifyReport {
     pub last_verified_checkpoint: u64,
     /// What is wrong, in seq order of discovery; empty for an intact log.
     pub issues: Vec<Issue>,
+    /// Records up to this seq were pruned by retention (0: none); the chain starts after it.
+    pub pruned_through: u64,
 }
 
 impl VerifyReport {
@@ -160,6 +173,13 @@ impl fmt::Display for VerifyReport {
             "{} records (last seq {}), {} valid checkpoints, signed up to seq {}",
             self.records, self.last_seq, self.valid_checkpoints, self.last_verified_checkpoint
         )?;
+        if self.pruned_through > 0 {
+            writeln!(
+                f,
+                "records up to {} were pruned by retention (signed)",
+                self.pruned_through
+            )?;
+        }
         if self.issues.is_empty() {
             return writeln!(f, "OK: no tampering found");
         }
@@ -178,12 +198,37 @@ pub fn verify(
     checkpoints: impl IntoIterator<Item = Checkpoint>,
     public_key: &VerifyingKey,
 ) -> VerifyReport {
-    let stored: Vec<AuditRecord> = records.into_iter().collect();
-    let mut report = VerifyReport {
-        records: stored.len() as u64,
-        last_seq: stored.iter().map(|r| r.seq).max().unwrap_or(0),
-        ..VerifyReport::default()
-    };
+    verify_retained(header, None, records, checkpoints, public_key)
+}
+
+/// [`verify`] of a log whose oldest records retention may have pruned (`pruned`: the signed
+/// statement of where the retained chain starts).
+pub fn verify_retained(
+    header: &Header,
+    pruned: Option<&Pruned>,
+    records: impl IntoIterator<Item = AuditRecord>,
+    checkpoints: impl IntoIterator<Item = Checkpoint>,
+    public_key: &VerifyingKey,
+) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    let mut start = (0, header.genesis());
+    match pruned {
+        Some(p) if p.signature_is_valid(&header.log_id, public_key) => {
+            start = (p.seq, p.hash);
+            report.pruned_through = p.seq;
+        }
+        Some(p) => report.issues.push(Issue::BadPrunedSignature { seq: p.seq }),
+        None => {}
+    }
+    // Records at or below the pruned seq were deleted with the statement, in one transaction:
+    // one that is there was put there.
+    let (stored, leftover): (Vec<AuditRecord>, Vec<AuditRecord>) =
+        records.into_iter().partition(|r| r.seq > start.0);
+    report
+        .issues
+        .extend(leftover.iter().map(|r| Issue::Inserted { seq: r.seq }));
+    report.records = stored.len() as u64;
+    report.last_seq = stored.iter().map(|r| r.seq).max().unwrap_or(start.0);
     if header.key_id != key_id(public_key) || !header.signature_is_valid(public_key) {
         report.issues.push(Issue::BadHeaderSignature);
     }
@@ -194,11 +239,15 @@ pub fn verify(
     report.issues.extend(order_issues(&stored, &order));
 
     let sorted: Vec<&AuditRecord> = order.iter().map(|&i| &stored[i]).collect();
-    let genuine = walk_chain(&sorted, header.genesis(), &mut report.issues);
+    let genuine = walk_chain(&sorted, start, &mut report.issues);
 
+    // Checkpoints of pruned records have nothing left to pin.
     check_checkpoints(
         header,
-        checkpoints.into_iter().collect(),
+        checkpoints
+            .into_iter()
+            .filter(|c| c.seq > start.0)
+            .collect(),
         &genuine,
         public_key,
         &mut report,
@@ -273,12 +322,13 @@ fn longest_increasing(stored: &[AuditRecord]) -> Vec<bool> {
 /// genuine record's hash for each seq (the one the chain goes through), for the checkpoint checks.
 fn walk_chain(
     sorted: &[&AuditRecord],
-    genesis: Hash,
+    start: (u64, Hash),
     issues: &mut Vec<Issue>,
 ) -> BTreeMap<u64, Hash> {
     let groups: Vec<&[&AuditRecord]> = sorted.chunk_by(|a, b| a.seq == b.seq).collect();
     let mut genuine = BTreeMap::new();
-    let (mut tip_seq, mut tip_hash) = (0u64, genesis);
+    let (mut tip_seq, mut tip_hash) = start;
+    let first_seq = start.0;
     // Whether the tip was already reported as edited (so a recomputed-hash edit is not reported
     // twice).
     let mut tip_reported = false;
@@ -315,7 +365,7 @@ fn walk_chain(
                 missing: expected..r.seq,
             });
         } else if r.prev_hash != tip_hash && !reported {
-            if tip_seq > 0 && confirms(r) {
+            if tip_seq > first_seq && confirms(r) {
                 // r fits its successor, so the predecessor is the one that changed: it was
                 // rewritten with a recomputed hash.
                 if !tip_reported {
@@ -374,7 +424,7 @@ fn check_checkpoints(
         });
     }
     let every = header.checkpoint_every.max(1);
-    let mut seq = every;
+    let mut seq = (report.pruned_through / every + 1) * every;
     while seq <= report.last_seq {
         if !present.contains(&seq) {
             report.issues.push(Issue::MissingCheckpoint { seq });
@@ -416,7 +466,16 @@ pub async fn verify_store(
         },
         None => None,
     };
-    let mut report = verify(&header, records, checkpoints, public_key);
+    let pruned = match crate::log::read_pruned(store).await {
+        Ok(pruned) => pruned,
+        Err(_) => {
+            unreadable.push(Issue::Unreadable {
+                key: PRUNED_KEY.into(),
+            });
+            None
+        }
+    };
+    let mut report = verify_retained(&header, pruned.as_ref(), records, checkpoints, public_key);
     if let Some(head_seq) = head_seq.filter(|&h| h > report.last_seq) {
         report.issues.push(Issue::HeadAhead {
             head_seq,

@@ -589,3 +589,117 @@ async fn list_values<T: serde::de::DeserializeOwned>(store: &SqliteStore, prefix
         .map(|kv| serde_json::from_slice(&kv.value).unwrap())
         .collect()
 }
+
+/// Retention: pruning by count and by age keeps a log that verifies from its retained part, and
+/// tampering with what is retained (or with the pruning statement) is still found.
+#[tokio::test]
+async fn pruned_log_verifies_from_its_retained_part_and_tampering_is_still_found() {
+    use vessel_audit::{Pruned, Retention, PRUNED_KEY};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vessel.db")).unwrap();
+    let key = AuditKey::generate().unwrap();
+    let public = key.public_key();
+    let log = AuditLog::open(
+        Arc::new(store.clone()),
+        key,
+        AuditOptions {
+            checkpoint_every: 10,
+            max_batch: 16,
+            ..AuditOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    // 1..=60 are old (entry() stamps 2023); 61..=100 are stamped now.
+    for i in 1..=60 {
+        log.append(entry(i)).await.unwrap();
+    }
+    for i in 61..=100 {
+        log.append(AuditEntry::now(
+            "alice",
+            "unix",
+            "vm.start",
+            format!("vm/{i}"),
+            "ok",
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(log.prune(Retention::default()).await.unwrap(), 0);
+    // Keep the newest 70: 1..=30 go, in two transactions of at most 16.
+    let pruned = log
+        .prune(Retention {
+            keep_records: Some(70),
+            keep_days: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned, 30);
+    let f = Fixture {
+        _dir: dir,
+        db: PathBuf::new(),
+        store,
+        public,
+    };
+    let report = f.report().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(
+        (report.records, report.last_seq, report.pruned_through),
+        (70, 100, 30)
+    );
+    assert!(f.store.get(&record_key(30)).await.unwrap().is_none());
+    assert!(f.store.get(&checkpoint_key(30)).await.unwrap().is_none());
+    assert!(f.store.get(&checkpoint_key(40)).await.unwrap().is_some());
+    // By age: everything stamped in 2023 (up to 60) goes, what was stamped now stays.
+    let pruned = log
+        .prune(Retention {
+            keep_days: Some(30),
+            keep_records: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned, 30);
+    let report = f.report().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!((report.records, report.pruned_through), (40, 60));
+    log.checkpoint().await.unwrap();
+
+    // A retained record edited: found.
+    let original = f.record(75).await;
+    let mut edited = original.clone();
+    edited.identity = "mallory".into();
+    f.put_json(&record_key(75), &edited).await;
+    assert_eq!(f.report().await.issues, vec![Issue::Edited { seq: 75 }]);
+    f.put_json(&record_key(75), &original).await;
+    assert!(f.report().await.is_clean());
+    // The oldest retained records deleted as if pruned: a gap after the signed start.
+    let first = f.record(61).await;
+    f.store.delete(&record_key(61)).await.unwrap();
+    assert_eq!(
+        f.report().await.issues,
+        vec![Issue::Deleted {
+            after_seq: 60,
+            missing: 61..62
+        }]
+    );
+    f.put_json(&record_key(61), &first).await;
+    // The statement moved on (to hide that 61 was deleted): its signature fails.
+    let kv = f.store.get(PRUNED_KEY).await.unwrap().unwrap();
+    let mut statement: Pruned = serde_json::from_slice(&kv.value).unwrap();
+    let genuine = statement.clone();
+    statement.seq = 61;
+    statement.hash = first.hash;
+    f.put_json(PRUNED_KEY, &statement).await;
+    let issues = f.report().await.issues;
+    assert!(
+        issues.contains(&Issue::BadPrunedSignature { seq: 61 }),
+        "{issues:?}"
+    );
+    f.put_json(PRUNED_KEY, &genuine).await;
+    // A forged record below the start: inserted.
+    let mut forged = f.record(75).await;
+    forged.seq = 5;
+    f.put_json(&record_key(5), &forged).await;
+    assert_eq!(f.report().await.issues, vec![Issue::Inserted { seq: 5 }]);
+    let _ = f.db;
+}

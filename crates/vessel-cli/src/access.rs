@@ -242,7 +242,7 @@ pub(crate) async fn run_user(command: UserCommand, ctx: &Context) -> Result<Exit
                         u.certificates.len().to_string(),
                     ]);
                 }
-                format!("{table}\n")
+                output::render(&table)
             })?;
         }
         UserCommand::Show(args) => {
@@ -338,7 +338,7 @@ pub(crate) async fn run_token(command: TokenCommand, ctx: &Context) -> Result<Ex
                         t.description.clone(),
                     ]);
                 }
-                format!("{table}\n")
+                output::render(&table)
             })?;
         }
         TokenCommand::Create(args) => {
@@ -394,7 +394,7 @@ fn project_table(projects: &[vessel_api::Project]) -> String {
             format!("{}/{}", u.networks, limit(q.networks)),
         ]);
     }
-    format!("{table}\n(used/limit; - is unlimited)\n")
+    format!("{}(used/limit; - is unlimited)\n", output::render(&table))
 }
 
 pub(crate) async fn run_project(
@@ -457,7 +457,7 @@ pub(crate) async fn run_audit(command: AuditCommand, ctx: &Context) -> Result<Ex
                         r.result.clone(),
                     ]);
                 }
-                format!("{table}\n")
+                output::render(&table)
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -471,6 +471,12 @@ pub(crate) async fn run_audit(command: AuditCommand, ctx: &Context) -> Result<Ex
                     "{} records, last seq {}, {} valid checkpoints, signed up to {}\n",
                     r.records, r.last_seq, r.valid_checkpoints, r.last_verified_checkpoint
                 );
+                if r.pruned_through > 0 {
+                    text.push_str(&format!(
+                        "records up to {} were pruned by the retention policy (signed)\n",
+                        r.pruned_through
+                    ));
+                }
                 if r.issues.is_empty() {
                     text.push_str("the audit log is intact\n");
                 }
@@ -533,6 +539,7 @@ async fn verify_offline(
         last_seq: report.last_seq,
         valid_checkpoints: report.valid_checkpoints,
         last_verified_checkpoint: report.last_verified_checkpoint,
+        pruned_through: report.pruned_through,
         issues: report.issues.iter().map(ToString::to_string).collect(),
         public_key: key_text.trim().to_string(),
     })

@@ -40,7 +40,19 @@ pub(crate) fn plain_table(header: Option<&[&str]>) -> Table {
     table
 }
 
-pub(crate) fn finish(mut table: Table) -> String {
+/// A table's text with the columns packed, control characters escaped (see [`escape`]).
+pub(crate) fn finish(table: Table) -> String {
+    finish_aligned(table, &[])
+}
+
+/// [`finish`], with the columns `right` aligned right (numbers).
+pub(crate) fn finish_aligned(table: Table, right: &[usize]) -> String {
+    let mut table = escaped(&table);
+    for &index in right {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
     let columns = table.column_count();
     for (index, column) in table.column_iter_mut().enumerate() {
         let right = if index + 1 == columns { 0 } else { 3 };
@@ -50,6 +62,53 @@ pub(crate) fn finish(mut table: Table) -> String {
     let mut text = table.trim_fmt();
     text.push('\n');
     text
+}
+
+/// A table as comfy-table draws it, with control characters escaped: for tables that keep
+/// comfy-table's own spacing.
+pub(crate) fn render(table: &Table) -> String {
+    format!("{}\n", escaped(table))
+}
+
+/// A copy of `table` (a [`plain_table`]) whose cells have their control characters escaped.
+/// Names cannot hold any, but much of what tables show is text from elsewhere (audit records
+/// keep what a request sent, error messages, event texts): a newline there would forge a row,
+/// an escape sequence would rewrite the terminal.
+fn escaped(table: &Table) -> Table {
+    let cells = |row: &comfy_table::Row| -> Vec<String> {
+        row.cell_iter()
+            .map(|cell| escape(&cell.content()))
+            .collect()
+    };
+    let mut out = plain_table(None);
+    if let Some(header) = table.header() {
+        out.set_header(cells(header));
+    }
+    for row in table.row_iter() {
+        out.add_row(cells(row));
+    }
+    out
+}
+
+/// `text` with every character that could steer a terminal ([`vessel_core::is_terminal_control`])
+/// written as an escape: `\n`, `\r`, `\t`, else `\u{1b}`. A backslash stays as it is.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(vessel_core::is_terminal_control) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if vessel_core::is_terminal_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A two-column key/value table without a header.
@@ -77,12 +136,7 @@ pub fn vm_table(vms: &[Vm]) -> String {
             vm.restart_count.to_string(),
         ]);
     }
-    for index in [2, 3, 5, 6] {
-        if let Some(column) = table.column_mut(index) {
-            column.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-    finish(table)
+    finish_aligned(table, &[2, 3, 5, 6])
 }
 
 /// The observed state, with the desired one when they differ (`stopped->running`), so that a
@@ -544,8 +598,8 @@ pub fn event_line(event: &Event) -> String {
         "{}  {:<9} {:<16} {}\n",
         format_utc(event.at_ms),
         event.kind.as_str(),
-        vm,
-        event.message
+        escape(vm),
+        escape(&event.message)
     )
 }
 
@@ -571,6 +625,22 @@ pub fn guest_details(guest: &vessel_api::GuestInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_escape_control_characters_so_no_row_can_be_forged() {
+        let mut table = plain_table(Some(&["NAME", "RESULT"]));
+        table.add_row(vec![
+            "web\n1   ok\u{1b}[2J".to_string(),
+            "denied: 401\u{202e}".to_string(),
+        ]);
+        table.add_row(vec!["plain".to_string(), "tab\there\r".to_string()]);
+        let text = finish(table);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{202e}') && !text.contains('\r'));
+        assert!(text.contains("web\\n1   ok\\u{1b}[2J"), "{text}");
+        assert!(text.contains("tab\\there\\r"), "{text}");
+        assert_eq!(escape("C:\\path ok"), "C:\\path ok");
+    }
     use vessel_api::{
         CheckVerdict, DesiredState, HostCheckItem, Machine, OperationAction, RestartPolicy, VmSpec,
         VmState,

@@ -233,8 +233,7 @@ pub(crate) async fn run(command: RemoteCommand, ctx: &Context) -> Result<ExitCod
                         how,
                     ]);
                 }
-                text.push_str(&table.to_string());
-                text.push('\n');
+                text.push_str(&crate::output::render(&table));
                 text
             })?;
         }

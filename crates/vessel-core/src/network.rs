@@ -96,6 +96,38 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
+/// The address ranges no one routes on the internet: RFC 1918 and the shared address space of
+/// carrier-grade NAT (RFC 6598). A tenant may put only these behind a bridge it controls; any
+/// other prefix would make the host route someone else's addresses (or its own uplink's) to
+/// the tenant's VMs. (Subnets are IPv4 only; IPv6 subnets, when they come, get fc00::/7.)
+pub const PRIVATE_RANGES: [&str; 4] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+];
+
+/// Whether `subnet` lies wholly inside one of [`PRIVATE_RANGES`].
+pub fn is_private_subnet(subnet: Ipv4Cidr) -> bool {
+    PRIVATE_RANGES.iter().any(|range| {
+        let range: Ipv4Cidr = range.parse().expect("the private ranges parse");
+        subnet.prefix >= range.prefix && range.contains(subnet.network)
+    })
+}
+
+/// The check of a subnet asked for by someone who is not a host admin: private ranges only.
+/// A subnet that does not parse is left to [`network_from_create`] to explain.
+pub fn check_tenant_subnet(subnet: &str) -> Result<(), String> {
+    match subnet.parse::<Ipv4Cidr>() {
+        Ok(cidr) if !is_private_subnet(cidr) => Err(format!(
+            "subnet {cidr} is not a private range ({}); only a host admin may route other \
+             prefixes into a bridge",
+            PRIVATE_RANGES.join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The bridge Vessel makes for a `managed` or `vxlan` network.
 pub fn bridge_name(network: &str) -> String {
     format!("vb-{network}")
@@ -695,6 +727,35 @@ mod tests {
             vni: Some(vni),
             peers: vec!["192.168.77.2".into()],
             ..managed(name, "10.0.0.0/24")
+        }
+    }
+
+    #[test]
+    fn tenant_subnets_must_be_private() {
+        for ok in [
+            "10.50.0.0/24",
+            "172.16.0.0/16",
+            "172.31.255.0/24",
+            "192.168.7.0/24",
+            "100.64.0.0/16",
+            "100.127.255.248/29",
+            "not a subnet",
+        ] {
+            assert_eq!(check_tenant_subnet(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "198.51.100.0/24",
+            "172.32.0.0/16",
+            "100.128.0.0/16",
+            "8.8.8.0/24",
+            "192.169.0.0/16",
+            "10.0.0.0/7",
+        ] {
+            let err = check_tenant_subnet(bad).unwrap_err();
+            assert!(
+                err.contains("not a private range") && err.contains("10.0.0.0/8"),
+                "{err}"
+            );
         }
     }
 

@@ -11,7 +11,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/vessel/vessel.toml";
 /// `vessel daemon` flags.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(
-    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)\n  qemu_uid_base = 1879048192    # each VM's QEMU runs as its own uid from here on (0: as the daemon's user)"
+    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)\n  qemu_uid_base = 1879048192    # each VM's QEMU runs as its own uid from here on (0: as the daemon's user)\n  audit_keep_days = 365         # prune older audit records (signed, verify still passes); default: keep all\n  audit_keep_records = 1000000  # and records beyond the newest this many"
 )]
 pub struct DaemonArgs {
     /// Where the database, VM run directories and console logs live [default: /var/lib/vessel].
@@ -48,6 +48,8 @@ struct FileConfig {
     tls_names: Option<Vec<String>>,
     socket_group: Option<String>,
     qemu_uid_base: Option<u32>,
+    audit_keep_days: Option<u64>,
+    audit_keep_records: Option<u64>,
 }
 
 /// The effective configuration.
@@ -75,6 +77,8 @@ pub struct Config {
     /// QEMU runs as the daemon's user, for hosts where switching users cannot work. A daemon
     /// that is not root never switches.
     pub qemu_uids: Option<vessel_qemu::UidRange>,
+    /// How much of the audit log to keep (pruned at start and hourly); keeps all by default.
+    pub audit_retention: vessel_audit::Retention,
 }
 
 impl Config {
@@ -96,6 +100,7 @@ impl Config {
                 vessel_qemu::UidRange::new(vessel_qemu::DEFAULT_UID_BASE)
                     .expect("the default range is valid"),
             ),
+            audit_retention: vessel_audit::Retention::default(),
         }
     }
 
@@ -145,6 +150,15 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("qemu_uid_base: {e}"))?,
             ),
         };
+        if file.audit_keep_days == Some(0) || file.audit_keep_records == Some(0) {
+            anyhow::bail!(
+                "audit_keep_days and audit_keep_records must be at least 1 (leave them out to keep the whole audit log)"
+            );
+        }
+        config.audit_retention = vessel_audit::Retention {
+            keep_days: file.audit_keep_days,
+            keep_records: file.audit_keep_records,
+        };
         if !["auto", "kvm", "tcg"].contains(&config.accelerator.as_str()) {
             anyhow::bail!(
                 "accelerator {:?} is not one of auto, kvm, tcg",
@@ -187,17 +201,19 @@ mod tests {
         assert_eq!(config.accelerator, "auto");
     }
 
-    #[test]
-    fn qemu_uid_base_sets_the_range_and_zero_turns_separate_users_off() {
+    /// The configuration of a file holding `text`.
+    fn load(text: &str) -> anyhow::Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("vessel.toml");
-        let load = |text: &str| {
-            std::fs::write(&file, text).unwrap();
-            Config::load(&DaemonArgs {
-                config: Some(file.clone()),
-                ..Default::default()
-            })
-        };
+        std::fs::write(&file, text).unwrap();
+        Config::load(&DaemonArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn qemu_uid_base_sets_the_range_and_zero_turns_separate_users_off() {
         let default = load("").unwrap();
         assert_eq!(
             default.qemu_uids.map(|r| r.base()),
@@ -211,15 +227,18 @@ mod tests {
     }
 
     #[test]
+    fn audit_retention_comes_from_the_file_and_zero_is_refused() {
+        assert!(load("").unwrap().audit_retention.keeps_everything());
+        let kept = load("audit_keep_days = 90\naudit_keep_records = 5000\n").unwrap();
+        assert_eq!(kept.audit_retention.keep_days, Some(90));
+        assert_eq!(kept.audit_retention.keep_records, Some(5000));
+        let err = load("audit_keep_records = 0\n").unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("vessel.toml");
-        std::fs::write(&file, "data_dri = \"/srv/a\"\n").unwrap();
-        let err = Config::load(&DaemonArgs {
-            config: Some(file),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let err = load("data_dri = \"/srv/a\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

@@ -107,7 +107,12 @@ pub async fn console_attach(
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
         .ok_or_else(|| HttpError(ApiError::internal("this connection cannot be upgraded")))?;
+    // Over TLS, the session holds a stream slot of its identity until it ends.
+    let slot = req
+        .extensions_mut()
+        .remove::<std::sync::Arc<crate::limits::StreamSlot>>();
     tokio::spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::warn!(error = %e, "console upgrade failed"),

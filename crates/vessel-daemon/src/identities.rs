@@ -468,6 +468,8 @@ async fn create_token(
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> ApiResult<Response> {
     check_grants(&req.scope)?;
+    vessel_core::validate_text("the token description", &req.description, 256)
+        .map_err(ApiError::invalid)?;
     let token = Token::generate().map_err(|e| ApiError::internal(e.to_string()))?;
     let now = now_ms();
     let record = TokenRecord {

@@ -8,11 +8,13 @@ mod console_http;
 mod controller;
 mod ctx;
 mod events_http;
+mod file_modes;
 mod guest;
 mod host_ops;
 mod http;
 mod identities;
 mod images;
+mod limits;
 mod lock;
 mod model;
 mod net_host;
@@ -21,6 +23,7 @@ mod networks_http;
 mod pools;
 mod projects;
 mod provision;
+mod refusals;
 mod sampler;
 mod security;
 mod service;
@@ -59,12 +62,22 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    file_modes::private_umask();
+    raise_fd_limit();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let fixed = file_modes::secure_data_dir(&config.data_dir)?;
+    if fixed > 0 {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            fixed,
+            "the data dir or files below it were readable by group or others; made them private"
+        );
+    }
     let store = SqliteStore::open(&config.data_dir.join("vessel.db"))
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let accel = choose_accelerator(&config.accelerator);
@@ -104,6 +117,7 @@ pub async fn run(
         .await?,
     );
     pools::ensure_default_pool(&ctx).await?;
+    pools::warn_open_pools(&ctx).await;
     projects::ensure_default(&ctx).await?;
     // Before any request: the disk quota counts these entries.
     volume_projects::reconcile(&ctx).await?;
@@ -143,6 +157,7 @@ async fn serve(
             remote.listener,
             remote.config,
             router.clone(),
+            remote.limits,
             rx.clone(),
         ));
     }
@@ -162,6 +177,25 @@ async fn serve(
     tokio::select! {
         result = graceful => if let Err(e) = result { tracing::error!(error = %e, "API server failed") },
         _ = deadline => tracing::info!("closing remaining API connections"),
+    }
+}
+
+/// Raises the soft limit of open files to the hard one (at most 65536): the TLS listener may
+/// hold about a thousand connections (`limits.rs`), besides every VM's sockets and disks.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            let wanted = limit.rlim_max.min(65_536);
+            if limit.rlim_cur < wanted {
+                limit.rlim_cur = wanted;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
     }
 }
 
@@ -199,12 +233,13 @@ fn host_capacity() -> HostCapacity {
 
 /// Binds the API socket (0660), refusing to steal one that another daemon serves.
 fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|dir| !dir.exists()) {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
             .create(dir)
             .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        // Explicitly, past the umask: members of socket_group must reach the socket.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

@@ -41,6 +41,23 @@ fn require_host_admin(caller: &Caller, what: &str) -> Result<(), ApiError> {
         })
 }
 
+/// The host routes a managed network's subnet to its bridge, so a tenant's subnet must be a
+/// private range (RFC 1918, CGNAT); a host admin may use any.
+fn require_private_subnet(caller: &Caller, subnet: &str) -> Result<(), ApiError> {
+    if caller
+        .identity
+        .check(Permission::HostAdmin, Scope::Host)
+        .is_ok()
+    {
+        return Ok(());
+    }
+    vessel_core::network::check_tenant_subnet(subnet).map_err(|message| {
+        ApiError::new(vessel_api::ErrorCode::PermissionDenied, message).with_hint(
+            "choose a subnet inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10, or ask a host admin",
+        )
+    })
+}
+
 #[derive(OpenApi)]
 #[openapi(paths(
     list_networks,
@@ -81,6 +98,9 @@ async fn create_network(
 ) -> ApiResult<Response> {
     if let Some(what) = touches_host(req.kind, req.uplink.is_some()) {
         require_host_admin(&caller, what)?;
+    }
+    if let Some(subnet) = &req.subnet {
+        require_private_subnet(&caller, subnet)?;
     }
     Ok((StatusCode::CREATED, Json(s.create_network(&req).await?)).into_response())
 }

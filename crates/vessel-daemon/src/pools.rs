@@ -99,6 +99,25 @@ pub(crate) async fn open_by_name(ctx: &Ctx, name: &str) -> Result<Arc<DirPool>, 
     open(ctx, &pool_record(ctx, name).await?).await
 }
 
+/// Logs every pool outside the data dir that group or others may enter (its modes are the host
+/// admin's to set; see `file_modes`).
+pub async fn warn_open_pools(ctx: &Ctx) {
+    let Ok((kvs, _)) = ctx.store.list(POOLS_PREFIX).await else {
+        return;
+    };
+    for kv in kvs {
+        let Ok(record) = decode::<PoolRecord>(&kv.key, &kv.value) else {
+            continue;
+        };
+        if record.path.starts_with(&ctx.config.data_dir) {
+            continue;
+        }
+        if let Some(problem) = crate::file_modes::pool_dir_problem(&record.path) {
+            tracing::warn!(pool = %record.name, "{problem}");
+        }
+    }
+}
+
 /// The API view: the record plus the pool's space and volume count, read now.
 async fn view(pool: &DirPool, record: &PoolRecord) -> Result<Pool, ApiError> {
     let usage = pool
@@ -217,6 +236,9 @@ impl Service {
             _ => {}
         }
         let created_dir = !path.exists();
+        if let Some(problem) = crate::file_modes::pool_dir_problem(&path) {
+            tracing::warn!(pool = %request.name, "{problem}");
+        }
         let record = PoolRecord {
             name: request.name.clone(),
             kind: request.kind,

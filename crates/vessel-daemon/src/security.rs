@@ -3,7 +3,9 @@
 //!
 //! 1. Who: the unix socket is the built-in `root` (admin everywhere). A TLS client shows a
 //!    bearer token (`Authorization: Bearer vsl_...`) or a client certificate issued by the
-//!    daemon's CA. Anything else is 401. Repeated failures from one address are 429 for a while.
+//!    daemon's CA. Anything else is 401. Repeated failures from one address are 429 for a
+//!    while; a valid credential from that address still passes. Over TLS, a connection counts
+//!    for the identity of its first request, and streams are held per identity (`limits.rs`).
 //! 2. May they: the route's row in [`vessel_auth::ROUTES`] names the permission and where the
 //!    project comes from (the VM, the image, the body's `project`, the host). No row: denied
 //!    (except for host admins, root included, whose requests fall through to the router's own
@@ -12,7 +14,8 @@
 //! 3. Audit: every mutating request (after it ran, with its result) and every denied one
 //!    (401, 403, 429; reads refused as malformed, 400 and 413) is appended to the hash-chained
 //!    audit log before the answer goes out. A 4xx is recorded as `denied: ...`, a 5xx as
-//!    `error: ...`.
+//!    `error: ...`. Refusals are recorded compactly: fields clipped, and past a share per
+//!    address and minute only counted, then summarized in one record (`refusals.rs`).
 //!
 //! Lists of VMs, images and volumes are filtered to the caller's projects here, from the
 //! handler's JSON.
@@ -38,7 +41,8 @@ use crate::ctx::Ctx;
 use crate::http::HttpError;
 use crate::tls::{Peer, TlsMaterial};
 
-/// Failed sign-ins one address may make per window before it is refused outright.
+/// Failed sign-ins one address may make per window; after that its failures are answered 429
+/// (a valid credential from it still passes).
 const MAX_FAILURES: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -49,6 +53,9 @@ pub struct Security {
     pub tls: Option<TlsMaterial>,
     pub auth_cache: crate::identities::AuthCache,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    refusals: Mutex<crate::refusals::Refusals>,
+    /// Connections and held streams per address and identity (the TLS listener's limits).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl Security {
@@ -59,6 +66,8 @@ impl Security {
             tls,
             auth_cache: Default::default(),
             failures: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(Default::default()),
+            limits: Default::default(),
         }
     }
 
@@ -107,7 +116,50 @@ pub async fn open(ctx: Arc<Ctx>, config: &crate::Config) -> anyhow::Result<Arc<S
         )?),
         None => None,
     };
-    Ok(Arc::new(Security::new(ctx, audit, tls)))
+    let sec = Arc::new(Security::new(ctx, audit, tls));
+    sec.prune_audit(config.audit_retention).await;
+    tokio::spawn(housekeeping(Arc::downgrade(&sec), config.audit_retention));
+    Ok(sec)
+}
+
+/// Once a minute: the summaries of refusals that were counted instead of recorded; once an
+/// hour: audit retention. Ends with the daemon.
+async fn housekeeping(sec: std::sync::Weak<Security>, retention: vessel_audit::Retention) {
+    let mut tick = tokio::time::interval(crate::refusals::WINDOW);
+    tick.tick().await;
+    for round in 1u64.. {
+        tick.tick().await;
+        let Some(sec) = sec.upgrade() else { return };
+        sec.flush_refusals(false).await;
+        if round % 60 == 0 {
+            sec.prune_audit(retention).await;
+        }
+    }
+}
+
+impl Security {
+    /// Applies the audit retention policy; a failure is logged (the log stays whole).
+    async fn prune_audit(&self, retention: vessel_audit::Retention) {
+        match self.audit.prune(retention).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "audit retention pruned the oldest records"),
+            Err(e) => tracing::warn!(error = %e, "could not apply the audit retention policy"),
+        }
+    }
+
+    /// Appends the summaries of refusal windows that have ended (all of them with `all`).
+    async fn flush_refusals(&self, all: bool) {
+        let summaries = self.refusals.lock().expect("refusals lock").flush(all);
+        for entry in summaries {
+            self.append_audit(entry).await;
+        }
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) {
+        if let Err(e) = self.audit.append(entry).await {
+            tracing::error!(error = %e, "could not append to the audit log");
+        }
+    }
 }
 
 /// Gives the unix socket (mode 0660) to `group`, so that its members may use it.
@@ -149,6 +201,7 @@ pub fn set_socket_group(path: &std::path::Path, group: &str) -> anyhow::Result<(
 pub struct Remote {
     pub listener: tokio::net::TcpListener,
     pub config: Arc<rustls::ServerConfig>,
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// Binds the remote API's address, if it is on.
@@ -168,6 +221,7 @@ pub async fn bind_remote(config: &crate::Config, sec: &Security) -> anyhow::Resu
     Ok(Some(Remote {
         listener,
         config: Arc::clone(&tls.server_config),
+        limits: Arc::clone(&sec.limits),
     }))
 }
 
@@ -193,6 +247,7 @@ pub fn extend_openapi(doc: &mut utoipa::openapi::OpenApi) {
 impl Security {
     /// Writes what is queued in the audit log and signs its newest record.
     pub async fn close(&self) {
+        self.flush_refusals(true).await;
         if let Err(e) = self.audit.checkpoint().await {
             tracing::warn!(error = %e, "could not checkpoint the audit log at shutdown");
         }
@@ -251,6 +306,15 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
             return error_response(e);
         }
     };
+    // TLS connections count for their identity from its first request (the unix socket has
+    // no such limits: it stays usable whatever remote clients do).
+    if let Some(connection) = req.extensions().get::<Arc<crate::limits::Connection>>() {
+        if let Err(message) = connection.sign_in(&caller.identity.name) {
+            let e = ApiError::new(ErrorCode::TooManyRequests, message);
+            audit.denied(&caller.identity.name, &path, &e).await;
+            return error_response(e);
+        }
+    }
     let (req, target) = match authorize(&sec, &caller, matched.as_ref(), req).await {
         Ok(ok) => ok,
         Err(e) => {
@@ -261,7 +325,25 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
     let mutating = !matches!(method, Method::GET | Method::HEAD);
     let mut req = req;
     req.extensions_mut().insert(caller.clone());
+    let mut stream = None;
+    if matches!(peer, Peer::Tls { .. }) && holds_stream(&req) {
+        match sec.limits.stream(&caller.identity.name) {
+            // A console session outlives its response: the handler keeps the slot.
+            Ok(slot) if req.headers().contains_key(header::UPGRADE) => {
+                req.extensions_mut().insert(Arc::new(slot));
+            }
+            Ok(slot) => stream = Some(slot),
+            Err(message) => {
+                let e = ApiError::new(ErrorCode::TooManyRequests, message);
+                audit.denied(&caller.identity.name, &path, &e).await;
+                return error_response(e);
+            }
+        }
+    }
     let response = next.run(req).await;
+    if let Some(slot) = stream {
+        return response.map(|body| Body::new(crate::limits::HeldStream::new(body, slot)));
+    }
     let response = match (&matched, mutating) {
         (Some(m), false) if m.route.path == "/v1/vms" => {
             filter_list(&caller, Permission::VmRead, response).await
@@ -289,6 +371,16 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
     response
 }
 
+/// Whether the request keeps its connection for a stream: `?follow=true` (events, console log)
+/// or an upgrade (the console).
+fn holds_stream(req: &Request) -> bool {
+    let follows = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| matches!(p, "follow" | "follow=true" | "follow=1"))
+    });
+    req.method() == Method::GET && (follows || req.headers().contains_key(header::UPGRADE))
+}
+
 /// The audit context of one request.
 struct Audit<'a> {
     sec: &'a Security,
@@ -297,23 +389,38 @@ struct Audit<'a> {
 }
 
 impl Audit<'_> {
+    /// A refused request: recorded, unless its address (and identity) already had its share of
+    /// records this minute; then it is only counted, and one summary record says how many.
     async fn denied(&self, identity: &str, target: &str, e: &ApiError) {
+        let admitted = self
+            .sec
+            .refusals
+            .lock()
+            .expect("refusals lock")
+            .admit(&self.source, identity);
+        let Some(summary) = admitted else {
+            return;
+        };
+        if let Some(summary) = summary {
+            self.sec.append_audit(summary).await;
+        }
         let status = e.code.http_status();
         self.record(identity, target, format!("denied: {status} {}", e.message))
             .await;
     }
 
+    /// Records what was asked and how it ended. Fields that echo the request are clipped: the
+    /// audit log keeps what happened, not whatever bytes a caller chose to send.
     async fn record(&self, identity: &str, target: &str, result: String) {
+        use crate::refusals::clip;
         let entry = AuditEntry::now(
-            identity,
+            clip(identity, 128),
             self.source.clone(),
-            self.action.clone(),
-            target,
-            result,
+            clip(&self.action, 256),
+            clip(target, 256),
+            clip(&result, 512),
         );
-        if let Err(e) = self.sec.audit.append(entry).await {
-            tracing::error!(error = %e, "could not append to the audit log");
-        }
+        self.sec.append_audit(entry).await;
     }
 }
 
@@ -365,12 +472,19 @@ async fn authenticate(
         Peer::Tls { addr, client_cert } => (addr, client_cert),
     };
     let ip = addr.ip();
-    if sec.blocked(ip) {
-        return Err(ApiError::new(
-            ErrorCode::TooManyRequests,
-            format!("too many failed sign-ins from {ip}; wait a minute and try again"),
-        ));
-    }
+    // A blocked address still has its credentials checked: a valid one passes, so that users
+    // sharing an address (a NAT, a jump host) with someone failing are never locked out.
+    // Secrets are 256-bit random, so the limit is not what stops guessing; it keeps a failing
+    // client's noise down (429 without counting further).
+    let blocked = sec.blocked(ip);
+    let refuse = |e: ApiError| {
+        if blocked {
+            too_many_failures(ip)
+        } else {
+            sec.failed(ip);
+            e
+        }
+    };
     let store = sec.ctx.store.as_ref();
     let result = match (bearer, client_cert) {
         (Some(token), _) => crate::identities::authenticate_token(store, &sec.auth_cache, token)
@@ -380,10 +494,9 @@ async fn authenticate(
             .await
             .map(|id| (id, "certificate")),
         (None, None) => {
-            sec.failed(ip);
-            return Err(unauthenticated(
+            return Err(refuse(unauthenticated(
                 "no credentials: send a bearer token or a client certificate",
-            ));
+            )));
         }
     };
     match result {
@@ -394,11 +507,18 @@ async fn authenticate(
         }),
         Err(crate::identities::AuthFailure::Store(e)) => Err(e),
         Err(failure) => {
-            sec.failed(ip);
             tracing::info!(%addr, reason = %failure, "sign-in refused");
-            Err(unauthenticated(failure.to_string()))
+            Err(refuse(unauthenticated(failure.to_string())))
         }
     }
+}
+
+fn too_many_failures(ip: IpAddr) -> ApiError {
+    ApiError::new(
+        ErrorCode::TooManyRequests,
+        format!("too many failed sign-ins from {ip}; wait a minute and try again"),
+    )
+    .with_hint("a valid token or client certificate is still accepted from this address")
 }
 
 /// Checks the route's permission; returns the request (its body re-attached if it was read
@@ -760,6 +880,7 @@ pub fn report_view(
         last_seq: report.last_seq,
         valid_checkpoints: report.valid_checkpoints,
         last_verified_checkpoint: report.last_verified_checkpoint,
+        pruned_through: report.pruned_through,
         issues: report.issues.iter().map(ToString::to_string).collect(),
         public_key: public_key.to_string(),
     }

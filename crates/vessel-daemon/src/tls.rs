@@ -1,7 +1,7 @@
 //! The remote API over TLS: the daemon's own CA (made on first start, kept in `<data_dir>/tls`,
 //! key 0600), a server certificate it signs at every start, client certificates for mutual TLS,
-//! and the accept loop with its limits (handshake and header timeouts, header size, connection
-//! count).
+//! and the accept loop with its limits (handshake and header timeouts, header size, connections
+//! per address and identity: `limits.rs`).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -31,8 +31,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The read buffer bounds the request line plus headers (hyper's minimum is 8 KiB).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Open TLS connections at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 512;
+/// Open TLS connections at once; more wait in the kernel's accept queue. Never reached in
+/// practice: connections before sign-in and signed-in ones have limits of their own that add
+/// up to less (`limits.rs`), so new sign-ins always find room.
+const MAX_CONNECTIONS: usize = crate::limits::MAX_PENDING + crate::limits::MAX_SIGNED_IN + 64;
 
 /// The daemon's CA and the server configuration built on it.
 pub struct TlsMaterial {
@@ -290,11 +292,12 @@ impl Peer {
     }
 }
 
-/// Serves `app` over TLS on `listener` until `stop` turns true.
+/// Serves `app` over TLS on `listener` until `stop` turns true, within `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: Arc<ServerConfig>,
     app: axum::Router,
+    limits: Arc<crate::limits::Limits>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -316,8 +319,11 @@ pub async fn serve(
             _ = stopped(&mut stop) => return,
         };
         let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());
+        // Counted before the handshake: this may close the oldest idle connection of the
+        // address to make room.
+        let connection = Arc::new(limits.connect(addr.ip()));
         tokio::spawn(async move {
-            serve_connection(acceptor, stream, addr, app, stop).await;
+            serve_connection(acceptor, stream, addr, app, connection, stop).await;
             drop(permit);
         });
     }
@@ -332,10 +338,19 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     addr: SocketAddr,
     app: axum::Router,
+    limits: Arc<crate::limits::Connection>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let evicted = Arc::clone(&limits.evicted);
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+        _ = evicted.notified() => {
+            tracing::debug!(%addr, "closed a connection that had not signed in, to make room");
+            return;
+        }
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "TLS handshake failed");
@@ -356,6 +371,7 @@ async fn serve_connection(
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(peer.clone());
+            req.extensions_mut().insert(Arc::clone(&limits));
             let app = app.clone();
             async move {
                 use tower::ServiceExt as _;
@@ -378,6 +394,9 @@ async fn serve_connection(
         _ = stopped(&mut stop) => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+        }
+        _ = evicted.notified() => {
+            tracing::debug!(%addr, "closed a connection that had not signed in, to make room");
         }
     }
 }

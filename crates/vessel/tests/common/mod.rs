@@ -152,6 +152,16 @@ impl Daemon {
         self.child.as_ref().expect("daemon running").id()
     }
 
+    /// A clean stop (SIGTERM): the daemon finishes what it does at shutdown (the audit log's
+    /// last checkpoint); its VMs keep running.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill only sends a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().expect("reap daemon");
+        }
+    }
+
     /// kill -9 of the daemon; its VMs keep running.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -120,6 +120,17 @@ impl Remote {
         child.wait_with_output().unwrap()
     }
 
+    /// The audit records of `identity` (all with `None`), read as root.
+    pub async fn audit_of(&self, identity: Option<&str>) -> Vec<vessel_api::AuditRecord> {
+        self.root()
+            .list_audit(&vessel_cli::AuditQuery {
+                identity: identity.map(str::to_string),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
     pub fn socket(&self) -> String {
         self.daemon.socket.to_string_lossy().into_owned()
     }
