@@ -18,6 +18,7 @@ mod model;
 mod net_host;
 mod networks;
 mod networks_http;
+mod op_error;
 mod pools;
 mod projects;
 mod provision;

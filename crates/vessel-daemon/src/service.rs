@@ -63,7 +63,7 @@ impl Service {
         self.load(name).await
     }
 
-    async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
+    pub(crate) async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
         validate_name("VM", name).map_err(ApiError::invalid)?;
         load_vm(self.ctx.store.as_ref(), name)
             .await
@@ -521,6 +521,7 @@ fn new_op(
             action,
             status: OperationStatus::Pending,
             error: None,
+            error_code: None,
             force: options.force || action == OperationAction::Kill,
             timeout_secs: options.timeout_secs,
             created_at_ms: now_ms(),

@@ -19,6 +19,7 @@ use crate::model::{
     decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key, vm_prefix, Loaded,
     OpRecord, VmRecord, VmStatus,
 };
+use crate::op_error::OpError;
 use crate::provision;
 use crate::snapshots;
 use crate::vm_disks;
@@ -62,7 +63,7 @@ enum Next {
     Event(Option<InstanceEvent>),
 }
 
-type OpResult = Result<(), String>;
+type OpResult = Result<(), OpError>;
 
 impl Worker {
     pub fn spawn(name: String, ctx: Arc<Ctx>) -> mpsc::UnboundedSender<WorkerMsg> {
@@ -167,10 +168,10 @@ impl Worker {
         record.operation.finished_at_ms = Some(now_ms());
         match result {
             Ok(()) => record.operation.status = OperationStatus::Succeeded,
-            Err(message) => {
-                tracing::warn!(vm = %self.name, op = id, action = record.operation.action.as_str(), "{message}");
+            Err(error) => {
+                tracing::warn!(vm = %self.name, op = id, action = record.operation.action.as_str(), "{error}");
                 record.operation.status = OperationStatus::Failed;
-                record.operation.error = Some(message);
+                error.record(&mut record.operation);
             }
         }
         self.put_op(&record).await;
@@ -211,7 +212,8 @@ impl Worker {
                         return Err(format!(
                             "superseded by a later request: the desired state is now {}",
                             desired.as_str()
-                        ));
+                        )
+                        .into());
                     }
                 }
                 self.converge(op.force, timeout).await
@@ -249,7 +251,7 @@ impl Worker {
                 Some(DesiredState::Stopped),
             )
             .await?;
-            return Err(problem);
+            return Err(problem.into());
         }
         let request = match self.prepare_launch(&vm).await {
             Ok(request) => request,
@@ -259,7 +261,7 @@ impl Worker {
                     Some(DesiredState::Stopped),
                 )
                 .await?;
-                return Err(problem);
+                return Err(problem.into());
             }
         };
         status.state = VmState::Starting;
@@ -279,7 +281,7 @@ impl Worker {
                     Some(DesiredState::Stopped),
                 )
                 .await?;
-                return Err(problem);
+                return Err(problem.into());
             }
         };
         self.adopt_started(instance, restart).await
@@ -331,7 +333,7 @@ impl Worker {
 
     /// Resolves the disks and checks that no other running VM writes one of them.
     async fn prepare_launch(&self, vm: &VmRecord) -> Result<LaunchRequest, String> {
-        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.project, &vm.spec).await?;
         let vms = self.ctx.view.all().await.map_err(|e| e.to_string())?;
         for disk in &vm.spec.disks {
             let users = vm_disks::conflicting_users(&vms, &self.name, disk);
@@ -421,7 +423,7 @@ impl Worker {
             .pause()
             .await
             .map_err(|e| format!("pause failed: {}", error_chain(&e)))?;
-        self.set_state(VmState::Paused, None).await
+        Ok(self.set_state(VmState::Paused, None).await?)
     }
 
     async fn resume(&mut self) -> OpResult {
@@ -430,7 +432,7 @@ impl Worker {
             .resume()
             .await
             .map_err(|e| format!("resume failed: {}", error_chain(&e)))?;
-        self.set_state(VmState::Running, None).await
+        Ok(self.set_state(VmState::Running, None).await?)
     }
 
     async fn hard_reset(&mut self) -> OpResult {
@@ -475,22 +477,28 @@ impl Worker {
         let before = vm.clone();
         vm.spec = vessel_core::apply_edit(&vm.spec, edit, self.ctx.host)?;
         check_files(&vm)?;
-        self.put_edited_spec(&before, &vm).await?;
+        self.put_spec_within_quota(&before, &vm, Txn::new()).await?;
         self.ctx.event(&self.name, "spec edited").await;
         Ok(())
     }
 
-    /// Writes an edited spec. When it grows the VM, the project's quota is checked again here,
-    /// in the same transaction as the write (the request's check ran earlier, and another edit
-    /// or create may have used the room since): of two racing growths only one can fit.
-    async fn put_edited_spec(&self, before: &VmRecord, after: &VmRecord) -> OpResult {
+    /// Writes an edited (or reverted) spec, with `also` in the same transaction. When it grows
+    /// the VM, the project's quota is checked again here, in the same transaction as the write
+    /// (the request's check ran earlier, and another edit or create may have used the room
+    /// since): of two racing growths only one can fit.
+    async fn put_spec_within_quota(
+        &self,
+        before: &VmRecord,
+        after: &VmRecord,
+        also: Txn,
+    ) -> OpResult {
         let store = self.ctx.store.as_ref();
         for _ in 0..crate::projects::MAX_ATTEMPTS {
-            let guard = crate::projects::reserve_growth(store, before, after)
-                .await
-                .map_err(|e| e.message)?;
+            // A refusal keeps its code: the request is answered 409, not 500.
+            let guard = crate::projects::reserve_growth(store, before, after).await?;
             let guarded = guard.is_some();
-            let mut txn = Txn::new()
+            let mut txn = also
+                .clone()
                 .when(Compare::Exists(spec_key(&self.name)))
                 .then(Op::Put(spec_key(&self.name), encode(after)));
             if let Some(guard) = guard {
@@ -510,7 +518,7 @@ impl Worker {
                 return Err("the VM was deleted during the edit".into());
             }
         }
-        Err(crate::projects::contended(&before.project).message)
+        Err(crate::projects::contended(&before.project).into())
     }
 
     /// Makes a new VM's root disk from its image. On failure the whole create is undone: the
@@ -530,7 +538,7 @@ impl Worker {
             Ok(bytes) => bytes,
             Err(problem) => {
                 self.undo_create(&vm, &root).await;
-                return Err(problem);
+                return Err(problem.into());
             }
         };
         // The reservation made with the VM becomes the size the disk was made with.
@@ -540,8 +548,8 @@ impl Worker {
             &root.volume,
             virtual_bytes,
         )
-        .await
-        .map_err(|e| e.message)
+        .await?;
+        Ok(())
     }
 
     /// Undoes a create whose root disk could not be made: the VM's records, its cloud-init
@@ -601,7 +609,7 @@ impl Worker {
 
     /// The QMP node names of the running VM's writable disks (the first holds memory state).
     async fn live_disk_nodes(&self, vm: &VmRecord) -> Result<Vec<String>, String> {
-        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.project, &vm.spec).await?;
         let nodes = vessel_qemu::snapshot::vm_disk_nodes(&self.launch_request(vm, disks));
         if nodes.is_empty() {
             return Err("the VM has no writable disk to snapshot".into());
@@ -675,7 +683,7 @@ impl Worker {
                 )
             }
             None => {
-                let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+                let disks = vm_disks::resolve_disks(&self.ctx, &vm.project, &vm.spec).await?;
                 snapshots::offline(&vm.spec, &disks, &request.name, snapshots::Offline::Create)
                     .await?;
             }
@@ -703,6 +711,15 @@ impl Worker {
             .clone()
             .ok_or("snapshot operation without a snapshot")?;
         let snapshot = snapshots::record(&self.ctx, &self.name, &request.name).await?;
+        // Refused before anything is stopped when the restored CPUs and memory do not fit the
+        // project's quota; checked again atomically with the write below.
+        let current = self.load_existing().await?.record;
+        crate::projects::reserve_growth(
+            self.ctx.store.as_ref(),
+            &current,
+            &snapshots::restored(&current, &snapshot),
+        )
+        .await?;
         if self.live.is_some() {
             // The current state is being thrown away: no need to wait for a clean shutdown.
             self.save(
@@ -714,10 +731,11 @@ impl Worker {
         }
         let Loaded { record: vm, .. } = self.load_existing().await?;
         // The snapshot's spec: the disks (and settings) the snapshot was taken with.
-        let txn = snapshots::reverted_txn(&vm, &snapshot);
-        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        let restored = snapshots::restored(&vm, &snapshot);
+        let head = snapshots::reverted_head(&self.name, &snapshot.name);
+        self.put_spec_within_quota(&vm, &restored, head).await?;
         let Loaded { record: vm, .. } = self.load_existing().await?;
-        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.project, &vm.spec).await?;
         if snapshot.memory {
             let request = self.prepare_launch(&vm).await?;
             let nodes = vessel_qemu::snapshot::vm_disk_nodes(&request);
@@ -732,7 +750,7 @@ impl Worker {
                 .await
             {
                 let _ = instance.kill();
-                return Err(format!("loading the snapshot failed: {}", error_chain(&e)));
+                return Err(format!("loading the snapshot failed: {}", error_chain(&e)).into());
             }
             instance
                 .resume()
@@ -776,7 +794,8 @@ impl Worker {
                     .map_err(|e| error_chain(&e))?;
             }
             None => {
-                let disks = vm_disks::resolve_disks(&self.ctx, &spec).await?;
+                let project = self.load_existing().await?.record.project;
+                let disks = vm_disks::resolve_disks(&self.ctx, &project, &spec).await?;
                 snapshots::offline(&spec, &disks, &snapshot.name, snapshots::Offline::Delete)
                     .await?;
             }
@@ -800,6 +819,13 @@ impl Worker {
         } = self.load_existing().await?;
         vessel_core::check_action(OperationAction::AttachDisk, status.state, false)?;
         vm.spec = vessel_core::attach_disk(&vm.spec, disk.clone())?;
+        crate::volume_projects::require_in_project(
+            &self.ctx,
+            &disk.pool,
+            &disk.volume,
+            &vm.project,
+        )
+        .await?;
         if let Some(live) = &self.live {
             let vms = self.ctx.view.all().await.map_err(|e| e.to_string())?;
             let users = vm_disks::conflicting_users(&vms, &self.name, &disk);
@@ -808,9 +834,10 @@ impl Worker {
                     "volume {:?} is in use by running VM {}",
                     disk.volume,
                     users.join(", ")
-                ));
+                )
+                .into());
             }
-            let file = vm_disks::resolve_disk(&self.ctx, &disk).await?;
+            let file = vm_disks::resolve_disk(&self.ctx, &vm.project, &disk).await?;
             live.instance
                 .attach_disk(&file)
                 .await
@@ -881,7 +908,8 @@ impl Worker {
             return Err(format!(
                 "the VM has {} NICs, the most it can have",
                 vessel_core::network::MAX_NICS
-            ));
+            )
+            .into());
         }
         // Another add may have taken the planned id since.
         if vm.spec.nics.iter().any(|n| n.id == nic.id) {
@@ -904,7 +932,7 @@ impl Worker {
             if let Err(problem) = plugged {
                 self.put_spec(&before).await?;
                 self.ctx.net.sync(&self.ctx).await;
-                return Err(problem);
+                return Err(problem.into());
             }
         }
         self.ctx
@@ -970,7 +998,7 @@ impl Worker {
         self.running_instance("the VM stopped during the unplug")?
             .remove_nic_backend(nic_id)
             .await
-            .map_err(|e| format!("could not close the NIC's tap: {}", error_chain(&e)))
+            .map_err(|e| format!("could not close the NIC's tap: {}", error_chain(&e)).into())
     }
 
     /// Hot-unplugs a disk: the device goes (the guest is told), then the block node, which
@@ -985,7 +1013,7 @@ impl Worker {
         self.running_instance("the VM stopped during the unplug")?
             .remove_block_node(node_name)
             .await
-            .map_err(|e| format!("could not close the disk: {}", error_chain(&e)))
+            .map_err(|e| format!("could not close the disk: {}", error_chain(&e)).into())
     }
 
     /// The QEMU of the running VM, or `why` it is not there.
@@ -1005,7 +1033,7 @@ impl Worker {
             return Err(format!(
                 "the guest did not release the {what} within {} s; try again, or stop the VM and {instead} then",
                 UNPLUG_TIMEOUT.as_secs()
-            ));
+            ).into());
         }
         Ok(())
     }
@@ -1081,7 +1109,9 @@ impl Worker {
                 tracing::warn!(vm = %self.name, error = %e, "could not remove {}", dir.display());
             }
         }
-        self.ctx.event(&self.name, "deleted").await;
+        self.ctx
+            .event_in(&record.project, &self.name, "deleted")
+            .await;
         Ok(())
     }
 
@@ -1179,7 +1209,7 @@ impl Worker {
         }
         // Nobody wants it running any more: make desired match, so no reconcile restarts it.
         let desired = (kind != ExitKind::Requested).then_some(DesiredState::Stopped);
-        self.save(&status, desired).await
+        Ok(self.save(&status, desired).await?)
     }
 
     fn may_restart(&mut self) -> bool {
