@@ -137,7 +137,10 @@ pub async fn events(
     let filter = EventFilter::parse(&params)?;
     let visibility = Visibility::of(&caller);
     if params.flag("follow", false)? {
+        // The stream ends when the caller's credential does (user or token deleted, expired).
+        let revoked = crate::identities::revoked(Arc::clone(&s.ctx.store), caller.credential);
         let stream = subscription(s.ctx.view.subscribe(), filter)
+            .take_until(Box::pin(revoked))
             .filter(move |event| std::future::ready(visibility.allows(event)))
             .map(|event| {
                 let data = serde_json::to_string(&event).expect("events serialize");

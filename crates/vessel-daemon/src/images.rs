@@ -44,7 +44,7 @@ pub struct ImageRecord {
     pub project: String,
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(crate) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("image {name:?} not found"))
         .with_hint("list images with `vessel image list`, import one with `vessel image import`")
 }

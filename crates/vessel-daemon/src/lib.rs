@@ -25,6 +25,7 @@ mod provision;
 mod sampler;
 mod security;
 mod service;
+mod snapshot_quota;
 mod snapshots;
 mod tls;
 mod view;
@@ -108,6 +109,7 @@ pub async fn run(
     projects::ensure_default(&ctx).await?;
     // Before any request: the disk quota counts these entries.
     volume_projects::reconcile(&ctx).await?;
+    snapshot_quota::reconcile(&ctx).await?;
     let security = security::open(Arc::clone(&ctx), &config).await?;
     // Bridges and the firewall first: re-adopted VMs' taps go back onto their bridges.
     ctx.net.startup(&ctx).await;

@@ -68,7 +68,7 @@ pub fn release(txn: Txn, nic: &VmNic) -> Txn {
     txn
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(crate) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("network {name:?} not found"))
         .with_hint("list networks with `vessel network list`")
 }

@@ -48,7 +48,12 @@ fn internal(e: anyhow::Error) -> ApiError {
     ApiError::internal(e.to_string())
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(crate) fn operation_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("operation {id} not found"))
+        .with_hint("list operations with `vessel operation list`")
+}
+
+pub(crate) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("VM {name:?} not found"))
         .with_hint("list VMs with `vessel vm list`")
 }
@@ -400,10 +405,7 @@ impl Service {
             .get(&op_key(id))
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("operation {id} not found"))
-                    .with_hint("list operations with `vessel operation list`")
-            })?;
+            .ok_or_else(|| operation_not_found(id))?;
         Ok(decode::<OpRecord>(&kv.key, &kv.value)
             .map_err(internal)?
             .operation)

@@ -75,6 +75,9 @@ impl Service {
                 request.name
             )));
         }
+        // What it would take of the disk quota must fit now (the worker reserves it).
+        let record = self.load(vm).await?.record;
+        crate::snapshot_quota::check(&self.ctx, &record, request.memory).await?;
         self.submit_snapshot(vm, OperationAction::SnapshotCreate, request.clone())
             .await
     }

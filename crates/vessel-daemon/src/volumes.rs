@@ -41,6 +41,14 @@ pub(crate) fn api_error(e: PoolError) -> ApiError {
     ApiError::new(code, crate::worker::error_chain(&e))
 }
 
+/// What a request for a missing volume is answered.
+pub(crate) fn not_found(pool: &str, name: &str) -> ApiError {
+    api_error(PoolError::NotFound {
+        pool: pool.into(),
+        name: name.into(),
+    })
+}
+
 /// A resize in progress: while it lives, another resize of the same volume is refused with a
 /// clean 409 instead of racing it for qemu-img's write lock (a 500).
 struct Resizing<'a> {

@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::op_error::OpError;
 use crate::provision;
+use crate::snapshot_quota;
 use crate::snapshots;
 use crate::vm_disks;
 
@@ -617,13 +618,13 @@ impl Worker {
         Ok(nodes)
     }
 
-    async fn snapshot_create(&mut self, record: &OpRecord) -> OpResult {
-        let request = record
-            .snapshot
-            .clone()
-            .ok_or("snapshot operation without a snapshot")?;
-        let Loaded { record: vm, .. } = self.load_existing().await?;
-        let (_, head) = snapshots::load(&self.ctx, &self.name).await?;
+    /// Takes the snapshot (live over QMP, or offline with qemu-img); returns the size of the
+    /// memory state it saved (0 without memory).
+    async fn take_snapshot(
+        &self,
+        request: &vessel_api::CreateSnapshotRequest,
+        vm: &VmRecord,
+    ) -> Result<u64, OpError> {
         let mut vm_state_bytes = 0;
         match &self.live {
             Some(live) => {
@@ -688,6 +689,32 @@ impl Worker {
                     .await?;
             }
         }
+        Ok(vm_state_bytes)
+    }
+
+    async fn snapshot_create(&mut self, record: &OpRecord) -> OpResult {
+        let request = record
+            .snapshot
+            .clone()
+            .ok_or("snapshot operation without a snapshot")?;
+        let Loaded { record: vm, .. } = self.load_existing().await?;
+        let (_, head) = snapshots::load(&self.ctx, &self.name).await?;
+        // Its share of the disk quota is reserved before it is taken (a refusal keeps its
+        // code: 409 quota_exceeded), and settled to what it measured after.
+        let store = self.ctx.store.as_ref();
+        let pinned = snapshot_quota::pinned_bytes(&self.ctx, &vm).await?;
+        let estimate = snapshot_quota::estimate(&vm, request.memory, pinned);
+        snapshot_quota::reserve(store, &vm, &request.name, estimate).await?;
+        let vm_state_bytes = match self.take_snapshot(&request, &vm).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if let Err(undo) = snapshot_quota::release(store, &self.name, &request.name).await {
+                    tracing::warn!(vm = %self.name, error = %undo.message, "could not give back a snapshot's reservation");
+                }
+                return Err(e);
+            }
+        };
+        snapshot_quota::settle(store, &vm, &request.name, vm_state_bytes + pinned).await?;
         let saved = snapshots::SnapshotRecord {
             name: request.name.clone(),
             created_at_ms: now_ms(),
@@ -801,6 +828,7 @@ impl Worker {
             }
         }
         snapshots::forget(&self.ctx, &self.name, &snapshot.name).await?;
+        snapshot_quota::release(self.ctx.store.as_ref(), &self.name, &snapshot.name).await?;
         self.ctx
             .event(&self.name, format!("snapshot {} deleted", snapshot.name))
             .await;
@@ -1087,6 +1115,7 @@ impl Worker {
         let mut txn = Txn::new()
             .then(Op::DeletePrefix(vm_prefix(&self.name)))
             .then(Op::DeletePrefix(crate::model::snapshots_prefix(&self.name)))
+            .then(Op::DeletePrefix(snapshot_quota::vm_prefix(&self.name)))
             .then(Op::Delete(crate::model::snapshot_head_key(&self.name)));
         for nic in &record.spec.nics {
             txn = crate::networks::release(txn, nic);

@@ -281,8 +281,11 @@ async fn every_route_of_the_openapi_document_allows_and_denies_per_the_permissio
                         // Named objects do not exist (any project), bodies say nothing (default).
                         vessel_auth::Target::Body => Scope::Project("default"),
                         vessel_auth::Target::Project => Scope::Project("nosuch0"),
-                        // A volume without a project of its own belongs to `default`.
-                        vessel_auth::Target::Volume => Scope::Project("default"),
+                        // A volume without a project of its own belongs to `default`; for a
+                        // caller who cannot read `default` it is missing (any project).
+                        vessel_auth::Target::Volume if identity.role_in("default").is_some() => {
+                            Scope::Project("default")
+                        }
                         _ => Scope::AnyProject,
                     };
                     identity.check(permission, scope).is_ok()
@@ -537,12 +540,20 @@ async fn operations_and_events_are_seen_only_in_their_project() {
         .collect();
     assert_eq!(seen, vec!["devvm".to_string(); 2]);
     dora.get_operation(&dev_op.id).await.unwrap();
+    // Another project's operation is, to her, missing: the same 404 as for an id that does
+    // not exist (a 403 would tell that it exists).
     let err = dora.get_operation(&prod_op.id).await.unwrap_err();
-    assert!(err.to_string().contains("operation.read"), "{err}");
+    assert!(err.to_string().contains("not found"), "{err}");
     let cancel = format!("/v1/operations/{}/cancel", prod_op.id);
     let (status, body) = r.raw(Some(&token), "POST", &cancel, "").await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("operation.cancel"), "{body}");
+    assert_eq!(status, 404, "{body}");
+    let (_, missing) = r
+        .raw(Some(&token), "POST", "/v1/operations/no-such-op/cancel", "")
+        .await;
+    assert_eq!(
+        body.replace(&prod_op.id, "ID"),
+        missing.replace("no-such-op", "ID")
+    );
 
     let events = dora.list_events(None, 100).await.unwrap();
     assert!(events.iter().any(|e| e.vm == "devvm"), "{events:?}");
@@ -1066,8 +1077,9 @@ async fn volumes_belong_to_projects_and_callers_see_and_touch_only_theirs() {
         .map(|v| v.name)
         .collect();
     assert_eq!(seen, vec!["devdata".to_string()]);
+    // Another project's volume is, to her, missing (404, as for one that does not exist).
     let err = dora.delete_volume("default", "shared").await.unwrap_err();
-    assert!(err.to_string().contains("storage.write"), "{err}");
+    assert!(err.to_string().contains("not found"), "{err}");
     // Her own project's volume she may resize and delete; a new one goes to dev when she says so.
     dora.create_volume("default", &volume("mine", Some("dev")))
         .await
