@@ -548,11 +548,16 @@ async fn operations_and_events_are_seen_only_in_their_project() {
     let (status, body) = r.raw(Some(&token), "POST", &cancel, "").await;
     assert_eq!(status, 404, "{body}");
     let (_, missing) = r
-        .raw(Some(&token), "POST", "/v1/operations/no-such-op/cancel", "")
+        .raw(
+            Some(&token),
+            "POST",
+            "/v1/operations/00000000-0000-4000-8000-000000000000/cancel",
+            "",
+        )
         .await;
     assert_eq!(
         body.replace(&prod_op.id, "ID"),
-        missing.replace("no-such-op", "ID")
+        missing.replace("00000000-0000-4000-8000-000000000000", "ID")
     );
 
     let events = dora.list_events(None, 100).await.unwrap();
@@ -1079,7 +1084,7 @@ async fn volumes_belong_to_projects_and_callers_see_and_touch_only_theirs() {
     assert_eq!(seen, vec!["devdata".to_string()]);
     // Another project's volume is, to her, missing (404, as for one that does not exist).
     let err = dora.delete_volume("default", "shared").await.unwrap_err();
-    assert!(err.to_string().contains("not found"), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
     // Her own project's volume she may resize and delete; a new one goes to dev when she says so.
     dora.create_volume("default", &volume("mine", Some("dev")))
         .await
