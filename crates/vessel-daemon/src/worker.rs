@@ -628,7 +628,7 @@ impl Worker {
         let mut vm_state_bytes = 0;
         match &self.live {
             Some(live) => {
-                let nodes = self.live_disk_nodes(&vm).await?;
+                let nodes = self.live_disk_nodes(vm).await?;
                 if request.memory {
                     live.instance
                         .snapshot_save(&request.name, &nodes[0], &nodes)
