@@ -62,6 +62,13 @@ fn same_answer(hidden: &(u16, String), hidden_name: &str, missing: &(u16, String
     );
 }
 
+/// Makes a user-mode network (nothing on the host) in `project`.
+async fn user_network(r: &Remote, token: &str, name: &str, project: &str) {
+    let body = format!(r#"{{"name":"{name}","kind":"user","project":"{project}"}}"#);
+    let (status, answer) = r.raw(Some(token), "POST", "/v1/networks", &body).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
 /// Reads a follow stream until an event passes `done`; returns every event seen.
 async fn events_until(
     stream: &mut vessel_cli::client::EventStream,
@@ -233,15 +240,8 @@ async fn tenants_never_reach_see_or_learn_of_another_projects_objects() {
     )
     .await
     .unwrap();
-    let (status, body) = r
-        .raw(
-            Some(&r.user("boss", vec![grant("*", Role::Admin)]).await),
-            "POST",
-            "/v1/networks",
-            r#"{"name":"p2net","kind":"user","project":"p2"}"#,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    let boss = r.user("boss", vec![grant("*", Role::Admin)]).await;
+    user_network(&r, &boss, "p2net", "p2").await;
     root.delete_network("p2net").await.unwrap();
     let edit = |memory| EditVmRequest {
         memory_mib: Some(memory),
@@ -356,15 +356,7 @@ async fn tenants_never_reach_see_or_learn_of_another_projects_objects() {
     assert!(body.contains("vm.lifecycle"), "{body}");
     // A NIC on another project's network: answered as a missing network, naming no project
     // but the VM's own.
-    let (status, body) = r
-        .raw(
-            Some(&r.user("boss2", vec![grant("*", Role::Admin)]).await),
-            "POST",
-            "/v1/networks",
-            r#"{"name":"p2lan","kind":"user","project":"p2"}"#,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    user_network(&r, &boss, "p2lan", "p2").await;
     let mut nic_vm = idle_vm(&r, "a2", "p1", 64);
     nic_vm.nics = vec![vessel_api::AddNicRequest {
         network: "p2lan".into(),
