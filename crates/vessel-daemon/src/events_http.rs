@@ -194,6 +194,38 @@ mod tests {
         assert_eq!(names, ["vm6", "vm7", "vm8", "vm9"], "the newest, in order");
     }
 
+    #[test]
+    fn a_caller_sees_only_events_of_its_projects_and_lags() {
+        let caller = |grants| Caller {
+            identity: vessel_auth::Identity {
+                name: "alice".into(),
+                grants,
+            },
+            source: "test".into(),
+            method: "token",
+            credential: Default::default(),
+        };
+        let alice = Visibility::of(&caller(vec![vessel_auth::Grant::new(
+            "p1",
+            vessel_auth::Role::Viewer,
+        )]));
+        let of = |project: Option<&str>| {
+            event("web1", EventKind::Operation).in_project(project.map(str::to_string))
+        };
+        assert!(alice.allows(&of(Some("p1"))));
+        assert!(!alice.allows(&of(Some("p2"))), "another project's");
+        assert!(
+            !alice.allows(&of(None)),
+            "recorded before events had a project"
+        );
+        assert!(alice.allows(&event("", EventKind::Lagged)));
+        let root = Visibility::of(&caller(vec![vessel_auth::Grant::new(
+            "*",
+            vessel_auth::Role::Viewer,
+        )]));
+        assert!(root.allows(&of(Some("p2"))) && root.allows(&of(None)));
+    }
+
     #[tokio::test]
     async fn filters_pick_by_vm_and_kind_but_never_hide_a_lag() {
         let filter = EventFilter {

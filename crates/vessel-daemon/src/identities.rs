@@ -587,3 +587,79 @@ async fn revoke_token(
     sec.auth_cache.clear();
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn credential() -> Credential {
+        Credential {
+            keys: vec![user_key("carol"), token_key("t1")],
+            expires_ms: None,
+        }
+    }
+
+    async fn store_with_carol() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(vessel_store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        for key in [user_key("carol"), token_key("t1"), user_key("dave")] {
+            store.put(&key, b"{}".to_vec()).await.unwrap();
+        }
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_stream_credential_ends_when_its_token_goes_but_not_for_others_changes() {
+        let (_dir, store) = store_with_carol().await;
+        let ended = tokio::spawn(revoked(Arc::clone(&store), credential()));
+        // Another user's change does not end it.
+        store
+            .put(&user_key("dave"), b"{\"x\":1}".to_vec())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!ended.is_finished());
+        store
+            .txn(Txn::new().then(Op::Delete(token_key("t1"))))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), ended)
+            .await
+            .expect("ends when the token is revoked")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_credential_already_gone_or_expired_ends_at_once_and_root_never_does() {
+        let (_dir, store) = store_with_carol().await;
+        store
+            .txn(Txn::new().then(Op::Delete(user_key("carol"))))
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            revoked(Arc::clone(&store), credential()),
+        )
+        .await
+        .expect("a deleted user's credential is over");
+        let (_dir, store) = store_with_carol().await;
+        let expired = Credential {
+            expires_ms: Some(now_ms().saturating_sub(1)),
+            ..credential()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            revoked(Arc::clone(&store), expired),
+        )
+        .await
+        .expect("an expired credential is over");
+        let root = tokio::time::timeout(
+            Duration::from_millis(200),
+            revoked(store, Credential::default()),
+        )
+        .await;
+        assert!(root.is_err(), "root's credential never ends");
+    }
+}

@@ -61,12 +61,13 @@ pub async fn pinned_bytes(ctx: &Ctx, vm: &VmRecord) -> Result<u64, String> {
 /// The estimate reserved before a snapshot is taken (see the module's description), from the
 /// bytes its disks pin.
 pub fn estimate(vm: &VmRecord, memory: bool, pinned: u64) -> u64 {
-    let state = if memory {
-        vm.spec.memory_mib.saturating_mul(1 << 20)
-    } else {
-        0
-    };
-    state.saturating_add(pinned)
+    let memory_mib = if memory { vm.spec.memory_mib } else { 0 };
+    state_estimate(memory_mib).saturating_add(pinned)
+}
+
+/// A memory snapshot's state: the guest's RAM (the device state QEMU adds is small).
+fn state_estimate(memory_mib: u64) -> u64 {
+    memory_mib.saturating_mul(1 << 20)
 }
 
 /// Refuses at once (409 `quota_exceeded`) a snapshot whose estimate does not fit now; the
@@ -215,4 +216,16 @@ pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
         store.txn(txn).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_snapshot_is_estimated_at_the_vms_memory_and_never_wraps() {
+        assert_eq!(state_estimate(96), 96 * (1 << 20));
+        assert_eq!(state_estimate(0), 0);
+        assert_eq!(state_estimate(u64::MAX), u64::MAX, "saturates, never wraps");
+    }
 }
