@@ -119,6 +119,12 @@ pub struct Operation {
     /// Why the operation failed, in words that say what to do next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The class of the failure, as an API error's code: `conflict` or `quota_exceeded` when
+    /// the worker found the request could not be carried out (it lost a race), otherwise
+    /// `operation_failed`. Records written before codes were kept have none: see
+    /// [`Operation::error_code`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<crate::ErrorCode>,
     /// Force flag of stop/delete, and the stop timeout, as the request gave them.
     #[serde(default)]
     pub force: bool,
@@ -128,6 +134,20 @@ pub struct Operation {
     pub created_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+}
+
+impl Operation {
+    /// The code a failed operation answers its request with (`operation_failed` when the
+    /// record has none).
+    pub fn error_code(&self) -> crate::ErrorCode {
+        self.error_code.unwrap_or(crate::ErrorCode::OperationFailed)
+    }
+
+    /// The API error a failed operation ends its request with: its code, and `context: error`.
+    pub fn failure(&self, context: &str) -> crate::ApiError {
+        let error = self.error.as_deref().unwrap_or("the operation failed");
+        crate::ApiError::new(self.error_code(), format!("{context}: {error}"))
+    }
 }
 
 /// Returned with 202 when a request asked not to wait (`?wait=false`).
@@ -188,6 +208,11 @@ pub struct Event {
     /// For `lagged` events: how many events the subscriber missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<u64>,
+    /// The project of what the event is about (the VM's, the operation's, the network's),
+    /// fixed when it happened: who may see it. Events recorded before projects were kept have
+    /// none and are shown only to callers who see every project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 impl Event {
@@ -208,6 +233,13 @@ impl Event {
             action: None,
             status: None,
             missed: None,
+            project: None,
         }
+    }
+
+    /// The same event, about an object of `project`.
+    pub fn in_project(mut self, project: Option<String>) -> Self {
+        self.project = project;
+        self
     }
 }

@@ -26,9 +26,14 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
-    /// An operation the daemon reports as failed.
+    /// An operation the daemon reports as failed; `code` is its class (a conflict or quota
+    /// refusal found while it ran exits 4, as when refused at once).
     #[error("operation {id} failed: {message}")]
-    OperationFailed { id: String, message: String },
+    OperationFailed {
+        id: String,
+        code: vessel_api::ErrorCode,
+        message: String,
+    },
     /// An operation that was cancelled (Ctrl-C, or `vessel operation cancel`).
     #[error("operation {id} was cancelled; nothing was kept")]
     Cancelled { id: String },
@@ -55,7 +60,7 @@ impl CliError {
             CliError::Client(err) => err.exit_code(),
             CliError::Usage { .. } => EXIT_USAGE,
             CliError::Io { .. } => 1,
-            CliError::OperationFailed { .. } => vessel_api::ErrorCode::OperationFailed.exit_code(),
+            CliError::OperationFailed { code, .. } => code.exit_code(),
             // As a shell reports a command stopped by Ctrl-C.
             CliError::Cancelled { .. } => 130,
         }

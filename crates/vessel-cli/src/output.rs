@@ -821,6 +821,7 @@ mod tests {
             action: OperationAction::Start,
             status: OperationStatus::Failed,
             error: Some("kernel not found".into()),
+            error_code: None,
             force: false,
             timeout_secs: None,
             created_at_ms: 1_000_000,

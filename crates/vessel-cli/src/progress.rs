@@ -53,6 +53,7 @@ pub async fn follow(ctx: &Context, op: Operation, what: &str) -> Result<Operatio
         OperationStatus::Succeeded => Ok(current),
         OperationStatus::Cancelled => Err(CliError::Cancelled { id: current.id }),
         _ => Err(CliError::OperationFailed {
+            code: current.error_code(),
             message: format!(
                 "{what}: {}",
                 current

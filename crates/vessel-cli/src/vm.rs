@@ -608,6 +608,7 @@ pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, C
             if let Outcome::Done(op) = outcome {
                 if op.status == OperationStatus::Failed {
                     return Err(CliError::OperationFailed {
+                        code: op.error_code(),
                         id: op.id,
                         message: op.error.unwrap_or_else(|| "no reason given".into()),
                     });

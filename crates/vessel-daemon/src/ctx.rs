@@ -40,6 +40,8 @@ pub struct Ctx {
     pub net: crate::net_host::NetHost,
     /// Cancel tokens of running long operations, by operation id.
     pub cancels: Mutex<HashMap<String, vessel_storage::CancelToken>>,
+    /// Volumes being resized (`pool/volume`): a second resize meanwhile is refused with 409.
+    pub resizing: Mutex<std::collections::HashSet<String>>,
     consoles: Mutex<HashMap<String, Arc<ConsoleHub>>>,
     event_seq: AtomicU64,
 }
@@ -72,6 +74,7 @@ impl Ctx {
             qemu_version,
             consoles: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
+            resizing: Mutex::new(std::collections::HashSet::new()),
             pending_keys: Mutex::new(std::collections::HashSet::new()),
             sampler: crate::sampler::Sampler::default(),
             net: crate::net_host::NetHost::default(),
@@ -97,25 +100,57 @@ impl Ctx {
         self.consoles.lock().expect("consoles lock").remove(name);
     }
 
-    /// Records an event in the store and the log. Failing to record one is logged, not fatal:
-    /// events explain, they do not decide.
+    /// Records an event about a VM (or, with `vm` empty, about the host) in the store and the
+    /// log; it carries the VM's project, so that only callers who may read that project see it.
+    /// Failing to record one is logged, not fatal: events explain, they do not decide.
     pub async fn event(&self, vm: &str, message: impl Into<String>) {
-        self.record_event(EventKind::Info, vm, message.into()).await;
+        let project = self.project_of_vm(vm).await;
+        self.record_event(EventKind::Info, vm, project, message.into())
+            .await;
+    }
+
+    /// An event about an object of `project`: a VM whose record may be gone (its deletion), or,
+    /// with `vm` empty, something else of the project (a network...).
+    pub async fn event_in(&self, project: &str, vm: &str, message: impl Into<String>) {
+        self.record_event(
+            EventKind::Info,
+            vm,
+            Some(project.to_string()),
+            message.into(),
+        )
+        .await;
     }
 
     /// An event nobody asked for that an operator should see: a crash, a panic, a restart loop.
     pub async fn alert(&self, vm: &str, message: impl Into<String>) {
-        self.record_event(EventKind::Alert, vm, message.into())
+        let project = self.project_of_vm(vm).await;
+        self.record_event(EventKind::Alert, vm, project, message.into())
             .await;
     }
 
-    async fn record_event(&self, kind: EventKind, vm: &str, message: String) {
+    /// The project of a VM as the store has it now (`None`: no VM, or it is gone).
+    async fn project_of_vm(&self, vm: &str) -> Option<String> {
+        if vm.is_empty() {
+            return None;
+        }
+        let kv = self.store.get(&crate::model::spec_key(vm)).await.ok()??;
+        let record: crate::model::VmRecord = crate::model::decode(&kv.key, &kv.value).ok()?;
+        Some(record.project)
+    }
+
+    async fn record_event(
+        &self,
+        kind: EventKind,
+        vm: &str,
+        project: Option<String>,
+        message: String,
+    ) {
         match kind {
             EventKind::Alert => tracing::warn!(vm, "{message}"),
             _ => tracing::info!(vm, "{message}"),
         }
         let seq = self.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let event = Event::new(kind, vm, message, now_ms());
+        let event = Event::new(kind, vm, message, now_ms()).in_project(project);
         let mut txn =
             vessel_store::Txn::new().then(vessel_store::Op::Put(event_key(seq), encode(&event)));
         if seq > EVENTS_KEPT {

@@ -1,7 +1,6 @@
 //! `GET /v1/events`: the recorded events as a list, or, with `follow=true`, everything that
 //! happens from now on as a server-sent-event stream (state changes, operations, alerts).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,68 +18,37 @@ use crate::http::{ApiResult, HttpError, Params};
 use crate::model::now_ms;
 use crate::security::Caller;
 use crate::service::Service;
-use crate::view::VmView;
 
-/// Which VMs' events a caller may see: those of the projects it may read events in (`None`:
-/// all). Host-level events (no VM) are seen by everyone allowed on the route; events of a VM
-/// that no longer exists only by callers who see all projects, since its project is gone.
+/// Which events a caller may see: those of the projects it may read events in (`None`: all).
+/// Every event carries the project of what it is about, fixed when it happened (a VM's, an
+/// operation's, a network's), so a VM name reused in another project does not bring the old
+/// VM's events along, and a host operation of one project is never shown to another. An event
+/// without a project (recorded before events had one) is shown only to callers who see every
+/// project; a `lagged` notice is the stream's own and always passes.
 #[derive(Clone)]
 struct Visibility {
     projects: Option<Arc<Vec<String>>>,
-    view: Arc<VmView>,
 }
 
 impl Visibility {
-    fn of(caller: &Caller, view: Arc<VmView>) -> Visibility {
+    fn of(caller: &Caller) -> Visibility {
         Visibility {
             projects: caller
                 .identity
                 .readable_projects(Permission::EventRead)
                 .map(Arc::new),
-            view,
         }
     }
 
-    /// Whether `event` may be shown, its VM being in `project` (`None`: the VM is gone).
-    fn allows_in(&self, event: &Event, project: Option<&str>) -> bool {
-        match &self.projects {
-            None => true,
-            Some(projects) => {
-                event.vm.is_empty() || project.is_some_and(|p| projects.iter().any(|q| q == p))
-            }
-        }
-    }
-
-    /// For a stream: the VM's project looked up as each event comes.
-    async fn allows(&self, event: &Event) -> bool {
-        if self.projects.is_none() || event.vm.is_empty() {
+    fn allows(&self, event: &Event) -> bool {
+        let Some(projects) = &self.projects else {
             return true;
-        }
-        let project = match self.view.get(&event.vm).await {
-            Ok(Some(vm)) => Some(vm.record.project),
-            _ => None,
         };
-        self.allows_in(event, project.as_deref())
-    }
-
-    /// For a list: every VM's project read once, not once per event.
-    async fn keep(&self, events: Vec<Event>) -> ApiResult<Vec<Event>> {
-        if self.projects.is_none() {
-            return Ok(events);
-        }
-        let vms = self
-            .view
-            .all()
-            .await
-            .map_err(|e| HttpError(ApiError::internal(e.to_string())))?;
-        let project_of: HashMap<&str, &str> = vms
-            .iter()
-            .map(|vm| (vm.record.spec.name.as_str(), vm.record.project.as_str()))
-            .collect();
-        Ok(events
-            .into_iter()
-            .filter(|e| self.allows_in(e, project_of.get(e.vm.as_str()).copied()))
-            .collect())
+        event.kind == EventKind::Lagged
+            || event
+                .project
+                .as_ref()
+                .is_some_and(|p| projects.iter().any(|q| q == p))
     }
 }
 
@@ -167,13 +135,13 @@ pub async fn events(
 ) -> ApiResult<Response> {
     let params = Params::parse(q, &["vm", "limit", "kind", "follow"])?;
     let filter = EventFilter::parse(&params)?;
-    let visibility = Visibility::of(&caller, Arc::clone(&s.ctx.view));
+    let visibility = Visibility::of(&caller);
     if params.flag("follow", false)? {
+        // The stream ends when the caller's credential does (user or token deleted, expired).
+        let revoked = crate::identities::revoked(Arc::clone(&s.ctx.store), caller.credential);
         let stream = subscription(s.ctx.view.subscribe(), filter)
-            .filter(move |event| {
-                let (visibility, event) = (visibility.clone(), event.clone());
-                async move { event.kind == EventKind::Lagged || visibility.allows(&event).await }
-            })
+            .take_until(Box::pin(revoked))
+            .filter(move |event| std::future::ready(visibility.allows(event)))
             .map(|event| {
                 let data = serde_json::to_string(&event).expect("events serialize");
                 Ok::<_, Infallible>(SseEvent::default().event(event.kind.as_str()).data(data))
@@ -194,8 +162,10 @@ pub async fn events(
             })?,
     };
     let events = s.list_events(filter.vm.as_deref(), 2000).await?;
-    let matching = events.into_iter().filter(|e| filter.matches(e)).collect();
-    let mut kept = visibility.keep(matching).await?;
+    let mut kept: Vec<Event> = events
+        .into_iter()
+        .filter(|e| filter.matches(e) && visibility.allows(e))
+        .collect();
     let excess = kept.len().saturating_sub(limit);
     kept.drain(..excess);
     Ok(Json(kept).into_response())
@@ -222,6 +192,38 @@ mod tests {
         assert_eq!(seen[0].missed, Some(6));
         let names: Vec<&str> = seen[1..].iter().map(|e| e.vm.as_str()).collect();
         assert_eq!(names, ["vm6", "vm7", "vm8", "vm9"], "the newest, in order");
+    }
+
+    #[test]
+    fn a_caller_sees_only_events_of_its_projects_and_lags() {
+        let caller = |grants| Caller {
+            identity: vessel_auth::Identity {
+                name: "alice".into(),
+                grants,
+            },
+            source: "test".into(),
+            method: "token",
+            credential: Default::default(),
+        };
+        let alice = Visibility::of(&caller(vec![vessel_auth::Grant::new(
+            "p1",
+            vessel_auth::Role::Viewer,
+        )]));
+        let of = |project: Option<&str>| {
+            event("web1", EventKind::Operation).in_project(project.map(str::to_string))
+        };
+        assert!(alice.allows(&of(Some("p1"))));
+        assert!(!alice.allows(&of(Some("p2"))), "another project's");
+        assert!(
+            !alice.allows(&of(None)),
+            "recorded before events had a project"
+        );
+        assert!(alice.allows(&event("", EventKind::Lagged)));
+        let root = Visibility::of(&caller(vec![vessel_auth::Grant::new(
+            "*",
+            vessel_auth::Role::Viewer,
+        )]));
+        assert!(root.allows(&of(Some("p2"))) && root.allows(&of(None)));
     }
 
     #[tokio::test]

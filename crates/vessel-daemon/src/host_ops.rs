@@ -39,6 +39,7 @@ pub async fn begin(
             action,
             status: OperationStatus::Running,
             error: None,
+            error_code: None,
             force: false,
             timeout_secs: None,
             created_at_ms: now_ms(),
@@ -151,10 +152,11 @@ impl Drop for CancelGuard {
 /// Runs `work` as operation `record` in its own task: registers a cancel token, records
 /// progress and the outcome (result, error, or cancelled), and unregisters. Cancelling drops the
 /// work's future, which is how pools and qemu-img runs clean up after themselves.
-pub fn run<W, F>(ctx: Arc<Ctx>, mut record: OpRecord, cancel: CancelToken, work: W)
+pub fn run<W, F, E>(ctx: Arc<Ctx>, mut record: OpRecord, cancel: CancelToken, work: W)
 where
     W: FnOnce(Progress) -> F + Send + 'static,
-    F: Future<Output = Result<serde_json::Value, String>> + Send + 'static,
+    F: Future<Output = Result<serde_json::Value, E>> + Send + 'static,
+    E: Into<crate::op_error::OpError> + Send + 'static,
 {
     let id = record.operation.id.clone();
     ctx.cancels
@@ -182,7 +184,7 @@ where
             }
             Some(Err(error)) => {
                 record.operation.status = OperationStatus::Failed;
-                record.operation.error = Some(error);
+                error.into().record(&mut record.operation);
             }
             None => {
                 record.operation.status = OperationStatus::Cancelled;

@@ -272,15 +272,8 @@ pub(crate) async fn finish(
     }
     let done = service.wait(&op.id).await?;
     if done.status == OperationStatus::Failed {
-        let message = done.error.unwrap_or_else(|| "the operation failed".into());
-        return Err(HttpError(ApiError::new(
-            ErrorCode::OperationFailed,
-            format!(
-                "{} of VM {:?} failed: {message}",
-                done.action.as_str(),
-                done.vm
-            ),
-        )));
+        let context = format!("{} of VM {:?} failed", done.action.as_str(), done.vm);
+        return Err(HttpError(done.failure(&context)));
     }
     if done.action == OperationAction::Delete {
         return Ok((ok, Json(done)).into_response());
@@ -564,15 +557,14 @@ async fn finish_host(
             let result = done.result.unwrap_or(serde_json::Value::Null);
             Ok((ok, Json(result)).into_response())
         }
-        _ => Err(HttpError(ApiError::new(
-            ErrorCode::OperationFailed,
-            format!(
-                "{} of {} failed: {}",
+        _ => {
+            let context = format!(
+                "{} of {} failed",
                 done.action.as_str(),
-                done.resource.unwrap_or_default(),
-                done.error.unwrap_or_else(|| "the operation failed".into())
-            ),
-        ))),
+                done.resource.as_deref().unwrap_or_default()
+            );
+            Err(HttpError(done.failure(&context)))
+        }
     }
 }
 

@@ -26,6 +26,8 @@ use crate::model::{decode, encode, now_ms};
 use crate::security::Security;
 use crate::service::store_error;
 
+/// Users, tokens and certificates all live under this prefix.
+const AUTH_PREFIX: &str = "auth/";
 pub const USERS_PREFIX: &str = "auth/users/";
 pub const TOKENS_PREFIX: &str = "auth/tokens/";
 pub const CERTS_PREFIX: &str = "auth/certs/";
@@ -172,17 +174,86 @@ fn identity_of(user: UserRecord) -> Identity {
     }
 }
 
-/// The identity behind a bearer token. The digest and the expiry are checked every time, also
-/// for a cached record.
+/// What a signed-in caller's credential rests on: the store records whose deletion or change
+/// ends it (its user, its token or certificate) and when it expires. A request is checked when
+/// it comes; a long-lived stream ends when the credential does ([`revoked`]).
+#[derive(Debug, Clone, Default)]
+pub struct Credential {
+    keys: Vec<String>,
+    expires_ms: Option<u64>,
+}
+
+impl Credential {
+    fn token(record: &TokenRecord) -> Credential {
+        Credential {
+            keys: vec![user_key(&record.user), token_key(&record.id)],
+            expires_ms: record.expires_ms,
+        }
+    }
+
+    fn cert(record: &CertRecord) -> Credential {
+        Credential {
+            keys: vec![user_key(&record.user), cert_key(&record.fingerprint)],
+            expires_ms: Some(record.expires_ms),
+        }
+    }
+}
+
+/// Resolves when the credential ends: its user or token or certificate is deleted or changed
+/// (a changed user may have lost grants: the client signs in again and gets what it has now),
+/// it expires, or the store cannot be watched. Never resolves for a credential that rests on
+/// nothing (the unix socket's root).
+pub async fn revoked(store: Arc<dyn Store>, credential: Credential) {
+    if credential.keys.is_empty() && credential.expires_ms.is_none() {
+        return std::future::pending().await;
+    }
+    let expiry = async {
+        match credential.expires_ms {
+            Some(at) => {
+                let left = at.saturating_sub(now_ms());
+                tokio::time::sleep(std::time::Duration::from_millis(left)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let changed = async {
+        let Ok(revision) = store.revision().await else {
+            return;
+        };
+        let Ok(mut watch) = store.watch(AUTH_PREFIX, revision + 1).await else {
+            return;
+        };
+        // Deleted between the sign-in and the watch: gone already.
+        for key in &credential.keys {
+            if !matches!(store.get(key).await, Ok(Some(_))) {
+                return;
+            }
+        }
+        loop {
+            match watch.next().await {
+                Ok(event) if credential.keys.contains(&event.kv.key) => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = expiry => {}
+        () = changed => {}
+    }
+}
+
+/// The identity behind a bearer token, and what it rests on. The digest and the expiry are
+/// checked every time, also for a cached record.
 pub async fn authenticate_token(
     store: &dyn Store,
     cache: &AuthCache,
     text: &str,
-) -> Result<Identity, AuthFailure> {
+) -> Result<(Identity, Credential), AuthFailure> {
     let token = Token::parse(text).map_err(AuthFailure::Token)?;
     if let Some((record, identity)) = cache.token(&token.id) {
         record.check(&token, now_ms()).map_err(AuthFailure::Token)?;
-        return Ok(identity);
+        return Ok((identity, Credential::token(&record)));
     }
     let generation = cache.generation();
     let kv = store
@@ -203,21 +274,23 @@ pub async fn authenticate_token(
     } else {
         identity.restrict(&record.scope)
     };
+    let credential = Credential::token(&record);
     cache.put_token(generation, record, identity.clone());
-    Ok(identity)
+    Ok((identity, credential))
 }
 
-/// The identity behind a client certificate (already verified against the CA by rustls).
+/// The identity behind a client certificate (already verified against the CA by rustls), and
+/// what it rests on.
 pub async fn authenticate_cert(
     store: &dyn Store,
     cache: &AuthCache,
     fingerprint: &str,
-) -> Result<Identity, AuthFailure> {
+) -> Result<(Identity, Credential), AuthFailure> {
     if let Some((record, identity)) = cache.cert(fingerprint) {
         if now_ms() >= record.expires_ms {
             return Err(AuthFailure::UnknownCertificate);
         }
-        return Ok(identity);
+        return Ok((identity, Credential::cert(&record)));
     }
     let generation = cache.generation();
     let kv = store
@@ -235,8 +308,9 @@ pub async fn authenticate_cert(
         .map_err(AuthFailure::Store)?
         .ok_or_else(|| AuthFailure::UnknownUser(record.user.clone()))?;
     let identity = identity_of(user);
+    let credential = Credential::cert(&record);
     cache.put_cert(generation, record, identity.clone());
-    Ok(identity)
+    Ok((identity, credential))
 }
 
 // ---- routes ----
@@ -514,4 +588,80 @@ async fn revoke_token(
     }
     sec.auth_cache.clear();
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn credential() -> Credential {
+        Credential {
+            keys: vec![user_key("carol"), token_key("t1")],
+            expires_ms: None,
+        }
+    }
+
+    async fn store_with_carol() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(vessel_store::SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        for key in [user_key("carol"), token_key("t1"), user_key("dave")] {
+            store.put(&key, b"{}".to_vec()).await.unwrap();
+        }
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_stream_credential_ends_when_its_token_goes_but_not_for_others_changes() {
+        let (_dir, store) = store_with_carol().await;
+        let ended = tokio::spawn(revoked(Arc::clone(&store), credential()));
+        // Another user's change does not end it.
+        store
+            .put(&user_key("dave"), b"{\"x\":1}".to_vec())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!ended.is_finished());
+        store
+            .txn(Txn::new().then(Op::Delete(token_key("t1"))))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), ended)
+            .await
+            .expect("ends when the token is revoked")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_credential_already_gone_or_expired_ends_at_once_and_root_never_does() {
+        let (_dir, store) = store_with_carol().await;
+        store
+            .txn(Txn::new().then(Op::Delete(user_key("carol"))))
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            revoked(Arc::clone(&store), credential()),
+        )
+        .await
+        .expect("a deleted user's credential is over");
+        let (_dir, store) = store_with_carol().await;
+        let expired = Credential {
+            expires_ms: Some(now_ms().saturating_sub(1)),
+            ..credential()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            revoked(Arc::clone(&store), expired),
+        )
+        .await
+        .expect("an expired credential is over");
+        let root = tokio::time::timeout(
+            Duration::from_millis(200),
+            revoked(store, Credential::default()),
+        )
+        .await;
+        assert!(root.is_err(), "root's credential never ends");
+    }
 }

@@ -20,6 +20,7 @@ use vessel_store::{Compare, Op, Txn};
 use crate::ctx::Ctx;
 use crate::host_ops;
 use crate::model::{decode, encode, now_ms};
+use crate::op_error::OpError;
 use crate::pools::DEFAULT_POOL;
 use crate::service::{store_error, Service};
 use crate::volumes::{from_format, to_format};
@@ -44,25 +45,26 @@ pub struct ImageRecord {
     pub project: String,
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(crate) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("image {name:?} not found"))
         .with_hint("list images with `vessel image list`, import one with `vessel image import`")
 }
 
 /// Counts an imported volume (its size is known only once it is done) against the project's
-/// disk quota; one that does not fit is deleted again.
+/// disk quota; one that does not fit is deleted again, and the operation fails with the
+/// refusal's code (409 `quota_exceeded`).
 async fn count_import(
     ctx: &Ctx,
     pool: &DirPool,
     name: &str,
     project: &str,
     size: u64,
-) -> Result<crate::volume_projects::PendingVolume, String> {
+) -> Result<crate::volume_projects::PendingVolume, OpError> {
     match crate::volume_projects::reserve_new(&ctx.store, pool.name(), name, project, size).await {
         Ok(pending) => Ok(pending),
         Err(e) => {
             let _ = pool.delete_volume(name).await;
-            Err(e.message)
+            Err(e.into())
         }
     }
 }
@@ -237,11 +239,11 @@ impl Service {
                     // Raced with another import of the name: keep theirs, drop ours.
                     let _ = pool.delete_volume(&name).await;
                     pending.failed().await;
-                    return Err(format!("an image named {name:?} was imported meanwhile"));
+                    return Err(format!("an image named {name:?} was imported meanwhile").into());
                 }
                 pending.made(size).await.map_err(|e| e.message)?;
                 let view = service.image_view(image).await.map_err(|e| e.message)?;
-                serde_json::to_value(view).map_err(|e| e.to_string())
+                serde_json::to_value(view).map_err(|e| OpError::from(e.to_string()))
             },
         );
         Ok(operation)
@@ -319,7 +321,7 @@ impl Service {
                     .get_volume(&pool_name, &name)
                     .await
                     .map_err(|e| e.message)?;
-                serde_json::to_value(volume).map_err(|e| e.to_string())
+                serde_json::to_value(volume).map_err(|e| OpError::from(e.to_string()))
             },
         );
         Ok(operation)

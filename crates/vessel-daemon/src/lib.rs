@@ -20,6 +20,7 @@ mod model;
 mod net_host;
 mod networks;
 mod networks_http;
+mod op_error;
 mod pools;
 mod projects;
 mod provision;
@@ -27,6 +28,7 @@ mod refusals;
 mod sampler;
 mod security;
 mod service;
+mod snapshot_quota;
 mod snapshots;
 mod tls;
 mod view;
@@ -121,6 +123,7 @@ pub async fn run(
     projects::ensure_default(&ctx).await?;
     // Before any request: the disk quota counts these entries.
     volume_projects::reconcile(&ctx).await?;
+    snapshot_quota::reconcile(&ctx).await?;
     let security = security::open(Arc::clone(&ctx), &config).await?;
     // Bridges and the firewall first: re-adopted VMs' taps go back onto their bridges.
     ctx.net.startup(&ctx).await;

@@ -68,7 +68,7 @@ pub fn release(txn: Txn, nic: &VmNic) -> Txn {
     txn
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(crate) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("network {name:?} not found"))
         .with_hint("list networks with `vessel network list`")
 }
@@ -253,7 +253,9 @@ impl Service {
             .await
             .map_err(store_error)?;
         self.ctx.net.sync(&self.ctx).await;
-        self.ctx.event("", format!("network {name} updated")).await;
+        self.ctx
+            .event_in(&network.project, "", format!("network {name} updated"))
+            .await;
         self.get_network(name).await
     }
 
@@ -275,7 +277,9 @@ impl Service {
         self.ctx.store.txn(txn).await.map_err(store_error)?;
         self.ctx.net.remove(&network).await;
         self.ctx.net.sync(&self.ctx).await;
-        self.ctx.event("", format!("network {name} deleted")).await;
+        self.ctx
+            .event_in(&network.project, "", format!("network {name} deleted"))
+            .await;
         Ok(())
     }
 
@@ -287,14 +291,23 @@ impl Service {
         project: &str,
         req: &AddNicRequest,
     ) -> Result<VmNic, ApiError> {
-        let network = record(&self.ctx, &req.network).await?;
-        if network.project != project {
-            return Err(ApiError::invalid(format!(
-                "network {:?} belongs to project {:?}, and VM {:?} to project {project:?}; a NIC uses a network of its VM's project",
-                network.name, network.project, spec.name
-            ))
-            .with_hint("create the network in the VM's project, or list networks with `vessel network list`"));
-        }
+        // A network of another project is answered exactly as a missing one: the refusal
+        // must not tell a tenant what other projects have.
+        let network = match record(&self.ctx, &req.network).await {
+            Ok(network) if network.project == project => network,
+            Ok(_)
+            | Err(ApiError {
+                code: vessel_api::ErrorCode::NotFound,
+                ..
+            }) => {
+                return Err(ApiError::not_found(format!(
+                    "network {:?} not found in project {project:?} (VM {:?}'s)",
+                    req.network, spec.name
+                ))
+                .with_hint("a NIC uses a network of its VM's project; list them with `vessel network list`"));
+            }
+            Err(e) => return Err(e),
+        };
         if network.kind.uses_tap() {
             check_privileges(network.kind)?;
         }

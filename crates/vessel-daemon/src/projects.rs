@@ -111,7 +111,9 @@ async fn usage_and_volumes(store: &dyn Store, name: &str) -> Result<(Usage, u64)
     }
     // Volumes (VMs' root disks, data volumes, clones, imports, images) and those being made.
     let (disk_bytes, volumes) = crate::volume_projects::project_disk(store, name).await?;
-    total.disk_bytes = disk_bytes;
+    // And what the VMs' snapshots take inside their disks (memory state included).
+    let snapshot_bytes = crate::snapshot_quota::project_bytes(store, name).await?;
+    total.disk_bytes = disk_bytes.saturating_add(snapshot_bytes);
     Ok((total, volumes))
 }
 

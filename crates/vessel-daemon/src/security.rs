@@ -261,6 +261,8 @@ pub struct Caller {
     pub source: String,
     /// `unix`, `token` or `certificate`.
     pub method: &'static str,
+    /// What the sign-in rests on: a stream ends when it does (`identities::revoked`).
+    pub credential: crate::identities::Credential,
 }
 
 fn error_response(e: ApiError) -> Response {
@@ -467,6 +469,7 @@ async fn authenticate(
                 identity: Identity::root(),
                 source: peer.source(),
                 method: "unix",
+                credential: Default::default(),
             })
         }
         Peer::Tls { addr, client_cert } => (addr, client_cert),
@@ -489,10 +492,10 @@ async fn authenticate(
     let result = match (bearer, client_cert) {
         (Some(token), _) => crate::identities::authenticate_token(store, &sec.auth_cache, token)
             .await
-            .map(|id| (id, "token")),
+            .map(|(id, credential)| (id, credential, "token")),
         (None, Some(fp)) => crate::identities::authenticate_cert(store, &sec.auth_cache, fp)
             .await
-            .map(|id| (id, "certificate")),
+            .map(|(id, credential)| (id, credential, "certificate")),
         (None, None) => {
             return Err(refuse(unauthenticated(
                 "no credentials: send a bearer token or a client certificate",
@@ -500,10 +503,11 @@ async fn authenticate(
         }
     };
     match result {
-        Ok((identity, method)) => Ok(Caller {
+        Ok((identity, credential, method)) => Ok(Caller {
             identity,
             source: peer.source(),
             method,
+            credential,
         }),
         Err(crate::identities::AuthFailure::Store(e)) => Err(e),
         Err(failure) => {
@@ -555,6 +559,14 @@ async fn authorize(
     // target's project (that lookup waits for the VM view to catch up with the store).
     let everywhere = caller.identity.check(permission, Scope::Host).is_ok();
     let (req, project, target) = resolve(sec, matched, req, everywhere).await?;
+    // An object in a project the caller may not read is, to that caller, missing: checked as
+    // a lookup of a missing object (the permission in any project), then answered with the
+    // handler's own 404. A 403 for an existing object and a 404 for a missing one would tell
+    // that it exists.
+    let hidden = project
+        .as_deref()
+        .is_some_and(|p| !may_see(&caller.identity, matched.route.target, p));
+    let project = if hidden { None } else { project };
     let scope = match (matched.route.target, project.as_deref()) {
         (Target::Host, _) => Scope::Host,
         (_, Some(project)) => Scope::Project(project),
@@ -564,7 +576,39 @@ async fn authorize(
         .identity
         .check(permission, scope)
         .map_err(permission_denied)?;
-    Ok((req, target))
+    match hidden.then(|| missing(matched)).flatten() {
+        Some(e) => Err(e),
+        None => Ok((req, target)),
+    }
+}
+
+/// Whether the caller may know that an object of `target`'s kind in `project` exists: it may
+/// read such objects there.
+fn may_see(identity: &Identity, target: Target, project: &str) -> bool {
+    let read = match target {
+        Target::Vm => Permission::VmRead,
+        Target::Image => Permission::ImageRead,
+        Target::Volume => Permission::StorageRead,
+        Target::Network => Permission::NetworkRead,
+        Target::Operation => Permission::OperationRead,
+        // Projects, bodies of creates: what they name is the request's own.
+        Target::Host | Target::Any | Target::Project | Target::Body => return true,
+    };
+    identity.check(read, Scope::Project(project)).is_ok()
+}
+
+/// The answer to a request for the object a route names when it does not exist, as its
+/// handler gives it.
+fn missing(matched: &Matched) -> Option<ApiError> {
+    let param = |name: &str| matched.param(name).unwrap_or_default();
+    Some(match matched.route.target {
+        Target::Vm => crate::service::not_found(param("name")),
+        Target::Image => crate::images::not_found(param("name")),
+        Target::Network => crate::networks::not_found(param("name")),
+        Target::Volume => crate::volumes::not_found(param("pool"), param("name")),
+        Target::Operation => crate::service::operation_not_found(param("id")),
+        Target::Host | Target::Any | Target::Project | Target::Body => return None,
+    })
 }
 
 /// The 403 of a missing permission (it names the permission, the place and the role held).

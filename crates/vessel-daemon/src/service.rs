@@ -48,7 +48,12 @@ fn internal(e: anyhow::Error) -> ApiError {
     ApiError::internal(e.to_string())
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(crate) fn operation_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("operation {id} not found"))
+        .with_hint("list operations with `vessel operation list`")
+}
+
+pub(crate) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("VM {name:?} not found"))
         .with_hint("list VMs with `vessel vm list`")
 }
@@ -63,7 +68,7 @@ impl Service {
         self.load(name).await
     }
 
-    async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
+    pub(crate) async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
         validate_name("VM", name).map_err(ApiError::invalid)?;
         load_vm(self.ctx.store.as_ref(), name)
             .await
@@ -400,10 +405,7 @@ impl Service {
             .get(&op_key(id))
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("operation {id} not found"))
-                    .with_hint("list operations with `vessel operation list`")
-            })?;
+            .ok_or_else(|| operation_not_found(id))?;
         Ok(decode::<OpRecord>(&kv.key, &kv.value)
             .map_err(internal)?
             .operation)
@@ -521,6 +523,7 @@ fn new_op(
             action,
             status: OperationStatus::Pending,
             error: None,
+            error_code: None,
             force: options.force || action == OperationAction::Kill,
             timeout_secs: options.timeout_secs,
             created_at_ms: now_ms(),

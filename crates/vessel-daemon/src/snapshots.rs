@@ -75,12 +75,24 @@ impl Service {
                 request.name
             )));
         }
+        // What it would take of the disk quota must fit now (the worker reserves it).
+        let record = self.load(vm).await?.record;
+        crate::snapshot_quota::check(&self.ctx, &record, request.memory).await?;
         self.submit_snapshot(vm, OperationAction::SnapshotCreate, request.clone())
             .await
     }
 
     pub async fn revert_snapshot(&self, vm: &str, name: &str) -> Result<Operation, ApiError> {
-        self.existing_snapshot(vm, name).await?;
+        let snapshot = self.existing_snapshot(vm, name).await?;
+        // A revert that restores more CPUs or memory than the VM has now is a growth: refused
+        // at once when it does not fit; the worker checks again atomically with its write.
+        let current = self.load(vm).await?.record;
+        crate::projects::reserve_growth(
+            self.ctx.store.as_ref(),
+            &current,
+            &restored(&current, &snapshot),
+        )
+        .await?;
         let request = CreateSnapshotRequest {
             name: name.into(),
             memory: false,
@@ -182,22 +194,19 @@ pub async fn save_new(ctx: &Ctx, vm: &str, record: &SnapshotRecord) -> Result<()
     Ok(())
 }
 
-/// After a revert: the VM's spec is the snapshot's, and the snapshot is current.
-pub fn reverted_txn(vm: &VmRecord, snapshot: &SnapshotRecord) -> Txn {
+/// The VM's record after a revert: the snapshot's spec (its disks, CPUs, memory...). NICs
+/// stay as they are now: their addresses and MACs are reserved for the present ones, and a NIC
+/// removed since may have given its address to another VM.
+pub fn restored(vm: &VmRecord, snapshot: &SnapshotRecord) -> VmRecord {
     let mut restored = vm.clone();
     restored.spec = snapshot.spec.clone();
-    // NICs stay as they are now: their addresses and MACs are reserved for the present ones, and
-    // a NIC removed since may have given its address to another VM.
     restored.spec.nics = vm.spec.nics.clone();
-    Txn::new()
-        .then(Op::Put(
-            crate::model::spec_key(&vm.spec.name),
-            encode(&restored),
-        ))
-        .then(Op::Put(
-            snapshot_head_key(&vm.spec.name),
-            encode(&snapshot.name),
-        ))
+    restored
+}
+
+/// What a revert writes besides the VM's spec: the snapshot becomes the current one.
+pub fn reverted_head(vm: &str, snapshot: &str) -> Txn {
+    Txn::new().then(Op::Put(snapshot_head_key(vm), encode(&snapshot)))
 }
 
 /// Forgets a snapshot; its children get its parent, and if it was current, its parent is.

@@ -207,7 +207,8 @@ impl VmView {
             if let Some(error) = &op.error {
                 message.push_str(&format!(": {error}"));
             }
-            let mut out = StreamEvent::new(StreamKind::Operation, op.vm.clone(), message, now_ms());
+            let mut out = StreamEvent::new(StreamKind::Operation, op.vm.clone(), message, now_ms())
+                .in_project(Some(op.project.clone()));
             out.operation = Some(op.id);
             out.action = Some(op.action);
             out.status = Some(op.status);
@@ -249,7 +250,9 @@ impl VmView {
                         if let Some(reason) = &status.reason {
                             message.push_str(&format!(" ({reason})"));
                         }
-                        let mut out = StreamEvent::new(StreamKind::State, name, message, now_ms());
+                        let project = entry.record.as_ref().map(|r| r.project.clone());
+                        let mut out = StreamEvent::new(StreamKind::State, name, message, now_ms())
+                            .in_project(project);
                         out.state = Some(status.state);
                         self.publish(out);
                     }

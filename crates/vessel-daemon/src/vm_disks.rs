@@ -28,8 +28,11 @@ impl Service {
             delete_with_vm: false,
         };
         validate_name("volume", &disk.volume).map_err(ApiError::invalid)?;
-        // The volume must exist now; the worker resolves it again when it plugs it in.
-        self.get_volume(&disk.pool, &disk.volume).await?;
+        // The volume must exist now, in the VM's project; the worker checks again when it
+        // plugs it in (and at every start).
+        let project = self.load(vm).await?.record.project;
+        crate::volume_projects::require_in_project(&self.ctx, &disk.pool, &disk.volume, &project)
+            .await?;
         let options = ActionOptions {
             disk: Some(disk),
             ..Default::default()
@@ -66,8 +69,12 @@ async fn pool_of(ctx: &Ctx, pool: &str) -> Result<Arc<DirPool>, String> {
         .map_err(|e| e.message)
 }
 
-/// One disk of a spec, resolved to its file.
-pub async fn resolve_disk(ctx: &Ctx, disk: &VmDisk) -> Result<DiskFile, String> {
+/// One disk of a VM of `project`, resolved to its file. A volume of another project is
+/// refused here too, whatever route put it into the spec: this is what QEMU gets to open.
+pub async fn resolve_disk(ctx: &Ctx, project: &str, disk: &VmDisk) -> Result<DiskFile, String> {
+    crate::volume_projects::require_in_project(ctx, &disk.pool, &disk.volume, project)
+        .await
+        .map_err(|e| format!("disk {}/{}: {}", disk.pool, disk.volume, e.message))?;
     let pool = pool_of(ctx, &disk.pool).await?;
     let info = pool
         .volume(&disk.volume)
@@ -107,11 +114,15 @@ pub async fn resolve_disk(ctx: &Ctx, disk: &VmDisk) -> Result<DiskFile, String> 
     })
 }
 
-/// All disks of a spec, resolved, in order.
-pub async fn resolve_disks(ctx: &Ctx, spec: &VmSpec) -> Result<Vec<DiskFile>, String> {
+/// All disks of a spec of a VM of `project`, resolved, in order.
+pub async fn resolve_disks(
+    ctx: &Ctx,
+    project: &str,
+    spec: &VmSpec,
+) -> Result<Vec<DiskFile>, String> {
     let mut files = Vec::with_capacity(spec.disks.len());
     for disk in &spec.disks {
-        files.push(resolve_disk(ctx, disk).await?);
+        files.push(resolve_disk(ctx, project, disk).await?);
     }
     Ok(files)
 }

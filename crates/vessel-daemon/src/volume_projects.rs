@@ -79,6 +79,38 @@ pub async fn get(store: &dyn Store, pool: &str, volume: &str) -> Result<String, 
         .unwrap_or_else(crate::model::default_project))
 }
 
+/// Refuses a volume that is not `project`'s. A VM uses, and a linked clone is backed by,
+/// volumes of its own project only (issue 13: a VM of one project must never read or write
+/// another's volume, nor pin it). A volume of another project is answered exactly as a
+/// missing one, so the refusal tells nothing about other projects.
+pub async fn require_in_project(
+    ctx: &Ctx,
+    pool: &str,
+    volume: &str,
+    project: &str,
+) -> Result<(), ApiError> {
+    let owner = match entry(ctx.store.as_ref(), pool, volume).await? {
+        Some((entry, _)) => entry.project,
+        None => crate::model::default_project(),
+    };
+    let exists = match crate::pools::open_by_name(ctx, pool).await {
+        Ok(dir) => dir.volume(volume).await.is_ok(),
+        Err(_) => false,
+    };
+    if exists && owner == project {
+        return Ok(());
+    }
+    Err(not_in_project(pool, volume, project))
+}
+
+/// The one answer for a volume that is missing or in another project.
+pub fn not_in_project(pool: &str, volume: &str, project: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "volume {volume:?} not found in pool {pool:?} of project {project:?}"
+    ))
+    .with_hint("a VM, and a linked clone's backing, use volumes of their own project only; list them with `vessel volume list`")
+}
+
 /// The projects of a pool's volumes that have an entry, by volume name.
 pub async fn of_pool(store: &dyn Store, pool: &str) -> Result<HashMap<String, String>, ApiError> {
     let prefix = format!("{PREFIX}{pool}/");

@@ -35,9 +35,60 @@ pub(crate) fn api_error(e: PoolError) -> ApiError {
         PoolError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
         PoolError::NotFound { .. } => ErrorCode::NotFound,
         PoolError::InUse { .. } | PoolError::NoSpace { .. } => ErrorCode::Conflict,
+        _ if lock_held(&e) => ErrorCode::Conflict,
         PoolError::Io { .. } | PoolError::QemuImg(_) => ErrorCode::Internal,
     };
     ApiError::new(code, crate::worker::error_chain(&e))
+}
+
+/// What a request for a missing volume is answered.
+pub(crate) fn not_found(pool: &str, name: &str) -> ApiError {
+    api_error(PoolError::NotFound {
+        pool: pool.into(),
+        name: name.into(),
+    })
+}
+
+/// A resize in progress: while it lives, another resize of the same volume is refused with a
+/// clean 409 instead of racing it for qemu-img's write lock (a 500).
+struct Resizing<'a> {
+    ctx: &'a crate::ctx::Ctx,
+    key: String,
+}
+
+impl<'a> Resizing<'a> {
+    fn begin(ctx: &'a crate::ctx::Ctx, pool: &str, name: &str) -> Result<Self, ApiError> {
+        let key = format!("{pool}/{name}");
+        if !ctx
+            .resizing
+            .lock()
+            .expect("resizing lock")
+            .insert(key.clone())
+        {
+            return Err(ApiError::conflict(format!(
+                "volume {name:?} of pool {pool:?} is being resized by another request"
+            ))
+            .with_hint("wait for it to finish, then check the size with `vessel volume show`"));
+        }
+        Ok(Resizing { ctx, key })
+    }
+}
+
+impl Drop for Resizing<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .resizing
+            .lock()
+            .expect("resizing lock")
+            .remove(&self.key);
+    }
+}
+
+/// Whether qemu-img failed because another process holds the image's lock (QEMU, or another
+/// qemu-img): that is the volume being in use, a conflict, not the daemon failing.
+fn lock_held(e: &PoolError) -> bool {
+    matches!(e, PoolError::QemuImg(vessel_storage::QemuImgError::Failed { stderr, .. })
+        if stderr.contains("Failed to get") && stderr.contains("lock"))
 }
 
 /// VMs that boot from the volume's file or have the volume attached.
@@ -129,6 +180,12 @@ impl Service {
             size: request.size_bytes,
             backing: request.backing.clone(),
         };
+        // A linked clone's backing must be the project's own volume: a clone of another
+        // project's volume would read its data and pin it against deletion.
+        if let Some(backing) = &spec.backing {
+            validate_name("volume", backing).map_err(ApiError::invalid)?;
+            crate::volume_projects::require_in_project(&self.ctx, pool, backing, &project).await?;
+        }
         let bytes = match (spec.size, &spec.backing) {
             (Some(size), _) => size,
             (None, Some(backing)) => dir.volume(backing).await.map_err(api_error)?.virtual_size,
@@ -307,6 +364,7 @@ impl Service {
     ) -> Result<Volume, ApiError> {
         validate_name("volume", name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
+        let _resizing = Resizing::begin(&self.ctx, pool, name)?;
         let current = dir.volume(name).await.map_err(api_error)?;
         let path = current.path.clone();
         let vms = self.vms().await?;
@@ -409,11 +467,8 @@ impl Service {
             .submit(vm, vessel_api::OperationAction::ResizeDisk, options)
             .await?;
         let done = self.wait(&op.id).await?;
-        if let Some(error) = done.error {
-            return Err(ApiError::new(
-                ErrorCode::OperationFailed,
-                format!("online resize of volume {name:?} failed: {error}"),
-            ));
+        if done.error.is_some() {
+            return Err(done.failure(&format!("online resize of volume {name:?} failed")));
         }
         self.get_volume(pool, name).await
     }

@@ -19,7 +19,9 @@ use crate::model::{
     decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key, vm_prefix, Loaded,
     OpRecord, VmRecord, VmStatus,
 };
+use crate::op_error::OpError;
 use crate::provision;
+use crate::snapshot_quota;
 use crate::snapshots;
 use crate::vm_disks;
 
@@ -62,7 +64,7 @@ enum Next {
     Event(Option<InstanceEvent>),
 }
 
-type OpResult = Result<(), String>;
+type OpResult = Result<(), OpError>;
 
 impl Worker {
     pub fn spawn(name: String, ctx: Arc<Ctx>) -> mpsc::UnboundedSender<WorkerMsg> {
@@ -167,10 +169,10 @@ impl Worker {
         record.operation.finished_at_ms = Some(now_ms());
         match result {
             Ok(()) => record.operation.status = OperationStatus::Succeeded,
-            Err(message) => {
-                tracing::warn!(vm = %self.name, op = id, action = record.operation.action.as_str(), "{message}");
+            Err(error) => {
+                tracing::warn!(vm = %self.name, op = id, action = record.operation.action.as_str(), "{error}");
                 record.operation.status = OperationStatus::Failed;
-                record.operation.error = Some(message);
+                error.record(&mut record.operation);
             }
         }
         self.put_op(&record).await;
@@ -211,7 +213,8 @@ impl Worker {
                         return Err(format!(
                             "superseded by a later request: the desired state is now {}",
                             desired.as_str()
-                        ));
+                        )
+                        .into());
                     }
                 }
                 self.converge(op.force, timeout).await
@@ -249,7 +252,7 @@ impl Worker {
                 Some(DesiredState::Stopped),
             )
             .await?;
-            return Err(problem);
+            return Err(problem.into());
         }
         let request = match self.prepare_launch(&vm).await {
             Ok(request) => request,
@@ -259,7 +262,7 @@ impl Worker {
                     Some(DesiredState::Stopped),
                 )
                 .await?;
-                return Err(problem);
+                return Err(problem.into());
             }
         };
         status.state = VmState::Starting;
@@ -279,7 +282,7 @@ impl Worker {
                     Some(DesiredState::Stopped),
                 )
                 .await?;
-                return Err(problem);
+                return Err(problem.into());
             }
         };
         self.adopt_started(instance, restart).await
@@ -331,7 +334,7 @@ impl Worker {
 
     /// Resolves the disks and checks that no other running VM writes one of them.
     async fn prepare_launch(&self, vm: &VmRecord) -> Result<LaunchRequest, String> {
-        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.project, &vm.spec).await?;
         let vms = self.ctx.view.all().await.map_err(|e| e.to_string())?;
         for disk in &vm.spec.disks {
             let users = vm_disks::conflicting_users(&vms, &self.name, disk);
@@ -421,7 +424,7 @@ impl Worker {
             .pause()
             .await
             .map_err(|e| format!("pause failed: {}", error_chain(&e)))?;
-        self.set_state(VmState::Paused, None).await
+        Ok(self.set_state(VmState::Paused, None).await?)
     }
 
     async fn resume(&mut self) -> OpResult {
@@ -430,7 +433,7 @@ impl Worker {
             .resume()
             .await
             .map_err(|e| format!("resume failed: {}", error_chain(&e)))?;
-        self.set_state(VmState::Running, None).await
+        Ok(self.set_state(VmState::Running, None).await?)
     }
 
     async fn hard_reset(&mut self) -> OpResult {
@@ -475,22 +478,28 @@ impl Worker {
         let before = vm.clone();
         vm.spec = vessel_core::apply_edit(&vm.spec, edit, self.ctx.host)?;
         check_files(&vm)?;
-        self.put_edited_spec(&before, &vm).await?;
+        self.put_spec_within_quota(&before, &vm, Txn::new()).await?;
         self.ctx.event(&self.name, "spec edited").await;
         Ok(())
     }
 
-    /// Writes an edited spec. When it grows the VM, the project's quota is checked again here,
-    /// in the same transaction as the write (the request's check ran earlier, and another edit
-    /// or create may have used the room since): of two racing growths only one can fit.
-    async fn put_edited_spec(&self, before: &VmRecord, after: &VmRecord) -> OpResult {
+    /// Writes an edited (or reverted) spec, with `also` in the same transaction. When it grows
+    /// the VM, the project's quota is checked again here, in the same transaction as the write
+    /// (the request's check ran earlier, and another edit or create may have used the room
+    /// since): of two racing growths only one can fit.
+    async fn put_spec_within_quota(
+        &self,
+        before: &VmRecord,
+        after: &VmRecord,
+        also: Txn,
+    ) -> OpResult {
         let store = self.ctx.store.as_ref();
         for _ in 0..crate::projects::MAX_ATTEMPTS {
-            let guard = crate::projects::reserve_growth(store, before, after)
-                .await
-                .map_err(|e| e.message)?;
+            // A refusal keeps its code: the request is answered 409, not 500.
+            let guard = crate::projects::reserve_growth(store, before, after).await?;
             let guarded = guard.is_some();
-            let mut txn = Txn::new()
+            let mut txn = also
+                .clone()
                 .when(Compare::Exists(spec_key(&self.name)))
                 .then(Op::Put(spec_key(&self.name), encode(after)));
             if let Some(guard) = guard {
@@ -510,7 +519,7 @@ impl Worker {
                 return Err("the VM was deleted during the edit".into());
             }
         }
-        Err(crate::projects::contended(&before.project).message)
+        Err(crate::projects::contended(&before.project).into())
     }
 
     /// Makes a new VM's root disk from its image. On failure the whole create is undone: the
@@ -530,7 +539,7 @@ impl Worker {
             Ok(bytes) => bytes,
             Err(problem) => {
                 self.undo_create(&vm, &root).await;
-                return Err(problem);
+                return Err(problem.into());
             }
         };
         // The reservation made with the VM becomes the size the disk was made with.
@@ -540,8 +549,8 @@ impl Worker {
             &root.volume,
             virtual_bytes,
         )
-        .await
-        .map_err(|e| e.message)
+        .await?;
+        Ok(())
     }
 
     /// Undoes a create whose root disk could not be made: the VM's records, its cloud-init
@@ -601,7 +610,7 @@ impl Worker {
 
     /// The QMP node names of the running VM's writable disks (the first holds memory state).
     async fn live_disk_nodes(&self, vm: &VmRecord) -> Result<Vec<String>, String> {
-        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.project, &vm.spec).await?;
         let nodes = vessel_qemu::snapshot::vm_disk_nodes(&self.launch_request(vm, disks));
         if nodes.is_empty() {
             return Err("the VM has no writable disk to snapshot".into());
@@ -609,17 +618,17 @@ impl Worker {
         Ok(nodes)
     }
 
-    async fn snapshot_create(&mut self, record: &OpRecord) -> OpResult {
-        let request = record
-            .snapshot
-            .clone()
-            .ok_or("snapshot operation without a snapshot")?;
-        let Loaded { record: vm, .. } = self.load_existing().await?;
-        let (_, head) = snapshots::load(&self.ctx, &self.name).await?;
+    /// Takes the snapshot (live over QMP, or offline with qemu-img); returns the size of the
+    /// memory state it saved (0 without memory).
+    async fn take_snapshot(
+        &self,
+        request: &vessel_api::CreateSnapshotRequest,
+        vm: &VmRecord,
+    ) -> Result<u64, OpError> {
         let mut vm_state_bytes = 0;
         match &self.live {
             Some(live) => {
-                let nodes = self.live_disk_nodes(&vm).await?;
+                let nodes = self.live_disk_nodes(vm).await?;
                 if request.memory {
                     live.instance
                         .snapshot_save(&request.name, &nodes[0], &nodes)
@@ -675,11 +684,37 @@ impl Worker {
                 )
             }
             None => {
-                let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+                let disks = vm_disks::resolve_disks(&self.ctx, &vm.project, &vm.spec).await?;
                 snapshots::offline(&vm.spec, &disks, &request.name, snapshots::Offline::Create)
                     .await?;
             }
         }
+        Ok(vm_state_bytes)
+    }
+
+    async fn snapshot_create(&mut self, record: &OpRecord) -> OpResult {
+        let request = record
+            .snapshot
+            .clone()
+            .ok_or("snapshot operation without a snapshot")?;
+        let Loaded { record: vm, .. } = self.load_existing().await?;
+        let (_, head) = snapshots::load(&self.ctx, &self.name).await?;
+        // Its share of the disk quota is reserved before it is taken (a refusal keeps its
+        // code: 409 quota_exceeded), and settled to what it measured after.
+        let store = self.ctx.store.as_ref();
+        let pinned = snapshot_quota::pinned_bytes(&self.ctx, &vm).await?;
+        let estimate = snapshot_quota::estimate(&vm, request.memory, pinned);
+        snapshot_quota::reserve(store, &vm, &request.name, estimate).await?;
+        let vm_state_bytes = match self.take_snapshot(&request, &vm).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if let Err(undo) = snapshot_quota::release(store, &self.name, &request.name).await {
+                    tracing::warn!(vm = %self.name, error = %undo.message, "could not give back a snapshot's reservation");
+                }
+                return Err(e);
+            }
+        };
+        snapshot_quota::settle(store, &vm, &request.name, vm_state_bytes + pinned).await?;
         let saved = snapshots::SnapshotRecord {
             name: request.name.clone(),
             created_at_ms: now_ms(),
@@ -703,6 +738,15 @@ impl Worker {
             .clone()
             .ok_or("snapshot operation without a snapshot")?;
         let snapshot = snapshots::record(&self.ctx, &self.name, &request.name).await?;
+        // Refused before anything is stopped when the restored CPUs and memory do not fit the
+        // project's quota; checked again atomically with the write below.
+        let current = self.load_existing().await?.record;
+        crate::projects::reserve_growth(
+            self.ctx.store.as_ref(),
+            &current,
+            &snapshots::restored(&current, &snapshot),
+        )
+        .await?;
         if self.live.is_some() {
             // The current state is being thrown away: no need to wait for a clean shutdown.
             self.save(
@@ -714,10 +758,11 @@ impl Worker {
         }
         let Loaded { record: vm, .. } = self.load_existing().await?;
         // The snapshot's spec: the disks (and settings) the snapshot was taken with.
-        let txn = snapshots::reverted_txn(&vm, &snapshot);
-        self.ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+        let restored = snapshots::restored(&vm, &snapshot);
+        let head = snapshots::reverted_head(&self.name, &snapshot.name);
+        self.put_spec_within_quota(&vm, &restored, head).await?;
         let Loaded { record: vm, .. } = self.load_existing().await?;
-        let disks = vm_disks::resolve_disks(&self.ctx, &vm.spec).await?;
+        let disks = vm_disks::resolve_disks(&self.ctx, &vm.project, &vm.spec).await?;
         if snapshot.memory {
             let request = self.prepare_launch(&vm).await?;
             let nodes = vessel_qemu::snapshot::vm_disk_nodes(&request);
@@ -732,7 +777,7 @@ impl Worker {
                 .await
             {
                 let _ = instance.kill();
-                return Err(format!("loading the snapshot failed: {}", error_chain(&e)));
+                return Err(format!("loading the snapshot failed: {}", error_chain(&e)).into());
             }
             instance
                 .resume()
@@ -776,12 +821,14 @@ impl Worker {
                     .map_err(|e| error_chain(&e))?;
             }
             None => {
-                let disks = vm_disks::resolve_disks(&self.ctx, &spec).await?;
+                let project = self.load_existing().await?.record.project;
+                let disks = vm_disks::resolve_disks(&self.ctx, &project, &spec).await?;
                 snapshots::offline(&spec, &disks, &snapshot.name, snapshots::Offline::Delete)
                     .await?;
             }
         }
         snapshots::forget(&self.ctx, &self.name, &snapshot.name).await?;
+        snapshot_quota::release(self.ctx.store.as_ref(), &self.name, &snapshot.name).await?;
         self.ctx
             .event(&self.name, format!("snapshot {} deleted", snapshot.name))
             .await;
@@ -800,6 +847,13 @@ impl Worker {
         } = self.load_existing().await?;
         vessel_core::check_action(OperationAction::AttachDisk, status.state, false)?;
         vm.spec = vessel_core::attach_disk(&vm.spec, disk.clone())?;
+        crate::volume_projects::require_in_project(
+            &self.ctx,
+            &disk.pool,
+            &disk.volume,
+            &vm.project,
+        )
+        .await?;
         if let Some(live) = &self.live {
             let vms = self.ctx.view.all().await.map_err(|e| e.to_string())?;
             let users = vm_disks::conflicting_users(&vms, &self.name, &disk);
@@ -808,9 +862,10 @@ impl Worker {
                     "volume {:?} is in use by running VM {}",
                     disk.volume,
                     users.join(", ")
-                ));
+                )
+                .into());
             }
-            let file = vm_disks::resolve_disk(&self.ctx, &disk).await?;
+            let file = vm_disks::resolve_disk(&self.ctx, &vm.project, &disk).await?;
             live.instance
                 .attach_disk(&file)
                 .await
@@ -881,7 +936,8 @@ impl Worker {
             return Err(format!(
                 "the VM has {} NICs, the most it can have",
                 vessel_core::network::MAX_NICS
-            ));
+            )
+            .into());
         }
         // Another add may have taken the planned id since.
         if vm.spec.nics.iter().any(|n| n.id == nic.id) {
@@ -904,7 +960,7 @@ impl Worker {
             if let Err(problem) = plugged {
                 self.put_spec(&before).await?;
                 self.ctx.net.sync(&self.ctx).await;
-                return Err(problem);
+                return Err(problem.into());
             }
         }
         self.ctx
@@ -970,7 +1026,7 @@ impl Worker {
         self.running_instance("the VM stopped during the unplug")?
             .remove_nic_backend(nic_id)
             .await
-            .map_err(|e| format!("could not close the NIC's tap: {}", error_chain(&e)))
+            .map_err(|e| format!("could not close the NIC's tap: {}", error_chain(&e)).into())
     }
 
     /// Hot-unplugs a disk: the device goes (the guest is told), then the block node, which
@@ -985,7 +1041,7 @@ impl Worker {
         self.running_instance("the VM stopped during the unplug")?
             .remove_block_node(node_name)
             .await
-            .map_err(|e| format!("could not close the disk: {}", error_chain(&e)))
+            .map_err(|e| format!("could not close the disk: {}", error_chain(&e)).into())
     }
 
     /// The QEMU of the running VM, or `why` it is not there.
@@ -1005,7 +1061,7 @@ impl Worker {
             return Err(format!(
                 "the guest did not release the {what} within {} s; try again, or stop the VM and {instead} then",
                 UNPLUG_TIMEOUT.as_secs()
-            ));
+            ).into());
         }
         Ok(())
     }
@@ -1059,6 +1115,7 @@ impl Worker {
         let mut txn = Txn::new()
             .then(Op::DeletePrefix(vm_prefix(&self.name)))
             .then(Op::DeletePrefix(crate::model::snapshots_prefix(&self.name)))
+            .then(Op::DeletePrefix(snapshot_quota::vm_prefix(&self.name)))
             .then(Op::Delete(crate::model::snapshot_head_key(&self.name)));
         for nic in &record.spec.nics {
             txn = crate::networks::release(txn, nic);
@@ -1081,7 +1138,9 @@ impl Worker {
                 tracing::warn!(vm = %self.name, error = %e, "could not remove {}", dir.display());
             }
         }
-        self.ctx.event(&self.name, "deleted").await;
+        self.ctx
+            .event_in(&record.project, &self.name, "deleted")
+            .await;
         Ok(())
     }
 
@@ -1179,7 +1238,7 @@ impl Worker {
         }
         // Nobody wants it running any more: make desired match, so no reconcile restarts it.
         let desired = (kind != ExitKind::Requested).then_some(DesiredState::Stopped);
-        self.save(&status, desired).await
+        Ok(self.save(&status, desired).await?)
     }
 
     fn may_restart(&mut self) -> bool {

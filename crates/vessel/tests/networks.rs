@@ -633,8 +633,13 @@ async fn bad_input_is_refused_and_bridge_and_user_networks_work() {
         ..Default::default()
     }];
     let (status, message) = api_error(client.create_vm(&foreign, true).await).await;
-    assert_eq!(status, 400, "{message}");
-    assert!(message.contains("project \"team\""), "{message}");
+    // Answered as a missing network would be: it names no other project.
+    assert_eq!(status, 404, "{message}");
+    assert!(
+        message.contains("not found in project \"default\""),
+        "{message}"
+    );
+    assert!(!message.contains("team"), "{message}");
 
     // No interfaces of refused networks exist.
     let links = host.exec(&["ip", "-o", "link", "show"]);
