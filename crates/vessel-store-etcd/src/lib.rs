@@ -128,10 +128,9 @@ impl EtcdStore {
             client,
             namespace: options.namespace,
         };
-        store
-            .revision()
-            .await
-            .map_err(|err| StoreError::Backend(format!("etcd at {shown} does not answer: {err}")))?;
+        store.revision().await.map_err(|err| {
+            StoreError::Backend(format!("etcd at {shown} does not answer: {err}"))
+        })?;
         Ok(store)
     }
 
@@ -297,17 +296,14 @@ impl Store for EtcdStore {
             .when(compares)
             .and_then(success)
             .or_else(failure);
-        let response = self
-            .client
-            .kv_client()
-            .txn(request)
-            .await
-            .map_err(|err| match from_etcd("transaction".into(), err) {
+        let response = self.client.kv_client().txn(request).await.map_err(|err| {
+            match from_etcd("transaction".into(), err) {
                 // etcd does not say which lease; a transaction names few, and the first is the
                 // one a caller can act on.
                 StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(first_lease(&txn)),
                 other => other,
-            })?;
+            }
+        })?;
         Ok(TxnResult {
             succeeded: response.succeeded(),
             revision: response.header().map_or(0, |h| h.revision()),
@@ -383,19 +379,28 @@ impl Store for EtcdStore {
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<i64, StoreError> {
         let what = || format!("keep lease {lease:x} alive");
-        // The stream goes out with one renewal request; its first answer is that renewal's.
-        let (_keeper, mut answers) = self
+        let failed = |err| match err {
+            // The client reads the stream's first answer itself and reports a lease etcd no
+            // longer has (TTL 0) as this error.
+            etcd_client::Error::LeaseKeepAliveError(_) => StoreError::LeaseNotFound(lease),
+            err => match from_etcd(what(), err) {
+                StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease),
+                other => other,
+            },
+        };
+        // Opening the stream renews once, but the client keeps that answer's TTL to itself: a
+        // second renewal on the same stream tells it (it is the lease's granted TTL).
+        let (mut keeper, mut answers) = self
             .client
             .lease_client()
             .keep_alive(lease)
             .await
-            .map_err(|err| from_etcd(what(), err))?;
-        let answer = answers
-            .message()
-            .await
-            .map_err(|err| from_etcd(what(), err))?
-            .ok_or_else(|| StoreError::Backend(format!("{}: etcd closed the stream", what())))?;
-        // etcd answers a keep-alive of a lease it no longer has with TTL 0.
+            .map_err(failed)?;
+        keeper.keep_alive().await.map_err(failed)?;
+        let answer =
+            answers.message().await.map_err(failed)?.ok_or_else(|| {
+                StoreError::Backend(format!("{}: etcd closed the stream", what()))
+            })?;
         if answer.ttl() <= 0 {
             return Err(StoreError::LeaseNotFound(lease));
         }
@@ -407,10 +412,12 @@ impl Store for EtcdStore {
             .lease_client()
             .revoke(lease)
             .await
-            .map_err(|err| match from_etcd(format!("revoke lease {lease:x}"), err) {
-                StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease),
-                other => other,
-            })?;
+            .map_err(
+                |err| match from_etcd(format!("revoke lease {lease:x}"), err) {
+                    StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease),
+                    other => other,
+                },
+            )?;
         Ok(())
     }
 

@@ -229,7 +229,10 @@ impl Pump {
                 Ok(None) => "etcd closed the stream".to_owned(),
                 Err(err) => err.to_string(),
             };
-            tracing::warn!(next = self.next, "store watch interrupted ({ended}); resuming");
+            tracing::warn!(
+                next = self.next,
+                "store watch interrupted ({ended}); resuming"
+            );
             match self.resume().await {
                 Ok(resumed) => stream = resumed,
                 Err(err) => {

@@ -774,7 +774,10 @@ pub async fn leased_keys_expire_and_watches_see_the_deletes<S: Store>(store: S) 
     }
     // Nobody keeps it alive: the store ends it on its own, and watches see its key go.
     let gone = next_event(&mut watch).await;
-    assert_eq!((gone.kind, gone.kv.key.as_str()), (EventKind::Delete, "l/leased"));
+    assert_eq!(
+        (gone.kind, gone.kv.key.as_str()),
+        (EventKind::Delete, "l/leased")
+    );
     assert!(gone.revision() > put);
     assert_eq!(get(&store, "l/leased").await, None);
     assert!(get(&store, "l/plain").await.is_some());
@@ -785,7 +788,10 @@ pub async fn leased_keys_expire_and_watches_see_the_deletes<S: Store>(store: S) 
     ));
     // A put with the dead lease fails whole.
     let txn = Txn::new().then(Op::PutWithLease("l/again".into(), bytes("3"), lease));
-    assert!(matches!(store.txn(txn).await, Err(StoreError::LeaseNotFound(_))));
+    assert!(matches!(
+        store.txn(txn).await,
+        Err(StoreError::LeaseNotFound(_))
+    ));
     assert_quiet(&mut watch).await;
 }
 
@@ -795,7 +801,8 @@ pub async fn kept_alive_lease_outlives_its_ttl<S: Store>(store: S) {
     store.txn(txn).await.unwrap();
     // Renew at a third of the TTL, as a host does, for more than twice the TTL.
     let renew = Duration::from_millis(MIN_LEASE_TTL_SECS as u64 * 1000 / 3);
-    let until = tokio::time::Instant::now() + Duration::from_secs(MIN_LEASE_TTL_SECS as u64 * 5 / 2);
+    let until =
+        tokio::time::Instant::now() + Duration::from_secs(MIN_LEASE_TTL_SECS as u64 * 5 / 2);
     while tokio::time::Instant::now() < until {
         let ttl = store.lease_keep_alive(lease).await.unwrap();
         assert_eq!(ttl, MIN_LEASE_TTL_SECS);
@@ -822,7 +829,10 @@ pub async fn revoking_a_lease_deletes_its_keys_in_one_revision<S: Store>(store: 
     let mut deleted = Vec::new();
     for _ in 0..2 {
         let event = next_event(&mut watch).await;
-        assert_eq!((event.kind, event.revision()), (EventKind::Delete, before + 1));
+        assert_eq!(
+            (event.kind, event.revision()),
+            (EventKind::Delete, before + 1)
+        );
         deleted.push(event.kv.key);
     }
     deleted.sort();
@@ -844,7 +854,11 @@ pub async fn put_with_a_missing_lease_fails_and_writes_nothing<S: Store>(store: 
     let never_granted = 0x5eed_0000_0001;
     let txn = Txn::new()
         .then(Op::Put("m/plain".into(), bytes("1")))
-        .then(Op::PutWithLease("m/leased".into(), bytes("2"), never_granted));
+        .then(Op::PutWithLease(
+            "m/leased".into(),
+            bytes("2"),
+            never_granted,
+        ));
     match store.txn(txn).await {
         Err(StoreError::LeaseNotFound(lease)) => assert_eq!(lease, never_granted),
         other => panic!("expected LeaseNotFound, got {other:?}"),
@@ -855,7 +869,11 @@ pub async fn put_with_a_missing_lease_fails_and_writes_nothing<S: Store>(store: 
     // A missing lease on the branch that does not run is no error.
     let txn = Txn::new()
         .when(Compare::Exists("m/none".into()))
-        .then(Op::PutWithLease("m/leased".into(), bytes("2"), never_granted))
+        .then(Op::PutWithLease(
+            "m/leased".into(),
+            bytes("2"),
+            never_granted,
+        ))
         .otherwise(Op::Put("m/plain".into(), bytes("1")));
     assert!(!store.txn(txn).await.unwrap().succeeded);
     assert!(get(&store, "m/plain").await.is_some());

@@ -73,7 +73,11 @@ impl EtcdServer {
         let address = self.client_url.trim_start_matches("http://").to_owned();
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&address).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not listen:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

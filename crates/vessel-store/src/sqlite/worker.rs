@@ -174,7 +174,9 @@ impl Worker {
         if expired {
             self.end_lease(id)?;
         }
-        self.leases.get_mut(&id).ok_or(StoreError::LeaseNotFound(id))
+        self.leases
+            .get_mut(&id)
+            .ok_or(StoreError::LeaseNotFound(id))
     }
 
     fn lease_keep_alive(&mut self, id: LeaseId) -> Result<i64, StoreError> {
@@ -442,9 +444,7 @@ fn read_meta(conn: &Connection, name: &str) -> Result<i64, StoreError> {
 /// Every lease in the file, each with its full time to live from now (see schema migration 2).
 fn read_leases(conn: &Connection) -> Result<HashMap<LeaseId, Lease>, StoreError> {
     let what = || "read leases".to_owned();
-    let mut stmt = conn
-        .prepare("SELECT id, ttl FROM leases")
-        .context(what)?;
+    let mut stmt = conn.prepare("SELECT id, ttl FROM leases").context(what)?;
     let rows = stmt
         .query_map([], |row| Ok((row.get(0)?, Lease::new(row.get(1)?))))
         .context(what)?;
