@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Vessel needs on a Debian/Ubuntu host: QEMU (system emulator + qemu-img), the
-# tools the test-guest build uses, and nftables + iproute2 (ip, tc) for networks. Idempotent;
-# safe to run again.
+# tools the test-guest build uses, nftables + iproute2 (ip, tc) for networks, and protoc with
+# protobuf's well-known types (the etcd client's gRPC code is generated at build time).
+# Idempotent; safe to run again.
 #
 #   scripts/install-deps.sh          what the daemon and the demo need
 #   scripts/install-deps.sh --test   also what the tests use: promtool (package prometheus, which
-#                                    on a systemd host also starts a Prometheus server) and
-#                                    isoinfo (genisoimage)
+#                                    on a systemd host also starts a Prometheus server), isoinfo
+#                                    (genisoimage) and etcd (etcd-server; the tests start their
+#                                    own etcd on loopback ports, a packaged service is not used)
 set -euo pipefail
 for_tests=
 [ "${1:-}" = "--test" ] && for_tests=1
@@ -31,16 +33,27 @@ have_net_tools() {
 }
 net_packages=(nftables iproute2)
 
+# crates/vessel-store-etcd builds etcd's gRPC API with protoc, which needs the well-known
+# .proto files (google/protobuf/*.proto) of libprotobuf-dev too.
+have_build_tools() {
+	command -v protoc >/dev/null 2>&1 && [ -f /usr/include/google/protobuf/timestamp.proto ]
+}
+build_packages=(protobuf-compiler libprotobuf-dev)
+
 # promtool (Debian package `prometheus`) validates the /metrics output in the tests; isoinfo
 # (genisoimage) reads back the cloud-init seed images.
-have_test_tools() { command -v promtool >/dev/null 2>&1 && command -v isoinfo >/dev/null 2>&1; }
+have_test_tools() {
+	command -v promtool >/dev/null 2>&1 && command -v isoinfo >/dev/null 2>&1 &&
+		command -v etcd >/dev/null 2>&1
+}
 test_packages=()
-[ -n "$for_tests" ] && test_packages=(prometheus genisoimage)
+[ -n "$for_tests" ] && test_packages=(prometheus genisoimage etcd-server)
 
 if have_qemu; then
 	log "QEMU present: $(qemu-system-x86_64 --version | head -n1)"
 	missing=()
 	have_net_tools || missing+=("${net_packages[@]}")
+	have_build_tools || missing+=("${build_packages[@]}")
 	if [ -n "$for_tests" ] && ! have_test_tools; then
 		missing+=("${test_packages[@]}")
 	fi
@@ -67,6 +80,6 @@ fi
 log "installing qemu-system-x86 and qemu-utils $version"
 apt-get install -y -qq --no-install-recommends --allow-downgrades \
 	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates \
-	"${net_packages[@]}" "${test_packages[@]}" >/dev/null
+	"${net_packages[@]}" "${build_packages[@]}" "${test_packages[@]}" >/dev/null
 have_qemu || { log "QEMU still missing after install"; exit 1; }
 log "installed: $(qemu-system-x86_64 --version | head -n1)"

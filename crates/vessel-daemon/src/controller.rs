@@ -107,30 +107,63 @@ impl Controller {
         }
         self.prune(finished).await?;
         tokio::spawn(Arc::clone(self).resync_periodically());
-        let me = Arc::clone(self);
-        let mut watch = store.watch(OPS_PREFIX, revision + 1).await?;
-        tokio::spawn(async move {
-            loop {
-                let event = match watch.next().await {
-                    Ok(event) => event,
-                    Err(e) => {
-                        tracing::error!(error = %e, "operation watch failed; new requests will not run");
-                        break;
+        tokio::spawn(Arc::clone(self).follow_operations(revision + 1));
+        Ok(())
+    }
+
+    /// Hands every new pending operation to its VM's worker, for as long as the store is open.
+    /// A watch that fails (the store compacted the revisions it needed, as etcd does, or its
+    /// connection is gone for good) is replaced, never given up: the pending operations are
+    /// listed again and dispatched (a worker skips one it already ran), and a new watch starts
+    /// right after that listing, so no request is skipped.
+    async fn follow_operations(self: Arc<Self>, mut from: i64) {
+        loop {
+            match self.ctx.store.watch(OPS_PREFIX, from).await {
+                Ok(mut watch) => loop {
+                    match watch.next().await {
+                        Ok(event) => self.dispatch_if_pending(&event),
+                        Err(vessel_store::StoreError::Closed) => return, // shutting down
+                        Err(e) => {
+                            tracing::warn!(error = %e, "operation watch failed; listing pending operations again");
+                            break;
+                        }
                     }
-                };
-                if event.kind != EventKind::Put {
-                    continue;
-                }
-                match decode::<OpRecord>(&event.kv.key, &event.kv.value) {
-                    Ok(r) if r.operation.status == OperationStatus::Pending => {
-                        me.dispatch(&r.operation.vm, WorkerMsg::Op(r.operation.id));
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "unreadable operation"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot watch operations; listing them again"),
+            }
+            match self.dispatch_all_pending().await {
+                Ok(revision) => from = revision + 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list operations; retrying in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
-        });
-        Ok(())
+        }
+    }
+
+    fn dispatch_if_pending(&self, event: &vessel_store::WatchEvent) {
+        if event.kind != EventKind::Put {
+            return;
+        }
+        match decode::<OpRecord>(&event.kv.key, &event.kv.value) {
+            Ok(r) if r.operation.status == OperationStatus::Pending => {
+                self.dispatch(&r.operation.vm, WorkerMsg::Op(r.operation.id));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "unreadable operation"),
+        }
+    }
+
+    /// Dispatches every pending operation in the store; returns the revision it listed at.
+    async fn dispatch_all_pending(&self) -> anyhow::Result<i64> {
+        let (ops, revision) = self.ctx.store.list(OPS_PREFIX).await?;
+        for kv in &ops {
+            self.dispatch_if_pending(&vessel_store::WatchEvent {
+                kind: EventKind::Put,
+                kv: kv.clone(),
+            });
+        }
+        Ok(revision)
     }
 
     /// Every [`RESYNC_PERIOD`], every VM's worker looks at the world again and converges. Events

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crate::{
     Compare, EventKind, KeyValue, Op, Store, StoreError, Txn, Watch, WatchEvent, MAX_KEY_BYTES,
-    MAX_VALUE_BYTES,
+    MAX_LEASE_TTL_SECS, MAX_VALUE_BYTES, MIN_LEASE_TTL_SECS,
 };
 
 /// Calls `$callback! { test_a, test_b, ... }` with the name of every conformance test.
@@ -60,6 +60,11 @@ macro_rules! for_each_conformance_test {
             cancelled_watch_next_loses_no_event,
             watch_from_future_revision_waits_for_it,
             watch_before_compaction_is_refused,
+            leased_keys_expire_and_watches_see_the_deletes,
+            kept_alive_lease_outlives_its_ttl,
+            revoking_a_lease_deletes_its_keys_in_one_revision,
+            put_with_a_missing_lease_fails_and_writes_nothing,
+            lease_ttl_out_of_bounds_is_refused,
         }
     };
 }
@@ -119,6 +124,7 @@ pub async fn get_put_delete<S: Store>(store: S) {
         create_revision: r1,
         mod_revision: r1,
         version: 1,
+        lease: 0,
     };
     assert_eq!(kv, expected);
 
@@ -746,4 +752,141 @@ pub async fn watch_before_compaction_is_refused<S: Store>(store: S) {
     let mut watch = store.watch("p/", 0).await.unwrap();
     let r = store.put("p/x", bytes("v")).await.unwrap();
     assert_eq!(next_event(&mut watch).await.revision(), r);
+}
+
+pub async fn leased_keys_expire_and_watches_see_the_deletes<S: Store>(store: S) {
+    let lease = store.lease_grant(MIN_LEASE_TTL_SECS).await.unwrap();
+    assert_ne!(lease, 0);
+    let mut watch = store.watch("l/", 0).await.unwrap();
+    let txn = Txn::new()
+        .then(Op::PutWithLease("l/leased".into(), bytes("1"), lease))
+        .then(Op::Put("l/plain".into(), bytes("2")));
+    let put = store.txn(txn).await.unwrap().revision;
+    assert_eq!(get(&store, "l/leased").await.unwrap().lease, lease);
+    assert_eq!(get(&store, "l/plain").await.unwrap().lease, 0);
+    let ttl = store.lease_time_to_live(lease).await.unwrap();
+    assert!(
+        ttl.is_some_and(|t| (1..=MIN_LEASE_TTL_SECS).contains(&t)),
+        "{ttl:?}"
+    );
+    for _ in 0..2 {
+        assert_eq!(next_event(&mut watch).await.revision(), put);
+    }
+    // Nobody keeps it alive: the store ends it on its own, and watches see its key go.
+    let gone = next_event(&mut watch).await;
+    assert_eq!(
+        (gone.kind, gone.kv.key.as_str()),
+        (EventKind::Delete, "l/leased")
+    );
+    assert!(gone.revision() > put);
+    assert_eq!(get(&store, "l/leased").await, None);
+    assert!(get(&store, "l/plain").await.is_some());
+    assert_eq!(store.lease_time_to_live(lease).await.unwrap(), None);
+    assert!(matches!(
+        store.lease_keep_alive(lease).await,
+        Err(StoreError::LeaseNotFound(l)) if l == lease
+    ));
+    // A put with the dead lease fails whole.
+    let txn = Txn::new().then(Op::PutWithLease("l/again".into(), bytes("3"), lease));
+    assert!(matches!(
+        store.txn(txn).await,
+        Err(StoreError::LeaseNotFound(_))
+    ));
+    assert_quiet(&mut watch).await;
+}
+
+pub async fn kept_alive_lease_outlives_its_ttl<S: Store>(store: S) {
+    let lease = store.lease_grant(MIN_LEASE_TTL_SECS).await.unwrap();
+    let txn = Txn::new().then(Op::PutWithLease("k/host".into(), bytes("up"), lease));
+    store.txn(txn).await.unwrap();
+    // Renew at a third of the TTL, as a host does, for more than twice the TTL.
+    let renew = Duration::from_millis(MIN_LEASE_TTL_SECS as u64 * 1000 / 3);
+    let until =
+        tokio::time::Instant::now() + Duration::from_secs(MIN_LEASE_TTL_SECS as u64 * 5 / 2);
+    while tokio::time::Instant::now() < until {
+        let ttl = store.lease_keep_alive(lease).await.unwrap();
+        assert_eq!(ttl, MIN_LEASE_TTL_SECS);
+        tokio::time::sleep(renew).await;
+    }
+    assert_eq!(get(&store, "k/host").await.unwrap().value, bytes("up"));
+    store.lease_revoke(lease).await.unwrap();
+    assert_eq!(get(&store, "k/host").await, None);
+}
+
+pub async fn revoking_a_lease_deletes_its_keys_in_one_revision<S: Store>(store: S) {
+    let lease = store.lease_grant(60).await.unwrap();
+    let mut txn = Txn::new();
+    for i in 0..3 {
+        txn = txn.then(Op::PutWithLease(format!("r/{i}"), bytes("x"), lease));
+    }
+    store.txn(txn).await.unwrap();
+    // A later put without the lease detaches that key from it.
+    store.put("r/1", bytes("kept")).await.unwrap();
+    let before = store.revision().await.unwrap();
+    let mut watch = store.watch("r/", 0).await.unwrap();
+    store.lease_revoke(lease).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), before + 1);
+    let mut deleted = Vec::new();
+    for _ in 0..2 {
+        let event = next_event(&mut watch).await;
+        assert_eq!(
+            (event.kind, event.revision()),
+            (EventKind::Delete, before + 1)
+        );
+        deleted.push(event.kv.key);
+    }
+    deleted.sort();
+    assert_eq!(deleted, ["r/0", "r/2"]);
+    assert_quiet(&mut watch).await;
+    assert_eq!(get(&store, "r/1").await.unwrap().value, bytes("kept"));
+    assert!(matches!(
+        store.lease_revoke(lease).await,
+        Err(StoreError::LeaseNotFound(_))
+    ));
+    // Revoking a lease that holds no key changes nothing else.
+    let empty = store.lease_grant(60).await.unwrap();
+    store.lease_revoke(empty).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), before + 1);
+}
+
+pub async fn put_with_a_missing_lease_fails_and_writes_nothing<S: Store>(store: S) {
+    let before = store.revision().await.unwrap();
+    let never_granted = 0x5eed_0000_0001;
+    let txn = Txn::new()
+        .then(Op::Put("m/plain".into(), bytes("1")))
+        .then(Op::PutWithLease(
+            "m/leased".into(),
+            bytes("2"),
+            never_granted,
+        ));
+    match store.txn(txn).await {
+        Err(StoreError::LeaseNotFound(lease)) => assert_eq!(lease, never_granted),
+        other => panic!("expected LeaseNotFound, got {other:?}"),
+    }
+    assert_eq!(get(&store, "m/plain").await, None);
+    assert_eq!(store.revision().await.unwrap(), before);
+    assert_eq!(store.lease_time_to_live(never_granted).await.unwrap(), None);
+    // A missing lease on the branch that does not run is no error.
+    let txn = Txn::new()
+        .when(Compare::Exists("m/none".into()))
+        .then(Op::PutWithLease(
+            "m/leased".into(),
+            bytes("2"),
+            never_granted,
+        ))
+        .otherwise(Op::Put("m/plain".into(), bytes("1")));
+    assert!(!store.txn(txn).await.unwrap().succeeded);
+    assert!(get(&store, "m/plain").await.is_some());
+}
+
+pub async fn lease_ttl_out_of_bounds_is_refused<S: Store>(store: S) {
+    for ttl in [-1, 0, MIN_LEASE_TTL_SECS - 1, MAX_LEASE_TTL_SECS + 1] {
+        assert!(
+            matches!(
+                store.lease_grant(ttl).await,
+                Err(StoreError::InvalidLeaseTtl { requested, .. }) if requested == ttl
+            ),
+            "ttl {ttl}"
+        );
+    }
 }

@@ -8,7 +8,10 @@
 //! - transactions are compare-and-swap: if all [`Compare`]s hold the `success` ops run, otherwise the
 //!   `failure` ops, and either all ops of the chosen branch apply or none;
 //! - a watch streams the changes under a key prefix from a given revision on, in revision order,
-//!   without loss or duplicates, replaying history first if asked to start in the past.
+//!   without loss or duplicates, replaying history first if asked to start in the past;
+//! - a lease is granted with a time to live and kept alive by its holder; keys put with a lease are
+//!   deleted (one revision, seen by watches as deletes) when it expires or is revoked. Liveness of
+//!   a host in a cluster is exactly this: its record is put with its lease.
 //!
 //! [`SqliteStore`] is the embedded single-host implementation. [`conformance`] holds the one test suite
 //! that every implementation must pass (see [`for_each_conformance_test!`]).
@@ -29,6 +32,16 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// MiB belongs in a file, not in the store (and etcd's own default request limit is 1.5 MiB).
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
+/// A lease's id; 0 means "no lease".
+pub type LeaseId = i64;
+
+/// The shortest lease accepted, in seconds. etcd raises shorter ones to its own minimum (1.5 s
+/// rounded up with its default election timeout), so a shorter one would mean different things
+/// on the two implementations.
+pub const MIN_LEASE_TTL_SECS: i64 = 2;
+/// The longest lease accepted, in seconds (etcd's own limit is 9,000,000,000).
+pub const MAX_LEASE_TTL_SECS: i64 = 24 * 3600;
+
 /// One key with its value and revisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
@@ -40,6 +53,8 @@ pub struct KeyValue {
     pub mod_revision: i64,
     /// Number of writes since the key was created; 1 right after creation.
     pub version: i64,
+    /// The lease the key was last put with, 0 if none: the key goes when the lease does.
+    pub lease: LeaseId,
 }
 
 /// A condition of a transaction.
@@ -74,7 +89,11 @@ impl Compare {
 /// Overlapping deletes are fine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// Put without a lease (a key put earlier with a lease loses it, as in etcd).
     Put(String, Vec<u8>),
+    /// Put attached to a lease: the key is deleted when the lease expires or is revoked. The whole
+    /// transaction fails with [`StoreError::LeaseNotFound`] if the lease does not exist (any more).
+    PutWithLease(String, Vec<u8>, LeaseId),
     /// Delete one key; deleting a missing key is not an error and changes nothing.
     Delete(String),
     /// Delete every key that starts with this prefix (the empty prefix deletes everything).
@@ -201,6 +220,12 @@ pub enum StoreError {
     /// A revision argument is negative or in the future.
     #[error("invalid revision {requested}: {reason}")]
     InvalidRevision { requested: i64, reason: String },
+    /// The lease does not exist: it was never granted, expired or was revoked. A holder that gets
+    /// this has lost every key it kept with the lease and must start over with a new one.
+    #[error("lease {0:x} does not exist (it expired or was revoked)")]
+    LeaseNotFound(LeaseId),
+    #[error("a lease's time to live must be {min} to {max} seconds, got {requested}")]
+    InvalidLeaseTtl { requested: i64, min: i64, max: i64 },
     /// The database was written by a newer Vessel; opening it with this one could corrupt it.
     #[error(
         "database {path} has schema version {found}, but this build of Vessel only knows versions up \
@@ -243,6 +268,21 @@ pub trait Store: Send + Sync + 'static {
     /// Implementations may also compact on their own to bound their history.
     async fn compact(&self, revision: i64) -> Result<(), StoreError>;
 
+    /// Grants a lease that lives `ttl_secs` seconds unless kept alive.
+    async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseId, StoreError>;
+
+    /// Resets the lease's time to live to its full length; returns that length in seconds, or
+    /// [`StoreError::LeaseNotFound`] if the lease is gone (its keys are gone with it).
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<i64, StoreError>;
+
+    /// Ends the lease now and deletes its keys (one revision). Revoking a missing lease is
+    /// [`StoreError::LeaseNotFound`].
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError>;
+
+    /// The lease's remaining time to live in whole seconds (rounded up), or `None` if it is gone.
+    /// Only a hint: it is the store's view, and etcd resets it on a leader change.
+    async fn lease_time_to_live(&self, lease: LeaseId) -> Result<Option<i64>, StoreError>;
+
     /// Writes one key unconditionally; returns the revision of the write.
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<i64, StoreError> {
         let result = self
@@ -270,6 +310,18 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Checks a lease's requested time to live against the limits every implementation shares.
+pub fn validate_lease_ttl(ttl_secs: i64) -> Result<(), StoreError> {
+    if (MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(&ttl_secs) {
+        return Ok(());
+    }
+    Err(StoreError::InvalidLeaseTtl {
+        requested: ttl_secs,
+        min: MIN_LEASE_TTL_SECS,
+        max: MAX_LEASE_TTL_SECS,
+    })
+}
+
 /// Checks one key against the limits every implementation shares.
 pub fn validate_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() {
@@ -294,7 +346,7 @@ fn validate_ops(ops: &[Op]) -> Result<(), StoreError> {
     let mut put_keys: Vec<&str> = Vec::new();
     for op in ops {
         match op {
-            Op::Put(key, value) => {
+            Op::Put(key, value) | Op::PutWithLease(key, value, _) => {
                 validate_key(key)?;
                 if value.len() > MAX_VALUE_BYTES {
                     return Err(StoreError::ValueTooLarge {
@@ -317,7 +369,7 @@ fn validate_ops(ops: &[Op]) -> Result<(), StoreError> {
         let deleted = ops.iter().any(|op| match op {
             Op::Delete(k) => k == key,
             Op::DeletePrefix(prefix) => key.starts_with(prefix.as_str()),
-            Op::Put(..) => false,
+            Op::Put(..) | Op::PutWithLease(..) => false,
         });
         if deleted {
             return Err(StoreError::InvalidTxn(format!(

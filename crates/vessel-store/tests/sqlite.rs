@@ -260,3 +260,40 @@ async fn listing_1000_keys_returns_exactly_the_prefix_in_order() {
         .iter()
         .all(|kv| kv.key.starts_with("vms/") && kv.value.len() == 1024));
 }
+
+/// Leases are in the file: after a reopen (a daemon restart) a lease and its keys are still
+/// there with a full TTL again (the store cannot know how long it was closed, and ending a
+/// host's lease because the daemon restarted would be wrong), a lease id is never handed out
+/// twice, and the lease still expires if nobody keeps it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_reopen_and_expire_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let lease = {
+        let store = SqliteStore::open(&path).unwrap();
+        let lease = store.lease_grant(2).await.unwrap();
+        let txn = Txn::new().then(Op::PutWithLease("hosts/a".into(), b"up".to_vec(), lease));
+        store.txn(txn).await.unwrap();
+        lease
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    let kv = store
+        .get("hosts/a")
+        .await
+        .unwrap()
+        .expect("the leased key survives a reopen");
+    assert_eq!(kv.lease, lease);
+    assert_eq!(store.lease_time_to_live(lease).await.unwrap(), Some(2));
+    let other = store.lease_grant(2).await.unwrap();
+    assert_ne!(other, lease, "lease ids are not reused after a reopen");
+    store.lease_revoke(other).await.unwrap();
+
+    let mut watch = store.watch("hosts/", 0).await.unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the lease expires within its TTL")
+        .unwrap();
+    assert_eq!(gone.kv.key, "hosts/a");
+    assert_eq!(gone.kind, vessel_store::EventKind::Delete);
+    assert_eq!(store.lease_time_to_live(lease).await.unwrap(), None);
+}

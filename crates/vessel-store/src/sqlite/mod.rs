@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::{
-    validate_key, validate_prefix, KeyValue, Store, StoreError, Txn, TxnResult, Watch, WatchEvent,
+    validate_key, validate_lease_ttl, validate_prefix, KeyValue, LeaseId, Store, StoreError, Txn,
+    TxnResult, Watch, WatchEvent,
 };
 
 /// Tuning of a [`SqliteStore`]; `Default` is what the daemon uses.
@@ -147,6 +148,31 @@ impl Store for SqliteStore {
             .call(|reply| Request::Compact { revision, reply })
             .await
     }
+
+    async fn lease_grant(&self, ttl_secs: i64) -> Result<LeaseId, StoreError> {
+        validate_lease_ttl(ttl_secs)?;
+        self.inner
+            .call(|reply| Request::LeaseGrant { ttl_secs, reply })
+            .await
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<i64, StoreError> {
+        self.inner
+            .call(|reply| Request::LeaseKeepAlive { lease, reply })
+            .await
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner
+            .call(|reply| Request::LeaseRevoke { lease, reply })
+            .await
+    }
+
+    async fn lease_time_to_live(&self, lease: LeaseId) -> Result<Option<i64>, StoreError> {
+        self.inner
+            .call(|reply| Request::LeaseTimeToLive { lease, reply })
+            .await
+    }
 }
 
 /// The shared handle to the database thread. Dropping it closes the request channel and waits for
@@ -205,6 +231,22 @@ enum Request {
     /// Subscribe to committed batches and learn the revision and compaction point at that instant.
     Subscribe {
         reply: Reply<Subscription>,
+    },
+    LeaseGrant {
+        ttl_secs: i64,
+        reply: Reply<LeaseId>,
+    },
+    LeaseKeepAlive {
+        lease: LeaseId,
+        reply: Reply<i64>,
+    },
+    LeaseRevoke {
+        lease: LeaseId,
+        reply: Reply<()>,
+    },
+    LeaseTimeToLive {
+        lease: LeaseId,
+        reply: Reply<Option<i64>>,
     },
     /// Read history for a watch that is catching up.
     History {

@@ -44,6 +44,21 @@ const MIGRATIONS: &[&str] = &[
     -- Unique: a transaction changes each key at most once (Txn::validate refuses the rest).
     CREATE UNIQUE INDEX history_by_rev ON history (rev, key);
     ",
+    // 2: leases. A key remembers the lease it was put with (0: none); a lease is its id and time
+    // to live. Deadlines are not stored: they live in the owning process's monotonic clock, and a
+    // reopened store gives every lease its full time to live again (as etcd does on a restart or
+    // a leader change), so a restart never expires a holder that had no chance to renew.
+    "
+    ALTER TABLE kv ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE history ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX kv_by_lease ON kv (lease) WHERE lease != 0;
+    CREATE TABLE leases (
+        id  INTEGER NOT NULL PRIMARY KEY,
+        ttl INTEGER NOT NULL
+    );
+    -- Lease ids are never reused, so a holder of an expired lease cannot renew a newer one.
+    INSERT INTO meta (name, value) VALUES ('lease_seq', 0);
+    ",
 ];
 
 /// The schema version this build writes and understands.

@@ -1,12 +1,14 @@
 //! The database thread: owns the connection and executes requests one at a time.
 
+use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::broadcast;
 
 use super::{prefix_end, Batch, Context, HistoryPage, Reply, Request, Subscription};
-use crate::{Compare, EventKind, KeyValue, Op, StoreError, Txn, TxnResult, WatchEvent};
+use crate::{Compare, EventKind, KeyValue, LeaseId, Op, StoreError, Txn, TxnResult, WatchEvent};
 
 /// How many committed batches the live broadcast keeps for slow watchers. A watcher that falls
 /// further behind re-reads history, so this trades memory (batches hold values) for re-reads.
@@ -27,12 +29,29 @@ pub(super) struct Worker {
     revision: i64,
     compacted: i64,
     history_revisions: i64,
+    /// Live leases and when each ends, on this process's monotonic clock.
+    leases: HashMap<LeaseId, Lease>,
+}
+
+struct Lease {
+    ttl_secs: i64,
+    deadline: Instant,
+}
+
+impl Lease {
+    fn new(ttl_secs: i64) -> Self {
+        Self {
+            ttl_secs,
+            deadline: Instant::now() + Duration::from_secs(ttl_secs.unsigned_abs()),
+        }
+    }
 }
 
 impl Worker {
     pub(super) fn new(conn: Connection, history_revisions: i64) -> Result<Self, StoreError> {
         let revision = read_meta(&conn, "revision")?;
         let compacted = read_meta(&conn, "compacted")?;
+        let leases = read_leases(&conn)?;
         let (batches, _) = broadcast::channel(BROADCAST_CAPACITY);
         Ok(Self {
             conn,
@@ -40,15 +59,146 @@ impl Worker {
             revision,
             compacted,
             history_revisions,
+            leases,
         })
     }
 
     /// Serves requests until every sender is gone, then closes the connection (by dropping it).
+    /// Between requests it ends the leases whose time is up, so expiry is timely even when idle.
     pub(super) fn run(mut self, inbox: mpsc::Receiver<Request>) {
-        while let Ok(request) = inbox.recv() {
+        loop {
+            self.expire_leases();
+            let request = match self.next_deadline() {
+                Some(deadline) => {
+                    match inbox.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(request) => request,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match inbox.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+            };
             self.handle(request);
         }
         tracing::debug!("store thread stopping");
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.leases.values().map(|lease| lease.deadline).min()
+    }
+
+    fn expire_leases(&mut self) {
+        let now = Instant::now();
+        let due: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            match self.end_lease(id) {
+                Ok(()) => tracing::debug!(lease = id, "store lease expired"),
+                // The lease stays in memory and is tried again at the next turn of the loop.
+                Err(err) => tracing::error!(lease = id, "cannot expire lease: {err}"),
+            }
+        }
+    }
+
+    /// Deletes the lease and every key put with it, as one revision (none if it had no keys), and
+    /// publishes the deletes to watches.
+    fn end_lease(&mut self, id: LeaseId) -> Result<(), StoreError> {
+        let revision = self.revision + 1;
+        let what = || format!("end lease {id:x}");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context(what)?;
+        let keys = tx
+            .prepare_cached("DELETE FROM kv WHERE lease = ?1 RETURNING key")
+            .and_then(|mut stmt| {
+                stmt.query_map([id], |row| row.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .context(what)?;
+        tx.execute("DELETE FROM leases WHERE id = ?1", [id])
+            .context(what)?;
+        let mut events: Vec<WatchEvent> = keys
+            .into_iter()
+            .map(|key| delete_event(key, revision))
+            .collect();
+        let batch = if events.is_empty() {
+            None
+        } else {
+            events.sort_by(|a, b| a.kv.key.cmp(&b.kv.key));
+            record_history(&tx, &events)?;
+            set_meta(&tx, "revision", revision)?;
+            Some(Arc::new(Batch { revision, events }))
+        };
+        tx.commit().context(what)?;
+        self.leases.remove(&id);
+        if let Some(batch) = batch {
+            self.revision = revision;
+            let _ = self.batches.send(batch);
+        }
+        Ok(())
+    }
+
+    fn lease_grant(&mut self, ttl_secs: i64) -> Result<LeaseId, StoreError> {
+        let what = || "grant a lease".to_owned();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context(what)?;
+        let id = read_meta(&tx, "lease_seq")? + 1;
+        set_meta(&tx, "lease_seq", id)?;
+        tx.execute(
+            "INSERT INTO leases (id, ttl) VALUES (?1, ?2)",
+            params![id, ttl_secs],
+        )
+        .context(what)?;
+        tx.commit().context(what)?;
+        self.leases.insert(id, Lease::new(ttl_secs));
+        Ok(id)
+    }
+
+    /// A live lease, or `LeaseNotFound`. A lease past its deadline is ended here first, so no
+    /// caller can use (or renew) a lease that has run out but not yet been swept.
+    fn live_lease(&mut self, id: LeaseId) -> Result<&mut Lease, StoreError> {
+        let expired = self
+            .leases
+            .get(&id)
+            .is_some_and(|lease| lease.deadline <= Instant::now());
+        if expired {
+            self.end_lease(id)?;
+        }
+        self.leases
+            .get_mut(&id)
+            .ok_or(StoreError::LeaseNotFound(id))
+    }
+
+    fn lease_keep_alive(&mut self, id: LeaseId) -> Result<i64, StoreError> {
+        let lease = self.live_lease(id)?;
+        *lease = Lease::new(lease.ttl_secs);
+        Ok(lease.ttl_secs)
+    }
+
+    fn lease_revoke(&mut self, id: LeaseId) -> Result<(), StoreError> {
+        self.live_lease(id)?;
+        self.end_lease(id)
+    }
+
+    fn lease_time_to_live(&mut self, id: LeaseId) -> Result<Option<i64>, StoreError> {
+        match self.live_lease(id) {
+            Ok(lease) => {
+                let left = lease.deadline.saturating_duration_since(Instant::now());
+                Ok(Some(left.as_millis().div_ceil(1000) as i64))
+            }
+            Err(StoreError::LeaseNotFound(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     fn handle(&mut self, request: Request) {
@@ -87,6 +237,12 @@ impl Worker {
                 from,
                 reply,
             } => send(reply, self.history(&prefix, from)),
+            Request::LeaseGrant { ttl_secs, reply } => send(reply, self.lease_grant(ttl_secs)),
+            Request::LeaseKeepAlive { lease, reply } => send(reply, self.lease_keep_alive(lease)),
+            Request::LeaseRevoke { lease, reply } => send(reply, self.lease_revoke(lease)),
+            Request::LeaseTimeToLive { lease, reply } => {
+                send(reply, self.lease_time_to_live(lease))
+            }
         }
     }
 
@@ -94,7 +250,7 @@ impl Worker {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?1",
+                "SELECT key, value, create_rev, mod_rev, version, lease FROM kv WHERE key = ?1",
             )
             .context(|| format!("get {key:?}"))?;
         stmt.query_row([key], read_kv)
@@ -110,7 +266,7 @@ impl Worker {
                 let mut stmt = self
                     .conn
                     .prepare_cached(
-                        "SELECT key, value, create_rev, mod_rev, version FROM kv
+                        "SELECT key, value, create_rev, mod_rev, version, lease FROM kv
                          WHERE key >= ?1 AND key < ?2 ORDER BY key",
                     )
                     .context(what)?;
@@ -123,7 +279,7 @@ impl Worker {
                 let mut stmt = self
                     .conn
                     .prepare_cached(
-                        "SELECT key, value, create_rev, mod_rev, version FROM kv
+                        "SELECT key, value, create_rev, mod_rev, version, lease FROM kv
                          WHERE key >= ?1 ORDER BY key",
                     )
                     .context(what)?;
@@ -138,6 +294,7 @@ impl Worker {
 
     /// Runs one transaction; returns its result and, if it changed anything, the batch to publish.
     fn txn(&mut self, txn: &Txn) -> Result<(TxnResult, Option<Arc<Batch>>), StoreError> {
+        self.expire_leases();
         let what = || "transaction".to_owned();
         let revision = self.revision + 1;
         let compacted = self.auto_compact_target(revision);
@@ -157,6 +314,15 @@ impl Worker {
         } else {
             &txn.failure
         };
+        // Leases past their deadline were ended before the transaction began (expire_leases), so
+        // the map holds exactly the live ones.
+        for op in ops {
+            if let Op::PutWithLease(_, _, lease) = op {
+                if !self.leases.contains_key(lease) {
+                    return Err(StoreError::LeaseNotFound(*lease));
+                }
+            }
+        }
         let mut events = Vec::new();
         for op in ops {
             apply(&tx, op, revision, &mut events)?;
@@ -243,7 +409,7 @@ impl Worker {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT rev, key, kind, value, create_rev, version FROM history
+                    "SELECT rev, key, kind, value, create_rev, version, lease FROM history
                      WHERE rev >= ?1 AND rev < ?2 AND key >= ?3 AND (?4 IS NULL OR key < ?4)
                      ORDER BY rev, key",
                 )
@@ -275,6 +441,17 @@ fn read_meta(conn: &Connection, name: &str) -> Result<i64, StoreError> {
     .context(|| format!("read {name} from meta"))
 }
 
+/// Every lease in the file, each with its full time to live from now (see schema migration 2).
+fn read_leases(conn: &Connection) -> Result<HashMap<LeaseId, Lease>, StoreError> {
+    let what = || "read leases".to_owned();
+    let mut stmt = conn.prepare("SELECT id, ttl FROM leases").context(what)?;
+    let rows = stmt
+        .query_map([], |row| Ok((row.get(0)?, Lease::new(row.get(1)?))))
+        .context(what)?;
+    rows.collect::<rusqlite::Result<HashMap<_, _>>>()
+        .context(what)
+}
+
 fn set_meta(conn: &Connection, name: &str, value: i64) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE meta SET value = ?2 WHERE name = ?1")
         .and_then(|mut stmt| stmt.execute(params![name, value]))
@@ -289,6 +466,7 @@ fn read_kv(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
         create_revision: row.get(2)?,
         mod_revision: row.get(3)?,
         version: row.get(4)?,
+        lease: row.get(5)?,
     })
 }
 
@@ -306,6 +484,7 @@ fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<WatchEvent> {
             create_revision: row.get(4)?,
             mod_revision: row.get(0)?,
             version: row.get(5)?,
+            lease: row.get(6)?,
         },
     })
 }
@@ -335,34 +514,8 @@ fn apply(
     events: &mut Vec<WatchEvent>,
 ) -> Result<(), StoreError> {
     match op {
-        Op::Put(key, value) => {
-            let what = || format!("put {key:?}");
-            let mut stmt = conn
-                .prepare_cached(
-                    "INSERT INTO kv (key, value, create_rev, mod_rev, version)
-                     VALUES (?1, ?2, ?3, ?3, 1)
-                     ON CONFLICT (key) DO UPDATE
-                        SET value = excluded.value, mod_rev = excluded.mod_rev,
-                            version = version + 1
-                     RETURNING create_rev, version",
-                )
-                .context(what)?;
-            let (create_revision, version) = stmt
-                .query_row(params![key, value, revision], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
-                .context(what)?;
-            events.push(WatchEvent {
-                kind: EventKind::Put,
-                kv: KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                    create_revision,
-                    mod_revision: revision,
-                    version,
-                },
-            });
-        }
+        Op::Put(key, value) => put(conn, key, value, 0, revision, events)?,
+        Op::PutWithLease(key, value, lease) => put(conn, key, value, *lease, revision, events)?,
         Op::Delete(key) => {
             let what = || format!("delete {key:?}");
             let mut stmt = conn
@@ -398,6 +551,44 @@ fn apply(
     Ok(())
 }
 
+fn put(
+    conn: &Connection,
+    key: &str,
+    value: &[u8],
+    lease: LeaseId,
+    revision: i64,
+    events: &mut Vec<WatchEvent>,
+) -> Result<(), StoreError> {
+    let what = || format!("put {key:?}");
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO kv (key, value, create_rev, mod_rev, version, lease)
+             VALUES (?1, ?2, ?3, ?3, 1, ?4)
+             ON CONFLICT (key) DO UPDATE
+                SET value = excluded.value, mod_rev = excluded.mod_rev,
+                    version = version + 1, lease = excluded.lease
+             RETURNING create_rev, version",
+        )
+        .context(what)?;
+    let (create_revision, version) = stmt
+        .query_row(params![key, value, revision, lease], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .context(what)?;
+    events.push(WatchEvent {
+        kind: EventKind::Put,
+        kv: KeyValue {
+            key: key.to_owned(),
+            value: value.to_vec(),
+            create_revision,
+            mod_revision: revision,
+            version,
+            lease,
+        },
+    });
+    Ok(())
+}
+
 fn delete_event(key: String, revision: i64) -> WatchEvent {
     WatchEvent {
         kind: EventKind::Delete,
@@ -407,6 +598,7 @@ fn delete_event(key: String, revision: i64) -> WatchEvent {
             create_revision: 0,
             mod_revision: revision,
             version: 0,
+            lease: 0,
         },
     }
 }
@@ -415,8 +607,8 @@ fn record_history(conn: &Connection, events: &[WatchEvent]) -> Result<(), StoreE
     let what = || "record history".to_owned();
     let mut stmt = conn
         .prepare_cached(
-            "INSERT INTO history (rev, key, kind, value, create_rev, version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO history (rev, key, kind, value, create_rev, version, lease)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .context(what)?;
     for event in events {
@@ -431,7 +623,8 @@ fn record_history(conn: &Connection, events: &[WatchEvent]) -> Result<(), StoreE
             kind,
             kv.value,
             kv.create_revision,
-            kv.version
+            kv.version,
+            kv.lease
         ])
         .context(what)?;
     }
