@@ -10,6 +10,7 @@ mod ctx;
 mod events_http;
 mod guest;
 mod host_ops;
+mod host_paths;
 mod http;
 mod identities;
 mod images;

@@ -17,6 +17,7 @@ pub mod qemu_img;
 pub mod size;
 
 pub use format::{detect_format, Format};
+pub use import::address::{IpNet, UrlPolicy};
 pub use import::{
     CancelToken, ExportOptions, ExportedFile, ImportOptions, ImportPhase, ImportProgress,
     ImportSource, ImportedVolume,
