@@ -93,6 +93,33 @@ pub fn open_read(config: &Config, kind: DirKind, path: &Path) -> io::Result<File
     Ok(file)
 }
 
+/// Opens a VM's boot files for QEMU to inherit (kernel then initrd, or the disk): a file in
+/// `kernel_dirs` beneath it (a symlink swapped in after the VM was created is refused here).
+pub fn open_boot_files(
+    config: &Config,
+    boot: &vessel_api::Boot,
+) -> Result<Vec<std::sync::Arc<File>>, String> {
+    let files: Vec<(&str, &str, DirKind)> = match boot {
+        vessel_api::Boot::Kernel { kernel, initrd, .. } => {
+            let mut files = vec![("kernel", kernel.as_str(), DirKind::Kernel)];
+            if let Some(initrd) = initrd {
+                files.push(("initrd", initrd.as_str(), DirKind::Kernel));
+            }
+            files
+        }
+        vessel_api::Boot::Disk { disk } => vec![("disk", disk.as_str(), DirKind::HostOnly)],
+        vessel_api::Boot::FirstDisk => vec![],
+    };
+    files
+        .into_iter()
+        .map(|(what, path, kind)| {
+            open_read(config, kind, Path::new(path))
+                .map(std::sync::Arc::new)
+                .map_err(|e| format!("cannot open the {what} {path}: {e}"))
+        })
+        .collect()
+}
+
 /// Whether an export to `path` stays inside an export directory: its parent is reached beneath
 /// the directory without symlinks, and its final component is not a symlink.
 fn export_place_ok(dir: &Path, rel: &Path) -> io::Result<()> {
