@@ -39,12 +39,34 @@ pub struct HostField {
     pub url: bool,
 }
 
-const fn file(method: &'static str, path: &'static str, field: &'static str, dirs: DirKind) -> HostField {
-    HostField { method, path, field, dirs, url: false }
+const fn file(
+    method: &'static str,
+    path: &'static str,
+    field: &'static str,
+    dirs: DirKind,
+) -> HostField {
+    HostField {
+        method,
+        path,
+        field,
+        dirs,
+        url: false,
+    }
 }
 
-const fn file_or_url(method: &'static str, path: &'static str, field: &'static str, dirs: DirKind) -> HostField {
-    HostField { method, path, field, dirs, url: true }
+const fn file_or_url(
+    method: &'static str,
+    path: &'static str,
+    field: &'static str,
+    dirs: DirKind,
+) -> HostField {
+    HostField {
+        method,
+        path,
+        field,
+        dirs,
+        url: true,
+    }
 }
 
 /// Every request field that names a file on the daemon's host (or a URL it fetches).
@@ -65,9 +87,12 @@ pub const HOST_FIELDS: &[HostField] = &[
 /// Whether `value` is a URL rather than a file path (it has a scheme). Only `http` and `https`
 /// are downloaded; other schemes are refused by the import.
 pub fn is_url(value: &str) -> bool {
-    value
-        .split_once("://")
-        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.'))
+    value.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+    })
 }
 
 /// The host files a request body names: each field of [`HOST_FIELDS`] for this route that holds

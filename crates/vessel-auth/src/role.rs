@@ -159,9 +159,8 @@ impl Permission {
             | HostRead | ProjectRead => Role::Viewer,
             VmCreate | VmEdit | VmDelete | VmLifecycle | VmConsole | VmSnapshot | StorageWrite
             | ImageWrite | OperationCancel | NetworkWrite => Role::Operator,
-            HostStats | HostAdmin | HostFiles | PoolAdmin | ProjectAdmin | IdentityAdmin | AuditRead => {
-                Role::Admin
-            }
+            HostStats | HostAdmin | HostFiles | PoolAdmin | ProjectAdmin | IdentityAdmin
+            | AuditRead => Role::Admin,
         }
     }
 

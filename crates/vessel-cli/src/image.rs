@@ -75,12 +75,12 @@ pub struct ImportArgs {
 
 fn kind_parser() -> impl clap::builder::TypedValueParser<Value = ImageKind> {
     use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(["disk", "kernel", "initrd"]).map(|value| {
-        match value.as_str() {
-            "kernel" => ImageKind::Kernel,
-            "initrd" => ImageKind::Initrd,
-            _ => ImageKind::Disk,
-        }
+    clap::builder::PossibleValuesParser::new(["disk", "kernel", "initrd"]).map(|value| match value
+        .as_str()
+    {
+        "kernel" => ImageKind::Kernel,
+        "initrd" => ImageKind::Initrd,
+        _ => ImageKind::Disk,
     })
 }
 

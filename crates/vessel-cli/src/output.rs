@@ -508,7 +508,10 @@ pub fn image_details(image: &vessel_api::Image) -> String {
         ("Pool", image.pool.clone()),
         ("Project", image.project.clone()),
         ("Kind", image.kind.as_str().to_string()),
-        ("Public", if image.public { "yes" } else { "no" }.to_string()),
+        (
+            "Public",
+            if image.public { "yes" } else { "no" }.to_string(),
+        ),
         ("Format", image.format.as_str().to_string()),
         ("Virtual size", format_bytes(image.virtual_bytes)),
         ("Allocated", format_bytes(image.allocated_bytes)),

@@ -124,11 +124,14 @@ pub fn open_boot_files(
 /// the directory without symlinks, and its final component is not a symlink.
 fn export_place_ok(dir: &Path, rel: &Path) -> io::Result<()> {
     let parent = rel.parent().unwrap_or(Path::new(""));
-    let name = rel.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "the path names no file")
-    })?;
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
     if matches!(name.as_bytes(), b"." | b"..") {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path names no file",
+        ));
     }
     let parent_dir = if parent.as_os_str().is_empty() {
         File::open(dir)?
@@ -150,7 +153,10 @@ fn export_place_ok(dir: &Path, rel: &Path) -> io::Result<()> {
         )
     };
     if rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "it is a symlink"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a symlink",
+        ));
     }
     Ok(())
 }
@@ -167,14 +173,14 @@ pub fn authorize(
     let Err(denied) = identity.check(Permission::HostFiles, Scope::Host) else {
         return Ok(());
     };
-    let reachable = confine(dirs(config, field.dirs), Path::new(path)).is_some_and(
-        |(dir, rel)| match field.dirs {
+    let reachable = confine(dirs(config, field.dirs), Path::new(path)).is_some_and(|(dir, rel)| {
+        match field.dirs {
             DirKind::Export => export_place_ok(dir, &rel).is_ok(),
             _ => open_beneath(dir, &rel, libc::O_RDONLY, 0)
                 .and_then(|f| f.metadata())
                 .is_ok_and(|m| m.is_file()),
-        },
-    );
+        }
+    });
     if reachable {
         return Ok(());
     }
@@ -210,7 +216,10 @@ mod tests {
     fn confine_finds_the_directory_by_its_words() {
         let dirs = vec![PathBuf::from("/srv/k")];
         let (dir, rel) = confine(&dirs, Path::new("/srv/k/a/b")).unwrap();
-        assert_eq!((dir, rel.as_path()), (Path::new("/srv/k"), Path::new("a/b")));
+        assert_eq!(
+            (dir, rel.as_path()),
+            (Path::new("/srv/k"), Path::new("a/b"))
+        );
         assert!(confine(&dirs, Path::new("/srv/k")).is_none());
         assert!(confine(&dirs, Path::new("/srv/kk/a")).is_none());
         assert!(confine(&dirs, Path::new("srv/k/a")).is_none());

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vessel_api::{
-    ApiError, ErrorCode, ExportVolumeRequest, ExportedVolume, Image, ImageKind,
-    ImportImageRequest, ImportVolumeRequest, Operation, OperationAction,
+    ApiError, ErrorCode, ExportVolumeRequest, ExportedVolume, Image, ImageKind, ImportImageRequest,
+    ImportVolumeRequest, Operation, OperationAction,
 };
 use vessel_auth::host_files::DirKind;
 use vessel_auth::{Identity, Permission, Scope};
@@ -98,6 +98,8 @@ fn open_source(
         }
         ImportSource::Url(url) => {
             opts.url_policy = url_policy(ctx, identity);
+            vessel_storage::precheck_url(&url, &opts.url_policy)
+                .map_err(crate::volumes::api_error)?;
             Ok((ImportSource::Url(url), None))
         }
     }
@@ -270,10 +272,7 @@ impl Service {
     ) -> Result<String, ApiError> {
         let record = self.usable_image(name, kind, project, identity).await?;
         let pool = crate::pools::open_by_name(&self.ctx, &record.pool).await?;
-        let info = pool
-            .volume(name)
-            .await
-            .map_err(crate::volumes::api_error)?;
+        let info = pool.volume(name).await.map_err(crate::volumes::api_error)?;
         Ok(info.path.to_string_lossy().into_owned())
     }
 
@@ -402,7 +401,13 @@ impl Service {
             return Ok(());
         };
         let file = info.path.to_string_lossy();
-        for vm in self.ctx.view.all().await.map_err(crate::service::internal)? {
+        for vm in self
+            .ctx
+            .view
+            .all()
+            .await
+            .map_err(crate::service::internal)?
+        {
             if let vessel_api::Boot::Kernel { kernel, initrd, .. } = &vm.record.spec.boot {
                 if *kernel == file || initrd.as_deref() == Some(&*file) {
                     return Err(ApiError::conflict(format!(

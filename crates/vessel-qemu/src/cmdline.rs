@@ -368,7 +368,10 @@ mod tests {
         .join(" ");
         let first = SECRET_FD_BASE;
         assert!(
-            args.contains(&format!("-kernel /dev/fd/{first} -initrd /dev/fd/{}", first + 1)),
+            args.contains(&format!(
+                "-kernel /dev/fd/{first} -initrd /dev/fd/{}",
+                first + 1
+            )),
             "{args}"
         );
         assert!(!args.contains(" /k") && !args.contains(" /i"), "{args}");

@@ -32,7 +32,9 @@ impl IpNet {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -205,7 +207,10 @@ mod tests {
             assert!(policy.check(ip(allowed)).is_ok(), "{allowed}");
         }
         assert!(UrlPolicy::anywhere().check(ip("127.0.0.1")).is_ok());
-        assert!(UrlPolicy::new(true, &[]).unwrap().check(ip("10.0.0.1")).is_ok());
+        assert!(UrlPolicy::new(true, &[])
+            .unwrap()
+            .check(ip("10.0.0.1"))
+            .is_ok());
     }
 
     #[test]
@@ -218,7 +223,9 @@ mod tests {
         assert!(policy.check(ip("127.0.0.1")).is_err());
         assert!(UrlPolicy::new(false, &["10.0.0.0/33".into()]).is_err());
         assert!(UrlPolicy::new(false, &["nonsense".into()]).is_err());
-        let err = UrlPolicy::public_only().check(ip("169.254.169.254")).unwrap_err();
+        let err = UrlPolicy::public_only()
+            .check(ip("169.254.169.254"))
+            .unwrap_err();
         assert!(err.contains("link-local"), "{err}");
     }
 }

@@ -49,7 +49,10 @@ pub(crate) fn check_url(url: &str) -> Result<reqwest::Url, PoolError> {
 /// The literal address of a URL's host, if it is one (`http://[::1]/`, `http://10.0.0.1/`).
 fn literal_address(url: &reqwest::Url) -> Option<IpAddr> {
     let host = url.host_str()?;
-    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 /// Checks a URL's scheme and, for a literal address, the address (host names are checked by
@@ -67,6 +70,14 @@ fn check_hop(url: &reqwest::Url, policy: &UrlPolicy) -> Result<(), String> {
     }
 }
 
+/// Checks a URL before any download starts: its scheme, and its address when the host is a
+/// literal one (host names are checked when they are resolved, redirects at each hop).
+pub fn precheck_url(url: &str, policy: &UrlPolicy) -> Result<(), PoolError> {
+    let parsed = check_url(url)?;
+    check_hop(&parsed, policy)
+        .map_err(|why| PoolError::InvalidRequest(format!("cannot import {url}: {why}")))
+}
+
 /// Resolves host names and refuses the whole name if any of its addresses is not allowed (a
 /// name that mixes public and internal addresses is a rebinding attempt). The client connects
 /// only to the addresses returned here, so what was checked is what is reached.
@@ -77,9 +88,8 @@ impl reqwest::dns::Resolve for CheckedResolver {
         let policy = self.0.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for addr in &addrs {
                 policy
                     .check(addr.ip())
@@ -121,14 +131,12 @@ pub(crate) async fn open(
     if !policy.is_anywhere() {
         builder = builder.dns_resolver(std::sync::Arc::new(CheckedResolver(policy.clone())));
     }
-    let client = builder
-        .build()
-        .map_err(|e| {
-            failed(
-                url,
-                format!("the HTTP client could not start: {}", chain(&e)),
-            )
-        })?;
+    let client = builder.build().map_err(|e| {
+        failed(
+            url,
+            format!("the HTTP client could not start: {}", chain(&e)),
+        )
+    })?;
     let response = match tokio::time::timeout(stall, client.get(parsed).send()).await {
         Err(_) => {
             return Err(failed(

@@ -47,7 +47,7 @@
 
 pub(crate) mod address;
 pub(crate) mod copy;
-pub(crate) mod http;
+pub mod http;
 pub(crate) mod sniff;
 pub(crate) mod validate;
 

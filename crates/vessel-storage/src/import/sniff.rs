@@ -53,7 +53,11 @@ pub(crate) fn refusal(head: &[u8]) -> Option<String> {
     }
     if looks_like_text(head) {
         // Never quote the bytes: the caller may not be allowed to read the source.
-        let kind = if looks_like_html(head) { "an HTML page" } else { "text" };
+        let kind = if looks_like_html(head) {
+            "an HTML page"
+        } else {
+            "text"
+        };
         return Some(format!(
             "it is {kind}, not a disk image; if it came from a URL, the server probably sent an \
              error or download page instead of the image"
@@ -163,7 +167,9 @@ fn looks_like_html(head: &[u8]) -> bool {
         .take(15)
         .map(u8::to_ascii_lowercase)
         .collect();
-    start.starts_with(b"<!doctype html") || start.starts_with(b"<html") || start.starts_with(b"<head")
+    start.starts_with(b"<!doctype html")
+        || start.starts_with(b"<html")
+        || start.starts_with(b"<head")
 }
 
 pub(crate) fn looks_like_text(head: &[u8]) -> bool {
@@ -190,10 +196,16 @@ mod tests {
     fn error_pages_and_text_are_refused() {
         let html = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n";
         let says = refusal(html).unwrap();
-        assert!(says.contains("an HTML page") && !says.contains("404"), "{says}");
+        assert!(
+            says.contains("an HTML page") && !says.contains("404"),
+            "{says}"
+        );
         let shadow = b"root:*:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n";
         let says = refusal(shadow).unwrap();
-        assert!(says.contains("it is text") && !says.contains("root"), "{says}");
+        assert!(
+            says.contains("it is text") && !says.contains("root"),
+            "{says}"
+        );
         assert!(refusal("caf\u{e9} \u{2603}\n".as_bytes()).is_some());
         assert!(refusal(b"# Disk DescriptorFile\nversion=1\n").is_some());
     }
