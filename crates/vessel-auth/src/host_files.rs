@@ -108,8 +108,8 @@ pub fn named_files<'a>(
         .filter(|f| f.method == method && f.path == template)
         .filter_map(|f| {
             let value = body.get(f.field)?.as_str()?;
-            let names_a_file = !value.is_empty() && !(f.url && is_url(value));
-            names_a_file.then_some((f, value))
+            let is_a_url = f.url && is_url(value);
+            (!value.is_empty() && !is_a_url).then_some((f, value))
         })
         .collect()
 }

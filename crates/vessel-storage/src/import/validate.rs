@@ -94,16 +94,16 @@ fn refused_by_qemu_img(e: QemuImgError) -> Invalid {
 
 fn self_contained(info: &ImageInfo) -> Result<(), String> {
     if info.backing_file.is_some() {
-        return Err(format!(
+        return Err(
             "it has a backing file; an image must be self-contained: flatten it with \
              `qemu-img convert -O qcow2` first"
-        ));
+                .to_string(),
+        );
     }
     if info.data_file.is_some() {
-        return Err(format!(
-            "its data lives in an external data file; an image must be \
+        return Err("its data lives in an external data file; an image must be \
              self-contained: flatten it with `qemu-img convert -O qcow2` first"
-        ));
+            .to_string());
     }
     if info.encrypted {
         return Err(
