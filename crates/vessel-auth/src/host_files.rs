@@ -61,11 +61,8 @@ const fn file_or_url(
     dirs: DirKind,
 ) -> HostField {
     HostField {
-        method,
-        path,
-        field,
-        dirs,
         url: true,
+        ..file(method, path, field, dirs)
     }
 }
 

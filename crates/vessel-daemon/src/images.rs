@@ -284,13 +284,7 @@ impl Service {
     ) -> Result<Operation, ApiError> {
         validate_name("image", &request.name).map_err(ApiError::invalid)?;
         if request.public {
-            identity
-                .check(Permission::HostAdmin, Scope::Host)
-                .map_err(|denied| {
-                    let mut e = crate::security::permission_denied(denied);
-                    e.message = format!("only host admins make images public: {}", e.message);
-                    e
-                })?;
+            require_host_admin(identity, "only host admins make images public")?;
         }
         let mut opts = ImportOptions::default();
         let (source, held) = open_source(&self.ctx, identity, &request.source, &mut opts)?;
@@ -371,13 +365,7 @@ impl Service {
     pub async fn delete_image(&self, name: &str, identity: &Identity) -> Result<(), ApiError> {
         let record = self.image_location(name).await?;
         if record.public {
-            identity
-                .check(Permission::HostAdmin, Scope::Host)
-                .map_err(|denied| {
-                    let mut e = crate::security::permission_denied(denied);
-                    e.message = format!("image {name:?} is public: {}", e.message);
-                    e
-                })?;
+            require_host_admin(identity, &format!("image {name:?} is public"))?;
         }
         if !record.kind.is_disk() {
             self.refuse_if_booted(&record).await?;
@@ -548,6 +536,17 @@ impl Service {
         );
         Ok(operation)
     }
+}
+
+/// Public images are the host admins' (`host.admin`): the 403 says why it is needed.
+fn require_host_admin(identity: &Identity, why: &str) -> Result<(), ApiError> {
+    identity
+        .check(Permission::HostAdmin, Scope::Host)
+        .map_err(|denied| {
+            let mut e = crate::security::permission_denied(denied);
+            e.message = format!("{why}: {}", e.message);
+            e
+        })
 }
 
 fn validate_digest(digest: Option<&str>) -> Result<(), ApiError> {

@@ -26,6 +26,11 @@ fn raw_disk(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+async fn vm_names(client: &vessel_cli::Client) -> Vec<String> {
+    let vms = client.list_vms().await.unwrap();
+    vms.into_iter().map(|v| v.spec.name).collect()
+}
+
 /// The request fields the OpenAPI document describes as naming something on the daemon's host
 /// (a file, or a URL it fetches), nested ones with dotted names: `(METHOD, path, field)`.
 fn described_host_fields(doc: &Value) -> BTreeSet<(String, String, String)> {
@@ -156,14 +161,7 @@ async fn every_host_path_field_is_refused_to_an_operator_and_works_for_host_admi
         assert!(answer.contains(names), "{f:?}: {answer}");
     }
     // Nothing was written.
-    let vms: Vec<String> = root
-        .list_vms()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|v| v.spec.name)
-        .collect();
-    assert_eq!(vms, vec!["edited".to_string()]);
+    assert_eq!(vm_names(&root).await, vec!["edited".to_string()]);
     assert_eq!(
         root.get_vm("edited").await.unwrap().spec,
         edited_before.spec
@@ -536,13 +534,6 @@ async fn a_tenant_boots_a_public_kernel_and_cannot_use_another_projects_images()
         let (status, answer) = post(&bob, "/v1/vms", with_image.clone()).await;
         assert_eq!(status, 403, "{answer}");
     }
-    let vms: Vec<String> = root
-        .list_vms()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|v| v.spec.name)
-        .collect();
-    assert_eq!(vms, vec!["a1".to_string()]);
+    assert_eq!(vm_names(&root).await, vec!["a1".to_string()]);
     assert!(root.get_volume("default", "a3-root").await.is_err());
 }
