@@ -120,24 +120,18 @@ pub fn open_boot_files(
         .collect()
 }
 
-/// Whether an export to `path` stays inside an export directory: its parent is reached beneath
-/// the directory without symlinks, and its final component is not a symlink.
+/// Whether an export to `path` stays inside an export directory: a new file directly in it (the
+/// export writes by path for as long as it runs, so no subdirectory a tenant could swap for a
+/// symlink may lie on the way), not a symlink, not `.` or `..`.
 fn export_place_ok(dir: &Path, rel: &Path) -> io::Result<()> {
-    let parent = rel.parent().unwrap_or(Path::new(""));
-    let name = rel
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
-    if matches!(name.as_bytes(), b"." | b"..") {
+    let mut components = rel.components();
+    let (Some(Component::Normal(name)), None) = (components.next(), components.next()) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the path names no file",
+            "an export goes directly into an export directory",
         ));
-    }
-    let parent_dir = if parent.as_os_str().is_empty() {
-        File::open(dir)?
-    } else {
-        open_beneath(dir, parent, libc::O_PATH | libc::O_DIRECTORY, 0)?
     };
+    let parent_dir = File::open(dir)?;
     use std::os::fd::AsRawFd;
     let name_c = std::ffi::CString::new(name.as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
@@ -187,7 +181,7 @@ pub fn authorize(
     let setting = match field.dirs {
         DirKind::Kernel => " (or a file of the daemon's kernel_dirs)",
         DirKind::Import => " (or a file of the daemon's import_dirs)",
-        DirKind::Export => " (or a new file in the daemon's export_dirs)",
+        DirKind::Export => " (or a file directly in one of the daemon's export_dirs)",
         DirKind::HostOnly => "",
     };
     let mut e = crate::security::permission_denied(denied);
@@ -244,5 +238,7 @@ mod tests {
         assert!(export_place_ok(&dir, Path::new("new.qcow2")).is_ok());
         assert!(export_place_ok(&dir, Path::new("out")).is_err());
         assert!(export_place_ok(&dir, Path::new("../x")).is_err());
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        assert!(export_place_ok(&dir, Path::new("sub/x")).is_err());
     }
 }
