@@ -112,7 +112,7 @@ pub(crate) async fn open(
     check_hop(&parsed, policy).map_err(|why| failed(url, why))?;
     let hops = policy.clone();
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() > MAX_REDIRECTS {
+        if attempt.previous().len() >= MAX_REDIRECTS {
             return attempt.error(format!(
                 "it redirected more than {MAX_REDIRECTS} times; give the final URL"
             ));
