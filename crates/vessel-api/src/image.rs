@@ -3,6 +3,32 @@ use utoipa::ToSchema;
 
 use crate::VolumeFormat;
 
+/// What an image holds: a disk that VMs are made from, or a kernel or initrd that VMs boot
+/// with (`vessel vm create --kernel-image K --initrd-image I`), so that tenants can boot a kernel
+/// without naming a file on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    #[default]
+    Disk,
+    Kernel,
+    Initrd,
+}
+
+impl ImageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::Disk => "disk",
+            ImageKind::Kernel => "kernel",
+            ImageKind::Initrd => "initrd",
+        }
+    }
+
+    pub fn is_disk(&self) -> bool {
+        *self == ImageKind::Disk
+    }
+}
+
 /// A disk image: a read-only volume that VMs are created from (linked or full clones).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Image {
@@ -12,6 +38,11 @@ pub struct Image {
     pub project: String,
     /// The pool that holds the image's volume (of the same name).
     pub pool: String,
+    #[serde(default, skip_serializing_if = "ImageKind::is_disk")]
+    pub kind: ImageKind,
+    /// Every project may see and use it (only host admins make images public).
+    #[serde(default)]
+    pub public: bool,
     pub format: VolumeFormat,
     pub virtual_bytes: u64,
     pub allocated_bytes: u64,
@@ -41,6 +72,12 @@ pub struct ImportImageRequest {
     /// The project the image belongs to; `default` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// A disk (the default), or a kernel or initrd to boot VMs with (kept as the bytes given).
+    #[serde(default, skip_serializing_if = "ImageKind::is_disk")]
+    pub kind: ImageKind,
+    /// Every project may see and use it; needs `host.admin`.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// `POST /v1/pools/{pool}/volumes/import`: a file or URL as a new (writable) volume.
@@ -64,7 +101,8 @@ pub struct ImportVolumeRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportVolumeRequest {
-    /// Absolute path of the file to write on the daemon's host (a standalone qcow2).
+    /// Absolute path of the file to write on the daemon's host (a standalone qcow2; needs
+    /// host.files, or a new file in one of the daemon's export_dirs).
     pub path: String,
     /// Compress the qcow2 (default true).
     #[serde(default = "yes")]

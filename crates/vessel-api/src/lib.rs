@@ -21,7 +21,7 @@ pub use auth::{
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use host::{CheckVerdict, HostCheck, HostCheckItem, HostInfo, MasterKeyRotation};
 pub use image::{
-    ExportVolumeRequest, ExportedVolume, Image, ImportImageRequest, ImportVolumeRequest,
+    ExportVolumeRequest, ExportedVolume, Image, ImageKind, ImportImageRequest, ImportVolumeRequest,
 };
 pub use network::{
     AddNicRequest, CreateNetworkRequest, IngressPolicy, IngressRule, Network, NetworkKind,

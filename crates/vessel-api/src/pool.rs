@@ -40,7 +40,7 @@ pub struct CreatePoolRequest {
     pub name: String,
     #[serde(default)]
     pub kind: PoolKind,
-    /// Absolute path of the pool's directory; created if missing.
+    /// Absolute path of the pool's directory on the daemon's host; created if missing.
     pub path: String,
 }
 

@@ -134,12 +134,21 @@ pub struct CreateVmRequest {
     pub name: String,
     pub cpus: u32,
     pub memory_mib: u64,
+    /// A kernel file on the daemon's host to boot directly (needs host.files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// An initrd file on the daemon's host (needs host.files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<String>,
+    /// An image of kind `kernel` to boot directly (instead of `kernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_image: Option<String>,
+    /// An image of kind `initrd` (instead of `initrd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// A disk image file on the daemon's host to boot from (needs host.files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,12 +199,15 @@ pub struct EditVmRequest {
     pub cpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// A kernel file on the daemon's host (needs host.files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// An initrd file on the daemon's host (needs host.files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// A disk image file on the daemon's host (needs host.files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,8 +9,11 @@
 //! - [`Identity`]: a caller with its grants (project, role); `*` is every project and the host.
 //! - [`token`]: API tokens `vsl_<id>_<secret>`: 256 random bits shown once, stored as a SHA-256
 //!   digest only, compared in constant time.
+//! - [`host_files`]: the request fields that name files on the daemon's host or URLs it
+//!   fetches (they need `host.files`, or an allow-listed directory).
 //! - [`quota`]: per-project limits and the check that a request stays within them.
 
+pub mod host_files;
 mod identity;
 pub mod quota;
 mod role;

@@ -83,6 +83,7 @@ pub enum Permission {
     HostRead,
     HostStats,
     HostAdmin,
+    HostFiles,
     PoolAdmin,
     ProjectRead,
     ProjectAdmin,
@@ -91,7 +92,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 24] = [
+    pub const ALL: [Permission; 25] = [
         Permission::VmRead,
         Permission::VmCreate,
         Permission::VmEdit,
@@ -111,6 +112,7 @@ impl Permission {
         Permission::HostRead,
         Permission::HostStats,
         Permission::HostAdmin,
+        Permission::HostFiles,
         Permission::PoolAdmin,
         Permission::ProjectRead,
         Permission::ProjectAdmin,
@@ -140,6 +142,7 @@ impl Permission {
             Permission::HostRead => "host.read",
             Permission::HostStats => "host.stats",
             Permission::HostAdmin => "host.admin",
+            Permission::HostFiles => "host.files",
             Permission::PoolAdmin => "pool.admin",
             Permission::ProjectRead => "project.read",
             Permission::ProjectAdmin => "project.admin",
@@ -156,9 +159,8 @@ impl Permission {
             | HostRead | ProjectRead => Role::Viewer,
             VmCreate | VmEdit | VmDelete | VmLifecycle | VmConsole | VmSnapshot | StorageWrite
             | ImageWrite | OperationCancel | NetworkWrite => Role::Operator,
-            HostStats | HostAdmin | PoolAdmin | ProjectAdmin | IdentityAdmin | AuditRead => {
-                Role::Admin
-            }
+            HostStats | HostAdmin | HostFiles | PoolAdmin | ProjectAdmin | IdentityAdmin
+            | AuditRead => Role::Admin,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use vessel_api::{Image, ImportImageRequest};
+use vessel_api::{Image, ImageKind, ImportImageRequest};
 
 use crate::client::Outcome;
 use crate::output;
@@ -62,8 +62,26 @@ pub struct ImportArgs {
     /// The project the image belongs to [default: default].
     #[arg(long, value_name = "PROJECT")]
     pub project: Option<String>,
+    /// What the image holds: a disk (VMs are made from it), or a kernel or initrd VMs boot
+    /// with (`vessel vm create --kernel-image K --initrd-image I`), kept as the bytes given.
+    #[arg(long, value_name = "KIND", default_value = "disk", value_parser = kind_parser())]
+    pub kind: ImageKind,
+    /// Every project may see and use the image (host admins only).
+    #[arg(long)]
+    pub public: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+fn kind_parser() -> impl clap::builder::TypedValueParser<Value = ImageKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["disk", "kernel", "initrd"]).map(|value| match value
+        .as_str()
+    {
+        "kernel" => ImageKind::Kernel,
+        "initrd" => ImageKind::Initrd,
+        _ => ImageKind::Disk,
+    })
 }
 
 /// A URL as given; a path made absolute, because the daemon has its own working directory.
@@ -86,6 +104,8 @@ pub(crate) async fn run(command: ImageCommand, ctx: &Context) -> Result<ExitCode
                 sha256: args.sha256,
                 pool: args.pool,
                 project: args.project,
+                kind: args.kind,
+                public: args.public,
             };
             match client.import_image(&request, false).await? {
                 Outcome::Accepted(accepted) if args.wait.no_wait => {

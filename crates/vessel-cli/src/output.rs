@@ -531,6 +531,8 @@ pub fn image_table(images: &[vessel_api::Image]) -> String {
     let mut table = plain_table(Some(&[
         "NAME",
         "POOL",
+        "KIND",
+        "PUBLIC",
         "FORMAT",
         "SIZE",
         "ALLOCATED",
@@ -541,6 +543,8 @@ pub fn image_table(images: &[vessel_api::Image]) -> String {
         table.add_row(vec![
             image.name.clone(),
             image.pool.clone(),
+            image.kind.as_str().to_string(),
+            if image.public { "yes" } else { "no" }.to_string(),
             image.format.as_str().to_string(),
             format_bytes(image.virtual_bytes),
             format_bytes(image.allocated_bytes),
@@ -556,6 +560,12 @@ pub fn image_details(image: &vessel_api::Image) -> String {
     key_values(vec![
         ("Name", image.name.clone()),
         ("Pool", image.pool.clone()),
+        ("Project", image.project.clone()),
+        ("Kind", image.kind.as_str().to_string()),
+        (
+            "Public",
+            if image.public { "yes" } else { "no" }.to_string(),
+        ),
         ("Format", image.format.as_str().to_string()),
         ("Virtual size", format_bytes(image.virtual_bytes)),
         ("Allocated", format_bytes(image.allocated_bytes)),

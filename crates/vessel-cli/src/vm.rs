@@ -250,7 +250,8 @@ pub struct LogArgs {
 
 /// `vessel vm create`
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "disk", "image"])))]
+#[command(group(ArgGroup::new("boot").required(true).args(["kernel", "kernel_image", "disk", "image"])))]
+#[command(group(ArgGroup::new("kernel_boot").args(["kernel", "kernel_image"])))]
 pub struct CreateArgs {
     /// Name of the new VM: letters, digits, '-', '_' and '.', starting with a letter or digit,
     /// at most 63 characters.
@@ -267,19 +268,31 @@ pub struct CreateArgs {
     /// unless --machine says otherwise.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-    /// Initial ramdisk to load with --kernel.
+    /// An image of kind kernel to boot directly (`vessel image import NAME FILE --kind
+    /// kernel`): what project operators boot with, since files on the host need host.files.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "disk")]
+    pub kernel_image: Option<String>,
+    /// Initial ramdisk to load with --kernel or --kernel-image.
     #[arg(
         long,
         value_name = "PATH",
-        requires = "kernel",
-        conflicts_with = "disk"
+        requires = "kernel_boot",
+        conflicts_with_all = ["disk", "initrd_image"]
     )]
     pub initrd: Option<PathBuf>,
+    /// An image of kind initrd to load with --kernel or --kernel-image.
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        requires = "kernel_boot",
+        conflicts_with = "disk"
+    )]
+    pub initrd_image: Option<String>,
     /// Kernel command line to pass with --kernel, e.g. 'console=ttyS0'.
     #[arg(
         long,
         value_name = "STR",
-        requires = "kernel",
+        requires = "kernel_boot",
         conflicts_with = "disk",
         allow_hyphen_values = true
     )]
@@ -459,6 +472,8 @@ impl CreateArgs {
             memory_mib: self.memory,
             kernel: optional_path(&self.kernel, cwd)?,
             initrd: optional_path(&self.initrd, cwd)?,
+            kernel_image: self.kernel_image.clone(),
+            initrd_image: self.initrd_image.clone(),
             cmdline: self.cmdline.clone(),
             disk: optional_path(&self.disk, cwd)?,
             machine: self.machine,

@@ -11,7 +11,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/vessel/vessel.toml";
 /// `vessel daemon` flags.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(
-    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)\n  qemu_uid_base = 1879048192    # each VM's QEMU runs as its own uid from here on (0: as the daemon's user)\n  audit_keep_days = 365         # prune older audit records (signed, verify still passes); default: keep all\n  audit_keep_records = 1000000  # and records beyond the newest this many"
+    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)\n  qemu_uid_base = 1879048192    # each VM's QEMU runs as its own uid from here on (0: as the daemon's user)\n  kernel_dirs = [\"/srv/kernels\"]  # project operators may boot kernels/initrds from here (else host admins only)\n  import_dirs = [\"/srv/images\"]   # ... import files from here\n  export_dirs = [\"/srv/exports\"]  # ... export volumes to new files here\n  import_allow_private = false  # URL imports of non-admins may reach private addresses\n  import_allow_cidrs = [\"10.1.0.0/16\"]  # ... or these networks only\n  audit_keep_days = 365         # prune older audit records (signed, verify still passes); default: keep all\n  audit_keep_records = 1000000  # and records beyond the newest this many"
 )]
 pub struct DaemonArgs {
     /// Where the database, VM run directories and console logs live [default: /var/lib/vessel].
@@ -50,6 +50,11 @@ struct FileConfig {
     qemu_uid_base: Option<u32>,
     audit_keep_days: Option<u64>,
     audit_keep_records: Option<u64>,
+    kernel_dirs: Option<Vec<PathBuf>>,
+    import_dirs: Option<Vec<PathBuf>>,
+    export_dirs: Option<Vec<PathBuf>>,
+    import_allow_private: Option<bool>,
+    import_allow_cidrs: Option<Vec<String>>,
 }
 
 /// The effective configuration.
@@ -79,6 +84,15 @@ pub struct Config {
     pub qemu_uids: Option<vessel_qemu::UidRange>,
     /// How much of the audit log to keep (pruned at start and hourly); keeps all by default.
     pub audit_retention: vessel_audit::Retention,
+    /// Directories whose files project operators may name (see `host_paths`): kernels and
+    /// initrds to boot, files to import, where exports go. Without them, only host admins
+    /// (`host.files`) name host files. Canonical (symlinks resolved) at load.
+    pub kernel_dirs: Vec<PathBuf>,
+    pub import_dirs: Vec<PathBuf>,
+    pub export_dirs: Vec<PathBuf>,
+    /// Which addresses URL imports of callers without `host.files` may reach (public ones only
+    /// by default).
+    pub url_policy: vessel_storage::UrlPolicy,
 }
 
 impl Config {
@@ -101,6 +115,10 @@ impl Config {
                     .expect("the default range is valid"),
             ),
             audit_retention: vessel_audit::Retention::default(),
+            kernel_dirs: Vec::new(),
+            import_dirs: Vec::new(),
+            export_dirs: Vec::new(),
+            url_policy: vessel_storage::UrlPolicy::public_only(),
         }
     }
 
@@ -159,6 +177,14 @@ impl Config {
             keep_days: file.audit_keep_days,
             keep_records: file.audit_keep_records,
         };
+        config.kernel_dirs = allowed_dirs("kernel_dirs", file.kernel_dirs)?;
+        config.import_dirs = allowed_dirs("import_dirs", file.import_dirs)?;
+        config.export_dirs = allowed_dirs("export_dirs", file.export_dirs)?;
+        config.url_policy = vessel_storage::UrlPolicy::new(
+            file.import_allow_private.unwrap_or(false),
+            &file.import_allow_cidrs.unwrap_or_default(),
+        )
+        .map_err(|e| anyhow::anyhow!("import_allow_cidrs: {e}"))?;
         if !["auto", "kvm", "tcg"].contains(&config.accelerator.as_str()) {
             anyhow::bail!(
                 "accelerator {:?} is not one of auto, kvm, tcg",
@@ -167,6 +193,28 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// An allow-listed directory setting: absolute, existing directories, kept canonical (a
+/// symlinked setting is resolved once here, and files are then judged against the real place).
+fn allowed_dirs(setting: &str, dirs: Option<Vec<PathBuf>>) -> anyhow::Result<Vec<PathBuf>> {
+    dirs.unwrap_or_default()
+        .into_iter()
+        .map(|dir| {
+            if !dir.is_absolute() {
+                anyhow::bail!("{setting}: {} is not an absolute path", dir.display());
+            }
+            let real = std::fs::canonicalize(&dir)
+                .map_err(|e| anyhow::anyhow!("{setting}: {}: {e}", dir.display()))?;
+            if !real.is_dir() || real == Path::new("/") {
+                anyhow::bail!(
+                    "{setting}: {} is not a directory other than /",
+                    dir.display()
+                );
+            }
+            Ok(real)
+        })
+        .collect()
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -8,7 +8,7 @@ use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 use vessel_api::{
@@ -17,6 +17,7 @@ use vessel_api::{
 };
 
 use crate::console_http;
+use crate::security::Caller;
 use crate::service::{ActionOptions, Service};
 
 /// An API error as an HTTP response.
@@ -293,11 +294,12 @@ async fn list_vms(State(s): State<Service>) -> ApiResult<Response> {
     responses((status = 201, body = Vm), (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_vm(
     State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<CreateVmRequest>,
 ) -> ApiResult<Response> {
     let wait = wait_param(q)?;
-    let op = s.create_vm(&req).await?;
+    let op = s.create_vm(&req, &caller.identity).await?;
     finish(&s, op, wait, StatusCode::CREATED).await
 }
 
@@ -578,11 +580,12 @@ async fn list_images(State(s): State<Service>) -> ApiResult<Json<Vec<vessel_api:
     responses((status = 201, body = vessel_api::Image), (status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn import_image(
     State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::ImportImageRequest>,
 ) -> ApiResult<Response> {
     let wait = wait_param(q)?;
-    let op = s.import_image(&req).await?;
+    let op = s.import_image(&req, &caller.identity).await?;
     finish_host(&s, op, wait, StatusCode::CREATED).await
 }
 
@@ -595,8 +598,12 @@ async fn get_image(
 }
 
 #[utoipa::path(delete, path = "/v1/images/{name}", responses((status = 204), (status = 409, body = ErrorBody)))]
-async fn delete_image(State(s): State<Service>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    s.delete_image(&name).await?;
+async fn delete_image(
+    State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.delete_image(&name, &caller.identity).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -605,12 +612,13 @@ async fn delete_image(State(s): State<Service>, Path(name): Path<String>) -> Api
     responses((status = 201, body = vessel_api::Volume), (status = 202, body = Accepted), (status = 400, body = ErrorBody)))]
 async fn import_volume(
     State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(pool): Path<String>,
     RawQuery(q): RawQuery,
     ApiJson(req): ApiJson<vessel_api::ImportVolumeRequest>,
 ) -> ApiResult<Response> {
     let wait = wait_param(q)?;
-    let op = s.import_volume(&pool, &req).await?;
+    let op = s.import_volume(&pool, &req, &caller.identity).await?;
     finish_host(&s, op, wait, StatusCode::CREATED).await
 }
 

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vessel_api::{
-    ApiError, ExportVolumeRequest, ExportedVolume, Image, ImportImageRequest, ImportVolumeRequest,
-    Operation, OperationAction,
+    ApiError, ErrorCode, ExportVolumeRequest, ExportedVolume, Image, ImageKind, ImportImageRequest,
+    ImportVolumeRequest, Operation, OperationAction,
 };
+use vessel_auth::host_files::DirKind;
+use vessel_auth::{Identity, Permission, Scope};
 use vessel_core::validate_name;
 use vessel_storage::{
     CancelToken, DirPool, ExportOptions, ImportOptions, ImportSource, StoragePool,
@@ -43,6 +45,12 @@ pub struct ImageRecord {
     /// Images from before projects existed belong to `default`.
     #[serde(default = "crate::model::default_project")]
     pub project: String,
+    /// A disk (default), or a kernel or initrd that VMs boot with.
+    #[serde(default)]
+    pub kind: ImageKind,
+    /// Usable and visible in every project; made so by host admins only.
+    #[serde(default)]
+    pub public: bool,
 }
 
 pub(crate) fn not_found(name: &str) -> ApiError {
@@ -66,6 +74,46 @@ async fn count_import(
             let _ = pool.delete_volume(name).await;
             Err(e.into())
         }
+    }
+}
+
+/// An import's source as the pool reads it, and what must stay alive while it does: a file
+/// inside an allow-listed directory is opened here, beneath it (`host_paths`), and read through
+/// its fd, so nothing swapped in after the check is read. A URL gets the caller's address policy.
+fn open_source(
+    ctx: &Ctx,
+    identity: &Identity,
+    source: &str,
+    opts: &mut ImportOptions,
+) -> Result<(ImportSource, Option<std::fs::File>), ApiError> {
+    match parse_source(source)? {
+        ImportSource::File(path) => {
+            let dirs = crate::host_paths::dirs(&ctx.config, DirKind::Import);
+            if crate::host_paths::confine(dirs, &path).is_none() {
+                return Ok((ImportSource::File(path), None));
+            }
+            let file = crate::host_paths::open_read(&ctx.config, DirKind::Import, &path)
+                .map_err(|e| crate::host_paths::open_failed("source", &path, &e))?;
+            use std::os::fd::AsRawFd;
+            let through = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            Ok((ImportSource::File(through), Some(file)))
+        }
+        ImportSource::Url(url) => {
+            opts.url_policy = url_policy(ctx, identity);
+            vessel_storage::precheck_url(&url, &opts.url_policy)
+                .map_err(crate::volumes::api_error)?;
+            Ok((ImportSource::Url(url), None))
+        }
+    }
+}
+
+/// Host admins may download from anywhere; everyone else from public addresses (or what the
+/// configuration allows).
+fn url_policy(ctx: &Ctx, identity: &Identity) -> vessel_storage::UrlPolicy {
+    if identity.check(Permission::HostFiles, Scope::Host).is_ok() {
+        vessel_storage::UrlPolicy::anywhere()
+    } else {
+        ctx.config.url_policy.clone()
     }
 }
 
@@ -134,6 +182,8 @@ impl Service {
             name: record.name,
             project: record.project,
             pool: record.pool,
+            kind: record.kind,
+            public: record.public,
             format: from_format(info.format),
             virtual_bytes: info.virtual_size,
             allocated_bytes: info.allocated_size,
@@ -177,10 +227,69 @@ impl Service {
             .ok_or_else(|| not_found(name))
     }
 
+    /// An image a VM of `project` may use as `kind`: its own project's, or a public one. Another
+    /// project's image is 404 to a caller who may not read that project (as if it did not
+    /// exist), else 403.
+    pub(crate) async fn usable_image(
+        &self,
+        name: &str,
+        kind: ImageKind,
+        project: &str,
+        identity: &Identity,
+    ) -> Result<ImageRecord, ApiError> {
+        let record = self.image_location(name).await?;
+        if record.project != project && !record.public {
+            if identity
+                .check(Permission::ImageRead, Scope::Project(&record.project))
+                .is_err()
+            {
+                return Err(not_found(name));
+            }
+            return Err(ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "image {name:?} belongs to another project and is not public; a VM of \
+                     project {project:?} may use its own project's images and public ones"
+                ),
+            )
+            .with_hint("import the image into this project, or ask a host admin to publish it (`vessel image import ... --public`)"));
+        }
+        if record.kind != kind {
+            return Err(ApiError::invalid(format!(
+                "image {name:?} is a {} image, not a {} image",
+                record.kind.as_str(),
+                kind.as_str()
+            )));
+        }
+        Ok(record)
+    }
+
+    /// The file of a kernel or initrd image, for a VM of `project` to boot with.
+    pub(crate) async fn boot_file(
+        &self,
+        name: &str,
+        kind: ImageKind,
+        project: &str,
+        identity: &Identity,
+    ) -> Result<String, ApiError> {
+        let record = self.usable_image(name, kind, project, identity).await?;
+        let pool = crate::pools::open_by_name(&self.ctx, &record.pool).await?;
+        let info = pool.volume(name).await.map_err(crate::volumes::api_error)?;
+        Ok(info.path.to_string_lossy().into_owned())
+    }
+
     /// Starts importing an image; the operation's result is the [`Image`].
-    pub async fn import_image(&self, request: &ImportImageRequest) -> Result<Operation, ApiError> {
+    pub async fn import_image(
+        &self,
+        request: &ImportImageRequest,
+        identity: &Identity,
+    ) -> Result<Operation, ApiError> {
         validate_name("image", &request.name).map_err(ApiError::invalid)?;
-        let source = parse_source(&request.source)?;
+        if request.public {
+            require_host_admin(identity, "only host admins make images public")?;
+        }
+        let mut opts = ImportOptions::default();
+        let (source, held) = open_source(&self.ctx, identity, &request.source, &mut opts)?;
         let pool_name = request.pool.clone().unwrap_or_else(|| DEFAULT_POOL.into());
         let project = request
             .project
@@ -195,9 +304,9 @@ impl Service {
             ))
             .with_hint("delete it first with `vessel image delete`, or choose another name"));
         }
-        let mut opts = ImportOptions::default();
         opts.expected_sha256 = request.sha256.clone();
         opts.read_only = true;
+        opts.opaque = !request.kind.is_disk();
         validate_digest(request.sha256.as_deref())?;
         let record = host_ops::begin(
             &self.ctx,
@@ -209,6 +318,7 @@ impl Service {
         let operation = record.operation.clone();
         let service = self.clone();
         let (name, source_text) = (request.name.clone(), request.source.clone());
+        let (kind, public) = (request.kind, request.public);
         let cancel = CancelToken::new();
         opts.cancel = Some(cancel.clone());
         host_ops::run(
@@ -216,6 +326,7 @@ impl Service {
             record,
             cancel,
             move |progress| async move {
+                let _held = held;
                 let imported = pool
                     .import_volume(&name, source, &opts, &mut track(progress))
                     .await
@@ -229,6 +340,8 @@ impl Service {
                     source: source_text,
                     created_at_ms: now_ms(),
                     project,
+                    kind,
+                    public,
                 };
                 let key = image_key(&name);
                 let txn = Txn::new()
@@ -249,9 +362,16 @@ impl Service {
         Ok(operation)
     }
 
-    /// Deletes an image that no volume depends on.
-    pub async fn delete_image(&self, name: &str) -> Result<(), ApiError> {
+    /// Deletes an image that no volume depends on and no VM boots with. A public image is
+    /// deleted by host admins only.
+    pub async fn delete_image(&self, name: &str, identity: &Identity) -> Result<(), ApiError> {
         let record = self.image_location(name).await?;
+        if record.public {
+            require_host_admin(identity, &format!("image {name:?} is public"))?;
+        }
+        if !record.kind.is_disk() {
+            self.refuse_if_booted(&record).await?;
+        }
         let pool = crate::pools::open_by_name(&self.ctx, &record.pool).await?;
         match pool.delete_volume(name).await {
             Ok(()) | Err(vessel_storage::PoolError::NotFound { .. }) => {}
@@ -261,6 +381,33 @@ impl Service {
             .then(Op::Delete(image_key(name)))
             .then(Op::Delete(crate::volume_projects::key(&record.pool, name)));
         self.ctx.store.txn(txn).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Refuses to delete a kernel or initrd image that a VM boots with.
+    async fn refuse_if_booted(&self, record: &ImageRecord) -> Result<(), ApiError> {
+        let pool = crate::pools::open_by_name(&self.ctx, &record.pool).await?;
+        let Ok(info) = pool.volume(&record.name).await else {
+            return Ok(());
+        };
+        let file = info.path.to_string_lossy();
+        for vm in self
+            .ctx
+            .view
+            .all()
+            .await
+            .map_err(crate::service::internal)?
+        {
+            if let vessel_api::Boot::Kernel { kernel, initrd, .. } = &vm.record.spec.boot {
+                if *kernel == file || initrd.as_deref() == Some(&*file) {
+                    return Err(ApiError::conflict(format!(
+                        "image {:?} is what VM {:?} boots with",
+                        record.name, vm.record.spec.name
+                    ))
+                    .with_hint("delete the VM or give it another kernel first"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -277,9 +424,11 @@ impl Service {
         &self,
         pool_name: &str,
         request: &ImportVolumeRequest,
+        identity: &Identity,
     ) -> Result<Operation, ApiError> {
         validate_name("volume", &request.name).map_err(ApiError::invalid)?;
-        let source = parse_source(&request.source)?;
+        let mut opts = ImportOptions::default();
+        let (source, held) = open_source(&self.ctx, identity, &request.source, &mut opts)?;
         validate_digest(request.sha256.as_deref())?;
         let project = request
             .project
@@ -287,7 +436,6 @@ impl Service {
             .unwrap_or_else(crate::model::default_project);
         crate::volume_projects::check_room(self.ctx.store.as_ref(), &project).await?;
         let pool = crate::pools::open_by_name(&self.ctx, pool_name).await?;
-        let mut opts = ImportOptions::default();
         opts.expected_sha256 = request.sha256.clone();
         opts.format = request.format.map(to_format);
         let cancel = CancelToken::new();
@@ -307,6 +455,7 @@ impl Service {
             record,
             cancel,
             move |progress| async move {
+                let _held = held;
                 let imported = pool
                     .import_volume(&name, source, &opts, &mut track(progress))
                     .await
@@ -389,6 +538,17 @@ impl Service {
         );
         Ok(operation)
     }
+}
+
+/// Public images are the host admins' (`host.admin`): the 403 says why it is needed.
+fn require_host_admin(identity: &Identity, why: &str) -> Result<(), ApiError> {
+    identity
+        .check(Permission::HostAdmin, Scope::Host)
+        .map_err(|denied| {
+            let mut e = crate::security::permission_denied(denied);
+            e.message = format!("{why}: {}", e.message);
+            e
+        })
 }
 
 fn validate_digest(digest: Option<&str>) -> Result<(), ApiError> {

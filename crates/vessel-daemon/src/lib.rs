@@ -11,6 +11,7 @@ mod events_http;
 mod file_modes;
 mod guest;
 mod host_ops;
+mod host_paths;
 mod http;
 mod identities;
 mod images;

@@ -317,7 +317,13 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
             return error_response(e);
         }
     }
-    let (req, target) = match authorize(&sec, &caller, matched.as_ref(), req).await {
+    let authorized = match authorize(&sec, &caller, matched.as_ref(), req).await {
+        Ok((req, target)) => check_host_files(&sec, &caller, matched.as_ref(), req)
+            .await
+            .map(|req| (req, target)),
+        Err(e) => Err(e),
+    };
+    let (req, target) = match authorized {
         Ok(ok) => ok,
         Err(e) => {
             audit.denied(&caller.identity.name, &path, &e).await;
@@ -611,6 +617,39 @@ fn missing(matched: &Matched) -> Option<ApiError> {
     })
 }
 
+/// Checks the request's fields that name host files (`vessel_auth::host_files`): each needs
+/// `host.files` or a file inside an allow-listed directory. Returns the request with its body
+/// put back.
+async fn check_host_files(
+    sec: &Security,
+    caller: &Caller,
+    matched: Option<&Matched>,
+    req: Request,
+) -> Result<Request, ApiError> {
+    use vessel_auth::host_files::{named_files, HOST_FIELDS};
+    let Some(m) = matched else { return Ok(req) };
+    let route = m.route;
+    let has_fields = HOST_FIELDS
+        .iter()
+        .any(|f| f.method == route.method && f.path == route.path);
+    let holds = caller
+        .identity
+        .check(Permission::HostFiles, Scope::Host)
+        .is_ok();
+    if !has_fields || holds {
+        return Ok(req);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = read_limited(body).await?;
+    // A body that is not JSON names nothing; the handler refuses it.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        for (field, path) in named_files(route.method, route.path, &value) {
+            crate::host_paths::authorize(&sec.ctx.config, &caller.identity, field, path)?;
+        }
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
 /// The 403 of a missing permission (it names the permission, the place and the role held).
 pub fn permission_denied(denied: vessel_auth::Denied) -> ApiError {
     ApiError::new(ErrorCode::PermissionDenied, denied.to_string()).with_hint(
@@ -667,7 +706,12 @@ async fn resolve(
         }
         Target::Image => {
             let name = matched.param("name").unwrap_or_default();
-            Ok((req, image_project(sec, name).await, path))
+            let project = match image_project(sec, name).await {
+                // A public image is read from any project (deleting it needs a host admin).
+                Some((_, true)) if matched.route.method == "GET" => None,
+                found => found.map(|(project, _)| project),
+            };
+            Ok((req, project, path))
         }
         Target::Body => {
             let (req, project, target) = peek_body(req, path).await?;
@@ -683,8 +727,8 @@ async fn operation_project(sec: &Security, id: &str) -> Option<String> {
     Some(record.operation.project)
 }
 
-/// The project of an image; `None` (any project) for one that does not exist.
-async fn image_project(sec: &Security, name: &str) -> Option<String> {
+/// The project of an image and whether it is public; `None` for one that does not exist.
+async fn image_project(sec: &Security, name: &str) -> Option<(String, bool)> {
     let kv = sec
         .ctx
         .store
@@ -692,7 +736,7 @@ async fn image_project(sec: &Security, name: &str) -> Option<String> {
         .await
         .ok()??;
     let record: crate::images::ImageRecord = serde_json::from_slice(&kv.value).ok()?;
-    Some(record.project)
+    Some((record.project, record.public))
 }
 
 /// Whether the route creates something named in its body (`POST /v1/users`...).
@@ -790,6 +834,10 @@ async fn filter_list(caller: &Caller, permission: Permission, response: Response
     let kept: Vec<serde_json::Value> = items
         .into_iter()
         .filter(|item| {
+            // Public images are listed for everyone.
+            if item.get("public").and_then(|p| p.as_bool()) == Some(true) {
+                return true;
+            }
             let project = item
                 .get("project")
                 .and_then(|p| p.as_str())

@@ -44,7 +44,7 @@ pub(crate) fn store_error(e: StoreError) -> ApiError {
     ApiError::internal(format!("the store failed: {e}"))
 }
 
-fn internal(e: anyhow::Error) -> ApiError {
+pub(crate) fn internal(e: anyhow::Error) -> ApiError {
     ApiError::internal(e.to_string())
 }
 
@@ -85,21 +85,29 @@ impl Service {
     /// Records a new VM (and its create operation) atomically; a duplicate name changes nothing.
     /// A VM made from an image gets its root disk from the create operation, which undoes the
     /// whole create if that fails.
-    pub async fn create_vm(&self, request: &CreateVmRequest) -> Result<Operation, ApiError> {
+    pub async fn create_vm(
+        &self,
+        request: &CreateVmRequest,
+        identity: &vessel_auth::Identity,
+    ) -> Result<Operation, ApiError> {
         validate_name("VM", &request.name).map_err(ApiError::invalid)?;
         let mut request = request.clone();
+        let project = request
+            .project
+            .clone()
+            .unwrap_or_else(crate::model::default_project);
+        self.resolve_boot_images(&mut request, &project, identity)
+            .await?;
         let (provision, root_bytes) = match request.image.clone() {
             Some(image) => {
+                self.usable_image(&image, vessel_api::ImageKind::Disk, &project, identity)
+                    .await?;
                 let (plan, bytes) = self.plan_root_disk(&mut request, &image).await?;
                 (Some(plan), bytes)
             }
             None => (None, 0),
         };
         let request = &request;
-        let project = request
-            .project
-            .clone()
-            .unwrap_or_else(crate::model::default_project);
         let mut spec = spec_from_create(request, self.ctx.host).map_err(ApiError::invalid)?;
         for nic in &request.nics {
             let planned = self.plan_nic(&spec, &project, nic).await?;
@@ -194,6 +202,40 @@ impl Service {
             }
         }
         Err(crate::projects::contended(&project))
+    }
+
+    /// Turns `kernel_image` and `initrd_image` into the files of those images (of the VM's
+    /// project, or public), which the VM then boots like a kernel given by path.
+    async fn resolve_boot_images(
+        &self,
+        request: &mut CreateVmRequest,
+        project: &str,
+        identity: &vessel_auth::Identity,
+    ) -> Result<(), ApiError> {
+        use vessel_api::ImageKind;
+        if request.kernel_image.is_some() && request.kernel.is_some() {
+            return Err(ApiError::invalid(
+                "give either a kernel file (--kernel) or a kernel image (--kernel-image), not both",
+            ));
+        }
+        if request.initrd_image.is_some() && request.initrd.is_some() {
+            return Err(ApiError::invalid(
+                "give either an initrd file (--initrd) or an initrd image (--initrd-image), not both",
+            ));
+        }
+        if let Some(image) = request.kernel_image.take() {
+            request.kernel = Some(
+                self.boot_file(&image, ImageKind::Kernel, project, identity)
+                    .await?,
+            );
+        }
+        if let Some(image) = request.initrd_image.take() {
+            request.initrd = Some(
+                self.boot_file(&image, ImageKind::Initrd, project, identity)
+                    .await?,
+            );
+        }
+        Ok(())
     }
 
     /// Checks that the image exists and where the root disk goes; fills in the pool. Also

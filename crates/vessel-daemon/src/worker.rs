@@ -329,6 +329,7 @@ impl Worker {
             disks,
             seed: None,
             nics: Vec::new(),
+            boot_files: Vec::new(),
         }
     }
 
@@ -348,6 +349,7 @@ impl Worker {
             }
         }
         let mut request = self.launch_request(vm, disks);
+        request.boot_files = crate::host_paths::open_boot_files(&self.ctx.config, &vm.spec.boot)?;
         request.nics = crate::net_host::plan_nics(&self.ctx, &vm.spec).await?;
         request.seed = cloud_init::write_seed(&self.ctx, vm, &request.run_dir).await?;
         Ok(request)

@@ -36,6 +36,11 @@ pub struct CmdlineInputs<'a> {
     /// The uid (and gid, the same number) QEMU switches to once it has opened its files; `None`:
     /// it keeps the daemon's (see [`crate::uid`]).
     pub runas: Option<u32>,
+    /// The boot files are inherited right after the taps (kernel, then initrd; or the disk)
+    /// and named `/dev/fd/N`: QEMU 7.2 reads `-kernel`/`-initrd` by file name only (no fd
+    /// sets), and opening `/dev/fd/N` reopens the file the daemon opened, whatever its path
+    /// has become since. `false`: the spec's paths.
+    pub boot_fds: bool,
 }
 
 /// QEMU's option parser splits on commas; a literal comma is written twice.
@@ -104,7 +109,14 @@ pub fn build(inputs: &CmdlineInputs<'_>) -> Vec<String> {
     // A guest kernel that panics tells QEMU through this device (GUEST_PANICKED), so the VM is
     // reported as crashed instead of hanging forever as "running".
     push(&["-device", "pvpanic"]);
-    boot_args(inputs, &mut args);
+    let taps = inputs
+        .nics
+        .iter()
+        .filter(|n| matches!(n.backend, NicBackend::Tap(_)))
+        .count();
+    let secrets = inputs.disks.iter().filter(|d| d.key.is_some()).count();
+    let first_boot_fd = SECRET_FD_BASE + (secrets + taps) as i32;
+    boot_args(inputs, first_boot_fd, &mut args);
     // Every VM gets the controller, so that a disk can be hot-plugged into a VM started without.
     args.extend(["-device".into(), disk::controller(spec.machine)]);
     let mut secret_fd = SECRET_FD_BASE;
@@ -225,16 +237,24 @@ pub fn kernel_cmdline(inputs: &CmdlineInputs<'_>, user: Option<&str>) -> String 
     line
 }
 
-fn boot_args(inputs: &CmdlineInputs<'_>, args: &mut Vec<String>) {
+fn boot_args(inputs: &CmdlineInputs<'_>, first_fd: i32, args: &mut Vec<String>) {
+    // The n-th boot file: its inherited fd, or the spec's path.
+    let file = |n: i32, path: &str| {
+        if inputs.boot_fds {
+            format!("/dev/fd/{}", first_fd + n)
+        } else {
+            path.to_string()
+        }
+    };
     match &inputs.spec.boot {
         Boot::Kernel {
             kernel,
             initrd,
             cmdline,
         } => {
-            args.extend(["-kernel".into(), kernel.clone()]);
+            args.extend(["-kernel".into(), file(0, kernel)]);
             if let Some(initrd) = initrd {
-                args.extend(["-initrd".into(), initrd.clone()]);
+                args.extend(["-initrd".into(), file(1, initrd)]);
             }
             args.extend(["-append".into(), kernel_cmdline(inputs, cmdline.as_deref())]);
         }
@@ -244,7 +264,7 @@ fn boot_args(inputs: &CmdlineInputs<'_>, args: &mut Vec<String>) {
                 "-blockdev".into(),
                 format!(
                     "driver=file,node-name=disk0-file,filename={},cache.direct=off",
-                    escape(disk)
+                    escape(&file(0, disk))
                 ),
             ]);
             args.extend([
@@ -295,6 +315,7 @@ mod tests {
             seed: None,
             nics: &[],
             runas: None,
+            boot_fds: false,
         })
         .join(" ")
     }
@@ -320,6 +341,40 @@ mod tests {
         assert!(line.contains("-smp 2 -m 256M"), "{line}");
         assert!(line.contains(" -S "), "vCPUs must start stopped: {line}");
         assert!(line.contains("-device pvpanic"), "{line}");
+    }
+
+    #[test]
+    fn inherited_boot_files_are_named_by_fd_after_the_secrets_and_taps() {
+        let spec = spec(
+            Boot::Kernel {
+                kernel: "/k".into(),
+                initrd: Some("/i".into()),
+                cmdline: None,
+            },
+            Machine::Microvm,
+        );
+        let args = build(&CmdlineInputs {
+            spec: &spec,
+            accel: Accel::Tcg,
+            pid_file: "/run/x/qemu.pid",
+            disk_format: None,
+            host_tsc_khz: None,
+            disks: &[],
+            seed: None,
+            nics: &[],
+            runas: None,
+            boot_fds: true,
+        })
+        .join(" ");
+        let first = SECRET_FD_BASE;
+        assert!(
+            args.contains(&format!(
+                "-kernel /dev/fd/{first} -initrd /dev/fd/{}",
+                first + 1
+            )),
+            "{args}"
+        );
+        assert!(!args.contains(" /k") && !args.contains(" /i"), "{args}");
     }
 
     #[test]
@@ -380,6 +435,7 @@ mod tests {
             seed: Some("/run/vm/cidata.iso"),
             nics: &nics,
             runas: None,
+            boot_fds: false,
         });
         let line = args.join(" ");
         // One encrypted disk takes fd 6, so the tap is the next one.
@@ -424,6 +480,7 @@ mod tests {
             seed: None,
             nics: &[],
             runas: Some(1_879_048_193),
+            boot_fds: false,
         })
         .join(" ");
         assert!(line.contains("-runas 1879048193:1879048193"), "{line}");

@@ -95,6 +95,7 @@ impl Backend for QemuBackend {
                     crate::nic::NicBackend::User => None,
                 })
                 .collect(),
+            boot: request.boot_files.iter().map(|f| f.as_raw_fd()).collect(),
         };
         let log = OpenOptions::new()
             .create(true)
@@ -117,6 +118,7 @@ impl Backend for QemuBackend {
             seed: seed.as_deref(),
             nics: &request.nics,
             runas: lease.as_ref().map(UidLease::uid),
+            boot_fds: !request.boot_files.is_empty(),
         });
         tracing::debug!(vm = %request.spec.name, ?args, "launching QEMU");
         let child = process::spawn(&self.binary, &args, sockets, log, lease.is_some()).map_err(

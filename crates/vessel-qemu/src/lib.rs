@@ -46,6 +46,10 @@ pub struct LaunchRequest {
     pub seed: Option<PathBuf>,
     /// The spec's NICs on networks, with their open taps.
     pub nics: Vec<nic::NicPlan>,
+    /// The boot files, opened by the daemon: the kernel and then the initrd (kernel boot), or
+    /// the disk (disk boot). QEMU inherits them and is given `/dev/fd/N`, so it opens no path
+    /// the daemon did not open itself. Empty: QEMU opens the spec's paths (backend tests).
+    pub boot_files: Vec<std::sync::Arc<std::fs::File>>,
 }
 
 /// The files of a VM's run directory, in one place so that launch and adopt agree.

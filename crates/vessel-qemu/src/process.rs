@@ -74,6 +74,8 @@ pub struct InheritedSockets {
     pub secrets: Vec<RawFd>,
     /// Open taps of the VM's NICs, inherited right after the secret pipes, in NIC order.
     pub taps: Vec<RawFd>,
+    /// The boot files (kernel, initrd / disk), inherited right after the taps.
+    pub boot: Vec<RawFd>,
 }
 
 /// Spawns QEMU in a new session (so that a terminal's Ctrl-C to the daemon does not reach it,
@@ -95,6 +97,7 @@ pub fn spawn(
         .secrets
         .iter()
         .chain(&sockets.taps)
+        .chain(&sockets.boot)
         .map(|fd| dup_above(*fd, 10))
         .collect::<io::Result<Vec<_>>>()?;
     // Where each inherited fd goes; built before the fork, since the child may not allocate.

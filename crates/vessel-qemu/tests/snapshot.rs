@@ -76,6 +76,7 @@ fn request(run_dir: &Path, disks: Vec<DiskFile>) -> LaunchRequest {
         disks,
         seed: None,
         nics: vec![],
+        boot_files: vec![],
     }
 }
 

@@ -17,6 +17,8 @@ pub mod qemu_img;
 pub mod size;
 
 pub use format::{detect_format, Format};
+pub use import::address::{IpNet, UrlPolicy};
+pub use import::http::precheck_url;
 pub use import::{
     CancelToken, ExportOptions, ExportedFile, ImportOptions, ImportPhase, ImportProgress,
     ImportSource, ImportedVolume,

@@ -21,6 +21,8 @@ struct Cli {
     command: Top,
 }
 
+// Parsed once per process: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Top {
     /// Run the host daemon (the API server, the reconciler, QEMU supervision)

@@ -102,8 +102,7 @@ async fn a_debian_cloud_image_boots_from_its_disk_and_runs_cloud_init() {
                 name: "debian12".into(),
                 source: source.to_string_lossy().into_owned(),
                 sha256: Some(digest.clone()),
-                pool: None,
-                project: None,
+                ..Default::default()
             },
             true,
         )

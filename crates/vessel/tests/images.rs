@@ -48,8 +48,7 @@ fn import(name: &str, source: &Path, sha256: Option<String>) -> ImportImageReque
         name: name.into(),
         source: source.to_string_lossy().into_owned(),
         sha256,
-        pool: None,
-        project: None,
+        ..Default::default()
     }
 }
 
@@ -253,8 +252,7 @@ async fn a_download_can_be_cancelled_and_leaves_nothing() {
         name: "slow".into(),
         source: server.url(),
         sha256: None,
-        pool: None,
-        project: None,
+        ..Default::default()
     };
     let op = match client.import_image(&request, false).await.unwrap() {
         Outcome::Accepted(accepted) => accepted.operation,

@@ -690,9 +690,11 @@ async fn disk_quota_counts_every_volume_and_racing_creates_never_exceed_it() {
     // 2 MiB left, and the refused create leaves no VM.
     let raw = r.daemon.data_dir.join("img.raw");
     std::fs::write(&raw, vec![0u8; 4 * MIB as usize]).unwrap();
+    // Public: a VM of project d may use an image of `default` only when it is.
     let import = vessel_api::ImportImageRequest {
         name: "img".into(),
         source: raw.to_string_lossy().into_owned(),
+        public: true,
         ..Default::default()
     };
     root.import_image(&import, true).await.unwrap();

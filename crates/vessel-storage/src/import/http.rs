@@ -7,7 +7,10 @@
 //! are the bytes of the file on the server.
 
 use std::error::Error as _;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+use super::address::UrlPolicy;
 
 use super::copy::{Feed, FeedError, BUF_SIZE};
 use super::{CONNECT_TIMEOUT, MAX_REDIRECTS};
@@ -43,20 +46,97 @@ pub(crate) fn check_url(url: &str) -> Result<reqwest::Url, PoolError> {
     }
 }
 
-/// Sends the request and waits for the response headers (at most `stall`).
-pub(crate) async fn open(url: &str, stall: Duration) -> Result<Download, PoolError> {
+/// The literal address of a URL's host, if it is one (`http://[::1]/`, `http://10.0.0.1/`).
+fn literal_address(url: &reqwest::Url) -> Option<IpAddr> {
+    let host = url.host_str()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Checks a URL's scheme and, for a literal address, the address (host names are checked by
+/// [`CheckedResolver`] when they are resolved).
+fn check_hop(url: &reqwest::Url, policy: &UrlPolicy) -> Result<(), String> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "it redirected to a {}:// URL; only http:// and https:// are followed",
+            url.scheme()
+        ));
+    }
+    match literal_address(url) {
+        Some(ip) => policy.check(ip),
+        None => Ok(()),
+    }
+}
+
+/// Checks a URL before any download starts: its scheme, and its address when the host is a
+/// literal one (host names are checked when they are resolved, redirects at each hop).
+pub fn precheck_url(url: &str, policy: &UrlPolicy) -> Result<(), PoolError> {
     let parsed = check_url(url)?;
-    let client = reqwest::Client::builder()
+    check_hop(&parsed, policy)
+        .map_err(|why| PoolError::InvalidRequest(format!("cannot import {url}: {why}")))
+}
+
+/// Resolves host names and refuses the whole name if any of its addresses is not allowed (a
+/// name that mixes public and internal addresses is a rebinding attempt). The client connects
+/// only to the addresses returned here, so what was checked is what is reached.
+struct CheckedResolver(UrlPolicy);
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            for addr in &addrs {
+                policy
+                    .check(addr.ip())
+                    .map_err(|why| format!("{host} resolves to {why}"))?;
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// Sends the request and waits for the response headers (at most `stall`). Every address
+/// connected to, redirects included, passes `policy`.
+pub(crate) async fn open(
+    url: &str,
+    stall: Duration,
+    policy: &UrlPolicy,
+) -> Result<Download, PoolError> {
+    let parsed = check_url(url)?;
+    check_hop(&parsed, policy).map_err(|why| failed(url, why))?;
+    let hops = policy.clone();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error(format!(
+                "it redirected more than {MAX_REDIRECTS} times; give the final URL"
+            ));
+        }
+        match check_hop(attempt.url(), &hops) {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(why),
+        }
+    });
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-        .user_agent(concat!("vessel/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| {
-            failed(
-                url,
-                format!("the HTTP client could not start: {}", chain(&e)),
-            )
-        })?;
+        .redirect(redirects)
+        // A proxy from the environment would make the check meaningless: connect directly.
+        .no_proxy()
+        .user_agent(concat!("vessel/", env!("CARGO_PKG_VERSION")));
+    if !policy.is_anywhere() {
+        builder = builder.dns_resolver(std::sync::Arc::new(CheckedResolver(policy.clone())));
+    }
+    let client = builder.build().map_err(|e| {
+        failed(
+            url,
+            format!("the HTTP client could not start: {}", chain(&e)),
+        )
+    })?;
     let response = match tokio::time::timeout(stall, client.get(parsed).send()).await {
         Err(_) => {
             return Err(failed(
@@ -185,7 +265,11 @@ fn failed(url: &str, why: String) -> PoolError {
 
 fn request_error(e: &reqwest::Error) -> String {
     if e.is_redirect() {
-        format!("it redirected more than {MAX_REDIRECTS} times; give the final URL")
+        // The redirect policy's own reason (too many hops, or a refused address).
+        match e.source() {
+            Some(why) => format!("redirect refused: {why}"),
+            None => format!("it redirected more than {MAX_REDIRECTS} times; give the final URL"),
+        }
     } else if e.is_connect() && e.is_timeout() {
         format!(
             "could not connect within {} s; check the host name and the network",

@@ -45,8 +45,9 @@
 //! [`PoolError::InvalidRequest`](crate::PoolError::InvalidRequest) with a message that says what
 //! was wrong and what to do; a full pool is [`PoolError::NoSpace`](crate::PoolError::NoSpace).
 
+pub(crate) mod address;
 pub(crate) mod copy;
-pub(crate) mod http;
+pub mod http;
 pub(crate) mod sniff;
 pub(crate) mod validate;
 
@@ -106,6 +107,13 @@ pub struct ImportOptions {
     pub stall_timeout: Option<Duration>,
     /// Cancels the import when tripped (dropping the future does the same).
     pub cancel: Option<CancelToken>,
+    /// The addresses a URL source may reach, redirects included. The default reaches any:
+    /// the caller decides (the daemon passes `UrlPolicy::public_only()` or its configured
+    /// networks for callers who may not reach the host's own networks).
+    pub url_policy: address::UrlPolicy,
+    /// Copy the bytes as they are, without judging them as a disk image (kernels and initrds,
+    /// which are files QEMU loads, not disks). The result is a raw volume of any size.
+    pub opaque: bool,
 }
 
 /// How to export. `ExportOptions::default()` writes a compressed qcow2 and refuses to replace an

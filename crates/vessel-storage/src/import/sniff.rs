@@ -52,14 +52,15 @@ pub(crate) fn refusal(head: &[u8]) -> Option<String> {
         );
     }
     if looks_like_text(head) {
-        let sample: String = String::from_utf8_lossy(&head[..head.len().min(60)])
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        // Never quote the bytes: the caller may not be allowed to read the source.
+        let kind = if looks_like_html(head) {
+            "an HTML page"
+        } else {
+            "text"
+        };
         return Some(format!(
-            "it is text, not a disk image (it starts with {:?}); if it came from a URL, the \
-             server probably sent an error or download page instead of the image",
-            sample.trim()
+            "it is {kind}, not a disk image; if it came from a URL, the server probably sent an \
+             error or download page instead of the image"
         ));
     }
     None
@@ -158,6 +159,19 @@ fn archive(head: &[u8]) -> Option<&'static str> {
 /// Valid UTF-8 without NUL bytes or control characters other than tab, newline, carriage
 /// return, form feed and escape. A file that is cut in the middle of a multi-byte character at
 /// the end of the sample still counts as text.
+/// Whether text starts like an HTML document (after blanks), case-insensitively.
+fn looks_like_html(head: &[u8]) -> bool {
+    let start: Vec<u8> = head
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take(15)
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    start.starts_with(b"<!doctype html")
+        || start.starts_with(b"<html")
+        || start.starts_with(b"<head")
+}
+
 pub(crate) fn looks_like_text(head: &[u8]) -> bool {
     if head.is_empty() {
         return false;
@@ -181,7 +195,17 @@ mod tests {
     #[test]
     fn error_pages_and_text_are_refused() {
         let html = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n";
-        assert!(refusal(html).unwrap().contains("it is text"));
+        let says = refusal(html).unwrap();
+        assert!(
+            says.contains("an HTML page") && !says.contains("404"),
+            "{says}"
+        );
+        let shadow = b"root:*:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\n";
+        let says = refusal(shadow).unwrap();
+        assert!(
+            says.contains("it is text") && !says.contains("root"),
+            "{says}"
+        );
         assert!(refusal("caf\u{e9} \u{2603}\n".as_bytes()).is_some());
         assert!(refusal(b"# Disk DescriptorFile\nversion=1\n").is_some());
     }

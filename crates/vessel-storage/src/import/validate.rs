@@ -77,27 +77,33 @@ pub(crate) async fn validate(qemu_img: &QemuImg, path: &Path) -> Result<ImageInf
 /// qemu-img refusing to open the file means the file is bad, not that qemu-img is.
 fn refused_by_qemu_img(e: QemuImgError) -> Invalid {
     match e {
-        QemuImgError::Failed { stderr, .. } => Invalid::NotAnImage(format!(
-            "qemu-img cannot read it: {}",
-            stderr.trim().trim_start_matches("qemu-img: ")
-        )),
+        // qemu-img's message can quote the file (feature names, file names from its header),
+        // which the caller may not be allowed to read: it goes to the daemon's log only.
+        QemuImgError::Failed { stderr, .. } => {
+            tracing::info!(stderr = %stderr.trim(), "qemu-img refused an imported file");
+            Invalid::NotAnImage(
+                "qemu-img cannot read it (a damaged header, or features QEMU does not support; \
+                 the daemon's log has qemu-img's message)"
+                    .to_string(),
+            )
+        }
         QemuImgError::InvalidImage { reason, .. } => Invalid::NotAnImage(reason),
         other => Invalid::QemuImg(other),
     }
 }
 
 fn self_contained(info: &ImageInfo) -> Result<(), String> {
-    if let Some(backing) = &info.backing_file {
-        return Err(format!(
-            "it has a backing file ({backing}); an image must be self-contained: flatten it with \
+    if info.backing_file.is_some() {
+        return Err(
+            "it has a backing file; an image must be self-contained: flatten it with \
              `qemu-img convert -O qcow2` first"
-        ));
+                .to_string(),
+        );
     }
-    if let Some(data_file) = &info.data_file {
-        return Err(format!(
-            "its data lives in an external data file ({data_file}); an image must be \
+    if info.data_file.is_some() {
+        return Err("its data lives in an external data file; an image must be \
              self-contained: flatten it with `qemu-img convert -O qcow2` first"
-        ));
+            .to_string());
     }
     if info.encrypted {
         return Err(

@@ -29,9 +29,16 @@ pub fn free_port() -> u16 {
 
 impl Remote {
     pub fn start() -> Remote {
+        Remote::start_with(&[])
+    }
+
+    /// With more daemon flags (e.g. `--config FILE`).
+    pub fn start_with(extra_args: &[&str]) -> Remote {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let daemon = Daemon::start_with(&["--listen", &addr]);
+        let mut args = vec!["--listen", addr.as_str()];
+        args.extend_from_slice(extra_args);
+        let daemon = Daemon::start_with(&args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
             assert!(

@@ -86,7 +86,11 @@ impl DirPool {
                  or not the file you meant; nothing was imported"
             )));
         }
-        let src_format = self.validate_import(&temp.path, &source).await?;
+        let src_format = if opts.opaque {
+            Format::Raw
+        } else {
+            self.validate_import(&temp.path, &source).await?
+        };
         progress(ImportProgress {
             phase: ImportPhase::Verifying,
             done: bytes,
@@ -171,7 +175,7 @@ impl DirPool {
         stall: Duration,
         progress: Progress<'_>,
     ) -> Result<(u64, [u8; 32]), PoolError> {
-        let download = http::open(url, stall).await?;
+        let download = http::open(url, stall, &opts.url_policy).await?;
         let total = download.total;
         if let Some(total) = total {
             check_limit(total, opts.max_bytes, url)?;
