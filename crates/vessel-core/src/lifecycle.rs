@@ -201,7 +201,10 @@ mod tests {
             assert_eq!(settled_state(recorded, ProcessState::Running), Running);
             assert_eq!(settled_state(recorded, ProcessState::Paused), Paused);
             let gone = settled_state(recorded, ProcessState::Gone);
-            assert!(!gone.has_process(), "{recorded:?} without QEMU gave {gone:?}");
+            assert!(
+                !gone.has_process(),
+                "{recorded:?} without QEMU gave {gone:?}"
+            );
         }
         // The reported case: a reboot's power-off phase recorded "stopping", the daemon was
         // killed, the guest kept running.
