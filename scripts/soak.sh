@@ -16,14 +16,22 @@ cd "$(dirname "$0")/.."
 minutes="${1:-30}"
 logs=target/soak
 mkdir -p "$logs"
-cargo test -p vessel --test crash --no-run -q 2>/dev/null || cargo test -p vessel --test crash --no-run
+# Run copies of the binaries, so that rebuilding the tree meanwhile does not change what is tested.
+test_bin=$(cargo test -p vessel --test crash --no-run --message-format=json 2>/dev/null |
+	sed -n 's/.*"executable":"\([^"]*\/crash-[^"]*\)".*/\1/p' | tail -1)
+[ -n "$test_bin" ] || { echo "soak: could not build the crash test" >&2; exit 1; }
+bin="$logs/bin"
+mkdir -p "$bin"
+cp "$test_bin" "$bin/crash"
+cp target/debug/vessel "$bin/vessel"
+export VESSEL_TEST_BIN="$PWD/$bin/vessel"
 end=$((SECONDS + minutes * 60))
 passed=0 failed=0 streak=0 best=0 requests=0 daemon_kills=0 qemu_kills=0
 failures=()
 while [ "$SECONDS" -lt "$end" ]; do
 	seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 	log="$logs/$seed.log"
-	if VESSEL_CRASH_SEEDS="$seed" cargo test -q -p vessel --test crash -- randomized --nocapture >"$log" 2>&1; then
+	if VESSEL_CRASH_SEEDS="$seed" "$bin/crash" randomized --nocapture >"$log" 2>&1; then
 		line=$(grep "^crash test seed $seed:" "$log" || true)
 		echo "$line"
 		# "crash test seed S: R requests (F refused), D daemon kills, Q QEMU kills, T s"
