@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use vessel_api::{DesiredState, OperationStatus, RestartPolicy, StopVmRequest, Vm, VmState};
-use vessel_cli::{Outcome, VmAction};
+use vessel_cli::{ClientError, Outcome, VmAction};
 
 /// A daemon whose stop timeout (the ACPI power-down wait, for reboots too) is `secs`.
 fn daemon_with_stop_timeout(secs: u64) -> (Daemon, tempfile::TempDir) {
@@ -190,6 +190,8 @@ impl Rng {
 struct Tally {
     requests: usize,
     refused: usize,
+    /// Operations that ran to the end, by action and result ("attach-disk succeeded": 3).
+    finished: BTreeMap<String, usize>,
     daemon_kills: usize,
     qemu_kills: usize,
 }
@@ -238,27 +240,49 @@ fn random_action(rng: &mut Rng) -> VmAction {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_lifecycle_with_daemon_and_qemu_kills_converges() {
+    run_seeds(Mix::Lifecycle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_volumes_and_snapshots_with_daemon_and_qemu_kills_converge() {
+    run_seeds(Mix::WithVolumes).await;
+}
+
+/// Which requests a run makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    /// start, stop, stop --force, kill, reboot, pause, resume.
+    Lifecycle,
+    /// Those and, half of the time, disk attach/detach and snapshot create/revert/delete.
+    WithVolumes,
+}
+
+async fn run_seeds(mix: Mix) {
     let started = Instant::now();
     let mut totals = Tally::default();
     let seeds = seeds();
     for &seed in &seeds {
         let t0 = Instant::now();
-        let tally = run_seed(seed).await;
+        let tally = run_seed(seed, mix).await;
         println!(
-            "crash test seed {seed}: {} requests ({} refused), {} daemon kills, {} QEMU kills, {:.0} s",
+            "crash test seed {seed} ({mix:?}): {} requests ({} refused), {} daemon kills, {} QEMU kills, {:.0} s",
             tally.requests,
             tally.refused,
             tally.daemon_kills,
             tally.qemu_kills,
             t0.elapsed().as_secs_f64()
         );
+        println!("  operations: {:?}", tally.finished);
+        for (key, count) in tally.finished {
+            *totals.finished.entry(key).or_default() += count;
+        }
         totals.requests += tally.requests;
         totals.refused += tally.refused;
         totals.daemon_kills += tally.daemon_kills;
         totals.qemu_kills += tally.qemu_kills;
     }
     println!(
-        "crash test: {} seeds passed, {} requests ({} refused), {} daemon kills, {} QEMU kills, {:.0} s",
+        "crash test ({mix:?}): {} seeds passed, {} requests ({} refused), {} daemon kills, {} QEMU kills, {:.0} s",
         seeds.len(),
         totals.requests,
         totals.refused,
@@ -266,19 +290,144 @@ async fn randomized_lifecycle_with_daemon_and_qemu_kills_converges() {
         totals.qemu_kills,
         started.elapsed().as_secs_f64()
     );
+    println!("  operations: {:?}", totals.finished);
+}
+
+/// The volumes of a `WithVolumes` run (16 MiB qcow2 in the default pool).
+const VOLUMES: [&str; 3] = ["v1", "v2", "v3"];
+
+/// A random disk or snapshot request for `vm`, with `--no-wait`; what it was and the answer.
+async fn random_volume_request(
+    client: &vessel_cli::Client,
+    vm: &str,
+    rng: &mut Rng,
+    snapshots: &mut u32,
+) -> (String, Result<(), ClientError>) {
+    let volume = VOLUMES[rng.below(VOLUMES.len() as u64) as usize];
+    let snapshot = format!("s{}", rng.below(u64::from(*snapshots) + 1));
+    let (what, answer) = match rng.below(5) {
+        0 | 1 => {
+            let request = vessel_api::AttachDiskRequest {
+                pool: None,
+                volume: volume.into(),
+                read_only: false,
+                shareable: false,
+            };
+            (
+                format!("attach {volume}"),
+                client.attach_disk(vm, &request, false).await,
+            )
+        }
+        2 => (
+            format!("detach {volume}"),
+            client.detach_disk(vm, "default", volume, false).await,
+        ),
+        3 => {
+            *snapshots += 1;
+            let request = vessel_api::CreateSnapshotRequest {
+                name: format!("s{snapshots}"),
+                memory: false,
+            };
+            (
+                format!("snapshot s{snapshots}"),
+                client.create_snapshot(vm, &request, false).await,
+            )
+        }
+        _ if rng.below(2) == 0 => (
+            format!("revert to {snapshot}"),
+            client.revert_snapshot(vm, &snapshot, false).await,
+        ),
+        _ => (
+            format!("delete snapshot {snapshot}"),
+            client.delete_snapshot(vm, &snapshot, false).await,
+        ),
+    };
+    (what, answer.map(|_| ()))
+}
+
+/// After a `WithVolumes` run: every volume is still there; no volume is written by two running
+/// VMs; each running VM's QEMU has exactly its spec's volumes open; every snapshot's parent
+/// exists.
+async fn check_volumes(seed: u64, client: &vessel_cli::Client, vms: &[Vm]) {
+    let replay = format!("seed {seed} (replay: VESSEL_CRASH_SEEDS={seed})");
+    let volumes = client.list_volumes("default").await.expect("volumes");
+    let names: BTreeSet<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+    for volume in VOLUMES {
+        assert!(
+            names.contains(volume),
+            "{replay}: volume {volume} lost: {names:?}"
+        );
+    }
+    let mut writers: BTreeMap<&str, &str> = BTreeMap::new();
+    for vm in vms {
+        let name = vm.spec.name.as_str();
+        let disks: BTreeSet<&str> = vm.spec.disks.iter().map(|d| d.volume.as_str()).collect();
+        if let Some(pid) = vm.pid.filter(|_| vm.state.has_process()) {
+            for disk in &disks {
+                if let Some(other) = writers.insert(disk, name) {
+                    panic!("{replay}: volume {disk} is written by running VMs {other} and {name}");
+                }
+            }
+            let open = open_volumes(pid, &volumes);
+            assert_eq!(
+                open, disks,
+                "{replay}: {name}'s QEMU has these volumes open, its spec names those"
+            );
+        }
+        let snapshots = client.list_snapshots(name).await.expect("snapshots");
+        let taken: BTreeSet<&str> = snapshots.iter().map(|s| s.name.as_str()).collect();
+        for snapshot in &snapshots {
+            if let Some(parent) = &snapshot.parent {
+                assert!(
+                    taken.contains(parent.as_str()),
+                    "{replay}: {name}'s snapshot {} names a parent that is gone: {snapshots:?}",
+                    snapshot.name
+                );
+            }
+        }
+    }
+}
+
+/// The volumes (of `volumes`) whose files the process has open.
+fn open_volumes<'a>(pid: u32, volumes: &'a [vessel_api::Volume]) -> BTreeSet<&'a str> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("QEMU's fds");
+    let targets: BTreeSet<PathBuf> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .collect();
+    volumes
+        .iter()
+        .filter(|v| targets.contains(&PathBuf::from(&v.path)))
+        .map(|v| v.name.as_str())
+        .collect()
 }
 
 /// One seed: random requests with `--no-wait` at random short intervals, kill -9 of the daemon
 /// (restarted at once) and now and then of a QEMU; then everything settles and the invariants
 /// are checked. A failure names the seed: `VESSEL_CRASH_SEEDS=<seed>` replays its sequence (the
 /// timing, and so the interleaving, differs from run to run).
-async fn run_seed(seed: u64) -> Tally {
+async fn run_seed(seed: u64, mix: Mix) -> Tally {
     let (mut daemon, _config) = daemon_with_stop_timeout(3);
     let mut rng = Rng(seed);
     let mut tally = Tally::default();
     let mut qemu_kills: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut snapshots = 0;
     {
         let client = daemon.client();
+        if mix == Mix::WithVolumes {
+            for volume in VOLUMES {
+                let request = volume_request(
+                    volume,
+                    vessel_api::VolumeFormat::Qcow2,
+                    Some(16 << 20),
+                    None,
+                );
+                client
+                    .create_volume("default", &request)
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: create volume {volume}: {e}"));
+            }
+        }
         for (name, policy) in VMS {
             let request = vessel_api::CreateVmRequest {
                 start: true,
@@ -308,13 +457,23 @@ async fn run_seed(seed: u64) -> Tally {
             }
         } else {
             let (name, _) = VMS[rng.below(VMS.len() as u64) as usize];
-            let action = random_action(&mut rng);
             tally.requests += 1;
-            match daemon.client().vm_action(name, &action, false).await {
-                Ok(_) => {}
-                // Refusals (a pause of a stopped VM...) are answers too; nothing else is.
-                Err(e) if e.to_string().contains("the VM is ") => tally.refused += 1,
-                Err(e) => panic!("seed {seed}: {action:?} of {name}: {e}"),
+            let client = daemon.client();
+            let what = if mix == Mix::WithVolumes && rng.below(2) == 0 {
+                random_volume_request(&client, name, &mut rng, &mut snapshots).await
+            } else {
+                let action = random_action(&mut rng);
+                let answer = client.vm_action(name, &action, false).await.map(|_| ());
+                (format!("{action:?}"), answer)
+            };
+            match what {
+                (_, Ok(())) => {}
+                // Refusals (a pause of a stopped VM, a detach of a disk not attached...) are
+                // answers too; nothing else is.
+                (_, Err(ClientError::Api { status, .. })) if (400..500).contains(&status) => {
+                    tally.refused += 1
+                }
+                (what, Err(e)) => panic!("seed {seed}: {what} of {name}: {e}"),
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.below(400))).await;
@@ -322,6 +481,16 @@ async fn run_seed(seed: u64) -> Tally {
     let client = daemon.client();
     let vms = settle(seed, &client).await;
     check_invariants(seed, &daemon, &vms, &qemu_kills);
+    if mix == Mix::WithVolumes {
+        check_volumes(seed, &client, &vms).await;
+    }
+    for op in client.list_operations().await.expect("operations") {
+        let key = format!("{} {}", op.action.as_str(), op.status.as_str());
+        *tally.finished.entry(key).or_default() += 1;
+        if let Some(error) = &op.error {
+            println!("  {} {} failed: {error}", op.vm, op.action.as_str());
+        }
+    }
     // A daemon restart on a settled host changes nothing: the same QEMUs (pid and start time)
     // are re-adopted, in the same states.
     let before: Vec<_> = vms.iter().map(identity).collect();
@@ -335,6 +504,9 @@ async fn run_seed(seed: u64) -> Tally {
         "seed {seed} (replay: VESSEL_CRASH_SEEDS={seed}): a restart of a settled daemon changed VMs"
     );
     check_invariants(seed, &daemon, &vms, &qemu_kills);
+    if mix == Mix::WithVolumes {
+        check_volumes(seed, &client, &vms).await;
+    }
     tally
 }
 
