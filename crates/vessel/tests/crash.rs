@@ -389,7 +389,7 @@ async fn check_volumes(seed: u64, client: &vessel_cli::Client, vms: &[Vm]) {
 }
 
 /// The volumes (of `volumes`) whose files the process has open.
-fn open_volumes<'a>(pid: u32, volumes: &'a [vessel_api::Volume]) -> BTreeSet<&'a str> {
+fn open_volumes(pid: u32, volumes: &[vessel_api::Volume]) -> BTreeSet<&str> {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("QEMU's fds");
     let targets: BTreeSet<PathBuf> = fds
         .flatten()
