@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Soak: the randomized crash test (crates/vessel/tests/crash.rs) with fresh random seeds, one
-# seed per run, for a while. Lifecycle requests, daemon kill -9 and QEMU kills on real guests;
+# Soak: the randomized crash tests (crates/vessel/tests/crash.rs, both mixes: lifecycle, and
+# lifecycle with volumes and snapshots) with fresh random seeds, one seed per run, for a while. Lifecycle requests, daemon kill -9 and QEMU kills on real guests;
 # every run checks the invariants of docs/vm-lifecycle.md once everything settled.
 #
 #   scripts/soak.sh [MINUTES]        default 30; VESSEL_CRASH_STEPS sets the steps per seed (40)
@@ -32,13 +32,13 @@ while [ "$SECONDS" -lt "$end" ]; do
 	seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 	log="$logs/$seed.log"
 	if VESSEL_CRASH_SEEDS="$seed" "$bin/crash" randomized --nocapture >"$log" 2>&1; then
-		line=$(grep "^crash test seed $seed:" "$log" || true)
-		echo "$line"
-		# "crash test seed S: R requests (F refused), D daemon kills, Q QEMU kills, T s"
-		read -r r d q < <(echo "$line" | sed -E 's/.*: ([0-9]+) requests .*, ([0-9]+) daemon kills, ([0-9]+) QEMU kills.*/\1 \2 \3/')
-		requests=$((requests + ${r:-0}))
-		daemon_kills=$((daemon_kills + ${d:-0}))
-		qemu_kills=$((qemu_kills + ${q:-0}))
+		# "crash test seed S (Mix): R requests (F refused), D daemon kills, Q QEMU kills, T s"
+		while read -r r d q; do
+			requests=$((requests + r))
+			daemon_kills=$((daemon_kills + d))
+			qemu_kills=$((qemu_kills + q))
+		done < <(grep "^crash test seed $seed " "$log" | tee /dev/stderr |
+			sed -E 's/.*: ([0-9]+) requests .*, ([0-9]+) daemon kills, ([0-9]+) QEMU kills.*/\1 \2 \3/')
 		passed=$((passed + 1))
 		streak=$((streak + 1))
 		[ "$streak" -gt "$best" ] && best=$streak
