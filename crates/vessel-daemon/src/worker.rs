@@ -287,21 +287,8 @@ impl Worker {
     }
 
     /// Takes charge of a QEMU this worker just started: console, events, recorded status.
-    async fn adopt_started(&mut self, mut instance: Box<dyn Instance>, restart: bool) -> OpResult {
-        self.attach(&mut instance);
-        self.ctx
-            .sampler
-            .register(&self.name, instance.stats_probe());
-        let pid = instance.pid();
-        let uid = describe_uid(instance.as_ref());
-        let events = instance.take_events().expect("fresh instance has events");
-        self.live = Some(Live {
-            instance,
-            events,
-            stop_requested: false,
-            guest_shutdown: false,
-            panicked: false,
-        });
+    async fn adopt_started(&mut self, instance: Box<dyn Instance>, restart: bool) -> OpResult {
+        let (pid, uid) = self.take_charge(instance);
         let Loaded { mut status, .. } = self.load_existing().await?;
         status.state = VmState::Running;
         status.reason = None;
@@ -317,6 +304,26 @@ impl Worker {
             .event(&self.name, format!("started (QEMU pid {}{})", pid.pid, uid))
             .await;
         Ok(())
+    }
+
+    /// Makes `instance` this worker's live QEMU: its console, statistics and events. Returns its
+    /// identity and, for events, its uid.
+    fn take_charge(&mut self, mut instance: Box<dyn Instance>) -> (ProcessId, String) {
+        self.attach(&mut instance);
+        self.ctx
+            .sampler
+            .register(&self.name, instance.stats_probe());
+        let pid = instance.pid();
+        let uid = describe_uid(instance.as_ref());
+        let events = instance.take_events().expect("fresh instance has events");
+        self.live = Some(Live {
+            instance,
+            events,
+            stop_requested: false,
+            guest_shutdown: false,
+            panicked: false,
+        });
+        (pid, uid)
     }
 
     fn launch_request(&self, vm: &VmRecord, disks: Vec<vessel_qemu::DiskFile>) -> LaunchRequest {
@@ -1350,26 +1357,13 @@ impl Worker {
         &mut self,
         vm: &VmRecord,
         status: &VmStatus,
-        mut instance: Box<dyn Instance>,
+        instance: Box<dyn Instance>,
     ) -> OpResult {
-        self.attach(&mut instance);
-        self.ctx
-            .sampler
-            .register(&self.name, instance.stats_probe());
-        let events = instance.take_events().expect("fresh instance has events");
-        let uid = describe_uid(instance.as_ref());
-        let pid = instance.pid();
-        // Its taps outlived the daemon with QEMU; make sure they are on their bridges.
-        crate::net_host::readopt_taps(&self.ctx, &vm.spec).await;
         // A stop cut short is re-run as an operation (which presses the button again); until
         // then nobody is stopping this QEMU.
-        self.live = Some(Live {
-            instance,
-            events,
-            stop_requested: false,
-            guest_shutdown: false,
-            panicked: false,
-        });
+        let (pid, uid) = self.take_charge(instance);
+        // Its taps outlived the daemon with QEMU; make sure they are on their bridges.
+        crate::net_host::readopt_taps(&self.ctx, &vm.spec).await;
         let mut status = status.clone();
         status.pid = Some(pid.pid);
         status.pid_start_time = Some(pid.start_time);

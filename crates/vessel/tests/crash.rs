@@ -36,6 +36,15 @@ async fn deafen(client: &vessel_cli::Client, vm: &str, boot: usize) {
     await_console(client, vm, "acpid-gone-42", done).await;
 }
 
+/// `vm stop --timeout SECS`, waited for.
+async fn stop_within(client: &vessel_cli::Client, vm: &str, secs: u64) -> Vm {
+    let request = StopVmRequest {
+        force: false,
+        timeout_secs: Some(secs),
+    };
+    act(client, vm, VmAction::Stop(request)).await
+}
+
 async fn events_of(client: &vessel_cli::Client, vm: &str) -> Vec<String> {
     client
         .list_events(Some(vm), 200)
@@ -98,15 +107,7 @@ async fn reboot_cut_short_by_a_daemon_kill_then_start_leaves_the_vm_running() {
     // (the re-adopted guest still ignores it: the stop is forced after its timeout).
     run_in_guest(&client, "c4", "echo still-here-$((6*7))").await;
     await_console(&client, "c4", "still-here-42", 1).await;
-    let stopped = act(
-        &client,
-        "c4",
-        VmAction::Stop(StopVmRequest {
-            force: false,
-            timeout_secs: Some(1),
-        }),
-    )
-    .await;
+    let stopped = stop_within(&client, "c4", 1).await;
     assert_eq!(stopped.state, VmState::Stopped);
     assert!(daemon.qemu_pids_of("c4").is_empty());
 }
@@ -146,15 +147,7 @@ async fn ignored_power_off_ends_in_a_forced_stop_that_the_event_names() {
     // Started again and deaf again: `vm stop` forces after its own timeout.
     act(&client, "deaf", VmAction::Start).await;
     deafen(&client, "deaf", 3).await;
-    let stopped = act(
-        &client,
-        "deaf",
-        VmAction::Stop(StopVmRequest {
-            force: false,
-            timeout_secs: Some(1),
-        }),
-    )
-    .await;
+    let stopped = stop_within(&client, "deaf", 1).await;
     assert_eq!(stopped.state, VmState::Stopped);
     assert_eq!(stopped.desired_state, DesiredState::Stopped);
     assert!(daemon.qemu_pids_of("deaf").is_empty());
@@ -264,33 +257,40 @@ async fn run_seeds(mix: Mix) {
     for &seed in &seeds {
         let t0 = Instant::now();
         let tally = run_seed(seed, mix).await;
-        println!(
-            "crash test seed {seed} ({mix:?}): {} requests ({} refused), {} daemon kills, {} QEMU kills, {:.0} s",
-            tally.requests,
-            tally.refused,
-            tally.daemon_kills,
-            tally.qemu_kills,
-            t0.elapsed().as_secs_f64()
-        );
-        println!("  operations: {:?}", tally.finished);
-        for (key, count) in tally.finished {
-            *totals.finished.entry(key).or_default() += count;
-        }
-        totals.requests += tally.requests;
-        totals.refused += tally.refused;
-        totals.daemon_kills += tally.daemon_kills;
-        totals.qemu_kills += tally.qemu_kills;
+        println!("crash test seed {seed} ({mix:?}): {}", tally.summary(t0));
+        totals.add(tally);
     }
+    let passed = seeds.len();
     println!(
-        "crash test ({mix:?}): {} seeds passed, {} requests ({} refused), {} daemon kills, {} QEMU kills, {:.0} s",
-        seeds.len(),
-        totals.requests,
-        totals.refused,
-        totals.daemon_kills,
-        totals.qemu_kills,
-        started.elapsed().as_secs_f64()
+        "crash test ({mix:?}): {passed} seeds passed, {}",
+        totals.summary(started)
     );
-    println!("  operations: {:?}", totals.finished);
+}
+
+impl Tally {
+    /// "R requests (F refused), D daemon kills, Q QEMU kills, T s" and the operations by result
+    /// (scripts/soak.sh reads the first line).
+    fn summary(&self, since: Instant) -> String {
+        format!(
+            "{} requests ({} refused), {} daemon kills, {} QEMU kills, {:.0} s\n  operations: {:?}",
+            self.requests,
+            self.refused,
+            self.daemon_kills,
+            self.qemu_kills,
+            since.elapsed().as_secs_f64(),
+            self.finished
+        )
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.requests += other.requests;
+        self.refused += other.refused;
+        self.daemon_kills += other.daemon_kills;
+        self.qemu_kills += other.qemu_kills;
+        for (key, count) in other.finished {
+            *self.finished.entry(key).or_default() += count;
+        }
+    }
 }
 
 /// The volumes of a `WithVolumes` run (16 MiB qcow2 in the default pool).
@@ -304,7 +304,8 @@ async fn random_volume_request(
     snapshots: &mut u32,
 ) -> (String, Result<(), ClientError>) {
     let volume = VOLUMES[rng.below(VOLUMES.len() as u64) as usize];
-    let snapshot = format!("s{}", rng.below(u64::from(*snapshots) + 1));
+    // One of the snapshots asked for so far (some were refused or deleted: those get a 404).
+    let snapshot = format!("s{}", 1 + rng.below(u64::from(*snapshots).max(1)));
     let (what, answer) = match rng.below(5) {
         0 | 1 => {
             let request = vessel_api::AttachDiskRequest {
