@@ -33,11 +33,13 @@ while [ "$SECONDS" -lt "$end" ]; do
 	log="$logs/$seed.log"
 	if VESSEL_CRASH_SEEDS="$seed" "$bin/crash" randomized --nocapture >"$log" 2>&1; then
 		# "crash test seed S (Mix): R requests (F refused), D daemon kills, Q QEMU kills, T s"
+		lines=$(grep "^crash test seed $seed " "$log" || true)
+		echo "$lines"
 		while read -r r d q; do
 			requests=$((requests + r))
 			daemon_kills=$((daemon_kills + d))
 			qemu_kills=$((qemu_kills + q))
-		done < <(grep "^crash test seed $seed " "$log" | tee /dev/stderr |
+		done < <(echo "$lines" |
 			sed -E 's/.*: ([0-9]+) requests .*, ([0-9]+) daemon kills, ([0-9]+) QEMU kills.*/\1 \2 \3/')
 		passed=$((passed + 1))
 		streak=$((streak + 1))
