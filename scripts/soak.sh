@@ -36,6 +36,7 @@ while [ "$SECONDS" -lt "$end" ]; do
 		lines=$(grep "^crash test seed $seed " "$log" || true)
 		echo "$lines"
 		while read -r r d q; do
+			[ -n "$q" ] || continue
 			requests=$((requests + r))
 			daemon_kills=$((daemon_kills + d))
 			qemu_kills=$((qemu_kills + q))
