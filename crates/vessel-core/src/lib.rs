@@ -11,7 +11,10 @@ pub mod spec;
 pub mod units;
 
 pub use disks::{attach_disk, detach_disk, disk_node_name, validate_disks};
-pub use lifecycle::{after_exit, check_action, state_after_exit, ExitKind, RestartDecision};
+pub use lifecycle::{
+    after_exit, check_action, settled_state, state_after_exit, ExitKind, ProcessState,
+    RestartDecision,
+};
 pub use name::{is_terminal_control, validate_name, validate_text};
 pub use spec::{apply_edit, spec_from_create, validate_spec, HostCapacity};
 pub use units::parse_memory_mib;

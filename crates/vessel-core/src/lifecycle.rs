@@ -38,6 +38,29 @@ pub fn state_after_exit(exit: ExitKind) -> VmState {
     }
 }
 
+/// What the VM's process says about itself (QMP `query-status`), or that there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    Running,
+    Paused,
+    /// No QEMU runs for the VM.
+    Gone,
+}
+
+/// The observed state of a VM while no operation works on it, derived from its process alone.
+/// `recorded` is what the store says; a transitional state in it (starting, stopping) was left by
+/// an operation that is no longer running (cut short by a daemon restart), so it never survives:
+/// a live QEMU is running or paused as it says, no QEMU is stopped (or crashed, when the record
+/// already says so: the crash's reason stays).
+pub fn settled_state(recorded: VmState, process: ProcessState) -> VmState {
+    match (process, recorded) {
+        (ProcessState::Running, _) => VmState::Running,
+        (ProcessState::Paused, _) => VmState::Paused,
+        (ProcessState::Gone, VmState::Crashed) => VmState::Crashed,
+        (ProcessState::Gone, _) => VmState::Stopped,
+    }
+}
+
 /// Whether `action` may be requested while the VM is in `state`. `force` is the request's force
 /// flag (delete of a running VM). Actions that are already satisfied (start of a running VM,
 /// stop of a stopped one) are allowed: they succeed without doing anything.
@@ -169,6 +192,25 @@ mod tests {
         );
         assert!(check_action(OperationAction::Delete, VmState::Running, true).is_ok());
         assert!(check_action(OperationAction::Delete, VmState::Crashed, false).is_ok());
+    }
+
+    #[test]
+    fn settled_state_comes_from_the_process_never_from_an_interrupted_operation() {
+        use VmState::*;
+        for recorded in [Stopped, Starting, Running, Paused, Stopping, Crashed] {
+            assert_eq!(settled_state(recorded, ProcessState::Running), Running);
+            assert_eq!(settled_state(recorded, ProcessState::Paused), Paused);
+            let gone = settled_state(recorded, ProcessState::Gone);
+            assert!(
+                !gone.has_process(),
+                "{recorded:?} without QEMU gave {gone:?}"
+            );
+        }
+        // The reported case: a reboot's power-off phase recorded "stopping", the daemon was
+        // killed, the guest kept running.
+        assert_eq!(settled_state(Stopping, ProcessState::Running), Running);
+        assert_eq!(settled_state(Crashed, ProcessState::Gone), Crashed);
+        assert_eq!(settled_state(Starting, ProcessState::Gone), Stopped);
     }
 
     #[test]

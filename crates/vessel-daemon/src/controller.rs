@@ -52,21 +52,30 @@ impl Controller {
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         let store = &self.ctx.store;
         let (ops, revision) = store.list(OPS_PREFIX).await?;
-        let ops = ops
+        let mut ops = ops
             .iter()
             .map(|kv| Ok((kv.key.clone(), decode::<OpRecord>(&kv.key, &kv.value)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let busy: HashSet<&str> = ops
+        // Operations the previous daemon was running are re-queued or failed first, so that
+        // re-adoption knows which VMs still have work queued.
+        for (_, record) in ops.iter_mut() {
+            if record.operation.status == OperationStatus::Running {
+                self.recover_interrupted(record).await?;
+            }
+        }
+        let queued: HashSet<String> = ops
             .iter()
-            .filter(|(_, r)| !r.operation.status.is_terminal())
-            .map(|(_, r)| r.operation.vm.as_str())
+            .filter(|(_, r)| r.operation.status == OperationStatus::Pending)
+            .map(|(_, r)| r.operation.vm.clone())
             .collect();
         let (vms, _) = store.list(VMS_PREFIX).await?;
         let mut adopted = Vec::new();
         for kv in vms.iter().filter(|kv| kv.key.ends_with("/spec")) {
             let name = &kv.key[VMS_PREFIX.len()..kv.key.len() - "/spec".len()];
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let converge = !busy.contains(name);
+            // A VM with queued operations converges through them (with their own options); the
+            // others converge now (e.g. after a failed reboot, towards their desired state).
+            let converge = !queued.contains(name);
             self.dispatch(
                 name,
                 WorkerMsg::Reconcile {
@@ -87,22 +96,14 @@ impl Controller {
             );
         }
         let mut finished = Vec::new();
-        for (key, mut record) in ops {
-            match record.operation.status {
-                OperationStatus::Pending => self.dispatch(
+        for (key, record) in ops {
+            if record.operation.status == OperationStatus::Pending {
+                self.dispatch(
                     &record.operation.vm.clone(),
                     WorkerMsg::Op(record.operation.id.clone()),
-                ),
-                OperationStatus::Running => {
-                    self.recover_interrupted(&mut record).await?;
-                    if record.operation.status == OperationStatus::Pending {
-                        self.dispatch(
-                            &record.operation.vm.clone(),
-                            WorkerMsg::Op(record.operation.id.clone()),
-                        );
-                    }
-                }
-                _ => finished.push((record.operation.created_at_ms, key)),
+                );
+            } else if record.operation.status.is_terminal() {
+                finished.push((record.operation.created_at_ms, key));
             }
         }
         self.prune(finished).await?;

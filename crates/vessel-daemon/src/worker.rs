@@ -235,8 +235,9 @@ impl Worker {
             (DesiredState::Paused, false) => {
                 Err("the VM is not running, so it cannot be paused; start it first".into())
             }
-            (DesiredState::Stopped, true) => self.stop(force, timeout).await,
-            _ => Ok(()),
+            (DesiredState::Stopped, true) => self.stop(force, timeout, "stop").await,
+            // Nothing to do; the record still has to say what the process is.
+            _ => self.settle_state().await,
         }
     }
 
@@ -289,21 +290,8 @@ impl Worker {
     }
 
     /// Takes charge of a QEMU this worker just started: console, events, recorded status.
-    async fn adopt_started(&mut self, mut instance: Box<dyn Instance>, restart: bool) -> OpResult {
-        self.attach(&mut instance);
-        self.ctx
-            .sampler
-            .register(&self.name, instance.stats_probe());
-        let pid = instance.pid();
-        let uid = describe_uid(instance.as_ref());
-        let events = instance.take_events().expect("fresh instance has events");
-        self.live = Some(Live {
-            instance,
-            events,
-            stop_requested: false,
-            guest_shutdown: false,
-            panicked: false,
-        });
+    async fn adopt_started(&mut self, instance: Box<dyn Instance>, restart: bool) -> OpResult {
+        let (pid, uid) = self.take_charge(instance);
         let Loaded { mut status, .. } = self.load_existing().await?;
         status.state = VmState::Running;
         status.reason = None;
@@ -319,6 +307,26 @@ impl Worker {
             .event(&self.name, format!("started (QEMU pid {}{})", pid.pid, uid))
             .await;
         Ok(())
+    }
+
+    /// Makes `instance` this worker's live QEMU: its console, statistics and events. Returns its
+    /// identity and, for events, its uid.
+    fn take_charge(&mut self, mut instance: Box<dyn Instance>) -> (ProcessId, String) {
+        self.attach(&mut instance);
+        self.ctx
+            .sampler
+            .register(&self.name, instance.stats_probe());
+        let pid = instance.pid();
+        let uid = describe_uid(instance.as_ref());
+        let events = instance.take_events().expect("fresh instance has events");
+        self.live = Some(Live {
+            instance,
+            events,
+            stop_requested: false,
+            guest_shutdown: false,
+            panicked: false,
+        });
+        (pid, uid)
     }
 
     fn launch_request(&self, vm: &VmRecord, disks: Vec<vessel_qemu::DiskFile>) -> LaunchRequest {
@@ -361,31 +369,49 @@ impl Worker {
         }
     }
 
-    /// ACPI power-down, then a forced kill if the guest does not go within `timeout`.
-    async fn stop(&mut self, force: bool, timeout: Duration) -> OpResult {
+    /// ACPI power-down, then a forced kill if the guest does not go within `timeout` (a guest
+    /// may ignore the button: no acpid yet, or none at all). An event says which happened;
+    /// `purpose` ("stop", "reboot", ...) names what the power-off was for.
+    async fn stop(&mut self, force: bool, timeout: Duration, purpose: &str) -> OpResult {
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
         live.stop_requested = true;
-        if !force {
-            self.set_state(VmState::Stopping, None).await?;
-            let live = self.live.as_mut().expect("checked above");
-            if let Err(e) = live.instance.power_down().await {
-                tracing::warn!(vm = %self.name, error = %error_chain(&e), "ACPI power-down failed; killing");
-            } else if let Some((detail, clean)) = self.wait_for_exit(timeout).await {
-                self.on_exit(detail, clean).await;
-                return Ok(());
-            }
-            self.ctx
-                .event(
-                    &self.name,
-                    format!(
-                        "guest did not power off within {} s; killing QEMU",
-                        timeout.as_secs()
-                    ),
-                )
-                .await;
+        if force {
+            return self.kill_and_reap().await;
         }
+        self.set_state(VmState::Stopping, None).await?;
+        let live = self.live.as_mut().expect("checked above");
+        let pressed = Instant::now();
+        let why_forced = match live.instance.power_down().await {
+            Err(e) => format!(
+                "the ACPI power button could not be pressed ({})",
+                error_chain(&e)
+            ),
+            Ok(()) => match self.wait_for_exit(timeout).await {
+                Some((detail, clean)) => {
+                    let after = pressed.elapsed().as_secs_f64();
+                    self.on_exit(detail, clean).await;
+                    self.ctx
+                        .event(
+                            &self.name,
+                            format!("{purpose}: the guest powered off {after:.1} s after the ACPI power button"),
+                        )
+                        .await;
+                    return Ok(());
+                }
+                None => format!(
+                    "the guest did not power off within {} s of the ACPI power button",
+                    timeout.as_secs()
+                ),
+            },
+        };
+        self.ctx
+            .event(
+                &self.name,
+                format!("{purpose}: {why_forced}; forced stop (QEMU killed)"),
+            )
+            .await;
         self.kill_and_reap().await
     }
 
@@ -457,7 +483,7 @@ impl Worker {
         if self.live.is_none() {
             return Err("the VM is not running; start it instead".into());
         }
-        self.stop(false, timeout).await?;
+        self.stop(false, timeout, "reboot").await?;
         self.save(
             &self.load_existing().await?.status,
             Some(DesiredState::Running),
@@ -756,7 +782,7 @@ impl Worker {
                 Some(DesiredState::Stopped),
             )
             .await?;
-            self.stop(true, timeout).await?;
+            self.stop(true, timeout, "snapshot revert").await?;
         }
         let Loaded { record: vm, .. } = self.load_existing().await?;
         // The snapshot's spec: the disks (and settings) the snapshot was taken with.
@@ -1189,10 +1215,18 @@ impl Worker {
         let Some(Loaded {
             record: vm,
             mut status,
+            desired,
             ..
         }) = self.load().await?
         else {
             return Ok(());
+        };
+        // An exit while nobody wants the VM running (a stop was requested, perhaps by a daemon
+        // that died since) is never restarted.
+        let kind = if desired == DesiredState::Stopped {
+            ExitKind::Requested
+        } else {
+            kind
         };
         status.state = vessel_core::state_after_exit(kind);
         status.reason = reason.clone();
@@ -1261,7 +1295,10 @@ impl Worker {
 
     // ----- reconcile ------------------------------------------------------------------------
 
-    /// Adopts a QEMU that a previous daemon started, or notices that it died meanwhile.
+    /// Looks at the world: adopts a QEMU that a previous daemon started (or notices that it died
+    /// meanwhile), then records the state its process is in. The worker does one thing at a
+    /// time, so no operation of this VM runs now: a transitional state in the record was left by
+    /// one that a daemon restart cut short, and is replaced by what the process says.
     async fn observe(&mut self) -> OpResult {
         let Some(Loaded {
             record: vm, status, ..
@@ -1273,58 +1310,92 @@ impl Worker {
             if let (Some(pid), Some(start_time)) = (status.pid, status.pid_start_time) {
                 self.adopt(&vm, &status, ProcessId { pid, start_time })
                     .await?;
-            } else if status.state.has_process() {
-                // Recorded as running but no process was ever recorded: a start was cut short.
-                self.set_state(
-                    VmState::Stopped,
-                    Some("the daemon stopped while the VM was starting".into()),
-                )
-                .await?;
+            } else if let Some(pid) = self.unrecorded_process() {
+                self.adopt_unrecorded(&vm, &status, pid).await?;
             }
         }
-        Ok(())
+        self.settle_state().await
+    }
+
+    /// A QEMU of this VM whose pid was never recorded: a start cut short by a daemon crash after
+    /// QEMU was spawned. QEMU wrote its pid file before that; `adopt` checks that the process's
+    /// command line names this VM.
+    fn unrecorded_process(&self) -> Option<ProcessId> {
+        ProcessId::from_pid_file(&RunFiles::in_dir(&self.ctx.vm_dir(&self.name)).pid_file)
+    }
+
+    async fn adopt_unrecorded(
+        &mut self,
+        vm: &VmRecord,
+        status: &VmStatus,
+        pid: ProcessId,
+    ) -> OpResult {
+        let request = self.launch_request(vm, Vec::new());
+        match self.ctx.backend.adopt(&request, pid).await {
+            Ok(instance) => self.take_adopted(vm, status, instance).await,
+            // Not (or no longer) this VM's QEMU: a stale pid file whose pid was reused.
+            Err(e) => {
+                tracing::info!(vm = %self.name, pid = pid.pid, error = %error_chain(&e), "pid file names no QEMU of this VM");
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the state derived from the process (`vessel_core::settled_state`). Called only
+    /// when no operation of this VM runs.
+    async fn settle_state(&mut self) -> OpResult {
+        let process = match self.live.as_ref() {
+            None => vessel_core::ProcessState::Gone,
+            Some(live) => match live.instance.status().await {
+                Ok(vessel_qemu::RunState::Paused) => vessel_core::ProcessState::Paused,
+                Ok(vessel_qemu::RunState::Prelaunch) => {
+                    // Its launch was cut short before the vCPUs ran: start it afresh instead.
+                    self.ctx
+                        .event(&self.name, "QEMU never started its vCPUs (a start cut short by a daemon restart); stopping it")
+                        .await;
+                    self.kill_and_reap().await?;
+                    vessel_core::ProcessState::Gone
+                }
+                Ok(_) => vessel_core::ProcessState::Running,
+                // QEMU is going away: its exit event will be handled next.
+                Err(e) => {
+                    tracing::debug!(vm = %self.name, error = %error_chain(&e), "query-status failed");
+                    return Ok(());
+                }
+            },
+        };
+        let Loaded { status, .. } = self.load_existing().await?;
+        let state = vessel_core::settled_state(status.state, process);
+        if state == status.state {
+            return Ok(());
+        }
+        let reason = (!state.has_process() && status.state.has_process()).then(|| {
+            format!(
+                "the daemon restarted while the VM was {}, and no QEMU runs for it",
+                status.state.as_str()
+            )
+        });
+        self.ctx
+            .event(
+                &self.name,
+                format!(
+                    "state {} corrected to {} (from its QEMU)",
+                    status.state.as_str(),
+                    state.as_str()
+                ),
+            )
+            .await;
+        Ok(self.set_state(state, reason).await?)
     }
 
     async fn adopt(&mut self, vm: &VmRecord, status: &VmStatus, pid: ProcessId) -> OpResult {
         // Adoption attaches to what runs; the disks are already in QEMU.
         let request = self.launch_request(vm, Vec::new());
         match self.ctx.backend.adopt(&request, pid).await {
-            Ok(mut instance) => {
-                self.attach(&mut instance);
-                self.ctx
-                    .sampler
-                    .register(&self.name, instance.stats_probe());
-                let events = instance.take_events().expect("fresh instance has events");
-                let uid = describe_uid(instance.as_ref());
-                let state = match instance.status().await {
-                    Ok(vessel_qemu::RunState::Paused) => VmState::Paused,
-                    _ => VmState::Running,
-                };
-                let stopping = status.state == VmState::Stopping;
-                // Its taps outlived the daemon with QEMU; make sure they are on their bridges.
-                crate::net_host::readopt_taps(&self.ctx, &vm.spec).await;
-                self.live = Some(Live {
-                    instance,
-                    events,
-                    stop_requested: stopping,
-                    guest_shutdown: false,
-                    panicked: false,
-                });
-                self.ctx
-                    .event(
-                        &self.name,
-                        format!(
-                            "re-adopted QEMU pid {}{uid} after a daemon restart",
-                            pid.pid
-                        ),
-                    )
-                    .await;
-                if !stopping {
-                    self.set_state(state, None).await?;
-                }
-                Ok(())
-            }
+            Ok(instance) => self.take_adopted(vm, status, instance).await,
             Err(e) => {
+                // Gone while the daemon was away (or not drivable, and so killed by `adopt`).
+                // A power-off that was under way ended as asked.
                 let kind = if status.state == VmState::Stopping {
                     ExitKind::Requested
                 } else {
@@ -1339,6 +1410,36 @@ impl Worker {
                 self.after_exit(kind, Some(reason)).await
             }
         }
+    }
+
+    /// Takes charge of a QEMU that a previous daemon started: console, events, its identity in
+    /// the status (the state is settled next, from the process).
+    async fn take_adopted(
+        &mut self,
+        vm: &VmRecord,
+        status: &VmStatus,
+        instance: Box<dyn Instance>,
+    ) -> OpResult {
+        // A stop cut short is re-run as an operation (which presses the button again); until
+        // then nobody is stopping this QEMU.
+        let (pid, uid) = self.take_charge(instance);
+        // Its taps outlived the daemon with QEMU; make sure they are on their bridges.
+        crate::net_host::readopt_taps(&self.ctx, &vm.spec).await;
+        let mut status = status.clone();
+        status.pid = Some(pid.pid);
+        status.pid_start_time = Some(pid.start_time);
+        status.accelerator = Some(self.ctx.accel.accel.as_str().to_string());
+        self.save(&status, None).await?;
+        self.ctx
+            .event(
+                &self.name,
+                format!(
+                    "re-adopted QEMU pid {}{uid} after a daemon restart",
+                    pid.pid
+                ),
+            )
+            .await;
+        Ok(())
     }
 }
 

@@ -175,9 +175,18 @@ impl Backend for QemuBackend {
                 why: "its command line names another VM".into(),
             });
         }
-        let exit = ExitWatch::pidfd(id.pid)?;
+        let mut exit = ExitWatch::pidfd(id.pid)?;
         let files = RunFiles::in_dir(&request.run_dir);
-        let attached = attach(&files).await?;
+        let attached = match attach(&files).await {
+            Ok(attached) => attached,
+            Err(e) => {
+                // Our VM's QEMU, but nobody can drive it: ended, so that it is never left
+                // running without an owner (nor next to a second QEMU the restart policy starts).
+                process::kill(id)?;
+                let _ = tokio::time::timeout(Duration::from_secs(30), exit.wait()).await;
+                return Err(e);
+            }
+        };
         // Its uid stays taken until it exits, so that no VM started from now on gets it.
         let lease = self.uids.as_ref().and_then(|uids| uids.recover(id.pid));
         Ok(Box::new(QemuInstance::new(id, attached, exit, lease)))
@@ -472,6 +481,7 @@ impl Instance for QemuInstance {
         Ok(match reply.get("status").and_then(Value::as_str) {
             Some("running") => RunState::Running,
             Some("paused") => RunState::Paused,
+            Some("prelaunch") => RunState::Prelaunch,
             _ => RunState::Other,
         })
     }

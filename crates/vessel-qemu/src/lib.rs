@@ -105,6 +105,8 @@ pub enum InstanceEvent {
 pub enum RunState {
     Running,
     Paused,
+    /// vCPUs never started: a launch was cut short before its `cont`.
+    Prelaunch,
     Other,
 }
 

@@ -28,6 +28,14 @@ impl ProcessId {
         Ok(ProcessId { pid, start_time })
     }
 
+    /// The process named by a QEMU `-pidfile`, if it exists and runs. (QEMU writes it before
+    /// the daemon learns the pid, so it finds a QEMU whose start a daemon crash cut short.)
+    pub fn from_pid_file(path: &std::path::Path) -> Option<ProcessId> {
+        let pid = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+        let id = ProcessId::of(pid).ok()?;
+        id.is_alive().then_some(id)
+    }
+
     /// Whether this very process still runs (not exited, not a zombie, pid not reused).
     pub fn is_alive(&self) -> bool {
         matches!(read_stat(self.pid), Ok((state, start)) if state != 'Z' && state != 'X' && start == self.start_time)

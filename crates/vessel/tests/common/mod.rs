@@ -48,6 +48,14 @@ pub fn guest() -> &'static Guest {
     })
 }
 
+/// The `vessel` binary the tests run: this build's, or `VESSEL_TEST_BIN` (scripts/soak.sh runs
+/// a copy, so that rebuilding the tree meanwhile does not change what it tests).
+pub fn vessel_bin() -> PathBuf {
+    std::env::var_os("VESSEL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vessel")))
+}
+
 pub struct Daemon {
     child: Option<Child>,
     pub data_dir: PathBuf,
@@ -98,10 +106,10 @@ impl Daemon {
             // `ip netns exec` execs the daemon: the child's pid is the daemon's.
             Some(netns) => {
                 let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_vessel")]);
+                cmd.args(["netns", "exec"]).arg(netns).arg(vessel_bin());
                 cmd
             }
-            None => Command::new(env!("CARGO_BIN_EXE_vessel")),
+            None => Command::new(vessel_bin()),
         };
         cmd.arg("daemon")
             .arg("--data-dir")
