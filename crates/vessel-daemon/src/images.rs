@@ -61,6 +61,12 @@ pub(crate) fn not_found(name: &str) -> ApiError {
 /// Counts an imported volume (its size is known only once it is done) against the project's
 /// disk quota; one that does not fit is deleted again, and the operation fails with the
 /// refusal's code (409 `quota_exceeded`).
+/// A failed import keeps the pool's verdict: a source the request named badly (a refused
+/// address, a redirect to one, a file that is not an image) is the caller's 400, not a 500.
+fn import_error(e: vessel_storage::PoolError) -> OpError {
+    crate::volumes::api_error(e).into()
+}
+
 async fn count_import(
     ctx: &Ctx,
     pool: &DirPool,
@@ -330,7 +336,7 @@ impl Service {
                 let imported = pool
                     .import_volume(&name, source, &opts, &mut track(progress))
                     .await
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(import_error)?;
                 let size = imported.info.virtual_size;
                 let pending = count_import(&service.ctx, &pool, &name, &project, size).await?;
                 let image = ImageRecord {
@@ -459,7 +465,7 @@ impl Service {
                 let imported = pool
                     .import_volume(&name, source, &opts, &mut track(progress))
                     .await
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(import_error)?;
                 let size = imported.info.virtual_size;
                 count_import(&service.ctx, &pool, &name, &project, size)
                     .await?

@@ -569,9 +569,16 @@ async fn authorize(
     // a lookup of a missing object (the permission in any project), then answered with the
     // handler's own 404. A 403 for an existing object and a 404 for a missing one would tell
     // that it exists.
-    let hidden = project
-        .as_deref()
-        .is_some_and(|p| !may_see(&caller.identity, matched.route.target, p));
+    let hidden = match project.as_deref() {
+        Some(p) if !may_see(&caller.identity, matched.route.target, p) => {
+            // Everyone sees a public image, so a refused change of one is a 403, not a 404.
+            !(matches!(matched.route.target, Target::Image)
+                && image_project(sec, matched.param("name").unwrap_or_default())
+                    .await
+                    .is_some_and(|(_, public)| public))
+        }
+        _ => false,
+    };
     let project = if hidden { None } else { project };
     let scope = match (matched.route.target, project.as_deref()) {
         (Target::Host, _) => Scope::Host,

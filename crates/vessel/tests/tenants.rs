@@ -15,15 +15,41 @@ use vessel_cli::{ClientError, Outcome};
 
 const MIB: u64 = 1 << 20;
 
-/// A stopped VM with a kernel that is never booted (isolation needs no guest).
-fn idle_vm(r: &Remote, name: &str, project: &str, memory_mib: u64) -> CreateVmRequest {
-    let kernel = r.daemon.data_dir.join("fake-kernel");
-    std::fs::write(&kernel, b"not booted").unwrap();
+/// A directory with a kernel that is never booted (isolation needs no guest), shared by the
+/// tests of this file: the daemons list it in `kernel_dirs`, so that tenants may name it.
+fn fake_kernels() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fake-kernel"), b"not booted").unwrap();
+        std::fs::write(
+            dir.path().join("vessel.toml"),
+            format!("kernel_dirs = [{:?}]\n", dir.path()),
+        )
+        .unwrap();
+        dir
+    })
+    .path()
+}
+
+/// A daemon with the remote API whose `kernel_dirs` is [`fake_kernels`].
+fn start() -> Remote {
+    let config = fake_kernels().join("vessel.toml");
+    Remote::start_with(&["--config", config.to_str().unwrap()])
+}
+
+/// A stopped VM with the fake kernel.
+fn idle_vm(_r: &Remote, name: &str, project: &str, memory_mib: u64) -> CreateVmRequest {
     CreateVmRequest {
         name: name.into(),
         cpus: 1,
         memory_mib,
-        kernel: Some(kernel.to_string_lossy().into_owned()),
+        kernel: Some(
+            fake_kernels()
+                .join("fake-kernel")
+                .to_string_lossy()
+                .into_owned(),
+        ),
         project: Some(project.into()),
         ..Default::default()
     }
@@ -94,7 +120,7 @@ async fn events_until(
 /// Issue 13 items 1-4: volumes, clones, events and existence never cross projects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_never_reach_see_or_learn_of_another_projects_objects() {
-    let r = Remote::start();
+    let r = start();
     let root = r.root();
     r.project("p1", Quota::default()).await;
     r.project("p2", Quota::default()).await;
@@ -403,7 +429,7 @@ async fn tenants_never_reach_see_or_learn_of_another_projects_objects() {
 /// the quota, and losers are answered 409 (exit code 4), never 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_hold_for_reverts_snapshots_and_racing_edits_and_losers_get_409() {
-    let r = Remote::start();
+    let r = start();
     let root = r.root();
     // 5. Revert restores CPUs and memory only within the quota.
     r.project(
