@@ -27,8 +27,8 @@ use etcd_client::{
     DeleteOptions, GetOptions, Identity, PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp,
 };
 use vessel_store::{
-    validate_key, validate_lease_ttl, validate_prefix, Compare, KeyValue, LeaseId, Op, Store,
-    StoreError, Txn, TxnResult, Watch,
+    validate_key, validate_lease_ttl, validate_prefix, validate_watch, Compare, KeyValue, LeaseId,
+    Op, Store, StoreError, Txn, TxnResult, Watch,
 };
 
 use crate::error::{backend, from_etcd};
@@ -311,13 +311,7 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, start_revision: i64) -> Result<Watch, StoreError> {
-        validate_prefix(prefix)?;
-        if start_revision < 0 {
-            return Err(StoreError::InvalidRevision {
-                requested: start_revision,
-                reason: "a watch starts at revision 0 (now) or later".into(),
-            });
-        }
+        validate_watch(prefix, start_revision)?;
         let stream = watch::EtcdWatch::start(
             self.client.clone(),
             self.namespace.clone(),

@@ -342,6 +342,18 @@ pub fn validate_prefix(prefix: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Checks the arguments of [`Store::watch`] (every implementation refuses the same ones).
+pub fn validate_watch(prefix: &str, start_revision: i64) -> Result<(), StoreError> {
+    validate_prefix(prefix)?;
+    if start_revision < 0 {
+        return Err(StoreError::InvalidRevision {
+            requested: start_revision,
+            reason: "a watch starts at revision 0 (now) or later".into(),
+        });
+    }
+    Ok(())
+}
+
 fn validate_ops(ops: &[Op]) -> Result<(), StoreError> {
     let mut put_keys: Vec<&str> = Vec::new();
     for op in ops {

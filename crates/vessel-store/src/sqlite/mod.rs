@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::{
-    validate_key, validate_lease_ttl, validate_prefix, KeyValue, LeaseId, Store, StoreError, Txn,
-    TxnResult, Watch, WatchEvent,
+    validate_key, validate_lease_ttl, validate_prefix, validate_watch, KeyValue, LeaseId, Store,
+    StoreError, Txn, TxnResult, Watch, WatchEvent,
 };
 
 /// Tuning of a [`SqliteStore`]; `Default` is what the daemon uses.
@@ -113,13 +113,7 @@ impl Store for SqliteStore {
     }
 
     async fn watch(&self, prefix: &str, start_revision: i64) -> Result<Watch, StoreError> {
-        validate_prefix(prefix)?;
-        if start_revision < 0 {
-            return Err(StoreError::InvalidRevision {
-                requested: start_revision,
-                reason: "a watch starts at revision 0 (now) or later".into(),
-            });
-        }
+        validate_watch(prefix, start_revision)?;
         let sub = self
             .inner
             .call(|reply| Request::Subscribe { reply })
