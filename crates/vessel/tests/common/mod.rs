@@ -85,6 +85,15 @@ impl Daemon {
     }
 
     fn start_in(netns: Option<String>, extra_args: &[&str]) -> Daemon {
+        Self::try_start_in(netns, extra_args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A daemon on a fresh data dir, or why it exited during start-up (with its log).
+    pub fn try_start_with(extra_args: &[&str]) -> Result<Daemon, String> {
+        Self::try_start_in(None, extra_args)
+    }
+
+    fn try_start_in(netns: Option<String>, extra_args: &[&str]) -> Result<Daemon, String> {
         let tmp = tempfile::Builder::new()
             .prefix("vessel-test-")
             .tempdir()
@@ -97,8 +106,8 @@ impl Daemon {
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _tmp: Some(tmp),
         };
-        daemon.spawn();
-        daemon
+        daemon.try_spawn()?;
+        Ok(daemon)
     }
 
     pub fn command(&self) -> Command {
@@ -123,6 +132,10 @@ impl Daemon {
 
     /// Starts (or restarts) the daemon process and waits until its API answers.
     pub fn spawn(&mut self) {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -138,10 +151,11 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "daemon exited during start-up ({status}); log:\n{}",
                     self.log()
-                );
+                ));
             }
             assert!(
                 Instant::now() < deadline,
@@ -150,6 +164,7 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        Ok(())
     }
 
     pub fn log(&self) -> String {

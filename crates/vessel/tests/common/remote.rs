@@ -34,11 +34,7 @@ impl Remote {
 
     /// With more daemon flags (e.g. `--config FILE`).
     pub fn start_with(extra_args: &[&str]) -> Remote {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut args = vec!["--listen", addr.as_str()];
-        args.extend_from_slice(extra_args);
-        let daemon = Daemon::start_with(&args);
+        let (daemon, addr) = Self::daemon_on_a_free_port(extra_args);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
             assert!(
@@ -55,6 +51,24 @@ impl Remote {
             ca_pem,
             config: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// A daemon listening on a free loopback port. The port is free when chosen, but another
+    /// test's outgoing connection may take it before the daemon binds it (both come from the
+    /// ephemeral range): then the daemon exits at once and another port is tried.
+    fn daemon_on_a_free_port(extra_args: &[&str]) -> (Daemon, String) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut args = vec!["--listen", addr.as_str()];
+            args.extend_from_slice(extra_args);
+            match Daemon::try_start_with(&args) {
+                Ok(daemon) => return (daemon, addr),
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free port in 5 tries; last: {last}")
     }
 
     pub fn root(&self) -> Client {
