@@ -236,12 +236,12 @@ async fn randomized_lifecycle_with_daemon_and_qemu_kills_converges() {
     run_seeds(Mix::Lifecycle).await;
 }
 
-/// Not in the default run yet: it finds a bug that is not fixed. A disk attach cut short by a
-/// daemon kill after the hot-plug and before the spec is written leaves the volume open in QEMU
-/// but absent from the spec, and the re-run attach fails on the node QEMU already has (soak seed
-/// 369666284). scripts/soak.sh runs it (`--include-ignored`).
+/// The same with disk attach/detach and snapshots in the mix. Soak seed 369666284 found a disk
+/// attach cut short by a daemon kill after the hot-plug and before the spec write (the volume
+/// open in QEMU but absent from the spec, and the re-run attach failing on the node QEMU already
+/// had): attach and detach now resume from what QEMU holds, and re-adoption makes QEMU's disks
+/// what the spec says (docs/vm-lifecycle.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds an unfixed bug: an attach cut short between hot-plug and spec write (seed 369666284)"]
 async fn randomized_volumes_and_snapshots_with_daemon_and_qemu_kills_converge() {
     run_seeds(Mix::WithVolumes).await;
 }
