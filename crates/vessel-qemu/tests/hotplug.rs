@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::Notify;
 use vessel_api::VmSpec;
@@ -85,7 +85,8 @@ struct Vm {
     instance: Box<dyn Instance>,
     events: tokio::sync::mpsc::UnboundedReceiver<InstanceEvent>,
     log: Arc<(Mutex<Vec<u8>>, Notify)>,
-    input: OwnedWriteHalf,
+    /// Kept open: the guest's console input.
+    _input: OwnedWriteHalf,
 }
 
 impl Vm {
@@ -108,7 +109,7 @@ impl Vm {
             instance,
             events,
             log,
-            input,
+            _input: input,
         }
     }
 
@@ -138,32 +139,6 @@ impl Vm {
                 self.output()
             ),
         }
-    }
-
-    fn len(&self) -> usize {
-        self.log.0.lock().unwrap().len()
-    }
-
-    /// Runs a shell line in the guest and returns what it printed. The line must end by printing
-    /// `done` (computed by the shell, so that an echo of the typed line cannot match it).
-    async fn run(&mut self, line: &str, done: &str) -> String {
-        let from = self.len();
-        self.input
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        self.wait_for(from, done).await
-    }
-
-    /// The boot id of the READY line.
-    async fn boot_id(&self) -> String {
-        const READY: &str = "VESSEL-GUEST-READY boot=";
-        let text = self.wait_for(0, READY).await;
-        let start = text.find(READY).unwrap() + READY.len();
-        let rest = self.wait_for(start, "\n").await;
-        let id: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
-        assert_eq!(id.len(), 32, "{rest:?}");
-        id
     }
 
     async fn kill(mut self) {
@@ -227,7 +202,10 @@ async fn an_attach_or_detach_cut_short_is_finished_or_undone_by_running_it_again
     vm.instance.attach_disk(&file).await.unwrap();
     let plugged = vm.plugged().await;
     assert_eq!(plugged.len(), 1, "{plugged:?}");
-    assert!(plugged[0].complete() && plugged[0].fdsets && !plugged[0].secret, "{plugged:?}");
+    assert!(
+        plugged[0].complete() && plugged[0].fdsets && !plugged[0].secret,
+        "{plugged:?}"
+    );
     assert!(has_open(pid, &data));
 
     // An attach cut short after the hot-plug, run again: the disk stays as it is.
@@ -239,7 +217,10 @@ async fn an_attach_or_detach_cut_short_is_finished_or_undone_by_running_it_again
     vm.unplug_device(node).await;
     let half = vm.plugged().await;
     assert_eq!(half.len(), 1, "{half:?}");
-    assert!(!half[0].device && half[0].node && !half[0].complete(), "{half:?}");
+    assert!(
+        !half[0].device && half[0].node && !half[0].complete(),
+        "{half:?}"
+    );
     assert!(has_open(pid, &data));
 
     // An attach run over those pieces clears them and plugs the disk from scratch.
