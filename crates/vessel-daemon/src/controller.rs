@@ -214,6 +214,7 @@ impl Controller {
             record.operation.finished_at_ms = Some(now_ms());
         } else {
             record.operation.status = OperationStatus::Pending;
+            record.resumed = true;
         }
         let txn = Txn::new().then(Op::Put(op_key(&record.operation.id), encode(record)));
         self.ctx.store.txn(txn).await?;

@@ -52,6 +52,7 @@ pub async fn begin(
         snapshot: None,
         size_bytes: None,
         nic: None,
+        resumed: false,
     };
     put(ctx, &record).await?;
     Ok(record)

@@ -143,6 +143,10 @@ pub struct OpRecord {
     /// For NIC operations: the NIC to add (already reserved) or remove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic: Option<vessel_api::VmNic>,
+    /// Set when the operation is run again after a daemon restart cut it short: part of its
+    /// work may be done (a disk attach or detach finds its spec change already made).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
 }
 
 /// A VM's snapshots live outside `vms/` so that a snapshot name can never be read as one of

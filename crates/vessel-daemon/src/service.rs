@@ -578,6 +578,7 @@ fn new_op(
         snapshot: options.snapshot,
         size_bytes: options.size_bytes,
         nic: options.nic,
+        resumed: false,
     }
 }
 

@@ -874,7 +874,13 @@ impl Worker {
             ..
         } = self.load_existing().await?;
         vessel_core::check_action(OperationAction::AttachDisk, status.state, false)?;
-        vm.spec = vessel_core::attach_disk(&vm.spec, disk.clone())?;
+        // Re-run after a daemon restart: the spec may list the disk already (the restart came
+        // after the spec write); what remains is to make sure QEMU has it.
+        let done = record.resumed
+            && vessel_core::disks::find_disk(&vm.spec, &disk.pool, &disk.volume).is_some();
+        if !done {
+            vm.spec = vessel_core::attach_disk(&vm.spec, disk.clone())?;
+        }
         crate::volume_projects::require_in_project(
             &self.ctx,
             &disk.pool,
@@ -920,7 +926,13 @@ impl Worker {
             ..
         } = self.load_existing().await?;
         vessel_core::check_action(OperationAction::DetachDisk, status.state, false)?;
-        vm.spec = vessel_core::detach_disk(&vm.spec, &disk.pool, &disk.volume)?;
+        // Re-run after a daemon restart: the spec may not list the disk any more (the restart
+        // came after the spec write); what remains is to make sure QEMU has nothing of it.
+        let done = record.resumed
+            && vessel_core::disks::find_disk(&vm.spec, &disk.pool, &disk.volume).is_none();
+        if !done {
+            vm.spec = vessel_core::detach_disk(&vm.spec, &disk.pool, &disk.volume)?;
+        }
         if self.live.is_some() {
             self.unplug(&vessel_core::disk_node_name(&disk.pool, &disk.volume))
                 .await?;
@@ -1059,17 +1071,119 @@ impl Worker {
 
     /// Hot-unplugs a disk: the device goes (the guest is told), then the block node, which
     /// closes the file.
+    ///
+    /// Idempotent: what QEMU no longer has (an unplug cut short by a daemon restart, or a
+    /// hot-plug that never finished) is skipped, and what is left of the disk is removed.
     async fn unplug(&mut self, node_name: &str) -> OpResult {
-        self.running_instance("the VM is not running")?
-            .unplug_disk(node_name)
-            .await
-            .map_err(|e| format!("hot-unplug failed: {}", error_chain(&e)))?;
-        self.await_released(vessel_qemu::disk::device_id(node_name), "disk", "detach it")
-            .await?;
+        let Some(found) = self.disk_in_qemu(node_name).await? else {
+            return Ok(());
+        };
+        if found.device {
+            let asked = self
+                .running_instance("the VM is not running")?
+                .unplug_disk(node_name)
+                .await;
+            match asked {
+                Ok(()) => {
+                    self.await_released(
+                        vessel_qemu::disk::device_id(node_name),
+                        "disk",
+                        "detach it",
+                    )
+                    .await?
+                }
+                // Gone in the meantime: nothing to wait for.
+                Err(e) => {
+                    if self
+                        .disk_in_qemu(node_name)
+                        .await?
+                        .is_some_and(|d| d.device)
+                    {
+                        return Err(format!("hot-unplug failed: {}", error_chain(&e)).into());
+                    }
+                }
+            }
+        }
         self.running_instance("the VM stopped during the unplug")?
             .remove_block_node(node_name)
             .await
             .map_err(|e| format!("could not close the disk: {}", error_chain(&e)).into())
+    }
+
+    /// What the running QEMU holds of the disk whose node is `node_name`, if anything.
+    async fn disk_in_qemu(
+        &self,
+        node_name: &str,
+    ) -> Result<Option<vessel_qemu::PluggedDisk>, String> {
+        let disks = self
+            .running_instance("the VM is not running")?
+            .plugged_disks()
+            .await
+            .map_err(|e| format!("could not list the VM's disks: {}", error_chain(&e)))?;
+        Ok(disks.into_iter().find(|d| d.node_name == node_name))
+    }
+
+    /// Makes a re-adopted QEMU's disks what the spec says: what QEMU holds of a disk the spec
+    /// does not list (a hot-plug cut short before the spec write, a detach cut short after it)
+    /// is removed, which closes the volume's file and releases its lock; a disk the spec lists
+    /// that QEMU lacks (or has only part of) is plugged in. An attach or detach that was cut
+    /// short is re-run after this and finds its work done or redoes it.
+    async fn converge_disks(&mut self, spec: &vessel_api::VmSpec, project: &str) {
+        let found = match self.running_instance("the VM is not running") {
+            Ok(instance) => match instance.plugged_disks().await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(vm = %self.name, error = %error_chain(&e), "cannot list the disks of a re-adopted QEMU");
+                    return;
+                }
+            },
+            Err(_) => return,
+        };
+        let wanted: Vec<(String, &vessel_api::VmDisk)> = spec
+            .disks
+            .iter()
+            .map(|d| (vessel_core::disk_node_name(&d.pool, &d.volume), d))
+            .collect();
+        for extra in found
+            .iter()
+            .filter(|f| !wanted.iter().any(|(node, _)| *node == f.node_name))
+        {
+            let message = match self.unplug(&extra.node_name).await {
+                Ok(()) => format!(
+                    "disk node {} removed from QEMU: the spec does not list it (a disk attach or detach cut short by a daemon restart)",
+                    extra.node_name
+                ),
+                Err(e) => format!(
+                    "could not remove disk node {} that the spec does not list: {e}",
+                    extra.node_name
+                ),
+            };
+            self.ctx.event(&self.name, message).await;
+        }
+        for (node, disk) in wanted {
+            if found.iter().any(|f| f.node_name == node && f.complete()) {
+                continue;
+            }
+            let plugged = async {
+                let file = vm_disks::resolve_disk(&self.ctx, project, disk).await?;
+                self.running_instance("the VM is not running")?
+                    .attach_disk(&file)
+                    .await
+                    .map_err(|e| format!("hot-plug failed: {}", error_chain(&e)))
+            }
+            .await;
+            let message = match plugged {
+                Ok(()) => format!(
+                    "disk {}/{} plugged into QEMU again: the spec lists it (a disk detach or attach cut short by a daemon restart)",
+                    disk.pool, disk.volume
+                ),
+                Err(e) => format!(
+                    "disk {}/{} is in the spec but not in QEMU, and could not be plugged in: {e}",
+                    disk.pool, disk.volume
+                ),
+            };
+            self.ctx.event(&self.name, message).await;
+        }
     }
 
     /// The QEMU of the running VM, or `why` it is not there.
@@ -1425,6 +1539,7 @@ impl Worker {
         let (pid, uid) = self.take_charge(instance);
         // Its taps outlived the daemon with QEMU; make sure they are on their bridges.
         crate::net_host::readopt_taps(&self.ctx, &vm.spec).await;
+        self.converge_disks(&vm.spec, &vm.project).await;
         let mut status = status.clone();
         status.pid = Some(pid.pid);
         status.pid_start_time = Some(pid.start_time);

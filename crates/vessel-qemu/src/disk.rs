@@ -141,6 +141,32 @@ fn backing_node(chain: &[BackingFile], filenames: &[String]) -> Option<Value> {
     Some(node)
 }
 
+/// What a QEMU holds for one data disk (found by its names, so also by a daemon that never
+/// saw the disk plugged): its device, its block node, the fd sets of its files, its key.
+/// A disk that is fully plugged has a device and a node; any other mix is what a hot-plug or
+/// an unplug cut short leaves behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluggedDisk {
+    pub node_name: String,
+    pub device: bool,
+    pub node: bool,
+    pub fdsets: bool,
+    pub secret: bool,
+}
+
+impl PluggedDisk {
+    /// The device and its node are there: the disk is in use by the guest.
+    pub fn complete(&self) -> bool {
+        self.device && self.node
+    }
+}
+
+/// Whether `name` is a data disk's node name (`vd` and 16 hex digits, see
+/// `vessel_core::disk_node_name`).
+pub fn is_disk_node_name(name: &str) -> bool {
+    name.len() == 18 && name.starts_with("vd") && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The device id of the disk whose block node is `node_name`.
 pub fn device_id(node_name: &str) -> String {
     format!("{node_name}-dev")
@@ -170,6 +196,15 @@ mod tests {
             key: None,
             backing: vec![],
         }
+    }
+
+    #[test]
+    fn disk_node_names_are_recognized() {
+        assert!(is_disk_node_name("vd0123456789abcdef"));
+        assert!(!is_disk_node_name("vd0123456789abcde"));
+        assert!(!is_disk_node_name("vd0123456789abcdeg"));
+        assert!(!is_disk_node_name("#block123"));
+        assert!(!is_disk_node_name("vd0123456789abcdef-dev"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use vessel_qmp::{EventStream, Qmp, QmpEvent};
 use vessel_storage::SnapshotInfo;
 
 use crate::cmdline::{self, CmdlineInputs};
+use crate::disk::{is_disk_node_name, PluggedDisk};
 use crate::nic::{NicBackend, NicPlan};
 use crate::process::{self, ExitWatch, InheritedSockets, ProcessId};
 use crate::snapshot;
@@ -407,6 +408,68 @@ fn fdsets_tagged(sets: &Value, tag: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The data disks QEMU holds something of, from its answers to `qom-list /machine/peripheral`,
+/// `query-named-block-nodes`, `query-fdsets` and `qom-list /objects`; by node name.
+fn plugged_disks(
+    devices: &Value,
+    nodes: &Value,
+    fdsets: &Value,
+    objects: &Value,
+) -> Vec<PluggedDisk> {
+    let mut found: std::collections::BTreeMap<String, PluggedDisk> = Default::default();
+    fn entry<'a>(
+        found: &'a mut std::collections::BTreeMap<String, PluggedDisk>,
+        node: &str,
+    ) -> &'a mut PluggedDisk {
+        found
+            .entry(node.to_string())
+            .or_insert_with(|| PluggedDisk {
+                node_name: node.to_string(),
+                ..Default::default()
+            })
+    }
+    let names = |list: &Value, key: &str| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item.get(key).and_then(Value::as_str))
+            .map(str::to_string)
+            .collect()
+    };
+    for id in names(devices, "name") {
+        if let Some(node) = id.strip_suffix("-dev").filter(|n| is_disk_node_name(n)) {
+            entry(&mut found, node).device = true;
+        }
+    }
+    for node in names(nodes, "node-name") {
+        if is_disk_node_name(&node) {
+            entry(&mut found, &node).node = true;
+        }
+    }
+    for set in fdsets.as_array().into_iter().flatten() {
+        for fd in set
+            .get("fds")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let tag = fd.get("opaque").and_then(Value::as_str).unwrap_or_default();
+            if let Some(node) = tag
+                .strip_prefix("vessel-disk:")
+                .filter(|n| is_disk_node_name(n))
+            {
+                entry(&mut found, node).fdsets = true;
+            }
+        }
+    }
+    for id in names(objects, "name") {
+        if let Some(node) = id.strip_suffix("-key").filter(|n| is_disk_node_name(n)) {
+            entry(&mut found, node).secret = true;
+        }
+    }
+    found.into_values().collect()
+}
+
 /// Forwards QMP events as [`InstanceEvent`]s and, once QMP is gone, the process's exit. The
 /// process's uid is freed when it has exited.
 async fn pump_events(
@@ -512,6 +575,27 @@ impl Instance for QemuInstance {
     }
 
     async fn attach_disk(&self, disk: &DiskFile) -> Result<(), BackendError> {
+        // An attach cut short (by a daemon kill) may have left some of this disk in QEMU: a
+        // complete one is kept, the pieces of an incomplete one are removed before starting over.
+        if let Some(found) = self
+            .plugged_disks()
+            .await?
+            .into_iter()
+            .find(|d| d.node_name == disk.node_name)
+        {
+            if found.complete() {
+                return Ok(());
+            }
+            tracing::info!(node = %disk.node_name, ?found, "removing what an interrupted hot-plug left");
+            if found.device {
+                // A device without its node cannot be: QEMU refuses to remove a node in use.
+                return Err(BackendError::Refused(format!(
+                    "disk {}: QEMU has its device but not its block node",
+                    disk.node_name
+                )));
+            }
+            self.remove_block_node(&disk.node_name).await?;
+        }
         if let Some(key) = &disk.key {
             // Over the QMP socket (owner-only), which the client never logs arguments of.
             self.qmp
@@ -609,6 +693,29 @@ impl Instance for QemuInstance {
         Ok(())
     }
 
+    async fn plugged_disks(&self) -> Result<Vec<PluggedDisk>, BackendError> {
+        let devices = self
+            .qmp
+            .execute(
+                "qom-list",
+                Some(serde_json::json!({ "path": "/machine/peripheral" })),
+            )
+            .await?;
+        let nodes = self
+            .qmp
+            .execute(
+                "query-named-block-nodes",
+                Some(serde_json::json!({ "flat": true })),
+            )
+            .await?;
+        let fdsets = self.qmp.execute("query-fdsets", None).await?;
+        let objects = self
+            .qmp
+            .execute("qom-list", Some(serde_json::json!({ "path": "/objects" })))
+            .await?;
+        Ok(plugged_disks(&devices, &nodes, &fdsets, &objects))
+    }
+
     fn stats_probe(&self) -> std::sync::Arc<dyn crate::stats::StatsProbe> {
         std::sync::Arc::new(crate::stats::QmpProbe(self.qmp.clone()))
     }
@@ -624,12 +731,24 @@ impl Instance for QemuInstance {
     }
 
     async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError> {
-        self.qmp
+        if let Err(e) = self
+            .qmp
             .execute(
                 "blockdev-del",
                 Some(serde_json::json!({ "node-name": node_name })),
             )
-            .await?;
+            .await
+        {
+            // Already gone (an unplug cut short after it): only the leftovers below remain.
+            let still_there = self
+                .plugged_disks()
+                .await?
+                .iter()
+                .any(|d| d.node_name == node_name && d.node);
+            if still_there {
+                return Err(e.into());
+            }
+        }
         // The node's own fds are closed now; these are the daemon's copies QEMU still keeps.
         remove_disk_fdsets(&self.qmp, node_name).await;
         self.remove_secret(node_name).await;
@@ -678,6 +797,31 @@ mod tests {
             data,
             timestamp_micros: 0,
         }
+    }
+
+    #[test]
+    fn plugged_disks_are_found_by_their_names() {
+        let a = "vd00000000000000aa";
+        let b = "vd00000000000000bb";
+        let c = "vd00000000000000cc";
+        let devices = serde_json::json!([
+            {"name": "type", "type": "string"},
+            {"name": format!("{a}-dev"), "type": "child<scsi-hd>"},
+            {"name": "nic0-dev", "type": "child<virtio-net-pci>"},
+        ]);
+        let nodes = serde_json::json!([
+            {"node-name": a}, {"node-name": "#block123"}, {"node-name": b},
+        ]);
+        let fdsets = serde_json::json!([
+            {"fdset-id": 1, "fds": [{"fd": 30, "opaque": format!("vessel-disk:{b}")}]},
+            {"fdset-id": 2, "fds": [{"fd": 31, "opaque": format!("vessel-disk:{c}")}]},
+        ]);
+        let objects = serde_json::json!([{"name": format!("{c}-key")}, {"name": "rng0"}]);
+        let found = plugged_disks(&devices, &nodes, &fdsets, &objects);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].complete() && found[0].node_name == a);
+        assert!(!found[1].complete() && found[1].node && found[1].fdsets);
+        assert!(!found[2].node && !found[2].device && found[2].fdsets && found[2].secret);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 pub use accel::{detect_accelerator, Accel, AccelChoice};
-pub use disk::{BackingFile, DiskFile};
+pub use disk::{BackingFile, DiskFile, PluggedDisk};
 pub use instance::QemuBackend;
 pub use process::ProcessId;
 pub use uid::{UidRange, DEFAULT_UID_BASE, UID_SLOTS};
@@ -193,8 +193,17 @@ pub trait Instance: Send + Sync {
     /// Asks to unplug a disk's device. The device is gone at the matching
     /// [`InstanceEvent::DeviceDeleted`]; then [`Instance::remove_block_node`] closes the file.
     async fn unplug_disk(&self, node_name: &str) -> Result<(), BackendError>;
-    /// Closes a disk's block node once its device is gone.
+    /// Closes a disk's block node once its device is gone. Also what is left of a node that is
+    /// already gone (its fd sets, its key): idempotent.
     async fn remove_block_node(&self, node_name: &str) -> Result<(), BackendError>;
+    /// Every data disk QEMU holds something of (see [`disk::PluggedDisk`]), found by name:
+    /// what a worker that re-adopted QEMU, or re-runs an attach or a detach cut short by a
+    /// daemon restart, compares with the spec.
+    async fn plugged_disks(&self) -> Result<Vec<disk::PluggedDisk>, BackendError> {
+        Err(BackendError::Refused(
+            "this backend cannot list its disks".into(),
+        ))
+    }
     /// Hot-plugs a NIC (q35 only: it goes on its PCIe root port). All or nothing.
     async fn attach_nic(
         &self,
