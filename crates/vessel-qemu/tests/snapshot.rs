@@ -2,179 +2,15 @@
 //! (scripts/build-test-guest.sh): disk-only snapshots of a running VM, snapshots with memory
 //! state restored into a fresh QEMU, deletion while running, and the errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::Notify;
-use vessel_api::VmSpec;
-use vessel_qemu::{
-    Accel, Backend, DiskFile, Instance, InstanceEvent, LaunchRequest, QemuBackend, RunState,
-};
+use vessel_qemu::{Backend, QemuBackend, RunState};
 use vessel_storage::{Format, QemuImg};
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const MIB: u64 = 1 << 20;
-
-/// The test guest's kernel and initramfs, built (or found cached) by the script.
-fn guest() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = std::env::var_os("VESSEL_TEST_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or("/root".into()))
-                .join(".cache/vessel/test-guest")
-        });
-    let status = Command::new("bash")
-        .arg(root.join("scripts/build-test-guest.sh"))
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run scripts/build-test-guest.sh");
-    assert!(status.success(), "scripts/build-test-guest.sh failed");
-    (dir.join("vmlinuz"), dir.join("initramfs.img"))
-}
-
-fn disk(node: &str, path: &Path, format: Format) -> DiskFile {
-    DiskFile {
-        node_name: node.into(),
-        path: path.to_path_buf(),
-        format,
-        read_only: false,
-        shareable: false,
-        serial: node.into(),
-        key: None,
-        backing: vec![],
-    }
-}
-
-fn request(run_dir: &Path, disks: Vec<DiskFile>) -> LaunchRequest {
-    let (kernel, initrd) = guest();
-    // From JSON, so that spec fields added later (with defaults) need no change here.
-    let spec: VmSpec = serde_json::from_value(serde_json::json!({
-        "name": "snap-test",
-        "cpus": 1,
-        "memory_mib": 128,
-        "boot": {
-            "type": "kernel",
-            "kernel": kernel,
-            "initrd": initrd,
-            "cmdline": "quiet vessel.noecho",
-        },
-        "machine": "q35",
-        "nic": "none",
-        "restart_policy": "never",
-    }))
-    .expect("a valid spec");
-    LaunchRequest {
-        spec,
-        accel: Accel::Tcg,
-        run_dir: run_dir.to_path_buf(),
-        disks,
-        seed: None,
-        nics: vec![],
-        boot_files: vec![],
-    }
-}
-
-/// A running VM with its console log and a way to type into it.
-struct Vm {
-    instance: Box<dyn Instance>,
-    events: tokio::sync::mpsc::UnboundedReceiver<InstanceEvent>,
-    log: Arc<(Mutex<Vec<u8>>, Notify)>,
-    input: OwnedWriteHalf,
-}
-
-impl Vm {
-    fn new(mut instance: Box<dyn Instance>) -> Vm {
-        let events = instance.take_events().unwrap();
-        let (mut output, input) = instance.take_console().unwrap().into_split();
-        let log = Arc::new((Mutex::new(Vec::new()), Notify::new()));
-        let sink = Arc::clone(&log);
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = output.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                sink.0.lock().unwrap().extend_from_slice(&buf[..n]);
-                sink.1.notify_waiters();
-            }
-        });
-        Vm {
-            instance,
-            events,
-            log,
-            input,
-        }
-    }
-
-    fn output(&self) -> String {
-        String::from_utf8_lossy(&self.log.0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until the console printed `needle` after byte `from`; returns the text from `from`.
-    async fn wait_for(&self, from: usize, needle: &str) -> String {
-        let wait = async {
-            loop {
-                let notified = self.log.1.notified();
-                let text = {
-                    let log = self.log.0.lock().unwrap();
-                    String::from_utf8_lossy(&log[from.min(log.len())..]).into_owned()
-                };
-                if text.contains(needle) {
-                    return text;
-                }
-                notified.await;
-            }
-        };
-        match tokio::time::timeout(BOOT_TIMEOUT, wait).await {
-            Ok(text) => text,
-            Err(_) => panic!(
-                "the guest did not print {needle:?}; console:\n{}",
-                self.output()
-            ),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.log.0.lock().unwrap().len()
-    }
-
-    /// Runs a shell line in the guest and returns what it printed. The line must end by printing
-    /// `done` (computed by the shell, so that an echo of the typed line cannot match it).
-    async fn run(&mut self, line: &str, done: &str) -> String {
-        let from = self.len();
-        self.input
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        self.wait_for(from, done).await
-    }
-
-    /// The boot id of the READY line.
-    async fn boot_id(&self) -> String {
-        const READY: &str = "VESSEL-GUEST-READY boot=";
-        let text = self.wait_for(0, READY).await;
-        let start = text.find(READY).unwrap() + READY.len();
-        let rest = self.wait_for(start, "\n").await;
-        let id: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
-        assert_eq!(id.len(), 32, "{rest:?}");
-        id
-    }
-
-    async fn kill(mut self) {
-        self.instance.kill().unwrap();
-        while let Some(event) = self.events.recv().await {
-            if let InstanceEvent::Exited { .. } = event {
-                return;
-            }
-        }
-    }
-}
 
 /// Whether `len` bytes at `offset` of a qcow2 image all hold `pattern`.
 fn reads_pattern(path: &Path, pattern: u8, offset: u64, len: u64) -> bool {
@@ -211,6 +47,7 @@ async fn a_running_vm_snapshots_its_disks_atomically_and_briefly() {
         .unwrap();
     write_pattern(&data, 0x11, 0, 65536);
     let req = request(
+        "snap-test",
         &dir.path().join("run"),
         vec![
             disk("vd0", &data, Format::Qcow2),
@@ -326,6 +163,7 @@ async fn a_snapshot_with_memory_brings_the_running_guest_back() {
         .await
         .unwrap();
     let req = request(
+        "snap-test",
         &dir.path().join("run"),
         vec![disk("vd0", &data, Format::Qcow2)],
     );
