@@ -39,7 +39,7 @@ fn start() -> Remote {
 }
 
 /// A stopped VM with the fake kernel.
-fn idle_vm(_r: &Remote, name: &str, project: &str, memory_mib: u64) -> CreateVmRequest {
+fn idle_vm(name: &str, project: &str, memory_mib: u64) -> CreateVmRequest {
     CreateVmRequest {
         name: name.into(),
         cpus: 1,
@@ -143,8 +143,8 @@ async fn tenants_never_reach_see_or_learn_of_another_projects_objects() {
     )
     .await
     .unwrap();
-    create(&root, &idle_vm(&r, "p2vm", "p2", 64)).await;
-    create(&alice, &idle_vm(&r, "a1", "p1", 64)).await;
+    create(&root, &idle_vm("p2vm", "p2", 64)).await;
+    create(&alice, &idle_vm("a1", "p1", 64)).await;
     let mut alice_events = alice.follow_events(None, &[]).await.unwrap();
     let mut bob_events = bob.follow_events(None, &[]).await.unwrap();
     let mut carol_events = r
@@ -306,10 +306,10 @@ async fn tenants_never_reach_see_or_learn_of_another_projects_objects() {
         .any(|e| e.message.contains("network p2net deleted")));
 
     // 4a. A VM name reused in another project does not bring the old VM's events along.
-    create(&root, &idle_vm(&r, "reused", "p2", 64)).await;
+    create(&root, &idle_vm("reused", "p2", 64)).await;
     root.edit_vm("reused", &edit(80), true).await.unwrap();
     root.delete_vm("reused", false, true).await.unwrap();
-    create(&alice, &idle_vm(&r, "reused", "p1", 64)).await;
+    create(&alice, &idle_vm("reused", "p1", 64)).await;
     let inherited = alice.list_events(Some("reused"), 2000).await.unwrap();
     assert!(
         inherited
@@ -383,7 +383,7 @@ async fn tenants_never_reach_see_or_learn_of_another_projects_objects() {
     // A NIC on another project's network: answered as a missing network, naming no project
     // but the VM's own.
     user_network(&r, &boss, "p2lan", "p2").await;
-    let mut nic_vm = idle_vm(&r, "a2", "p1", 64);
+    let mut nic_vm = idle_vm("a2", "p1", 64);
     nic_vm.nics = vec![vessel_api::AddNicRequest {
         network: "p2lan".into(),
         ..Default::default()
@@ -442,7 +442,7 @@ async fn quotas_hold_for_reverts_snapshots_and_racing_edits_and_losers_get_409()
     .await;
     let alice_token = r.user("alice", vec![grant("q", Role::Operator)]).await;
     let alice = r.client(&alice_token);
-    create(&alice, &idle_vm(&r, "v1", "q", 200)).await;
+    create(&alice, &idle_vm("v1", "q", 200)).await;
     alice
         .create_volume("default", &volume("v1data", "q", MIB))
         .await
@@ -471,7 +471,7 @@ async fn quotas_hold_for_reverts_snapshots_and_racing_edits_and_losers_get_409()
         ..Default::default()
     };
     alice.edit_vm("v1", &edit(100), true).await.unwrap();
-    create(&alice, &idle_vm(&r, "v2", "q", 450)).await;
+    create(&alice, &idle_vm("v2", "q", 450)).await;
     let (status, e) = api_error(alice.revert_snapshot("v1", "at200", true).await);
     assert_eq!(status, 409, "{}", e.message);
     assert_eq!(
@@ -499,7 +499,7 @@ async fn quotas_hold_for_reverts_snapshots_and_racing_edits_and_losers_get_409()
     )
     .await;
     for i in 0..4 {
-        create(&root, &idle_vm(&r, &format!("r{i}"), "race", 64)).await;
+        create(&root, &idle_vm(&format!("r{i}"), "race", 64)).await;
     }
     let edits: Vec<_> = (0..4)
         .map(|i| {
