@@ -82,4 +82,9 @@ apt-get install -y -qq --no-install-recommends --allow-downgrades \
 	"qemu-system-x86=$version" "qemu-utils=$version" kmod cpio ca-certificates \
 	"${net_packages[@]}" "${build_packages[@]}" "${test_packages[@]}" >/dev/null
 have_qemu || { log "QEMU still missing after install"; exit 1; }
+have_build_tools || { log "protoc or protobuf's .proto files still missing after install"; exit 1; }
+if [ -n "$for_tests" ] && ! have_test_tools; then
+	log "promtool, isoinfo or etcd still missing after install"
+	exit 1
+fi
 log "installed: $(qemu-system-x86_64 --version | head -n1)"
