@@ -10,9 +10,9 @@ use vessel_qemu::{AccelChoice, Backend};
 use vessel_store::Store;
 
 use crate::config::Config;
-use crate::console::ConsoleHub;
-use crate::model::{encode, event_key, now_ms, Event, EVENTS_PREFIX};
-use crate::view::VmView;
+use crate::vm::console::ConsoleHub;
+use crate::vm::model::{encode, event_key, now_ms, Event, EVENTS_PREFIX};
+use crate::vm::view::VmView;
 use vessel_api::EventKind;
 
 /// How many events the store keeps; older ones are dropped as new ones come.
@@ -31,13 +31,13 @@ pub struct Ctx {
     /// The master key (and, during a rotation, its successor) that wraps volume keys.
     pub keyring: tokio::sync::RwLock<vessel_secrets::Keyring>,
     /// Which guests did not answer their agent lately.
-    pub agents: crate::guest::AgentCache,
+    pub agents: crate::vm::guest::AgentCache,
     /// Performance samples of VMs and the host.
-    pub sampler: crate::sampler::Sampler,
+    pub sampler: crate::observe::sampler::Sampler,
     /// Key records of encrypted volumes being created (see `volume_keys::create`).
     pub pending_keys: Mutex<std::collections::HashSet<String>>,
     /// The host side of networks: bridges, taps, firewall, DHCP servers.
-    pub net: crate::net_host::NetHost,
+    pub net: crate::network::host::NetHost,
     /// Cancel tokens of running long operations, by operation id.
     pub cancels: Mutex<HashMap<String, vessel_storage::CancelToken>>,
     /// Volumes being resized (`pool/volume`): a second resize meanwhile is refused with 409.
@@ -76,9 +76,9 @@ impl Ctx {
             cancels: Mutex::new(HashMap::new()),
             resizing: Mutex::new(std::collections::HashSet::new()),
             pending_keys: Mutex::new(std::collections::HashSet::new()),
-            sampler: crate::sampler::Sampler::default(),
-            net: crate::net_host::NetHost::default(),
-            agents: crate::guest::AgentCache::default(),
+            sampler: crate::observe::sampler::Sampler::default(),
+            net: crate::network::host::NetHost::default(),
+            agents: crate::vm::guest::AgentCache::default(),
             event_seq: AtomicU64::new(last),
         })
     }
@@ -133,8 +133,13 @@ impl Ctx {
         if vm.is_empty() {
             return None;
         }
-        let kv = self.store.get(&crate::model::spec_key(vm)).await.ok()??;
-        let record: crate::model::VmRecord = crate::model::decode(&kv.key, &kv.value).ok()?;
+        let kv = self
+            .store
+            .get(&crate::vm::model::spec_key(vm))
+            .await
+            .ok()??;
+        let record: crate::vm::model::VmRecord =
+            crate::vm::model::decode(&kv.key, &kv.value).ok()?;
         Some(record.project)
     }
 

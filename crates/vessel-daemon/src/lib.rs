@@ -1,43 +1,16 @@
 //! The Vessel host daemon: the composition root. It wires the store, the QEMU backend, the
 //! reconciler and the HTTP API together and serves the API on a unix socket.
 
-mod cloud_init;
+mod access;
+mod api;
+mod common;
 mod config;
-mod console;
-mod console_http;
-mod controller;
 mod ctx;
-mod events_http;
-mod file_modes;
-mod guest;
-mod host_ops;
-mod host_paths;
-mod http;
-mod identities;
-mod images;
-mod limits;
 mod lock;
-mod model;
-mod net_host;
-mod networks;
-mod networks_http;
-mod op_error;
-mod pools;
-mod projects;
-mod provision;
-mod refusals;
-mod sampler;
-mod security;
-mod service;
-mod snapshot_quota;
-mod snapshots;
-mod tls;
-mod view;
-mod vm_disks;
-mod volume_keys;
-mod volume_projects;
-mod volumes;
-mod worker;
+mod network;
+mod observe;
+mod storage;
+mod vm;
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -50,14 +23,14 @@ use vessel_core::HostCapacity;
 use vessel_qemu::{Accel, AccelChoice, QemuBackend};
 use vessel_store::SqliteStore;
 
+pub use api::openapi_json;
 pub use config::{Config, DaemonArgs};
-pub use console_http::CONSOLE_PROTOCOL;
-pub use http::openapi_json;
+pub use vm::console_http::CONSOLE_PROTOCOL;
 
-use crate::controller::Controller;
 use crate::ctx::Ctx;
 use crate::lock::DataDirLock;
-use crate::service::Service;
+use crate::vm::controller::Controller;
+use crate::vm::service::Service;
 
 /// Runs the daemon until `shutdown` resolves. VMs keep running after the daemon exits; the next
 /// daemon re-adopts them.
@@ -65,7 +38,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    file_modes::private_umask();
+    access::file_modes::private_umask();
     raise_fd_limit();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -73,7 +46,7 @@ pub async fn run(
         .create(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
-    let fixed = file_modes::secure_data_dir(&config.data_dir)?;
+    let fixed = access::file_modes::secure_data_dir(&config.data_dir)?;
     if fixed > 0 {
         tracing::warn!(
             data_dir = %config.data_dir.display(),
@@ -98,7 +71,7 @@ pub async fn run(
         "not installed".into()
     });
     // Only root can start QEMU as another user; an unprivileged daemon's QEMUs run as itself.
-    let qemu_uids = config.qemu_uids.filter(|_| net_host::euid() == 0);
+    let qemu_uids = config.qemu_uids.filter(|_| network::host::euid() == 0);
     match qemu_uids {
         Some(range) => tracing::info!(
             "each VM's QEMU runs as its own user: uids from {} on",
@@ -115,31 +88,31 @@ pub async fn run(
             config.clone(),
             host_capacity(),
             qemu_version,
-            volume_keys::load_keyring(&config.data_dir)?,
+            storage::keys::load_keyring(&config.data_dir)?,
         )
         .await?,
     );
-    pools::ensure_default_pool(&ctx).await?;
-    pools::warn_open_pools(&ctx).await;
-    projects::ensure_default(&ctx).await?;
+    storage::pools::ensure_default_pool(&ctx).await?;
+    storage::pools::warn_open_pools(&ctx).await;
+    access::projects::ensure_default(&ctx).await?;
     // Before any request: the disk quota counts these entries.
-    volume_projects::reconcile(&ctx).await?;
-    snapshot_quota::reconcile(&ctx).await?;
-    let security = security::open(Arc::clone(&ctx), &config).await?;
+    storage::ownership::reconcile(&ctx).await?;
+    vm::snapshot_quota::reconcile(&ctx).await?;
+    let security = access::security::open(Arc::clone(&ctx), &config).await?;
     // Bridges and the firewall first: re-adopted VMs' taps go back onto their bridges.
     ctx.net.startup(&ctx).await;
     Controller::new(Arc::clone(&ctx)).start().await?;
-    tokio::spawn(sampler::run(
+    tokio::spawn(observe::sampler::run(
         Arc::clone(&ctx),
         std::time::Duration::from_secs(config.sample_interval_secs),
     ));
     let listener = bind_socket(&config.socket)?;
     if let Some(group) = &config.socket_group {
-        security::set_socket_group(&config.socket, group)?;
+        access::security::set_socket_group(&config.socket, group)?;
     }
-    let remote = security::bind_remote(&config, &security).await?;
+    let remote = access::security::bind_remote(&config, &security).await?;
     tracing::info!(socket = %config.socket.display(), data_dir = %config.data_dir.display(), "vessel daemon ready");
-    let app = security::app(http::router(Service { ctx }), Arc::clone(&security));
+    let app = access::security::app(api::router(Service { ctx }), Arc::clone(&security));
     serve(listener, remote, app, shutdown).await;
     security.close().await;
     let _ = std::fs::remove_file(&config.socket);
@@ -150,14 +123,14 @@ pub async fn run(
 /// a moment to finish.
 async fn serve(
     listener: tokio::net::UnixListener,
-    remote: Option<security::Remote>,
+    remote: Option<access::security::Remote>,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
     if let Some(remote) = remote {
-        tokio::spawn(tls::serve(
+        tokio::spawn(access::tls::serve(
             remote.listener,
             remote.config,
             router.clone(),
@@ -165,7 +138,7 @@ async fn serve(
             rx.clone(),
         ));
     }
-    let router = router.layer(axum::Extension(tls::Peer::Unix));
+    let router = router.layer(axum::Extension(access::tls::Peer::Unix));
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);

@@ -1,0 +1,9 @@
+//! Who may do what: the security middleware, identities, projects and quotas, TLS, connection limits, refusal records, file modes.
+
+pub mod file_modes;
+pub mod identities;
+pub mod limits;
+pub mod projects;
+pub mod refusals;
+pub mod security;
+pub mod tls;

@@ -1,0 +1,336 @@
+//! Projects and their quotas. Every VM, volume, image and network belongs to a project
+//! (`default` unless the create names another). Quotas are enforced atomically: a create (or
+//! an edit that grows a VM) computes the project's usage, checks it, and commits only if the
+//! project's record has not changed since (compare-and-swap on its mod revision), re-putting
+//! the record so that every concurrent create in the project conflicts with it. Two requests
+//! racing for the last unit: one commits, the other retries, sees the new usage and is refused.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use vessel_api::{ApiError, CreateProjectRequest, ErrorCode, Project, Quota, Usage};
+use vessel_auth::{Permission, DEFAULT_PROJECT};
+use vessel_store::{Compare, Op, Store, Txn};
+
+use crate::access::security::Caller;
+use crate::api::{ApiJson, ApiResult, HttpError};
+use crate::ctx::Ctx;
+use crate::vm::model::{decode, encode, group_vms, now_ms, VmRecord, VMS_PREFIX};
+use crate::vm::service::store_error;
+
+pub const PROJECTS_PREFIX: &str = "projects/";
+
+pub fn project_key(name: &str) -> String {
+    format!("{PROJECTS_PREFIX}{name}")
+}
+
+/// A project as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectRecord {
+    pub name: String,
+    #[serde(default)]
+    pub quota: Quota,
+    pub created_ms: u64,
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("project {name:?} does not exist")).with_hint(
+        "list projects with `vessel project list`, create one with `vessel project create`",
+    )
+}
+
+/// Makes the `default` project at first start (without limits).
+pub async fn ensure_default(ctx: &Ctx) -> anyhow::Result<()> {
+    let record = ProjectRecord {
+        name: DEFAULT_PROJECT.into(),
+        quota: Quota::default(),
+        created_ms: now_ms(),
+    };
+    let txn = Txn::new()
+        .when(Compare::Missing(project_key(DEFAULT_PROJECT)))
+        .then(Op::Put(project_key(DEFAULT_PROJECT), encode(&record)));
+    ctx.store.txn(txn).await?;
+    Ok(())
+}
+
+/// A project's record and its mod revision (the compare-and-swap point).
+pub async fn load(store: &dyn Store, name: &str) -> Result<(ProjectRecord, i64), ApiError> {
+    vessel_auth::validate_project_name(name).map_err(ApiError::invalid)?;
+    let kv = store
+        .get(&project_key(name))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(name))?;
+    let record = decode(&kv.key, &kv.value).map_err(internal)?;
+    Ok((record, kv.mod_revision))
+}
+
+/// What one VM counts against its project's quota.
+pub fn vm_usage(record: &VmRecord) -> Usage {
+    Usage {
+        vms: 1,
+        vcpus: u64::from(record.spec.cpus),
+        memory_mib: record.spec.memory_mib,
+        ..Usage::default()
+    }
+}
+
+/// What a project uses now, from the store (not the view: a create that just committed must be
+/// counted by the next one).
+pub async fn usage(store: &dyn Store, name: &str) -> Result<Usage, ApiError> {
+    Ok(usage_and_volumes(store, name).await?.0)
+}
+
+/// [`usage`], and how many volumes (and images) the project has.
+async fn usage_and_volumes(store: &dyn Store, name: &str) -> Result<(Usage, u64), ApiError> {
+    let (kvs, _) = store.list(VMS_PREFIX).await.map_err(store_error)?;
+    let mut total = Usage::default();
+    for vm in group_vms(&kvs).map_err(internal)? {
+        if vm.record.project == name {
+            total.add(&vm_usage(&vm.record));
+        }
+    }
+    let (networks, _) = store
+        .list(crate::network::service::NETWORKS_PREFIX)
+        .await
+        .map_err(store_error)?;
+    for kv in &networks {
+        let network: vessel_api::Network = decode(&kv.key, &kv.value).map_err(internal)?;
+        if network.project == name {
+            total.networks += 1;
+        }
+    }
+    // Volumes (VMs' root disks, data volumes, clones, imports, images) and those being made.
+    let (disk_bytes, volumes) = crate::storage::ownership::project_disk(store, name).await?;
+    // And what the VMs' snapshots take inside their disks (memory state included).
+    let snapshot_bytes = crate::vm::snapshot_quota::project_bytes(store, name).await?;
+    total.disk_bytes = disk_bytes.saturating_add(snapshot_bytes);
+    Ok((total, volumes))
+}
+
+/// The conditions under which a quota check stays true: the project's record is unchanged.
+/// Added to the transaction that creates or grows the VM.
+#[derive(Debug)]
+pub struct QuotaGuard {
+    key: String,
+    revision: i64,
+    record: ProjectRecord,
+}
+
+impl QuotaGuard {
+    pub fn apply(self, txn: Txn) -> Txn {
+        txn.when(Compare::ModRevision(self.key.clone(), self.revision))
+            .then(Op::Put(self.key, encode(&self.record)))
+    }
+}
+
+/// Checks that `request` fits in `project`'s quota now; the guard makes the commit conditional
+/// on nothing having changed in the project meanwhile.
+pub async fn reserve(
+    store: &dyn Store,
+    project: &str,
+    request: &Usage,
+) -> Result<QuotaGuard, ApiError> {
+    let (record, revision) = load(store, project).await?;
+    let used = usage(store, project).await?;
+    record.quota.check(project, &used, request).map_err(|e| {
+        ApiError::new(ErrorCode::QuotaExceeded, quota_message(&e)).with_hint(
+            "delete or shrink something in the project, or ask an admin to raise the quota (`vessel project quota`)",
+        )
+    })?;
+    Ok(QuotaGuard {
+        key: project_key(project),
+        revision,
+        record,
+    })
+}
+
+/// The refusal in words; disk figures in binary units as well as bytes, since nobody reads
+/// 10737418240 at a glance.
+fn quota_message(e: &vessel_auth::QuotaExceeded) -> String {
+    if e.limit != "disk_bytes" {
+        return e.to_string();
+    }
+    let size = |bytes: u64| {
+        format!(
+            "{} ({bytes} bytes)",
+            vessel_core::units::format_size_bytes(bytes)
+        )
+    };
+    format!(
+        "project {:?} is at its disk quota: limit {}, in use {}, this request needs {} more",
+        e.project,
+        size(e.max),
+        size(e.used),
+        size(e.requested)
+    )
+}
+
+/// For an edit that grows a VM: the quota check of the growth (nothing when it does not grow).
+/// The edit is applied by the VM's worker later; the guard covers the request's commit.
+pub async fn reserve_growth(
+    store: &dyn Store,
+    before: &VmRecord,
+    after: &VmRecord,
+) -> Result<Option<QuotaGuard>, ApiError> {
+    let (old, new) = (vm_usage(before), vm_usage(after));
+    let growth = Usage {
+        vcpus: new.vcpus.saturating_sub(old.vcpus),
+        memory_mib: new.memory_mib.saturating_sub(old.memory_mib),
+        ..Usage::default()
+    };
+    if growth == Usage::default() {
+        return Ok(None);
+    }
+    reserve(store, &before.project, &growth).await.map(Some)
+}
+
+/// How often a create retries after another request changed the project under it.
+pub const MAX_ATTEMPTS: u32 = 64;
+
+pub fn contended(project: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "project {project:?} changed too often while this request was checked against its quota"
+    ))
+    .with_hint("try again")
+}
+
+// ---- routes ----
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_projects, create_project, get_project, delete_project, set_quota))]
+pub struct ProjectsDoc;
+
+pub fn router() -> axum::Router<Arc<crate::access::security::Security>> {
+    use axum::routing::{get, put};
+    axum::Router::new()
+        .route("/v1/projects", get(list_projects).post(create_project))
+        .route(
+            "/v1/projects/{name}",
+            get(get_project).delete(delete_project),
+        )
+        .route("/v1/projects/{name}/quota", put(set_quota))
+}
+
+async fn view(store: &dyn Store, record: ProjectRecord) -> Result<Project, ApiError> {
+    Ok(Project {
+        usage: usage(store, &record.name).await?,
+        name: record.name,
+        quota: record.quota,
+        created_at_ms: record.created_ms,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/projects", responses((status = 200, body = Vec<Project>)))]
+async fn list_projects(
+    State(sec): State<Arc<crate::access::security::Security>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<Project>>> {
+    let store = sec.ctx.store.as_ref();
+    let (kvs, _) = store.list(PROJECTS_PREFIX).await.map_err(store_error)?;
+    let readable = caller.identity.readable_projects(Permission::ProjectRead);
+    let mut out = Vec::new();
+    for kv in kvs {
+        let record: ProjectRecord = decode(&kv.key, &kv.value).map_err(internal)?;
+        if readable.as_ref().is_none_or(|r| r.contains(&record.name)) {
+            out.push(view(store, record).await?);
+        }
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/v1/projects", request_body = CreateProjectRequest,
+    responses((status = 201, body = Project), (status = 400, body = vessel_api::ErrorBody), (status = 409, body = vessel_api::ErrorBody)))]
+async fn create_project(
+    State(sec): State<Arc<crate::access::security::Security>>,
+    ApiJson(req): ApiJson<CreateProjectRequest>,
+) -> ApiResult<Response> {
+    vessel_auth::validate_project_name(&req.name).map_err(ApiError::invalid)?;
+    let record = ProjectRecord {
+        name: req.name.clone(),
+        quota: req.quota,
+        created_ms: now_ms(),
+    };
+    let txn = Txn::new()
+        .when(Compare::Missing(project_key(&req.name)))
+        .then(Op::Put(project_key(&req.name), encode(&record)));
+    let done = sec.ctx.store.txn(txn).await.map_err(store_error)?;
+    if !done.succeeded {
+        return Err(HttpError(ApiError::new(
+            ErrorCode::AlreadyExists,
+            format!("project {:?} already exists", req.name),
+        )));
+    }
+    let project = view(sec.ctx.store.as_ref(), record).await?;
+    Ok((StatusCode::CREATED, Json(project)).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/projects/{name}", responses((status = 200, body = Project), (status = 404, body = vessel_api::ErrorBody)))]
+async fn get_project(
+    State(sec): State<Arc<crate::access::security::Security>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Project>> {
+    let (record, _) = load(sec.ctx.store.as_ref(), &name).await?;
+    Ok(Json(view(sec.ctx.store.as_ref(), record).await?))
+}
+
+#[utoipa::path(put, path = "/v1/projects/{name}/quota", request_body = Quota,
+    responses((status = 200, body = Project), (status = 404, body = vessel_api::ErrorBody)))]
+async fn set_quota(
+    State(sec): State<Arc<crate::access::security::Security>>,
+    Path(name): Path<String>,
+    ApiJson(quota): ApiJson<Quota>,
+) -> ApiResult<Json<Project>> {
+    let store = sec.ctx.store.as_ref();
+    let (mut record, revision) = load(store, &name).await?;
+    record.quota = quota;
+    let txn = Txn::new()
+        .when(Compare::ModRevision(project_key(&name), revision))
+        .then(Op::Put(project_key(&name), encode(&record)));
+    if !store.txn(txn).await.map_err(store_error)?.succeeded {
+        return Err(HttpError(contended(&name)));
+    }
+    Ok(Json(view(store, record).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/projects/{name}", responses((status = 204), (status = 409, body = vessel_api::ErrorBody)))]
+async fn delete_project(
+    State(sec): State<Arc<crate::access::security::Security>>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    if name == DEFAULT_PROJECT {
+        return Err(HttpError(ApiError::conflict(
+            "the default project cannot be deleted",
+        )));
+    }
+    let store = sec.ctx.store.as_ref();
+    let (_, revision) = load(store, &name).await?;
+    let (used, volumes) = usage_and_volumes(store, &name).await?;
+    if used.vms > 0 || used.networks > 0 || volumes > 0 {
+        return Err(HttpError(
+            ApiError::conflict(format!(
+                "project {name:?} still has {} VM(s), {} network(s) and {volumes} volume(s) or image(s)",
+                used.vms, used.networks
+            ))
+            .with_hint("delete them first (`vessel vm list`, `vessel network list`, `vessel volume list`, `vessel image list` show them)"),
+        ));
+    }
+    // Conditional on the revision read before counting: a create that committed meanwhile
+    // re-put the record, and this delete then fails instead of orphaning the new VM.
+    let txn = Txn::new()
+        .when(Compare::ModRevision(project_key(&name), revision))
+        .then(Op::Delete(project_key(&name)));
+    if !store.txn(txn).await.map_err(store_error)?.succeeded {
+        return Err(HttpError(contended(&name)));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,3 @@
+//! What every feature uses and that knows no feature: errors, operation failures. Nothing here imports the rest of the crate.
+
+pub mod op_error;

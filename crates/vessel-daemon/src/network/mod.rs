@@ -1,0 +1,5 @@
+//! Networks: their records, addresses and MACs (service), routes, and the host side (bridges, taps, firewall, DHCP).
+
+pub mod host;
+pub mod routes;
+pub mod service;

@@ -1,0 +1,4 @@
+//! What operators watch: the event list and stream, statistics sampling and metrics.
+
+pub mod events;
+pub mod sampler;
