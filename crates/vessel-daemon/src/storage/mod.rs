@@ -6,4 +6,5 @@ pub mod images;
 pub mod keys;
 pub mod ownership;
 pub mod pools;
+pub mod routes;
 pub mod volumes;

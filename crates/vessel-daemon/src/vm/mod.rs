@@ -8,6 +8,7 @@ pub mod disks;
 pub mod guest;
 pub mod model;
 pub mod provision;
+pub mod routes;
 pub mod service;
 pub mod snapshot_quota;
 pub mod snapshots;
