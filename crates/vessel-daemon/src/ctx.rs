@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use vessel_core::HostCapacity;
 use vessel_qemu::{AccelChoice, Backend};
@@ -89,7 +91,7 @@ impl Ctx {
     }
 
     pub fn console(&self, name: &str) -> Arc<ConsoleHub> {
-        let mut consoles = self.consoles.lock().expect("consoles lock");
+        let mut consoles = self.consoles.lock();
         consoles
             .entry(name.to_string())
             .or_insert_with(|| ConsoleHub::new(&self.vm_dir(name), self.config.console_log_bytes))
@@ -97,7 +99,7 @@ impl Ctx {
     }
 
     pub fn forget_console(&self, name: &str) {
-        self.consoles.lock().expect("consoles lock").remove(name);
+        self.consoles.lock().remove(name);
     }
 
     /// Records an event about a VM (or, with `vm` empty, about the host) in the store and the

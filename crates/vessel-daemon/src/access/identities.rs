@@ -67,7 +67,7 @@ pub struct CertRecord {
 /// before such a write from putting what it read back after the clear.
 #[derive(Default)]
 pub struct AuthCache {
-    inner: std::sync::Mutex<CacheInner>,
+    inner: parking_lot::Mutex<CacheInner>,
 }
 
 #[derive(Default)]
@@ -82,37 +82,27 @@ const CACHE_MAX: usize = 10_000;
 
 impl AuthCache {
     fn generation(&self) -> u64 {
-        self.inner.lock().expect("auth cache lock").generation
+        self.inner.lock().generation
     }
 
     /// Forgets everything; called after every write of users, tokens or certificates.
     pub fn clear(&self) {
-        let mut inner = self.inner.lock().expect("auth cache lock");
+        let mut inner = self.inner.lock();
         inner.generation += 1;
         inner.tokens.clear();
         inner.certs.clear();
     }
 
     fn token(&self, id: &str) -> Option<(TokenRecord, Identity)> {
-        self.inner
-            .lock()
-            .expect("auth cache lock")
-            .tokens
-            .get(id)
-            .cloned()
+        self.inner.lock().tokens.get(id).cloned()
     }
 
     fn cert(&self, fingerprint: &str) -> Option<(CertRecord, Identity)> {
-        self.inner
-            .lock()
-            .expect("auth cache lock")
-            .certs
-            .get(fingerprint)
-            .cloned()
+        self.inner.lock().certs.get(fingerprint).cloned()
     }
 
     fn put_token(&self, generation: u64, record: TokenRecord, identity: Identity) {
-        let mut inner = self.inner.lock().expect("auth cache lock");
+        let mut inner = self.inner.lock();
         if inner.generation == generation {
             if inner.tokens.len() >= CACHE_MAX {
                 inner.tokens.clear();
@@ -122,7 +112,7 @@ impl AuthCache {
     }
 
     fn put_cert(&self, generation: u64, record: CertRecord, identity: Identity) {
-        let mut inner = self.inner.lock().expect("auth cache lock");
+        let mut inner = self.inner.lock();
         if inner.generation == generation {
             if inner.certs.len() >= CACHE_MAX {
                 inner.certs.clear();

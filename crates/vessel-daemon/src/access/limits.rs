@@ -18,7 +18,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -69,7 +71,7 @@ impl Limits {
     /// Counts a new connection from `ip`, closing the oldest unauthenticated one of its address
     /// (or of all) if it is over the limit.
     pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Connection {
-        let mut s = self.state.lock().expect("limits lock");
+        let mut s = self.state.lock();
         if s.pending_per_address.get(&ip).copied().unwrap_or(0) >= MAX_PENDING_PER_ADDRESS {
             let oldest = s
                 .pending
@@ -97,7 +99,7 @@ impl Limits {
 
     /// A held stream of `identity`, unless it holds its limit already.
     pub fn stream(self: &Arc<Self>, identity: &str) -> Result<StreamSlot, String> {
-        let mut s = self.state.lock().expect("limits lock");
+        let mut s = self.state.lock();
         let held = s.streams.entry(identity.to_string()).or_default();
         if *held >= MAX_STREAMS_PER_IDENTITY {
             return Err(format!(
@@ -113,7 +115,7 @@ impl Limits {
 
     #[cfg(test)]
     fn counts(&self) -> (usize, usize) {
-        let s = self.state.lock().unwrap();
+        let s = self.state.lock();
         (s.pending.len(), s.signed_in)
     }
 }
@@ -143,11 +145,11 @@ impl Connection {
     /// if the identity, or the server, holds its limit of signed-in connections. A connection
     /// that was evicted meanwhile is being closed; its request still runs.
     pub fn sign_in(&self, identity: &str) -> Result<(), String> {
-        let mut mine = self.identity.lock().expect("connection lock");
+        let mut mine = self.identity.lock();
         if mine.is_some() {
             return Ok(());
         }
-        let mut s = self.limits.state.lock().expect("limits lock");
+        let mut s = self.limits.state.lock();
         let held = s.per_identity.get(identity).copied().unwrap_or(0);
         if held >= MAX_PER_IDENTITY {
             return Err(format!(
@@ -169,8 +171,8 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let identity = self.identity.lock().map(|mut i| i.take()).unwrap_or(None);
-        let mut s = self.limits.state.lock().expect("limits lock");
+        let identity = self.identity.lock().take();
+        let mut s = self.limits.state.lock();
         match identity {
             Some(identity) => {
                 s.signed_in -= 1;
@@ -192,7 +194,7 @@ impl Drop for Connection {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut s = self.limits.state.lock().expect("limits lock");
+        let mut s = self.limits.state.lock();
         if let Some(n) = s.streams.get_mut(&self.identity) {
             *n -= 1;
             if *n == 0 {

@@ -22,7 +22,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -72,14 +74,14 @@ impl Security {
     }
 
     fn blocked(&self, ip: IpAddr) -> bool {
-        let failures = self.failures.lock().expect("failures lock");
+        let failures = self.failures.lock();
         failures
             .get(&ip)
             .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
     }
 
     fn failed(&self, ip: IpAddr) {
-        let mut failures = self.failures.lock().expect("failures lock");
+        let mut failures = self.failures.lock();
         // Bounded: forget expired windows before the map can grow without end.
         if failures.len() > 10_000 {
             failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
@@ -149,7 +151,7 @@ impl Security {
 
     /// Appends the summaries of refusal windows that have ended (all of them with `all`).
     async fn flush_refusals(&self, all: bool) {
-        let summaries = self.refusals.lock().expect("refusals lock").flush(all);
+        let summaries = self.refusals.lock().flush(all);
         for entry in summaries {
             self.append_audit(entry).await;
         }
@@ -403,12 +405,7 @@ impl Audit<'_> {
     /// A refused request: recorded, unless its address (and identity) already had its share of
     /// records this minute; then it is only counted, and one summary record says how many.
     async fn denied(&self, identity: &str, target: &str, e: &ApiError) {
-        let admitted = self
-            .sec
-            .refusals
-            .lock()
-            .expect("refusals lock")
-            .admit(&self.source, identity);
+        let admitted = self.sec.refusals.lock().admit(&self.source, identity);
         let Some(summary) = admitted else {
             return;
         };

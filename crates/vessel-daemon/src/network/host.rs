@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex as StdMutex;
 
 use tokio::sync::{watch, Mutex, MutexGuard};
 use vessel_api::{IngressPolicy, Network, NetworkKind, RuleProtocol, VmNic, VmSpec};
@@ -142,7 +144,7 @@ impl NetHost {
     }
 
     fn ensure_dhcp(&self, network: &Network, bridge: &str) -> Result<(), String> {
-        let mut servers = self.dhcp.lock().expect("dhcp lock");
+        let mut servers = self.dhcp.lock();
         let wanted = dhcp_config(network, bridge);
         let current = servers.get(&network.name).map(|r| r.config.clone());
         if current == wanted {
@@ -171,7 +173,7 @@ impl NetHost {
     /// Takes the network off the host: DHCP server, VXLAN link, bridge (only those Vessel made).
     /// Failures are logged: the record is gone, and a restart removes what is left as orphans.
     pub async fn remove(&self, network: &Network) {
-        self.dhcp.lock().expect("dhcp lock").remove(&network.name);
+        self.dhcp.lock().remove(&network.name);
         if !matches!(network.kind, NetworkKind::Managed | NetworkKind::Vxlan) {
             return;
         }
@@ -234,7 +236,7 @@ impl NetHost {
     }
 
     fn update_bindings(&self, networks: &[Network], vms: &[Loaded]) {
-        let servers = self.dhcp.lock().expect("dhcp lock");
+        let servers = self.dhcp.lock();
         for network in networks {
             if let Some(runtime) = servers.get(&network.name) {
                 let bindings = bindings_of(&network.name, vms);

@@ -4,7 +4,9 @@
 //! the VM's QMP connection, so sampling never waits for a VM's worker and never stalls a VM.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use vessel_api::{NicKind, VmState};
@@ -40,26 +42,23 @@ pub struct Round {
 
 impl Sampler {
     pub fn register(&self, vm: &str, probe: Arc<dyn StatsProbe>) {
-        self.probes
-            .lock()
-            .expect("probes lock")
-            .insert(vm.to_string(), probe);
+        self.probes.lock().insert(vm.to_string(), probe);
     }
 
     pub fn forget(&self, vm: &str) {
-        self.probes.lock().expect("probes lock").remove(vm);
-        let mut state = self.state.lock().expect("sampler lock");
+        self.probes.lock().remove(vm);
+        let mut state = self.state.lock();
         state.vm_prev.remove(vm);
         state.vcpu_threads.remove(vm);
     }
 
     fn probe(&self, vm: &str) -> Option<Arc<dyn StatsProbe>> {
-        self.probes.lock().expect("probes lock").get(vm).cloned()
+        self.probes.lock().get(vm).cloned()
     }
 
     /// The latest round, if one was taken.
     pub fn latest(&self) -> Option<Round> {
-        self.state.lock().expect("sampler lock").latest.clone()
+        self.state.lock().latest.clone()
     }
 }
 
@@ -88,7 +87,7 @@ pub async fn sample_vm(ctx: &Ctx, vm: &Loaded) -> VmStats {
     let probe = ctx.sampler.probe(&spec.name);
     let tids = vcpu_threads(ctx, &spec.name, pid, probe.as_deref()).await;
     {
-        let mut state = ctx.sampler.state.lock().expect("sampler lock");
+        let mut state = ctx.sampler.state.lock();
         let state = &mut *state;
         match state.procfs.process(pid, &tids) {
             Ok(sample) => {
@@ -155,14 +154,7 @@ fn device_name(spec: &vessel_api::VmSpec, node: &str) -> String {
 
 /// The vCPU thread ids of the VM's QEMU (cached per process; asked over QMP once).
 async fn vcpu_threads(ctx: &Ctx, vm: &str, pid: u32, probe: Option<&dyn StatsProbe>) -> Vec<u32> {
-    if let Some((cached_pid, tids)) = ctx
-        .sampler
-        .state
-        .lock()
-        .expect("sampler lock")
-        .vcpu_threads
-        .get(vm)
-    {
+    if let Some((cached_pid, tids)) = ctx.sampler.state.lock().vcpu_threads.get(vm) {
         if *cached_pid == pid {
             return tids.clone();
         }
@@ -175,7 +167,6 @@ async fn vcpu_threads(ctx: &Ctx, vm: &str, pid: u32, probe: Option<&dyn StatsPro
             ctx.sampler
                 .state
                 .lock()
-                .expect("sampler lock")
                 .vcpu_threads
                 .insert(vm.to_string(), (pid, tids.clone()));
             tids
@@ -186,7 +177,7 @@ async fn vcpu_threads(ctx: &Ctx, vm: &str, pid: u32, probe: Option<&dyn StatsPro
 
 /// Samples the host now, with the VMs' commitments from `vms`.
 pub fn sample_host(ctx: &Ctx, vms: &[VmStats]) -> Result<HostStats, String> {
-    let mut state = ctx.sampler.state.lock().expect("sampler lock");
+    let mut state = ctx.sampler.state.lock();
     let state = &mut *state;
     let sample = state.procfs.host().map_err(|e| e.to_string())?;
     let clk = state.procfs.clk_tck();
@@ -204,7 +195,7 @@ pub async fn sample_all(ctx: &Ctx) -> Result<Round, String> {
     }
     let host = sample_host(ctx, &vms)?;
     let round = Round { host, vms };
-    ctx.sampler.state.lock().expect("sampler lock").latest = Some(round.clone());
+    ctx.sampler.state.lock().latest = Some(round.clone());
     Ok(round)
 }
 

@@ -122,10 +122,7 @@ pub fn track_progress(ctx: Arc<Ctx>, record: OpRecord) -> (Progress, tokio::task
 /// Registers a cancel token for operation `id` until the guard is dropped.
 pub fn cancellable(ctx: Arc<Ctx>, id: &str) -> (CancelToken, CancelGuard) {
     let token = CancelToken::new();
-    ctx.cancels
-        .lock()
-        .expect("cancels lock")
-        .insert(id.to_string(), token.clone());
+    ctx.cancels.lock().insert(id.to_string(), token.clone());
     (
         token,
         CancelGuard {
@@ -142,11 +139,7 @@ pub struct CancelGuard {
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        self.ctx
-            .cancels
-            .lock()
-            .expect("cancels lock")
-            .remove(&self.id);
+        self.ctx.cancels.lock().remove(&self.id);
     }
 }
 
@@ -160,10 +153,7 @@ where
     E: Into<crate::common::op_error::OpError> + Send + 'static,
 {
     let id = record.operation.id.clone();
-    ctx.cancels
-        .lock()
-        .expect("cancels lock")
-        .insert(id.clone(), cancel.clone());
+    ctx.cancels.lock().insert(id.clone(), cancel.clone());
     let (sender, updates) = tokio::sync::watch::channel(0.0);
     let writer = tokio::spawn(write_progress(Arc::clone(&ctx), record.clone(), updates));
     tokio::spawn(async move {
@@ -173,7 +163,7 @@ where
         };
         // The work may see the token first and fail because of it: that is still a cancel.
         let outcome = outcome.filter(|o| o.is_ok() || !cancel.is_cancelled());
-        ctx.cancels.lock().expect("cancels lock").remove(&id);
+        ctx.cancels.lock().remove(&id);
         // The last progress write lands before the final one, never after it.
         let _ = writer.await;
         record.operation.finished_at_ms = Some(now_ms());
@@ -200,7 +190,7 @@ where
 
 /// Cancels a running long operation.
 pub fn cancel(ctx: &Ctx, id: &str) -> bool {
-    match ctx.cancels.lock().expect("cancels lock").get(id) {
+    match ctx.cancels.lock().get(id) {
         Some(token) => {
             token.cancel();
             true

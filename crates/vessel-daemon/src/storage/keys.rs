@@ -35,11 +35,7 @@ pub struct PendingKey {
 
 impl Drop for PendingKey {
     fn drop(&mut self) {
-        self.ctx
-            .pending_keys
-            .lock()
-            .expect("pending keys lock")
-            .remove(&self.record);
+        self.ctx.pending_keys.lock().remove(&self.record);
     }
 }
 
@@ -53,12 +49,7 @@ pub async fn create(
     volume: &str,
 ) -> Result<(VolumeKey, PendingKey), ApiError> {
     let record = volkey_key(pool, volume);
-    if !ctx
-        .pending_keys
-        .lock()
-        .expect("pending keys lock")
-        .insert(record.clone())
-    {
+    if !ctx.pending_keys.lock().insert(record.clone()) {
         return Err(ApiError::conflict(format!(
             "volume {volume:?} of pool {pool:?} is being created by another request"
         )));

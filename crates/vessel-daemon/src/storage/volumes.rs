@@ -59,12 +59,7 @@ struct Resizing<'a> {
 impl<'a> Resizing<'a> {
     fn begin(ctx: &'a crate::ctx::Ctx, pool: &str, name: &str) -> Result<Self, ApiError> {
         let key = format!("{pool}/{name}");
-        if !ctx
-            .resizing
-            .lock()
-            .expect("resizing lock")
-            .insert(key.clone())
-        {
+        if !ctx.resizing.lock().insert(key.clone()) {
             return Err(ApiError::conflict(format!(
                 "volume {name:?} of pool {pool:?} is being resized by another request"
             ))
@@ -76,11 +71,7 @@ impl<'a> Resizing<'a> {
 
 impl Drop for Resizing<'_> {
     fn drop(&mut self) {
-        self.ctx
-            .resizing
-            .lock()
-            .expect("resizing lock")
-            .remove(&self.key);
+        self.ctx.resizing.lock().remove(&self.key);
     }
 }
 

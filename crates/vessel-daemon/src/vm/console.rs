@@ -5,7 +5,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +35,7 @@ impl ConsoleHub {
     pub fn attach(self: &Arc<Self>, stream: UnixStream) {
         let (mut reader, mut writer) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-        *self.input.lock().expect("console lock") = Some(tx);
+        *self.input.lock() = Some(tx);
         let hub = Arc::clone(self);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
@@ -43,7 +45,7 @@ impl ConsoleHub {
                     Ok(n) => hub.record(Bytes::copy_from_slice(&buf[..n])),
                 }
             }
-            hub.input.lock().expect("console lock").take();
+            hub.input.lock().take();
         });
         tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {
@@ -55,7 +57,7 @@ impl ConsoleHub {
     }
 
     fn record(&self, chunk: Bytes) {
-        let mut log = self.log.lock().expect("console lock");
+        let mut log = self.log.lock();
         if let Err(e) = log.append(&chunk) {
             tracing::warn!(error = %e, "console log write failed");
         }
@@ -66,20 +68,20 @@ impl ConsoleHub {
 
     /// The logged output so far (previous file, then current) and a subscription to what follows.
     pub fn snapshot_and_subscribe(&self) -> (Vec<u8>, broadcast::Receiver<Bytes>) {
-        let log = self.log.lock().expect("console lock");
+        let log = self.log.lock();
         (log.read_all(), self.output.subscribe())
     }
 
     /// Sends keystrokes to the VM; false when no QEMU is connected.
     pub fn send_input(&self, bytes: Bytes) -> bool {
-        match &*self.input.lock().expect("console lock") {
+        match &*self.input.lock() {
             Some(tx) => tx.send(bytes).is_ok(),
             None => false,
         }
     }
 
     pub fn is_connected(&self) -> bool {
-        self.input.lock().expect("console lock").is_some()
+        self.input.lock().is_some()
     }
 }
 

@@ -2,7 +2,9 @@
 //! VM's worker, and at start-up re-adopts running VMs and resumes interrupted operations.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::mpsc;
 use vessel_api::{OperationAction, OperationStatus};
@@ -38,7 +40,7 @@ impl Controller {
         if vm.is_empty() {
             return; // a host operation: its own task runs it, no VM worker
         }
-        let mut workers = self.workers.lock().expect("workers lock");
+        let mut workers = self.workers.lock();
         let tx = workers
             .entry(vm.to_string())
             .or_insert_with(|| Worker::spawn(vm.to_string(), Arc::clone(&self.ctx)));
@@ -176,13 +178,7 @@ impl Controller {
         ticks.tick().await; // the first tick is immediate; start-up already reconciled
         loop {
             ticks.tick().await;
-            let names: Vec<String> = self
-                .workers
-                .lock()
-                .expect("workers lock")
-                .keys()
-                .cloned()
-                .collect();
+            let names: Vec<String> = self.workers.lock().keys().cloned().collect();
             for name in names {
                 self.dispatch(
                     &name,

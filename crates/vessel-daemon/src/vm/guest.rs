@@ -3,8 +3,8 @@
 //! snapshot. A guest without an agent costs one short ping, remembered for a while so that
 //! repeated `vm show` calls stay quick.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vessel_api::{ApiError, GuestInfo};
@@ -31,13 +31,13 @@ pub fn agent(ctx: &Ctx, vm: &str) -> GuestAgent {
 /// not asked again for a while, so callers (`vm show`, live snapshots) do not each pay a ping.
 pub async fn agent_answers(ctx: &Ctx, vm: &str, pid: u32, agent: &GuestAgent) -> bool {
     let silent = &ctx.agents.silent;
-    if let Some((cached_pid, at)) = silent.lock().expect("agent cache").get(vm) {
+    if let Some((cached_pid, at)) = silent.lock().get(vm) {
         if *cached_pid == pid && at.elapsed() < NO_AGENT_REMEMBERED {
             return false;
         }
     }
     let answers = agent.ping().await;
-    let mut silent = silent.lock().expect("agent cache");
+    let mut silent = silent.lock();
     if answers {
         silent.remove(vm);
     } else {

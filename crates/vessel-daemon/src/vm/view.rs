@@ -6,7 +6,9 @@
 //! view has caught up to it, so a VM created by a finished request is always in the list.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -66,7 +68,7 @@ pub struct VmView {
     bus: broadcast::Sender<Event>,
     /// The last status seen of each unfinished operation, so that a stream gets one event per
     /// status change and not one per progress update.
-    op_status: std::sync::Mutex<HashMap<String, OperationStatus>>,
+    op_status: parking_lot::Mutex<HashMap<String, OperationStatus>>,
 }
 
 impl VmView {
@@ -79,7 +81,7 @@ impl VmView {
             vms: RwLock::new(BTreeMap::new()),
             revision,
             bus,
-            op_status: std::sync::Mutex::new(HashMap::new()),
+            op_status: parking_lot::Mutex::new(HashMap::new()),
         });
         let from = view.load_all().await?;
         tokio::spawn(Arc::clone(&view).follow(from));
@@ -100,7 +102,7 @@ impl VmView {
             entry.refresh_json();
             vms.insert(loaded.record.spec.name.clone(), entry);
         }
-        *self.vms.write().expect("view lock") = vms;
+        *self.vms.write() = vms;
         self.revision.send_replace(revision);
         Ok(revision + 1)
     }
@@ -188,7 +190,7 @@ impl VmView {
                 return;
             };
             let op = record.operation;
-            let mut seen = self.op_status.lock().expect("op status lock");
+            let mut seen = self.op_status.lock();
             if seen.get(&op.id) == Some(&op.status) {
                 return; // a progress update
             }
@@ -225,7 +227,7 @@ impl VmView {
             return;
         };
         let put = event.kind == EventKind::Put;
-        let mut vms = self.vms.write().expect("view lock");
+        let mut vms = self.vms.write();
         let entry = vms.entry(name.to_string()).or_default();
         let result: anyhow::Result<()> = (|| {
             match field {
@@ -282,7 +284,7 @@ impl VmView {
     /// `[vm, vm, ...]` as the API returns it, sorted by name.
     pub async fn list_json(&self) -> anyhow::Result<Bytes> {
         self.catch_up().await?;
-        let vms = self.vms.read().expect("view lock");
+        let vms = self.vms.read();
         let total: usize = vms
             .values()
             .filter_map(|e| e.json.as_ref())
@@ -303,23 +305,12 @@ impl VmView {
     /// One VM, current as of the call.
     pub async fn get(&self, name: &str) -> anyhow::Result<Option<Loaded>> {
         self.catch_up().await?;
-        Ok(self
-            .vms
-            .read()
-            .expect("view lock")
-            .get(name)
-            .and_then(Entry::loaded))
+        Ok(self.vms.read().get(name).and_then(Entry::loaded))
     }
 
     /// All VMs, current as of the call.
     pub async fn all(&self) -> anyhow::Result<Vec<Loaded>> {
         self.catch_up().await?;
-        Ok(self
-            .vms
-            .read()
-            .expect("view lock")
-            .values()
-            .filter_map(Entry::loaded)
-            .collect())
+        Ok(self.vms.read().values().filter_map(Entry::loaded).collect())
     }
 }
