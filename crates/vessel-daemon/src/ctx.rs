@@ -20,6 +20,14 @@ use vessel_api::EventKind;
 /// How many events the store keeps; older ones are dropped as new ones come.
 const EVENTS_KEPT: u64 = 2000;
 
+/// The daemon's request logic: one value that the routes of every feature share as their
+/// state. Each feature adds its methods in its own folder (`impl Service` in `vm/service.rs`,
+/// `storage/pools.rs`, `network/service.rs`...).
+#[derive(Clone)]
+pub struct Service {
+    pub ctx: Arc<Ctx>,
+}
+
 pub struct Ctx {
     pub store: Arc<dyn Store>,
     pub backend: Arc<dyn Backend>,

@@ -28,9 +28,9 @@ pub use config::{Config, DaemonArgs};
 pub use vm::console_http::CONSOLE_PROTOCOL;
 
 use crate::ctx::Ctx;
+use crate::ctx::Service;
 use crate::lock::DataDirLock;
 use crate::vm::controller::Controller;
-use crate::vm::service::Service;
 
 /// Runs the daemon until `shutdown` resolves. VMs keep running after the daemon exits; the next
 /// daemon re-adopts them.

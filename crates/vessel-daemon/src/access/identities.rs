@@ -23,8 +23,8 @@ use vessel_store::{Compare, Op, Store, Txn};
 
 use crate::access::security::Security;
 use crate::api::{ApiJson, ApiResult, HttpError};
+use crate::common::errors::{internal, store_error};
 use crate::vm::model::{decode, encode, now_ms};
-use crate::vm::service::store_error;
 
 /// Users, tokens and certificates all live under this prefix.
 const AUTH_PREFIX: &str = "auth/";
@@ -122,10 +122,6 @@ impl AuthCache {
                 .insert(record.fingerprint.clone(), (record, identity));
         }
     }
-}
-
-fn internal(e: anyhow::Error) -> ApiError {
-    ApiError::internal(e.to_string())
 }
 
 /// Why a sign-in failed; the client only ever sees "unauthenticated" with a generic reason.

@@ -18,9 +18,9 @@ use vessel_store::{Compare, Op, Store, Txn};
 
 use crate::access::security::Caller;
 use crate::api::{ApiJson, ApiResult, HttpError};
+use crate::common::errors::{internal, store_error};
 use crate::ctx::Ctx;
 use crate::vm::model::{decode, encode, group_vms, now_ms, VmRecord, VMS_PREFIX};
-use crate::vm::service::store_error;
 
 pub const PROJECTS_PREFIX: &str = "projects/";
 
@@ -36,10 +36,6 @@ pub struct ProjectRecord {
     #[serde(default)]
     pub quota: Quota,
     pub created_ms: u64,
-}
-
-fn internal(e: anyhow::Error) -> ApiError {
-    ApiError::internal(e.to_string())
 }
 
 fn not_found(name: &str) -> ApiError {

@@ -18,7 +18,7 @@ use vessel_api::{
     MAX_BODY_BYTES,
 };
 
-use crate::vm::service::Service;
+use crate::ctx::Service;
 
 /// An API error as an HTTP response.
 pub struct HttpError(pub ApiError);

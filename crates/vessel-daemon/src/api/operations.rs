@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 use vessel_api::{ApiError, ErrorBody, HostCheck, HostInfo, Operation};
 
 use crate::api::ApiResult;
-use crate::vm::service::Service;
+use crate::ctx::Service;
 
 #[derive(OpenApi)]
 #[openapi(paths(

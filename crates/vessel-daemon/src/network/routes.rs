@@ -14,7 +14,7 @@ use vessel_auth::{Permission, Scope};
 
 use crate::access::security::Caller;
 use crate::api::{finish, wait_param, ApiJson, ApiResult};
-use crate::vm::service::Service;
+use crate::ctx::Service;
 
 /// Most of a network lives inside Vessel's own bridge and tables, so `network.write` in its
 /// project is enough. Three things reach the host's own networking, which spans projects: joining

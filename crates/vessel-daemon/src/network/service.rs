@@ -17,9 +17,11 @@ use vessel_api::{
 use vessel_core::network::{self as rules, NicChoice};
 use vessel_store::{Compare, Op, Txn};
 
+use crate::common::errors::store_error;
 use crate::ctx::Ctx;
+use crate::ctx::Service;
+use crate::vm::model::ActionOptions;
 use crate::vm::model::{decode, encode, now_ms, Loaded};
-use crate::vm::service::{store_error, ActionOptions, Service};
 
 pub const NETWORKS_PREFIX: &str = "networks/";
 const IPAM_PREFIX: &str = "ipam/";

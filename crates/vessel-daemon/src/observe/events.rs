@@ -16,8 +16,8 @@ use vessel_auth::Permission;
 
 use crate::access::security::Caller;
 use crate::api::{ApiResult, HttpError, Params};
+use crate::ctx::Service;
 use crate::vm::model::now_ms;
-use crate::vm::service::Service;
 
 /// Which events a caller may see: those of the projects it may read events in (`None`: all).
 /// Every event carries the project of what it is about, fixed when it happened (a VM's, an

@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 use vessel_api::ErrorBody;
 
 use crate::api::ApiResult;
-use crate::vm::service::Service;
+use crate::ctx::Service;
 
 #[derive(OpenApi)]
 #[openapi(paths(

@@ -211,7 +211,7 @@ pub async fn run(ctx: Arc<Ctx>, period: Duration) {
     }
 }
 
-impl crate::vm::service::Service {
+impl crate::ctx::Service {
     /// One VM's figures, sampled now.
     pub async fn vm_stats(&self, name: &str) -> Result<VmStats, vessel_api::ApiError> {
         vessel_core::validate_name("VM", name).map_err(vessel_api::ApiError::invalid)?;

@@ -13,9 +13,9 @@ use vessel_api::{ApiError, Operation, OperationAction, OperationStatus};
 use vessel_storage::CancelToken;
 use vessel_store::{Op, Txn};
 
+use crate::common::errors::store_error;
 use crate::ctx::Ctx;
 use crate::vm::model::{encode, now_ms, op_key, OpRecord};
-use crate::vm::service::store_error;
 
 /// Progress is written to the store at most this often (and on every whole 5 %).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);

@@ -19,14 +19,15 @@ use vessel_storage::{
 };
 use vessel_store::{Compare, Op, Txn};
 
+use crate::common::errors::error_chain;
+use crate::common::errors::store_error;
 use crate::common::op_error::OpError;
 use crate::ctx::Ctx;
+use crate::ctx::Service;
 use crate::storage::host_ops;
 use crate::storage::pools::DEFAULT_POOL;
 use crate::storage::volumes::{from_format, to_format};
 use crate::vm::model::{decode, encode, now_ms};
-use crate::vm::service::{store_error, Service};
-use crate::vm::worker::error_chain;
 
 pub const IMAGES_PREFIX: &str = "images/";
 
@@ -409,7 +410,7 @@ impl Service {
             .view
             .all()
             .await
-            .map_err(crate::vm::service::internal)?
+            .map_err(crate::common::errors::internal)?
         {
             if let vessel_api::Boot::Kernel { kernel, initrd, .. } = &vm.record.spec.boot {
                 if *kernel == file || initrd.as_deref() == Some(&*file) {

@@ -10,9 +10,9 @@ use vessel_secrets::{Keyring, VolumeKey, WrappedSecret};
 use vessel_storage::StoragePool;
 use vessel_store::{Compare, Op, Txn};
 
+use crate::common::errors::store_error;
 use crate::ctx::Ctx;
 use crate::vm::model::{decode, encode};
-use crate::vm::service::store_error;
 
 pub const VOLKEYS_PREFIX: &str = "volkeys/";
 

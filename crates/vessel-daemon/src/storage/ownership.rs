@@ -17,8 +17,8 @@ use vessel_api::{ApiError, ErrorCode, Usage};
 use vessel_storage::StoragePool;
 use vessel_store::{Compare, Op, Store, Txn};
 
+use crate::common::errors::store_error;
 use crate::ctx::Ctx;
-use crate::vm::service::store_error;
 
 pub const PREFIX: &str = "volprojects/";
 

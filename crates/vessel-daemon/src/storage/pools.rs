@@ -10,9 +10,10 @@ use vessel_core::validate_name;
 use vessel_storage::{DirPool, QemuImg, StoragePool};
 use vessel_store::{Compare, Op, Txn};
 
+use crate::common::errors::store_error;
 use crate::ctx::Ctx;
+use crate::ctx::Service;
 use crate::vm::model::{decode, encode, now_ms};
-use crate::vm::service::{store_error, Service};
 
 pub const POOLS_PREFIX: &str = "pools/";
 pub const DEFAULT_POOL: &str = "default";

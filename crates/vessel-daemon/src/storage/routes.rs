@@ -11,7 +11,7 @@ use vessel_api::{Accepted, ErrorBody, Operation, OperationStatus};
 
 use crate::access::security::Caller;
 use crate::api::{wait_param, ApiJson, ApiResult, HttpError};
-use crate::vm::service::Service;
+use crate::ctx::Service;
 
 #[derive(OpenApi)]
 #[openapi(paths(

@@ -10,9 +10,10 @@ use vessel_storage::{CloneMode, DirPool, Format, PoolError, StoragePool, VolumeI
 
 use std::sync::Arc;
 
+use crate::ctx::Service;
 use crate::storage::keys;
+use crate::vm::model::ActionOptions;
 use crate::vm::model::Loaded;
-use crate::vm::service::{ActionOptions, Service};
 
 pub(crate) fn to_format(format: VolumeFormat) -> Format {
     match format {
@@ -38,7 +39,7 @@ pub(crate) fn api_error(e: PoolError) -> ApiError {
         _ if lock_held(&e) => ErrorCode::Conflict,
         PoolError::Io { .. } | PoolError::QemuImg(_) => ErrorCode::Internal,
     };
-    ApiError::new(code, crate::vm::worker::error_chain(&e))
+    ApiError::new(code, crate::common::errors::error_chain(&e))
 }
 
 /// What a request for a missing volume is answered.
@@ -335,7 +336,7 @@ impl Service {
                     Ok(info) => info,
                     Err(e) => {
                         pending.failed().await;
-                        return Err(crate::vm::worker::error_chain(&e));
+                        return Err(crate::common::errors::error_chain(&e));
                     }
                 };
                 pending

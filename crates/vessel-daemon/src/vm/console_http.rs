@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use vessel_api::ApiError;
 
 use crate::api::{plain_text, HttpError};
-use crate::vm::service::Service;
+use crate::ctx::Service;
 
 /// How long output keeps flowing to a client that closed its input, after the last output.
 const DRAIN_AFTER_INPUT_CLOSED: std::time::Duration = std::time::Duration::from_secs(2);

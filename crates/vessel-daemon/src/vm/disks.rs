@@ -9,9 +9,10 @@ use vessel_qemu::{BackingFile, DiskFile};
 use vessel_storage::{DirPool, StoragePool};
 
 use crate::ctx::Ctx;
+use crate::ctx::Service;
 use crate::storage::pools::DEFAULT_POOL;
+use crate::vm::model::ActionOptions;
 use crate::vm::model::Loaded;
-use crate::vm::service::{ActionOptions, Service};
 
 impl Service {
     /// Attaches a pool volume; hot-plugged when the VM runs.

@@ -12,7 +12,7 @@ use vessel_qemu::guest_agent::GuestAgent;
 use vessel_qemu::RunFiles;
 
 use crate::ctx::Ctx;
-use crate::vm::service::Service;
+use crate::ctx::Service;
 
 /// How long "this guest has no agent" is believed before asking again.
 const NO_AGENT_REMEMBERED: Duration = Duration::from_secs(15);

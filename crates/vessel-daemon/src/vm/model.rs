@@ -247,3 +247,19 @@ pub async fn load_vm(
     let (kvs, _) = store.list(&vm_prefix(name)).await?;
     Ok(group_vms(&kvs)?.into_iter().next())
 }
+
+/// Options of an action request.
+#[derive(Debug, Clone, Default)]
+pub struct ActionOptions {
+    pub force: bool,
+    pub timeout_secs: Option<u64>,
+    pub edit: Option<vessel_api::EditVmRequest>,
+    /// The disk of an attach or detach.
+    pub disk: Option<vessel_api::VmDisk>,
+    /// The snapshot of a snapshot operation.
+    pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
+    /// The new size of a disk resize.
+    pub size_bytes: Option<u64>,
+    /// The NIC of an add or remove.
+    pub nic: Option<vessel_api::VmNic>,
+}

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use vessel_api::VmDisk;
 use vessel_storage::{CloneMode, Format, ImportOptions, ImportSource, StoragePool, VolumeSpec};
 
+use crate::common::errors::error_chain;
 use crate::ctx::Ctx;
 use crate::storage::host_ops;
 use crate::storage::keys;
 use crate::vm::model::{op_key, OpRecord, Provision};
-use crate::vm::worker::error_chain;
 
 /// Makes `root` from the image in `plan`. Idempotent: a root volume that exists already (a
 /// create re-run after a daemon restart) is taken as made, since volumes appear atomically.

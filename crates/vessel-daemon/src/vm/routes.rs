@@ -15,7 +15,8 @@ use vessel_api::{
 
 use crate::access::security::Caller;
 use crate::api::{finish, optional_json, wait_param, ApiJson, ApiResult, Params};
-use crate::vm::service::{ActionOptions, Service};
+use crate::ctx::Service;
+use crate::vm::model::ActionOptions;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -2,51 +2,22 @@
 //! vessel-core, record desired state and an operation in one transaction, wait for the
 //! reconciler to finish it.
 
-use std::sync::Arc;
-
 use vessel_api::{
-    ApiError, CreateVmRequest, DesiredState, EditVmRequest, ErrorCode, Event, HostInfo, Operation,
+    ApiError, CreateVmRequest, DesiredState, ErrorCode, Event, HostInfo, Operation,
     OperationAction, OperationStatus, Usage, Vm, VmState,
 };
 use vessel_core::{check_action, spec_from_create, validate_name};
 use vessel_storage::StoragePool;
-use vessel_store::{Compare, Op, StoreError, Txn};
+use vessel_store::{Compare, Op, Txn};
 
-use crate::ctx::Ctx;
+use crate::common::errors::{internal, store_error};
+use crate::ctx::Service;
 use crate::vm::model::{
     cloud_init_key, decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key,
-    CloudInitData, Loaded, OpRecord, Provision, VmRecord, VmStatus, EVENTS_PREFIX, OPS_PREFIX,
+    ActionOptions, CloudInitData, Loaded, OpRecord, Provision, VmRecord, VmStatus, EVENTS_PREFIX,
+    OPS_PREFIX,
 };
 use crate::vm::worker::check_files;
-
-#[derive(Clone)]
-pub struct Service {
-    pub ctx: Arc<Ctx>,
-}
-
-/// Options of an action request.
-#[derive(Debug, Clone, Default)]
-pub struct ActionOptions {
-    pub force: bool,
-    pub timeout_secs: Option<u64>,
-    pub edit: Option<EditVmRequest>,
-    /// The disk of an attach or detach.
-    pub disk: Option<vessel_api::VmDisk>,
-    /// The snapshot of a snapshot operation.
-    pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
-    /// The new size of a disk resize.
-    pub size_bytes: Option<u64>,
-    /// The NIC of an add or remove.
-    pub nic: Option<vessel_api::VmNic>,
-}
-
-pub(crate) fn store_error(e: StoreError) -> ApiError {
-    ApiError::internal(format!("the store failed: {e}"))
-}
-
-pub(crate) fn internal(e: anyhow::Error) -> ApiError {
-    ApiError::internal(e.to_string())
-}
 
 pub(crate) fn operation_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("operation {id} not found"))

@@ -20,9 +20,9 @@ use vessel_api::{ApiError, Usage};
 use vessel_storage::StoragePool;
 use vessel_store::{Compare, Op, Store, Txn};
 
+use crate::common::errors::store_error;
 use crate::ctx::Ctx;
 use crate::vm::model::{decode, encode, snapshot_key, VmRecord};
-use crate::vm::service::store_error;
 
 pub const PREFIX: &str = "snapcharges/";
 

@@ -16,11 +16,13 @@ use vessel_qemu::DiskFile;
 use vessel_storage::{Format, VolumeKey};
 use vessel_store::{Compare, Op, Txn};
 
+use crate::common::errors::store_error;
 use crate::ctx::Ctx;
+use crate::ctx::Service;
+use crate::vm::model::ActionOptions;
 use crate::vm::model::{
     decode, encode, snapshot_head_key, snapshot_key, snapshots_prefix, VmRecord,
 };
-use crate::vm::service::{store_error, ActionOptions, Service};
 
 /// A snapshot as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,5 +306,5 @@ pub async fn offline(
         Offline::Revert => qemu_img.snapshot_apply_all(&targets, tag).await,
         Offline::Delete => qemu_img.snapshot_delete_all(&targets, tag).await,
     }
-    .map_err(|e| crate::vm::worker::error_chain(&e))
+    .map_err(|e| crate::common::errors::error_chain(&e))
 }

@@ -13,6 +13,7 @@ use vessel_core::{after_exit, ExitKind, RestartDecision};
 use vessel_qemu::{Instance, InstanceEvent, LaunchRequest, ProcessId, RunFiles};
 use vessel_store::{Compare, Op, Txn};
 
+use crate::common::errors::error_chain;
 use crate::common::op_error::OpError;
 use crate::ctx::Ctx;
 use crate::vm::cloud_init;
@@ -1660,16 +1661,4 @@ pub fn check_files(vm: &VmRecord) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// An error and its sources on one line: "outer: inner: innermost".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
