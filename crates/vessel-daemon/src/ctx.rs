@@ -41,13 +41,13 @@ pub struct Ctx {
     /// The master key (and, during a rotation, its successor) that wraps volume keys.
     pub keyring: tokio::sync::RwLock<vessel_secrets::Keyring>,
     /// Which guests did not answer their agent lately.
-    pub agents: crate::vm::guest::AgentCache,
+    pub agents: crate::vm::agent_cache::AgentCache,
     /// Performance samples of VMs and the host.
-    pub sampler: crate::observe::sampler::Sampler,
+    pub sampler: crate::observe::samples::Sampler,
     /// Key records of encrypted volumes being created (see `volume_keys::create`).
     pub pending_keys: Mutex<std::collections::HashSet<String>>,
     /// The host side of networks: bridges, taps, firewall, DHCP servers.
-    pub net: crate::network::host::NetHost,
+    pub net: crate::network::host_state::NetHost,
     /// Cancel tokens of running long operations, by operation id.
     pub cancels: Mutex<HashMap<String, vessel_storage::CancelToken>>,
     /// Volumes being resized (`pool/volume`): a second resize meanwhile is refused with 409.
@@ -86,9 +86,9 @@ impl Ctx {
             cancels: Mutex::new(HashMap::new()),
             resizing: Mutex::new(std::collections::HashSet::new()),
             pending_keys: Mutex::new(std::collections::HashSet::new()),
-            sampler: crate::observe::sampler::Sampler::default(),
-            net: crate::network::host::NetHost::default(),
-            agents: crate::vm::guest::AgentCache::default(),
+            sampler: crate::observe::samples::Sampler::default(),
+            net: crate::network::host_state::NetHost::default(),
+            agents: crate::vm::agent_cache::AgentCache::default(),
             event_seq: AtomicU64::new(last),
         })
     }

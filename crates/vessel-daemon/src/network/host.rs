@@ -9,53 +9,25 @@
 //!   a restart rebuilds exactly what the records say, and a deleted network leaves no rule.
 //! - Taps are not persistent: QEMU holds the only fd, so a tap goes when its VM's QEMU goes.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use parking_lot::Mutex as StdMutex;
-
-use tokio::sync::{watch, Mutex, MutexGuard};
+use tokio::sync::{watch, MutexGuard};
 use vessel_api::{IngressPolicy, Network, NetworkKind, RuleProtocol, VmNic, VmSpec};
 use vessel_core::network::{self as rules, Ipv4Cidr};
-use vessel_dhcp::{Binding, Bindings, DhcpHandle, DhcpServer, ServerConfig};
+use vessel_dhcp::{Binding, Bindings, DhcpServer, ServerConfig};
 use vessel_net::{firewall, BridgePlan, FirewallPlan, Netlink, PortPlan, VxlanConfig};
 use vessel_qemu::nic::{NicBackend, NicPlan};
 
 use crate::ctx::Ctx;
+use crate::network::host_state::DhcpRuntime;
+pub use crate::network::host_state::NetHost;
 use crate::vm::model::Loaded;
 
 /// How long a DHCP lease lasts; the address never changes while the NIC exists, so renewals
 /// are a formality.
 const LEASE_SECS: u32 = 3600;
-
-struct DhcpRuntime {
-    config: ServerConfig,
-    bindings: watch::Sender<Bindings>,
-    _handle: DhcpHandle,
-}
-
-#[derive(Default)]
-pub struct NetHost {
-    /// Serializes network changes (create, update, delete).
-    changes: Mutex<()>,
-    /// Serializes [`NetHost::sync`] and remembers what it applied last.
-    applied: Mutex<Option<FirewallPlan>>,
-    dhcp: StdMutex<HashMap<String, DhcpRuntime>>,
-    nl: std::sync::OnceLock<Netlink>,
-}
-
-impl NetHost {
-    /// The daemon's one netlink connection, opened at first use (in the daemon's namespace).
-    fn netlink(&self) -> Result<Netlink, String> {
-        if let Some(nl) = self.nl.get() {
-            return Ok(nl.clone());
-        }
-        let nl = Netlink::connect().map_err(|e| format!("netlink: {e}"))?;
-        Ok(self.nl.get_or_init(|| nl).clone())
-    }
-}
 
 fn subnet_of(network: &Network) -> Option<Ipv4Cidr> {
     network.subnet.as_deref()?.parse().ok()

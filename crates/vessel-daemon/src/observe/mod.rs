@@ -3,3 +3,4 @@
 pub mod events;
 pub mod routes;
 pub mod sampler;
+pub mod samples;

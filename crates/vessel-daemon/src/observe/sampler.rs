@@ -3,64 +3,17 @@
 //! VM (no QMP round trip for CPU and memory) plus one `query-blockstats` over a probe that shares
 //! the VM's QMP connection, so sampling never waits for a VM's worker and never stalls a VM.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use vessel_api::{NicKind, VmState};
-use vessel_metrics::{HostSample, HostStats, ProcFs, ProcessSample, VmStats};
+use vessel_metrics::{HostStats, VmStats};
 use vessel_qemu::stats::StatsProbe;
 
 use crate::ctx::Ctx;
+pub use crate::observe::samples::Round;
 use crate::vm::model::{now_ms, Loaded};
-
-/// The sampler's memory: last samples (for rates), known vCPU threads, the latest round.
-#[derive(Default)]
-pub struct Sampler {
-    state: Mutex<State>,
-    /// Probes of running VMs, registered by their workers.
-    probes: Mutex<HashMap<String, Arc<dyn StatsProbe>>>,
-}
-
-#[derive(Default)]
-struct State {
-    procfs: ProcFs,
-    host_prev: Option<HostSample>,
-    vm_prev: HashMap<String, (ProcessSample, Instant)>,
-    vcpu_threads: HashMap<String, (u32, Vec<u32>)>,
-    latest: Option<Round>,
-}
-
-/// One round of samples: what `/metrics` and `GET /v1/stats` serve.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Round {
-    pub host: HostStats,
-    pub vms: Vec<VmStats>,
-}
-
-impl Sampler {
-    pub fn register(&self, vm: &str, probe: Arc<dyn StatsProbe>) {
-        self.probes.lock().insert(vm.to_string(), probe);
-    }
-
-    pub fn forget(&self, vm: &str) {
-        self.probes.lock().remove(vm);
-        let mut state = self.state.lock();
-        state.vm_prev.remove(vm);
-        state.vcpu_threads.remove(vm);
-    }
-
-    fn probe(&self, vm: &str) -> Option<Arc<dyn StatsProbe>> {
-        self.probes.lock().get(vm).cloned()
-    }
-
-    /// The latest round, if one was taken.
-    pub fn latest(&self) -> Option<Round> {
-        self.state.lock().latest.clone()
-    }
-}
 
 /// Samples one VM now. A stopped VM gets zeros with its state.
 pub async fn sample_vm(ctx: &Ctx, vm: &Loaded) -> VmStats {

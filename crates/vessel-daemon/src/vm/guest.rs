@@ -3,8 +3,6 @@
 //! snapshot. A guest without an agent costs one short ping, remembered for a while so that
 //! repeated `vm show` calls stay quick.
 
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use vessel_api::{ApiError, GuestInfo};
@@ -16,12 +14,6 @@ use crate::ctx::Service;
 
 /// How long "this guest has no agent" is believed before asking again.
 const NO_AGENT_REMEMBERED: Duration = Duration::from_secs(15);
-
-#[derive(Default)]
-pub struct AgentCache {
-    /// VM -> (QEMU pid, when the agent did not answer).
-    silent: Mutex<HashMap<String, (u32, Instant)>>,
-}
 
 pub fn agent(ctx: &Ctx, vm: &str) -> GuestAgent {
     GuestAgent::new(RunFiles::in_dir(&ctx.vm_dir(vm)).agent_socket)

@@ -1,5 +1,6 @@
 //! Virtual machines: their routes, request logic, store records, the in-memory view, the controller and the per-VM worker, consoles, snapshots, disks, cloud-init and the guest agent.
 
+pub mod agent_cache;
 pub mod cloud_init;
 pub mod console;
 pub mod console_http;
