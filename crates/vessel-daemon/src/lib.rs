@@ -19,9 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::future::BoxFuture;
+use vessel_api::ApiError;
 use vessel_core::HostCapacity;
 use vessel_qemu::{Accel, AccelChoice, QemuBackend};
-use vessel_store::SqliteStore;
+use vessel_store::{SqliteStore, Store};
+
+use crate::common::quota::{Counter, Holdings};
 
 pub use api::openapi_json;
 pub use config::{Config, DaemonArgs};
@@ -94,6 +98,7 @@ pub async fn run(
     );
     storage::pools::ensure_default_pool(&ctx).await?;
     storage::pools::warn_open_pools(&ctx).await;
+    access::projects::count_with(quota_counters());
     access::projects::ensure_default(&ctx).await?;
     // Before any request: the disk quota counts these entries.
     storage::ownership::reconcile(&ctx).await?;
@@ -155,6 +160,61 @@ async fn serve(
         result = graceful => if let Err(e) = result { tracing::error!(error = %e, "API server failed") },
         _ = deadline => tracing::info!("closing remaining API connections"),
     }
+}
+
+/// How each feature counts what a project holds, for the quota check (see `common/quota.rs`).
+fn quota_counters() -> Vec<Counter> {
+    fn vms<'a>(
+        store: &'a dyn Store,
+        project: &'a str,
+    ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
+        Box::pin(async move {
+            let usage = vm::model::project_usage(store, project).await?;
+            Ok(Holdings { usage, volumes: 0 })
+        })
+    }
+    fn networks<'a>(
+        store: &'a dyn Store,
+        project: &'a str,
+    ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
+        Box::pin(async move {
+            let networks = network::service::project_networks(store, project).await?;
+            let usage = vessel_api::Usage {
+                networks,
+                ..Default::default()
+            };
+            Ok(Holdings { usage, volumes: 0 })
+        })
+    }
+    // Volumes: VMs' root disks, data volumes, clones, imports, images, and those being made.
+    fn volumes<'a>(
+        store: &'a dyn Store,
+        project: &'a str,
+    ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
+        Box::pin(async move {
+            let (disk_bytes, volumes) = storage::ownership::project_disk(store, project).await?;
+            let usage = vessel_api::Usage {
+                disk_bytes,
+                ..Default::default()
+            };
+            Ok(Holdings { usage, volumes })
+        })
+    }
+    // What the VMs' snapshots take inside their disks (memory state included).
+    fn snapshots<'a>(
+        store: &'a dyn Store,
+        project: &'a str,
+    ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
+        Box::pin(async move {
+            let disk_bytes = vm::snapshot_quota::project_bytes(store, project).await?;
+            let usage = vessel_api::Usage {
+                disk_bytes,
+                ..Default::default()
+            };
+            Ok(Holdings { usage, volumes: 0 })
+        })
+    }
+    vec![vms, networks, volumes, snapshots]
 }
 
 /// Raises the soft limit of open files to the hard one (at most 65536): the TLS listener may

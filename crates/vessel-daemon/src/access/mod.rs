@@ -1,5 +1,6 @@
 //! Who may do what: the security middleware, identities, projects and quotas, TLS, connection limits, refusal records, file modes.
 
+pub mod caller;
 pub mod file_modes;
 pub mod identities;
 pub mod limits;

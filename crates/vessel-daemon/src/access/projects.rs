@@ -12,15 +12,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 use vessel_api::{ApiError, CreateProjectRequest, ErrorCode, Project, Quota, Usage};
 use vessel_auth::{Permission, DEFAULT_PROJECT};
 use vessel_store::{Compare, Op, Store, Txn};
 
-use crate::access::security::Caller;
+use crate::access::caller::Caller;
 use crate::api::{ApiJson, ApiResult, HttpError};
 use crate::common::errors::{internal, store_error};
+use crate::common::quota::{Counter, Holdings};
 use crate::ctx::Ctx;
-use crate::vm::model::{decode, encode, group_vms, now_ms, VmRecord, VMS_PREFIX};
+pub use crate::vm::model::vm_usage;
+use crate::vm::model::{decode, encode, now_ms, VmRecord};
 
 pub const PROJECTS_PREFIX: &str = "projects/";
 
@@ -70,47 +73,34 @@ pub async fn load(store: &dyn Store, name: &str) -> Result<(ProjectRecord, i64),
     Ok((record, kv.mod_revision))
 }
 
-/// What one VM counts against its project's quota.
-pub fn vm_usage(record: &VmRecord) -> Usage {
-    Usage {
-        vms: 1,
-        vcpus: u64::from(record.spec.cpus),
-        memory_mib: record.spec.memory_mib,
-        ..Usage::default()
-    }
-}
-
 /// What a project uses now, from the store (not the view: a create that just committed must be
 /// counted by the next one).
 pub async fn usage(store: &dyn Store, name: &str) -> Result<Usage, ApiError> {
     Ok(usage_and_volumes(store, name).await?.0)
 }
 
+/// The counters of every feature, registered once at start (`lib.rs`). Features call the quota
+/// check here when they create or grow something, so the check cannot call them back by name
+/// without every feature depending on every other; they register how they count instead.
+static COUNTERS: OnceLock<Vec<Counter>> = OnceLock::new();
+
+/// Registers the features' counters (the first registration wins: one per process).
+pub fn count_with(counters: Vec<Counter>) {
+    let _ = COUNTERS.set(counters);
+}
+
 /// [`usage`], and how many volumes (and images) the project has.
 async fn usage_and_volumes(store: &dyn Store, name: &str) -> Result<(Usage, u64), ApiError> {
-    let (kvs, _) = store.list(VMS_PREFIX).await.map_err(store_error)?;
-    let mut total = Usage::default();
-    for vm in group_vms(&kvs).map_err(internal)? {
-        if vm.record.project == name {
-            total.add(&vm_usage(&vm.record));
-        }
+    let counters = COUNTERS
+        .get()
+        .ok_or_else(|| ApiError::internal("no quota counters registered"))?;
+    let mut total = Holdings::default();
+    for count in counters {
+        let held = count(store, name).await?;
+        total.usage.add(&held.usage);
+        total.volumes += held.volumes;
     }
-    let (networks, _) = store
-        .list(crate::network::service::NETWORKS_PREFIX)
-        .await
-        .map_err(store_error)?;
-    for kv in &networks {
-        let network: vessel_api::Network = decode(&kv.key, &kv.value).map_err(internal)?;
-        if network.project == name {
-            total.networks += 1;
-        }
-    }
-    // Volumes (VMs' root disks, data volumes, clones, imports, images) and those being made.
-    let (disk_bytes, volumes) = crate::storage::ownership::project_disk(store, name).await?;
-    // And what the VMs' snapshots take inside their disks (memory state included).
-    let snapshot_bytes = crate::vm::snapshot_quota::project_bytes(store, name).await?;
-    total.disk_bytes = disk_bytes.saturating_add(snapshot_bytes);
-    Ok((total, volumes))
+    Ok((total.usage, total.volumes))
 }
 
 /// The conditions under which a quota check stays true: the project's record is unchanged.

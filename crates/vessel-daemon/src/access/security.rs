@@ -39,6 +39,7 @@ use vessel_audit::{AuditEntry, AuditLog};
 use vessel_auth::routes::{lookup, Matched, Target};
 use vessel_auth::{Identity, Permission, Scope, DEFAULT_PROJECT};
 
+pub use crate::access::caller::{permission_denied, Caller};
 use crate::access::tls::{Peer, TlsMaterial};
 use crate::api::HttpError;
 use crate::ctx::Ctx;
@@ -254,17 +255,6 @@ impl Security {
             tracing::warn!(error = %e, "could not checkpoint the audit log at shutdown");
         }
     }
-}
-
-/// The authenticated caller of a request, for handlers that need it.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub identity: Identity,
-    pub source: String,
-    /// `unix`, `token` or `certificate`.
-    pub method: &'static str,
-    /// What the sign-in rests on: a stream ends when it does (`identities::revoked`).
-    pub credential: crate::access::identities::Credential,
 }
 
 fn error_response(e: ApiError) -> Response {
@@ -659,13 +649,6 @@ async fn check_host_files(
         }
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
-}
-
-/// The 403 of a missing permission (it names the permission, the place and the role held).
-pub fn permission_denied(denied: vessel_auth::Denied) -> ApiError {
-    ApiError::new(ErrorCode::PermissionDenied, denied.to_string()).with_hint(
-        "ask an admin for a role that grants it (`vessel user create --grant PROJECT=ROLE`)",
-    )
 }
 
 /// The project a request acts on (None: no single one) and the audit target.

@@ -2,3 +2,4 @@
 
 pub mod errors;
 pub mod op_error;
+pub mod quota;

@@ -12,7 +12,7 @@ use vessel_api::{
 };
 use vessel_auth::{Permission, Scope};
 
-use crate::access::security::Caller;
+use crate::access::caller::Caller;
 use crate::api::{finish, wait_param, ApiJson, ApiResult};
 use crate::ctx::Service;
 
@@ -35,7 +35,7 @@ fn require_host_admin(caller: &Caller, what: &str) -> Result<(), ApiError> {
         .identity
         .check(Permission::HostAdmin, Scope::Host)
         .map_err(|denied| {
-            let mut e = crate::access::security::permission_denied(denied);
+            let mut e = crate::access::caller::permission_denied(denied);
             e.message = format!("{what} touches the host's own network: {}", e.message);
             e.with_hint("ask a host admin (admin on project *) to create it, or use a `managed` network without --uplink or a `user` network")
         })

@@ -31,6 +31,23 @@ pub fn network_key(name: &str) -> String {
     format!("{NETWORKS_PREFIX}{name}")
 }
 
+/// How many networks a project has (the networks' quota counter).
+pub async fn project_networks(
+    store: &dyn vessel_store::Store,
+    project: &str,
+) -> Result<u64, ApiError> {
+    let (kvs, _) = store.list(NETWORKS_PREFIX).await.map_err(store_error)?;
+    let mut count = 0;
+    for kv in &kvs {
+        let network: Network =
+            decode(&kv.key, &kv.value).map_err(crate::common::errors::internal)?;
+        if network.project == project {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
 fn ipam_prefix(network: &str) -> String {
     format!("{IPAM_PREFIX}{network}/")
 }

@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use vessel_api::{ApiError, Event, EventKind};
 use vessel_auth::Permission;
 
-use crate::access::security::Caller;
+use crate::access::caller::Caller;
 use crate::api::{ApiResult, HttpError, Params};
 use crate::ctx::Service;
 use crate::vm::model::now_ms;

@@ -184,7 +184,7 @@ pub fn authorize(
         DirKind::Export => " (or a file directly in one of the daemon's export_dirs)",
         DirKind::HostOnly => "",
     };
-    let mut e = crate::access::security::permission_denied(denied);
+    let mut e = crate::access::caller::permission_denied(denied);
     e.message = format!(
         "field {:?} names a file on the daemon's host, which needs host.files{setting}: {}",
         field.field, e.message

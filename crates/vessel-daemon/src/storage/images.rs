@@ -563,7 +563,7 @@ fn require_host_admin(identity: &Identity, why: &str) -> Result<(), ApiError> {
     identity
         .check(Permission::HostAdmin, Scope::Host)
         .map_err(|denied| {
-            let mut e = crate::access::security::permission_denied(denied);
+            let mut e = crate::access::caller::permission_denied(denied);
             e.message = format!("{why}: {}", e.message);
             e
         })

@@ -9,7 +9,7 @@ use axum::{Extension, Json, Router};
 use utoipa::OpenApi;
 use vessel_api::{Accepted, ErrorBody, Operation, OperationStatus};
 
-use crate::access::security::Caller;
+use crate::access::caller::Caller;
 use crate::api::{wait_param, ApiJson, ApiResult, HttpError};
 use crate::ctx::Service;
 

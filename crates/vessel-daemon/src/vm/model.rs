@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 pub use vessel_api::Event;
-use vessel_api::{DesiredState, Operation, Vm, VmSpec, VmState};
+use vessel_api::{ApiError, DesiredState, Operation, Usage, Vm, VmSpec, VmState};
 
 pub const VMS_PREFIX: &str = "vms/";
 pub const OPS_PREFIX: &str = "ops/";
@@ -262,4 +262,31 @@ pub struct ActionOptions {
     pub size_bytes: Option<u64>,
     /// The NIC of an add or remove.
     pub nic: Option<vessel_api::VmNic>,
+}
+
+/// What one VM counts against its project's quota.
+pub fn vm_usage(record: &VmRecord) -> Usage {
+    Usage {
+        vms: 1,
+        vcpus: u64::from(record.spec.cpus),
+        memory_mib: record.spec.memory_mib,
+        ..Usage::default()
+    }
+}
+
+/// What a project's VMs count against its quota (the VMs' quota counter).
+pub async fn project_usage(
+    store: &dyn vessel_store::Store,
+    project: &str,
+) -> Result<Usage, ApiError> {
+    let (kvs, _) = store
+        .list(VMS_PREFIX)
+        .await
+        .map_err(crate::common::errors::store_error)?;
+    let mut total = Usage::default();
+    let vms = group_vms(&kvs).map_err(crate::common::errors::internal)?;
+    for vm in vms.iter().filter(|vm| vm.record.project == project) {
+        total.add(&vm_usage(&vm.record));
+    }
+    Ok(total)
 }

@@ -13,7 +13,7 @@ use vessel_api::{
     Vm,
 };
 
-use crate::access::security::Caller;
+use crate::access::caller::Caller;
 use crate::api::{finish, optional_json, wait_param, ApiJson, ApiResult, Params};
 use crate::ctx::Service;
 use crate::vm::model::ActionOptions;
