@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -11,14 +10,12 @@ use vessel_core::HostCapacity;
 use vessel_qemu::{AccelChoice, Backend};
 use vessel_store::Store;
 
+use crate::common::events::{self, EVENTS_KEPT};
 use crate::config::Config;
 use crate::vm::console::ConsoleHub;
-use crate::vm::model::{encode, event_key, now_ms, Event, EVENTS_PREFIX};
+use crate::vm::model::{now_ms, Event};
 use crate::vm::view::VmView;
 use vessel_api::EventKind;
-
-/// How many events the store keeps; older ones are dropped as new ones come.
-const EVENTS_KEPT: u64 = 2000;
 
 /// The daemon's request logic: one value that the routes of every feature share as their
 /// state. Each feature adds its methods in its own folder (`impl Service` in `vm/service.rs`,
@@ -53,7 +50,6 @@ pub struct Ctx {
     /// Volumes being resized (`pool/volume`): a second resize meanwhile is refused with 409.
     pub resizing: Mutex<std::collections::HashSet<String>>,
     consoles: Mutex<HashMap<String, Arc<ConsoleHub>>>,
-    event_seq: AtomicU64,
 }
 
 impl Ctx {
@@ -66,11 +62,6 @@ impl Ctx {
         qemu_version: String,
         keyring: vessel_secrets::Keyring,
     ) -> anyhow::Result<Ctx> {
-        let (events, _) = store.list(EVENTS_PREFIX).await?;
-        let last = events
-            .last()
-            .and_then(|kv| kv.key[EVENTS_PREFIX.len()..].parse::<u64>().ok())
-            .unwrap_or(0);
         let view = VmView::start(Arc::clone(&store), config.event_buffer).await?;
         Ok(Ctx {
             view,
@@ -89,7 +80,6 @@ impl Ctx {
             sampler: crate::observe::samples::Sampler::default(),
             net: crate::network::host_state::NetHost::default(),
             agents: crate::vm::agent_cache::AgentCache::default(),
-            event_seq: AtomicU64::new(last),
         })
     }
 
@@ -164,14 +154,8 @@ impl Ctx {
             EventKind::Alert => tracing::warn!(vm, "{message}"),
             _ => tracing::info!(vm, "{message}"),
         }
-        let seq = self.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let event = Event::new(kind, vm, message, now_ms()).in_project(project);
-        let mut txn =
-            vessel_store::Txn::new().then(vessel_store::Op::Put(event_key(seq), encode(&event)));
-        if seq > EVENTS_KEPT {
-            txn = txn.then(vessel_store::Op::Delete(event_key(seq - EVENTS_KEPT)));
-        }
-        if let Err(e) = self.store.txn(txn).await {
+        if let Err(e) = events::append(self.store.as_ref(), &event, EVENTS_KEPT).await {
             tracing::warn!(error = %e, "could not record event");
         }
     }

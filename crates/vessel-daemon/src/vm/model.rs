@@ -5,7 +5,7 @@
 //!   start or stop is a blind write that never races with an edit of the spec
 //! - `vms/<name>/status` [`VmStatus`]: the observed state (what the reconciler saw)
 //! - `ops/<id>`          [`vessel_api::Operation`]: one per request, until pruned
-//! - `events/<seq>`      [`Event`]: what happened, newest last, bounded
+//! - `events/<seq>`      [`Event`]: what happened, newest last, bounded (see `common/events.rs`)
 //! - `networks/`, `ipam/`, `macs/`: see [`crate::network::service`]
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,6 @@ use vessel_api::{ApiError, DesiredState, Operation, Usage, Vm, VmSpec, VmState};
 
 pub const VMS_PREFIX: &str = "vms/";
 pub const OPS_PREFIX: &str = "ops/";
-pub const EVENTS_PREFIX: &str = "events/";
 
 pub fn spec_key(name: &str) -> String {
     format!("{VMS_PREFIX}{name}/spec")
@@ -34,10 +33,6 @@ pub fn vm_prefix(name: &str) -> String {
 
 pub fn op_key(id: &str) -> String {
     format!("{OPS_PREFIX}{id}")
-}
-
-pub fn event_key(seq: u64) -> String {
-    format!("{EVENTS_PREFIX}{seq:020}")
 }
 
 /// The user's description of a VM.

@@ -11,11 +11,11 @@ use vessel_storage::StoragePool;
 use vessel_store::{Compare, Op, Txn};
 
 use crate::common::errors::{internal, store_error};
+use crate::common::events::EVENTS_PREFIX;
 use crate::ctx::Service;
 use crate::vm::model::{
     cloud_init_key, decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key,
-    ActionOptions, CloudInitData, Loaded, OpRecord, Provision, VmRecord, VmStatus, EVENTS_PREFIX,
-    OPS_PREFIX,
+    ActionOptions, CloudInitData, Loaded, OpRecord, Provision, VmRecord, VmStatus, OPS_PREFIX,
 };
 use crate::vm::worker::check_files;
 

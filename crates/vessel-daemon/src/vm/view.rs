@@ -18,9 +18,9 @@ use vessel_api::{
 };
 use vessel_store::{EventKind, Store, WatchEvent};
 
+use crate::common::events::EVENTS_PREFIX;
 use crate::vm::model::{
-    decode, group_vms, now_ms, Loaded, OpRecord, VmRecord, VmStatus, EVENTS_PREFIX, OPS_PREFIX,
-    VMS_PREFIX,
+    decode, group_vms, now_ms, Loaded, OpRecord, VmRecord, VmStatus, OPS_PREFIX, VMS_PREFIX,
 };
 
 /// One VM's records as the view holds them, and its API JSON once it has a spec.
