@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
-use vessel_api::ApiError;
+use vessel_api::{ApiError, Usage};
 use vessel_core::HostCapacity;
 use vessel_qemu::{Accel, AccelChoice, QemuBackend};
 use vessel_store::{SqliteStore, Store};
@@ -164,57 +164,48 @@ async fn serve(
 
 /// How each feature counts what a project holds, for the quota check (see `common/quota.rs`).
 fn quota_counters() -> Vec<Counter> {
-    fn vms<'a>(
-        store: &'a dyn Store,
-        project: &'a str,
-    ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
-        Box::pin(async move {
+    /// A counter from the body of an async fn of `store` and `project`.
+    macro_rules! counter {
+        (|$store:ident, $project:ident| $body:expr) => {{
+            fn count<'a>(
+                $store: &'a dyn Store,
+                $project: &'a str,
+            ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
+                Box::pin(async move { $body })
+            }
+            count as Counter
+        }};
+    }
+    vec![
+        counter!(|store, project| {
             let usage = vm::model::project_usage(store, project).await?;
-            Ok(Holdings { usage, volumes: 0 })
-        })
-    }
-    fn networks<'a>(
-        store: &'a dyn Store,
-        project: &'a str,
-    ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
-        Box::pin(async move {
+            Ok(Holdings::of(usage))
+        }),
+        counter!(|store, project| {
             let networks = network::service::project_networks(store, project).await?;
-            let usage = vessel_api::Usage {
+            Ok(Holdings::of(Usage {
                 networks,
-                ..Default::default()
-            };
-            Ok(Holdings { usage, volumes: 0 })
-        })
-    }
-    // Volumes: VMs' root disks, data volumes, clones, imports, images, and those being made.
-    fn volumes<'a>(
-        store: &'a dyn Store,
-        project: &'a str,
-    ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
-        Box::pin(async move {
+                ..Usage::default()
+            }))
+        }),
+        // Volumes: VMs' root disks, data volumes, clones, imports, images, and those being made.
+        counter!(|store, project| {
             let (disk_bytes, volumes) = storage::ownership::project_disk(store, project).await?;
-            let usage = vessel_api::Usage {
+            let usage = Usage {
                 disk_bytes,
-                ..Default::default()
+                ..Usage::default()
             };
             Ok(Holdings { usage, volumes })
-        })
-    }
-    // What the VMs' snapshots take inside their disks (memory state included).
-    fn snapshots<'a>(
-        store: &'a dyn Store,
-        project: &'a str,
-    ) -> BoxFuture<'a, Result<Holdings, ApiError>> {
-        Box::pin(async move {
+        }),
+        // What the VMs' snapshots take inside their disks (memory state included).
+        counter!(|store, project| {
             let disk_bytes = vm::snapshot_quota::project_bytes(store, project).await?;
-            let usage = vessel_api::Usage {
+            Ok(Holdings::of(Usage {
                 disk_bytes,
-                ..Default::default()
-            };
-            Ok(Holdings { usage, volumes: 0 })
-        })
-    }
-    vec![vms, networks, volumes, snapshots]
+                ..Usage::default()
+            }))
+        }),
+    ]
 }
 
 /// Raises the soft limit of open files to the hard one (at most 65536): the TLS listener may

@@ -14,5 +14,12 @@ pub struct Holdings {
     pub volumes: u64,
 }
 
+impl Holdings {
+    /// Usage that holds no volumes.
+    pub fn of(usage: Usage) -> Holdings {
+        Holdings { usage, volumes: 0 }
+    }
+}
+
 /// How a feature counts what a project holds of it, from the store.
 pub type Counter = for<'a> fn(&'a dyn Store, &'a str) -> BoxFuture<'a, Result<Holdings, ApiError>>;
