@@ -117,17 +117,18 @@ pub(crate) fn wait_param(q: Option<String>) -> Result<bool, HttpError> {
     Params::parse(q, &["wait"])?.flag("wait", true)
 }
 
-/// Runs the operation's wait (unless `wait=false`) and shapes the response.
+/// Runs the wait of a VM operation (unless `wait=false`) and answers with the VM (or, for a
+/// delete, the operation).
 pub(crate) async fn finish(
     service: &Service,
     op: Operation,
     wait: bool,
     ok: StatusCode,
 ) -> ApiResult<Response> {
-    if !wait {
-        return Ok((StatusCode::ACCEPTED, Json(Accepted { operation: op })).into_response());
-    }
-    let done = service.wait(&op.id).await?;
+    let done = match waited(service, op, wait).await? {
+        Waited::Accepted(response) => return Ok(response),
+        Waited::Done(done) => done,
+    };
     if done.status == OperationStatus::Failed {
         let context = format!("{} of VM {:?} failed", done.action.as_str(), done.vm);
         return Err(HttpError(done.failure(&context)));
@@ -137,6 +138,41 @@ pub(crate) async fn finish(
     }
     let vm = service.get_vm(&done.vm).await?;
     Ok((ok, Json(vm)).into_response())
+}
+
+/// Runs the wait of a host operation (an import, an export, a full clone: unless
+/// `wait=false`) and answers with its result.
+pub(crate) async fn finish_host(
+    service: &Service,
+    op: Operation,
+    wait: bool,
+    ok: StatusCode,
+) -> ApiResult<Response> {
+    let done = match waited(service, op, wait).await? {
+        Waited::Accepted(response) => return Ok(response),
+        Waited::Done(done) => done,
+    };
+    if done.status != OperationStatus::Succeeded {
+        let resource = done.resource.as_deref().unwrap_or_default();
+        let context = format!("{} of {resource} failed", done.action.as_str());
+        return Err(HttpError(done.failure(&context)));
+    }
+    let result = done.result.unwrap_or(serde_json::Value::Null);
+    Ok((ok, Json(result)).into_response())
+}
+
+enum Waited {
+    /// `wait=false`: 202 with the operation, to be followed with `GET /v1/operations/{id}`.
+    Accepted(Response),
+    Done(Operation),
+}
+
+async fn waited(service: &Service, op: Operation, wait: bool) -> ApiResult<Waited> {
+    if !wait {
+        let accepted = (StatusCode::ACCEPTED, Json(Accepted { operation: op }));
+        return Ok(Waited::Accepted(accepted.into_response()));
+    }
+    Ok(Waited::Done(service.wait(&op.id).await?))
 }
 
 pub fn plain_text(body: Body) -> Response {

@@ -7,10 +7,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use utoipa::OpenApi;
-use vessel_api::{Accepted, ErrorBody, Operation, OperationStatus};
+use vessel_api::{Accepted, ErrorBody};
 
 use crate::access::caller::Caller;
-use crate::api::{wait_param, ApiJson, ApiResult, HttpError};
+use crate::api::{finish_host, wait_param, ApiJson, ApiResult};
 use crate::ctx::Service;
 
 #[derive(OpenApi)]
@@ -60,33 +60,6 @@ pub fn routes() -> Router<Service> {
         .route("/v1/images", get(list_images).post(import_image))
         .route("/v1/images/{name}", get(get_image).delete(delete_image))
         .route("/v1/host/master-key/rotate", post(rotate_master_key))
-}
-
-/// Waits for a host operation (unless `wait=false`) and answers with its result.
-async fn finish_host(
-    service: &Service,
-    op: Operation,
-    wait: bool,
-    ok: StatusCode,
-) -> ApiResult<Response> {
-    if !wait {
-        return Ok((StatusCode::ACCEPTED, Json(Accepted { operation: op })).into_response());
-    }
-    let done = service.wait(&op.id).await?;
-    match done.status {
-        OperationStatus::Succeeded => {
-            let result = done.result.unwrap_or(serde_json::Value::Null);
-            Ok((ok, Json(result)).into_response())
-        }
-        _ => {
-            let context = format!(
-                "{} of {} failed",
-                done.action.as_str(),
-                done.resource.as_deref().unwrap_or_default()
-            );
-            Err(HttpError(done.failure(&context)))
-        }
-    }
 }
 
 #[utoipa::path(get, path = "/v1/images", responses((status = 200, body = Vec<vessel_api::Image>)))]
