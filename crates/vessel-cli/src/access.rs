@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use vessel_api::{CreateProjectRequest, CreateTokenRequest, CreateUserRequest, Grant, Quota};
 
-use crate::client_access::AuditQuery;
+use crate::client::AuditQuery;
 use crate::{output, CliError, Context};
 
 fn grant_parser(text: &str) -> Result<Grant, String> {

@@ -11,7 +11,6 @@
 
 mod access;
 pub mod client;
-mod client_access;
 pub mod console;
 mod error;
 mod event;
@@ -26,7 +25,6 @@ mod progress;
 mod remote;
 mod snapshot;
 mod stats;
-pub mod tls;
 mod vm;
 mod volume;
 
@@ -36,8 +34,8 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+pub use client::{tls, AuditQuery};
 pub use client::{Client, ClientError, Outcome, Unreachable, VmAction, DEFAULT_SOCKET};
-pub use client_access::AuditQuery;
 pub use error::CliError;
 pub use event::EventCommand;
 pub use host::HostCommand;

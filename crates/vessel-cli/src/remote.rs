@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use crate::tls::{self, ClientIdentity, RemoteTarget};
+use crate::client::tls::{self, ClientIdentity, RemoteTarget};
 use crate::{CliError, Client, Context};
 
 /// `vessel remote <verb>`
