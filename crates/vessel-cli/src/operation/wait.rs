@@ -5,8 +5,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use vessel_api::{Operation, OperationStatus};
 
+use crate::client::Outcome;
 use crate::{CliError, Context, OutputFormat};
 
 /// How often the operation is polled while the bar runs.
@@ -52,16 +55,47 @@ pub async fn follow(ctx: &Context, op: Operation, what: &str) -> Result<Operatio
     match current.status {
         OperationStatus::Succeeded => Ok(current),
         OperationStatus::Cancelled => Err(CliError::Cancelled { id: current.id }),
-        _ => Err(CliError::OperationFailed {
-            code: current.error_code(),
-            message: format!(
-                "{what}: {}",
-                current
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| "no reason given".into())
-            ),
-            id: current.id,
-        }),
+        _ => Err(failed(current, Some(what))),
     }
+}
+
+/// The error for an operation that failed: why (its error, after `what` when given), its class.
+pub(crate) fn failed(op: Operation, what: Option<&str>) -> CliError {
+    let reason = op.error.clone().unwrap_or_else(|| "no reason given".into());
+    CliError::OperationFailed {
+        code: op.error_code(),
+        message: match what {
+            Some(what) => format!("{what}: {reason}"),
+            None => reason,
+        },
+        id: op.id,
+    }
+}
+
+/// What came of a long operation started with `wait=false`: `None` with --no-wait (its id is
+/// printed), otherwise its result once it finished, followed with [`follow`].
+pub(crate) async fn follow_outcome<T: Serialize + DeserializeOwned>(
+    ctx: &Context,
+    outcome: Outcome<T>,
+    no_wait: bool,
+    what: &str,
+) -> Result<Option<T>, CliError> {
+    match outcome {
+        Outcome::Accepted(accepted) if no_wait => {
+            ctx.show_accepted(&accepted)?;
+            Ok(None)
+        }
+        Outcome::Accepted(accepted) => {
+            let done = follow(ctx, accepted.operation, what).await?;
+            result_of(done).map(Some)
+        }
+        // The daemon answers `wait=false` with 202; a finished result is the result all the same.
+        Outcome::Done(value) => Ok(Some(value)),
+    }
+}
+
+/// The result a finished host operation (import, export, copy) recorded.
+fn result_of<T: DeserializeOwned>(op: Operation) -> Result<T, CliError> {
+    serde_json::from_value(op.result.unwrap_or_default())
+        .map_err(|e| CliError::usage(format!("the daemon's answer is not understood: {e}"), None))
 }
