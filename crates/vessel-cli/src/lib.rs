@@ -5,6 +5,11 @@
 //! and [`run`] carries a parsed command out and returns the process exit code. The `vessel`
 //! binary joins this with `vessel daemon`.
 //!
+//! One folder (or file) a noun, holding its arguments, what it does and its tables: `vm/`,
+//! `storage/` (pool, volume, image), `network/`, `access/` (user, token, project, audit),
+//! `observe/` (event, host, top), `operation/`, `remote.rs`. They call the daemon through
+//! [`client`] and print through `Context` (`context.rs`) and [`output`].
+//!
 //! Exit codes: 0 success; 1 an internal or unexpected error; 2 a usage error or an invalid
 //! argument; 3 not found; 4 already exists or conflicting state; 5 the operation failed;
 //! 6 timeout; 7 the daemon cannot be reached; 8 not signed in, or not allowed (401, 403, 429).
@@ -14,6 +19,7 @@ mod args;
 pub mod client;
 mod context;
 mod error;
+mod files;
 mod network;
 mod observe;
 mod operation;

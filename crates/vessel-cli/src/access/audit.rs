@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use vessel_api::{AuditRecord, AuditVerifyReport};
+
 use super::parse_duration;
 use crate::client::AuditQuery;
 use crate::{output, CliError, Context};
@@ -65,23 +67,7 @@ pub(crate) async fn run_audit(command: AuditCommand, ctx: &Context) -> Result<Ex
                 limit: args.limit,
             };
             let records = ctx.client.list_audit(&query).await?;
-            ctx.show(&records, |records| {
-                let mut table = output::plain_table(Some(&[
-                    "SEQ", "TIME", "IDENTITY", "SOURCE", "ACTION", "TARGET", "RESULT",
-                ]));
-                for r in records {
-                    table.add_row(vec![
-                        r.seq.to_string(),
-                        output::format_utc(r.at_ms),
-                        r.identity.clone(),
-                        r.source.clone(),
-                        r.action.clone(),
-                        r.target.clone(),
-                        r.result.clone(),
-                    ]);
-                }
-                output::render(&table)
-            })?;
+            ctx.show(&records, |records| audit_table(records))?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Verify(args) => {
@@ -89,25 +75,7 @@ pub(crate) async fn run_audit(command: AuditCommand, ctx: &Context) -> Result<Ex
                 (Some(dir), Some(key)) => verify_offline(&dir, &key).await?,
                 _ => ctx.client.verify_audit().await?,
             };
-            ctx.show(&report, |r| {
-                let mut text = format!(
-                    "{} records, last seq {}, {} valid checkpoints, signed up to {}\n",
-                    r.records, r.last_seq, r.valid_checkpoints, r.last_verified_checkpoint
-                );
-                if r.pruned_through > 0 {
-                    text.push_str(&format!(
-                        "records up to {} were pruned by the retention policy (signed)\n",
-                        r.pruned_through
-                    ));
-                }
-                if r.issues.is_empty() {
-                    text.push_str("the audit log is intact\n");
-                }
-                for issue in &r.issues {
-                    text.push_str(&format!("TAMPERED: {issue}\n"));
-                }
-                text
-            })?;
+            ctx.show(&report, verify_text)?;
             // Exit 5 when tampering was found, so scripts and monitors notice.
             Ok(if report.issues.is_empty() {
                 ExitCode::SUCCESS
@@ -123,7 +91,7 @@ pub(crate) async fn run_audit(command: AuditCommand, ctx: &Context) -> Result<Ex
 async fn verify_offline(
     dir: &std::path::Path,
     key_file: &std::path::Path,
-) -> Result<vessel_api::AuditVerifyReport, CliError> {
+) -> Result<AuditVerifyReport, CliError> {
     let key_text = std::fs::read_to_string(key_file).map_err(|e| {
         CliError::io(
             format!("cannot read the public key {}", key_file.display()),
@@ -157,7 +125,7 @@ async fn verify_offline(
                 None,
             )
         })?;
-    Ok(vessel_api::AuditVerifyReport {
+    Ok(AuditVerifyReport {
         records: report.records,
         last_seq: report.last_seq,
         valid_checkpoints: report.valid_checkpoints,
@@ -166,4 +134,44 @@ async fn verify_offline(
         issues: report.issues.iter().map(ToString::to_string).collect(),
         public_key: key_text.trim().to_string(),
     })
+}
+
+/// `vessel audit list`.
+fn audit_table(records: &[AuditRecord]) -> String {
+    let mut table = output::plain_table(Some(&[
+        "SEQ", "TIME", "IDENTITY", "SOURCE", "ACTION", "TARGET", "RESULT",
+    ]));
+    for r in records {
+        table.add_row(vec![
+            r.seq.to_string(),
+            output::format_utc(r.at_ms),
+            r.identity.clone(),
+            r.source.clone(),
+            r.action.clone(),
+            r.target.clone(),
+            r.result.clone(),
+        ]);
+    }
+    output::render(&table)
+}
+
+/// `vessel audit verify`: the counts, then every issue found.
+fn verify_text(r: &AuditVerifyReport) -> String {
+    let mut text = format!(
+        "{} records, last seq {}, {} valid checkpoints, signed up to {}\n",
+        r.records, r.last_seq, r.valid_checkpoints, r.last_verified_checkpoint
+    );
+    if r.pruned_through > 0 {
+        text.push_str(&format!(
+            "records up to {} were pruned by the retention policy (signed)\n",
+            r.pruned_through
+        ));
+    }
+    if r.issues.is_empty() {
+        text.push_str("the audit log is intact\n");
+    }
+    for issue in &r.issues {
+        text.push_str(&format!("TAMPERED: {issue}\n"));
+    }
+    text
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use vessel_api::{CreateTokenRequest, Grant};
+use vessel_api::{CreateTokenRequest, Grant, TokenInfo};
 
 use super::{grant_parser, grants, parse_duration};
 use crate::{output, CliError, Context};
@@ -51,26 +51,7 @@ pub(crate) async fn run_token(command: TokenCommand, ctx: &Context) -> Result<Ex
     match command {
         TokenCommand::List => {
             let tokens = ctx.client.list_tokens().await?;
-            let now = output::now_ms();
-            ctx.show(&tokens, |tokens| {
-                let mut table =
-                    output::plain_table(Some(&["ID", "USER", "SCOPE", "EXPIRES", "DESCRIPTION"]));
-                for t in tokens {
-                    let expires = match t.expires_at_ms {
-                        Some(at) if at <= now => "expired".to_string(),
-                        Some(at) => output::format_utc(at),
-                        None => "never".into(),
-                    };
-                    table.add_row(vec![
-                        t.id.clone(),
-                        t.user.clone(),
-                        grants(&t.scope),
-                        expires,
-                        t.description.clone(),
-                    ]);
-                }
-                output::render(&table)
-            })?;
+            ctx.show(&tokens, |tokens| token_table(tokens, output::now_ms()))?;
         }
         TokenCommand::Create(args) => {
             let req = CreateTokenRequest {
@@ -94,4 +75,24 @@ pub(crate) async fn run_token(command: TokenCommand, ctx: &Context) -> Result<Ex
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel token list`.
+fn token_table(tokens: &[TokenInfo], now_ms: u64) -> String {
+    let mut table = output::plain_table(Some(&["ID", "USER", "SCOPE", "EXPIRES", "DESCRIPTION"]));
+    for t in tokens {
+        let expires = match t.expires_at_ms {
+            Some(at) if at <= now_ms => "expired".to_string(),
+            Some(at) => output::format_utc(at),
+            None => "never".into(),
+        };
+        table.add_row(vec![
+            t.id.clone(),
+            t.user.clone(),
+            grants(&t.scope),
+            expires,
+            t.description.clone(),
+        ]);
+    }
+    output::render(&table)
 }

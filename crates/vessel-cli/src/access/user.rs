@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use vessel_api::{CreateUserRequest, Grant};
+use vessel_api::{CreateUserRequest, Grant, User};
 
 use super::{grant_parser, grants};
-use crate::{output, CliError, Context};
+use crate::{files, output, CliError, Context};
 
 /// `vessel user <verb>`
 #[derive(Debug, Subcommand)]
@@ -64,17 +64,7 @@ pub(crate) async fn run_user(command: UserCommand, ctx: &Context) -> Result<Exit
     match command {
         UserCommand::List => {
             let users = ctx.client.list_users().await?;
-            ctx.show(&users, |users| {
-                let mut table = output::plain_table(Some(&["NAME", "ROLES", "CERTIFICATES"]));
-                for u in users {
-                    table.add_row(vec![
-                        u.name.clone(),
-                        grants(&u.grants),
-                        u.certificates.len().to_string(),
-                    ]);
-                }
-                output::render(&table)
-            })?;
+            ctx.show(&users, |users| user_table(users))?;
         }
         UserCommand::Show(args) => {
             let user = ctx.client.get_user(&args.name).await?;
@@ -108,17 +98,8 @@ pub(crate) async fn run_user(command: UserCommand, ctx: &Context) -> Result<Exit
             let issued = ctx.client.issue_cert(&args.name, Some(args.days)).await?;
             let dir = &args.out_dir;
             let write = |name: String, text: &str, mode: u32| -> Result<PathBuf, CliError> {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
                 let path = dir.join(name);
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .open(&path)
-                    .map_err(|e| CliError::io(format!("cannot create {}", path.display()), e))?;
-                file.write_all(text.as_bytes())
-                    .map_err(|e| CliError::io(format!("cannot write {}", path.display()), e))?;
+                files::create_new(&path, text.as_bytes(), mode)?;
                 Ok(path)
             };
             let cert = write(format!("{}.crt", args.name), &issued.cert_pem, 0o644)?;
@@ -134,4 +115,17 @@ pub(crate) async fn run_user(command: UserCommand, ctx: &Context) -> Result<Exit
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel user list`.
+fn user_table(users: &[User]) -> String {
+    let mut table = output::plain_table(Some(&["NAME", "ROLES", "CERTIFICATES"]));
+    for u in users {
+        table.add_row(vec![
+            u.name.clone(),
+            grants(&u.grants),
+            u.certificates.len().to_string(),
+        ]);
+    }
+    output::render(&table)
 }
