@@ -252,6 +252,34 @@ async fn set_rules(
     Ok(ctx.client.update_network(name, &update).await?)
 }
 
+/// `vessel network rule remove`: a rule the network does not have is "not found".
+async fn remove_rule(ctx: &Context, args: RuleArgs) -> Result<(), CliError> {
+    let rule = args.rule.clone();
+    let name = args.name.clone();
+    let network = set_rules(ctx, &args.name, |rules| {
+        let before = rules.len();
+        rules.retain(|r| *r != rule);
+        if rules.len() == before {
+            let error = vessel_api::ApiError::not_found(format!(
+                "network {name} has no rule {}",
+                rule_text(&rule)
+            ))
+            .with_hint(format!("see `vessel network rule list {name}`"));
+            return Err(crate::ClientError::Api { status: 404, error }.into());
+        }
+        Ok(())
+    })
+    .await?;
+    ctx.show(&network, |n| {
+        format!(
+            "rule {} removed from network {}\n",
+            rule_text(&args.rule),
+            n.name
+        )
+    })?;
+    Ok(())
+}
+
 pub(crate) async fn run(command: NetworkCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     match command {
         NetworkCommand::List => {
@@ -301,31 +329,7 @@ pub(crate) async fn run(command: NetworkCommand, ctx: &Context) -> Result<ExitCo
                 )
             })?;
         }
-        NetworkCommand::Rule(RuleCommand::Remove(args)) => {
-            let rule = args.rule.clone();
-            let name = args.name.clone();
-            let network = set_rules(ctx, &args.name, |rules| {
-                let before = rules.len();
-                rules.retain(|r| *r != rule);
-                if rules.len() == before {
-                    let error = vessel_api::ApiError::not_found(format!(
-                        "network {name} has no rule {}",
-                        rule_text(&rule)
-                    ))
-                    .with_hint(format!("see `vessel network rule list {name}`"));
-                    return Err(crate::ClientError::Api { status: 404, error }.into());
-                }
-                Ok(())
-            })
-            .await?;
-            ctx.show(&network, |n| {
-                format!(
-                    "rule {} removed from network {}\n",
-                    rule_text(&args.rule),
-                    n.name
-                )
-            })?;
-        }
+        NetworkCommand::Rule(RuleCommand::Remove(args)) => remove_rule(ctx, args).await?,
         NetworkCommand::Rule(RuleCommand::List(args)) => {
             let network = ctx.client.get_network(&args.name).await?;
             ctx.show(&network.ingress, |rules| {

@@ -237,36 +237,8 @@ fn created(volume: &vessel_api::Volume) -> String {
 pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     let client = &ctx.client;
     match command {
-        VolumeCommand::Create(args) => {
-            let request = CreateVolumeRequest {
-                name: args.volume.name,
-                format: args.format.into(),
-                size_bytes: args.size,
-                backing: args.backing,
-                encrypted: args.encrypted,
-                project: args.project.clone(),
-            };
-            let volume = client
-                .create_volume(&args.volume.pool.pool, &request)
-                .await?;
-            ctx.show(&volume, created)?;
-        }
-        VolumeCommand::List(args) => {
-            let pools = match args.pool {
-                Some(pool) => vec![pool],
-                None => client
-                    .list_pools()
-                    .await?
-                    .into_iter()
-                    .map(|p| p.name)
-                    .collect(),
-            };
-            let mut volumes = Vec::new();
-            for pool in pools {
-                volumes.extend(client.list_volumes(&pool).await?);
-            }
-            ctx.show(&volumes, |v| volume_table(v))?;
-        }
+        VolumeCommand::Create(args) => create(ctx, args).await?,
+        VolumeCommand::List(args) => list(ctx, args).await?,
         VolumeCommand::Show(args) => {
             let volume = client.get_volume(&args.pool.pool, &args.name).await?;
             ctx.show(&volume, volume_details)?;
@@ -281,105 +253,168 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
                 .await?;
             ctx.show(&volume, volume_details)?;
         }
-        VolumeCommand::Clone(args) => {
-            let request = CloneVolumeRequest {
-                name: args.name,
-                linked: args.linked,
-            };
-            if args.linked {
-                let volume = client
-                    .clone_volume(&args.pool.pool, &args.source, &request)
-                    .await?;
-                ctx.show(&volume, created)?;
-            } else {
-                let outcome = client
-                    .start_clone_volume(&args.pool.pool, &args.source, &request)
-                    .await?;
-                let what = format!("copying {}", args.source);
-                if let Some(volume) = follow_outcome(ctx, outcome, false, &what).await? {
-                    ctx.show(&volume, created)?;
-                }
-            }
-        }
+        VolumeCommand::Clone(args) => clone(ctx, args).await?,
         VolumeCommand::Delete(args) => {
             client.delete_volume(&args.pool.pool, &args.name).await?;
             ctx.print(&format!("volume {} deleted\n", args.name))?;
         }
-        VolumeCommand::Import(args) => {
-            let request = vessel_api::ImportVolumeRequest {
-                name: args.volume.name.clone(),
-                source: source_arg(&args.source)?,
-                sha256: args.sha256,
-                format: args.format.map(Into::into),
-                project: args.project,
-            };
-            let outcome = client
-                .import_volume(&args.volume.pool.pool, &request, false)
-                .await?;
-            let what = format!("importing {}", args.volume.name);
-            if let Some(volume) = follow_outcome(ctx, outcome, args.wait.no_wait, &what).await? {
-                ctx.show(&volume, created)?;
-            }
-        }
-        VolumeCommand::Export(args) => {
-            let request = vessel_api::ExportVolumeRequest {
-                path: absolute_from_cwd(std::path::Path::new(&args.path))?,
-                compress: !args.no_compress,
-                overwrite: args.overwrite,
-            };
-            let outcome = client
-                .export_volume(&args.volume.pool.pool, &args.volume.name, &request, false)
-                .await?;
-            let what = format!("exporting {}", args.volume.name);
-            if let Some(file) = follow_outcome(ctx, outcome, args.wait.no_wait, &what).await? {
-                ctx.show(&file, |f: &vessel_api::ExportedVolume| {
-                    format!(
-                        "volume {} exported to {} ({}, sha256 {})\n",
-                        args.volume.name,
-                        f.path,
-                        vessel_core::units::format_size_bytes(f.bytes),
-                        f.sha256
-                    )
-                })?;
-            }
-        }
-        VolumeCommand::Attach(args) => {
-            let request = vessel_api::AttachDiskRequest {
-                pool: Some(args.volume.pool.pool.clone()),
-                volume: args.volume.name.clone(),
-                read_only: args.read_only,
-                shareable: args.shareable,
-            };
-            let outcome = client
-                .attach_disk(&args.vm, &request, !args.wait.no_wait)
-                .await?;
-            ctx.show_outcome(&outcome, |vm| {
-                format!(
-                    "volume {} attached to VM {} ({})\n",
-                    args.volume.name,
-                    vm.spec.name,
-                    vm.state.as_str()
-                )
-            })?;
-        }
-        VolumeCommand::Detach(args) => {
-            let outcome = client
-                .detach_disk(
-                    &args.vm,
-                    &args.volume.pool.pool,
-                    &args.volume.name,
-                    !args.wait.no_wait,
-                )
-                .await?;
-            ctx.show_outcome(&outcome, |vm| {
-                format!(
-                    "volume {} detached from VM {}\n",
-                    args.volume.name, vm.spec.name
-                )
-            })?;
-        }
+        VolumeCommand::Import(args) => import(ctx, args).await?,
+        VolumeCommand::Export(args) => export(ctx, args).await?,
+        VolumeCommand::Attach(args) => attach(ctx, args).await?,
+        VolumeCommand::Detach(args) => detach(ctx, args).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel volume create`
+async fn create(ctx: &Context, args: VolumeCreateArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = CreateVolumeRequest {
+        name: args.volume.name,
+        format: args.format.into(),
+        size_bytes: args.size,
+        backing: args.backing,
+        encrypted: args.encrypted,
+        project: args.project.clone(),
+    };
+    let volume = client
+        .create_volume(&args.volume.pool.pool, &request)
+        .await?;
+    ctx.show(&volume, created)?;
+    Ok(())
+}
+
+/// `vessel volume list`
+async fn list(ctx: &Context, args: VolumeListArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let pools = match args.pool {
+        Some(pool) => vec![pool],
+        None => client
+            .list_pools()
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect(),
+    };
+    let mut volumes = Vec::new();
+    for pool in pools {
+        volumes.extend(client.list_volumes(&pool).await?);
+    }
+    ctx.show(&volumes, |v| volume_table(v))?;
+    Ok(())
+}
+
+/// `vessel volume clone`
+async fn clone(ctx: &Context, args: VolumeCloneArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = CloneVolumeRequest {
+        name: args.name,
+        linked: args.linked,
+    };
+    if args.linked {
+        let volume = client
+            .clone_volume(&args.pool.pool, &args.source, &request)
+            .await?;
+        ctx.show(&volume, created)?;
+    } else {
+        let outcome = client
+            .start_clone_volume(&args.pool.pool, &args.source, &request)
+            .await?;
+        let what = format!("copying {}", args.source);
+        if let Some(volume) = follow_outcome(ctx, outcome, false, &what).await? {
+            ctx.show(&volume, created)?;
+        }
+    }
+    Ok(())
+}
+
+/// `vessel volume import`
+async fn import(ctx: &Context, args: VolumeImportArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = vessel_api::ImportVolumeRequest {
+        name: args.volume.name.clone(),
+        source: source_arg(&args.source)?,
+        sha256: args.sha256,
+        format: args.format.map(Into::into),
+        project: args.project,
+    };
+    let outcome = client
+        .import_volume(&args.volume.pool.pool, &request, false)
+        .await?;
+    let what = format!("importing {}", args.volume.name);
+    if let Some(volume) = follow_outcome(ctx, outcome, args.wait.no_wait, &what).await? {
+        ctx.show(&volume, created)?;
+    }
+    Ok(())
+}
+
+/// `vessel volume export`
+async fn export(ctx: &Context, args: VolumeExportArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = vessel_api::ExportVolumeRequest {
+        path: absolute_from_cwd(std::path::Path::new(&args.path))?,
+        compress: !args.no_compress,
+        overwrite: args.overwrite,
+    };
+    let outcome = client
+        .export_volume(&args.volume.pool.pool, &args.volume.name, &request, false)
+        .await?;
+    let what = format!("exporting {}", args.volume.name);
+    if let Some(file) = follow_outcome(ctx, outcome, args.wait.no_wait, &what).await? {
+        ctx.show(&file, |f: &vessel_api::ExportedVolume| {
+            format!(
+                "volume {} exported to {} ({}, sha256 {})\n",
+                args.volume.name,
+                f.path,
+                vessel_core::units::format_size_bytes(f.bytes),
+                f.sha256
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `vessel volume attach`
+async fn attach(ctx: &Context, args: VolumeAttachArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = vessel_api::AttachDiskRequest {
+        pool: Some(args.volume.pool.pool.clone()),
+        volume: args.volume.name.clone(),
+        read_only: args.read_only,
+        shareable: args.shareable,
+    };
+    let outcome = client
+        .attach_disk(&args.vm, &request, !args.wait.no_wait)
+        .await?;
+    ctx.show_outcome(&outcome, |vm| {
+        format!(
+            "volume {} attached to VM {} ({})\n",
+            args.volume.name,
+            vm.spec.name,
+            vm.state.as_str()
+        )
+    })?;
+    Ok(())
+}
+
+/// `vessel volume detach`
+async fn detach(ctx: &Context, args: VolumeDetachArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let outcome = client
+        .detach_disk(
+            &args.vm,
+            &args.volume.pool.pool,
+            &args.volume.name,
+            !args.wait.no_wait,
+        )
+        .await?;
+    ctx.show_outcome(&outcome, |vm| {
+        format!(
+            "volume {} detached from VM {}\n",
+            args.volume.name, vm.spec.name
+        )
+    })?;
+    Ok(())
 }
 
 /// `vessel volume list`.

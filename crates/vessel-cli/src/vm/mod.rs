@@ -246,46 +246,12 @@ pub struct LogArgs {
 pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     let client = &ctx.client;
     match command {
-        VmCommand::Create(args) if args.full_clone || args.encrypted => {
-            // A copy of the image: follow it with a progress bar.
-            let request = args.to_request(&current_dir()?)?;
-            let outcome = client.create_vm(&request, false).await?;
-            match outcome {
-                Outcome::Accepted(accepted) if !args.wait.no_wait => {
-                    let what = format!("copying image for {}", args.name);
-                    wait::follow(ctx, accepted.operation, &what).await?;
-                    let vm = client.get_vm(&args.name).await?;
-                    ctx.show(&vm, render::created_line)?;
-                }
-                other => ctx.show_outcome(&other, render::created_line)?,
-            }
-        }
-        VmCommand::Create(args) => {
-            let request = args.to_request(&current_dir()?)?;
-            let outcome = client.create_vm(&request, !args.wait.no_wait).await?;
-            ctx.show_outcome(&outcome, render::created_line)?;
-        }
+        VmCommand::Create(args) => create(ctx, args).await?,
         VmCommand::List => {
             let vms = client.list_vms().await?;
             ctx.show(&vms, |vms| render::vm_table(vms))?;
         }
-        VmCommand::Show(args) => {
-            let vm = client.get_vm(&args.name).await?;
-            // What the guest agent says, for people; scripts ask GET /v1/vms/{name}/guest.
-            let guest = match ctx.output {
-                crate::OutputFormat::Table if vm.state.has_process() => {
-                    client.guest_info(&args.name).await.ok()
-                }
-                _ => None,
-            };
-            ctx.show(&vm, |vm| {
-                let mut text = render::vm_details(vm, output::now_ms());
-                if let Some(guest) = &guest {
-                    text.push_str(&render::guest_details(guest));
-                }
-                text
-            })?;
-        }
+        VmCommand::Show(args) => show(ctx, args).await?,
         VmCommand::Start(args) => action(ctx, &args.vm, VmAction::Start, args.wait).await?,
         VmCommand::Stop(args) => {
             let stop = VmAction::Stop(StopVmRequest {
@@ -308,17 +274,7 @@ pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, C
                 .await?;
             ctx.show_outcome(&outcome, |vm| format!("VM {} updated\n", vm.spec.name))?;
         }
-        VmCommand::Delete(args) => {
-            let outcome = client
-                .delete_vm(&args.vm.name, args.force, !args.wait.no_wait)
-                .await?;
-            ctx.show_outcome(&outcome, |_| format!("VM {} deleted\n", args.vm.name))?;
-            if let Outcome::Done(op) = outcome {
-                if op.status == OperationStatus::Failed {
-                    return Err(wait::failed(op, None));
-                }
-            }
-        }
+        VmCommand::Delete(args) => delete(ctx, args).await?,
         VmCommand::Log(args) => {
             let body = client.console_log(&args.vm.name, args.follow).await?;
             console::stream_log(body)
@@ -328,16 +284,77 @@ pub(crate) async fn run(command: VmCommand, ctx: &Context) -> Result<ExitCode, C
         VmCommand::Snapshot(command) => return snapshot::run(command, ctx).await,
         VmCommand::Nic(command) => return nic::run(command, ctx).await,
         VmCommand::Stats(args) => return crate::observe::stats::vm_stats(ctx, &args).await,
-        VmCommand::Console(args) => {
-            let stream = client.console_attach(&args.name).await?;
-            let end = console::attach(stream, &args.name)
-                .await
-                .map_err(|err| CliError::io("the console session failed", err))?;
-            if let console::ConsoleEnd::Signal(signo) = end {
-                // The shell convention for "ended by a signal".
-                return Ok(crate::error::exit_code(128 + signo));
-            }
+        VmCommand::Console(args) => return console(ctx, args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel vm create`. A VM whose root disk is a full copy of an image (`--full-clone`,
+/// `--encrypted`) is created without waiting, and the copy followed with a progress bar.
+async fn create(ctx: &Context, args: CreateArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = args.to_request(&current_dir()?)?;
+    let copies_image = args.full_clone || args.encrypted;
+    let outcome = client
+        .create_vm(&request, !args.wait.no_wait && !copies_image)
+        .await?;
+    match outcome {
+        Outcome::Accepted(accepted) if copies_image && !args.wait.no_wait => {
+            let what = format!("copying image for {}", args.name);
+            wait::follow(ctx, accepted.operation, &what).await?;
+            let vm = client.get_vm(&args.name).await?;
+            ctx.show(&vm, render::created_line)
         }
+        other => ctx.show_outcome(&other, render::created_line),
+    }
+}
+
+/// `vessel vm show`
+async fn show(ctx: &Context, args: NameArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let vm = client.get_vm(&args.name).await?;
+    // What the guest agent says, for people; scripts ask GET /v1/vms/{name}/guest.
+    let guest = match ctx.output {
+        crate::OutputFormat::Table if vm.state.has_process() => {
+            client.guest_info(&args.name).await.ok()
+        }
+        _ => None,
+    };
+    ctx.show(&vm, |vm| {
+        let mut text = render::vm_details(vm, output::now_ms());
+        if let Some(guest) = &guest {
+            text.push_str(&render::guest_details(guest));
+        }
+        text
+    })?;
+    Ok(())
+}
+
+/// `vessel vm delete`
+async fn delete(ctx: &Context, args: DeleteArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let outcome = client
+        .delete_vm(&args.vm.name, args.force, !args.wait.no_wait)
+        .await?;
+    ctx.show_outcome(&outcome, |_| format!("VM {} deleted\n", args.vm.name))?;
+    if let Outcome::Done(op) = outcome {
+        if op.status == OperationStatus::Failed {
+            return Err(wait::failed(op, None));
+        }
+    }
+    Ok(())
+}
+
+/// `vessel vm console`
+async fn console(ctx: &Context, args: NameArgs) -> Result<ExitCode, CliError> {
+    let client = &ctx.client;
+    let stream = client.console_attach(&args.name).await?;
+    let end = console::attach(stream, &args.name)
+        .await
+        .map_err(|err| CliError::io("the console session failed", err))?;
+    if let console::ConsoleEnd::Signal(signo) = end {
+        // The shell convention for "ended by a signal".
+        return Ok(crate::error::exit_code(128 + signo));
     }
     Ok(ExitCode::SUCCESS)
 }
