@@ -66,3 +66,33 @@ pub(crate) fn source_arg(source: &str) -> Result<String, CliError> {
     }
     absolute_from_cwd(Path::new(source))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_become_absolute_without_dot_components() {
+        let cwd = Path::new("/home/a");
+        assert_eq!(
+            absolute_path(Path::new("./x/./y.img"), cwd).unwrap(),
+            "/home/a/x/y.img"
+        );
+        assert_eq!(
+            absolute_path(Path::new("../b"), cwd).unwrap(),
+            "/home/a/../b"
+        );
+        assert_eq!(absolute_path(Path::new("/srv/z"), cwd).unwrap(), "/srv/z");
+    }
+
+    #[test]
+    fn import_sources_keep_urls_and_make_files_absolute() {
+        let url = "https://example.org/debian.qcow2";
+        assert_eq!(source_arg(url).unwrap(), url);
+        let file = source_arg("disk.qcow2").unwrap();
+        assert!(
+            file.starts_with('/') && file.ends_with("/disk.qcow2"),
+            "{file}"
+        );
+    }
+}

@@ -99,3 +99,53 @@ fn result_of<T: DeserializeOwned>(op: Operation) -> Result<T, CliError> {
     serde_json::from_value(op.result.unwrap_or_default())
         .map_err(|e| CliError::usage(format!("the daemon's answer is not understood: {e}"), None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vessel_api::{ErrorCode, OperationAction};
+
+    fn failed_op(error: Option<&str>, code: Option<ErrorCode>) -> Operation {
+        Operation {
+            id: "op-7".into(),
+            vm: String::new(),
+            resource: Some("volume/default/data1".into()),
+            project: "default".into(),
+            progress: Some(40.0),
+            result: None,
+            action: OperationAction::Start,
+            status: OperationStatus::Failed,
+            error: error.map(str::to_string),
+            error_code: code,
+            force: false,
+            timeout_secs: None,
+            created_at_ms: 1,
+            finished_at_ms: Some(2),
+        }
+    }
+
+    #[test]
+    fn a_failed_operation_keeps_its_reason_and_its_class() {
+        let quota = failed_op(Some("quota exceeded"), Some(ErrorCode::QuotaExceeded));
+        let err = failed(quota, Some("copying data1"));
+        assert_eq!(
+            err.to_string(),
+            "operation op-7 failed: copying data1: quota exceeded"
+        );
+        assert_eq!(err.exit_code(), ErrorCode::QuotaExceeded.exit_code());
+
+        let err = failed(failed_op(None, None), None);
+        assert_eq!(err.to_string(), "operation op-7 failed: no reason given");
+        assert_eq!(err.exit_code(), ErrorCode::OperationFailed.exit_code());
+    }
+
+    #[test]
+    fn the_result_of_a_host_operation_is_read_from_its_record() {
+        let mut op = failed_op(None, None);
+        op.result = Some(serde_json::json!({"path": "/srv/x.qcow2"}));
+        let value: serde_json::Value = result_of(op).unwrap();
+        assert_eq!(value["path"], "/srv/x.qcow2");
+        let err = result_of::<u32>(failed_op(None, None)).unwrap_err();
+        assert!(err.to_string().contains("not understood"), "{err}");
+    }
+}
