@@ -5,47 +5,44 @@
 //! and [`run`] carries a parsed command out and returns the process exit code. The `vessel`
 //! binary joins this with `vessel daemon`.
 //!
+//! One folder (or file) a noun, holding its arguments, what it does and its tables: `vm/`,
+//! `storage/` (pool, volume, image), `network/`, `access/` (user, token, project, audit),
+//! `observe/` (event, host, top), `operation/`, `remote.rs`. They call the daemon through
+//! [`client`] and print through `Context` (`context.rs`) and [`output`].
+//!
 //! Exit codes: 0 success; 1 an internal or unexpected error; 2 a usage error or an invalid
 //! argument; 3 not found; 4 already exists or conflicting state; 5 the operation failed;
 //! 6 timeout; 7 the daemon cannot be reached; 8 not signed in, or not allowed (401, 403, 429).
 
 mod access;
+mod args;
 pub mod client;
-mod client_access;
-pub mod console;
+mod context;
 mod error;
-mod event;
-mod host;
-mod image;
+mod files;
 mod network;
-mod nic;
+mod observe;
 mod operation;
 pub mod output;
-mod pool;
-mod progress;
 mod remote;
-mod snapshot;
-mod stats;
-pub mod tls;
+mod storage;
 mod vm;
-mod volume;
 
-use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use serde::Serialize;
-
+pub use client::{tls, AuditQuery};
 pub use client::{Client, ClientError, Outcome, Unreachable, VmAction, DEFAULT_SOCKET};
-pub use client_access::AuditQuery;
+pub(crate) use context::Context;
 pub use error::CliError;
-pub use event::EventCommand;
-pub use host::HostCommand;
+pub use observe::event::EventCommand;
+pub use observe::host::HostCommand;
 pub use operation::OperationCommand;
 pub use output::OutputFormat;
-pub use pool::PoolCommand;
+pub use storage::pool::PoolCommand;
+pub use storage::volume::VolumeCommand;
+pub use vm::console;
 pub use vm::{CreateArgs, EditArgs, VmCommand};
-pub use volume::VolumeCommand;
 
 /// The client commands of `vessel`.
 #[derive(Debug, clap::Subcommand)]
@@ -71,7 +68,7 @@ pub enum Command {
     Volume(VolumeCommand),
     /// Import and manage images, the read-only disks VMs are created from.
     #[command(subcommand)]
-    Image(image::ImageCommand),
+    Image(storage::image::ImageCommand),
     /// Create and manage networks: user-mode NAT, host bridges, managed bridges with DHCP and
     /// NAT, VXLAN overlays between servers; ingress rules.
     #[command(subcommand, visible_alias = "net")]
@@ -80,7 +77,7 @@ pub enum Command {
     #[command(subcommand)]
     Event(EventCommand),
     /// Same as `vessel event list`: recorded events, or with --follow a live stream.
-    Events(event::EventListArgs),
+    Events(observe::event::EventListArgs),
     /// A live view of the VMs, sorted by CPU, memory, disk or network use, like top(1).
     ///
     /// Shows the host (CPU, memory, load, committed vCPUs and memory against what it has) and
@@ -90,7 +87,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  vessel top\n  vessel top --sort memory\n  vessel top --once -o json"
     )]
-    Top(stats::TopArgs),
+    Top(observe::stats::TopArgs),
     /// Inspect the host the daemon runs on.
     #[command(subcommand)]
     Host(HostCommand),
@@ -205,14 +202,14 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
     let result = match command {
         Command::Vm(command) => vm::run(command, &ctx).await,
         Command::Operation(command) => operation::run(command, &ctx).await,
-        Command::Pool(command) => pool::run(command, &ctx).await,
-        Command::Volume(command) => volume::run(command, &ctx).await,
-        Command::Image(command) => image::run(command, &ctx).await,
+        Command::Pool(command) => storage::pool::run(command, &ctx).await,
+        Command::Volume(command) => storage::volume::run(command, &ctx).await,
+        Command::Image(command) => storage::image::run(command, &ctx).await,
         Command::Network(command) => network::run(command, &ctx).await,
-        Command::Event(command) => event::run(command, &ctx).await,
-        Command::Top(args) => stats::top(&ctx, &args).await,
-        Command::Events(args) => event::run(event::EventCommand::List(args), &ctx).await,
-        Command::Host(command) => host::run(command, &ctx).await,
+        Command::Event(command) => observe::event::run(command, &ctx).await,
+        Command::Top(args) => observe::stats::top(&ctx, &args).await,
+        Command::Events(args) => observe::event::run(EventCommand::List(args), &ctx).await,
+        Command::Host(command) => observe::host::run(command, &ctx).await,
         Command::Remote(command) => remote::run(command, &ctx).await,
         Command::User(command) => access::run_user(command, &ctx).await,
         Command::Token(command) => access::run_token(command, &ctx).await,
@@ -224,55 +221,6 @@ pub async fn run(command: Command, global: GlobalOpts) -> ExitCode {
         Err(err) => {
             err.report();
             error::exit_code(err.exit_code())
-        }
-    }
-}
-
-/// What a command needs: the client and how to print.
-pub(crate) struct Context {
-    pub client: Client,
-    pub output: OutputFormat,
-}
-
-impl Context {
-    /// Writes to stdout. A closed pipe (`vessel vm list | head -1`) is not an error.
-    pub fn print(&self, text: &str) -> Result<(), CliError> {
-        let mut stdout = io::stdout().lock();
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
-                Err(CliError::io("cannot write to standard output", err))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Prints a value as JSON, or as the given table text.
-    pub fn show<T: Serialize + ?Sized>(
-        &self,
-        value: &T,
-        table: impl FnOnce(&T) -> String,
-    ) -> Result<(), CliError> {
-        match self.output {
-            OutputFormat::Json => self.print(&output::json(value)),
-            OutputFormat::Table => self.print(&table(value)),
-        }
-    }
-
-    /// Prints the outcome of a mutating request: the operation id when it was only accepted
-    /// (`--no-wait`), otherwise what `done` says about the result.
-    pub fn show_outcome<T: Serialize>(
-        &self,
-        outcome: &Outcome<T>,
-        done: impl FnOnce(&T) -> String,
-    ) -> Result<(), CliError> {
-        match outcome {
-            Outcome::Accepted(accepted) => self.show(accepted, |accepted| {
-                format!("operation {} started\n", accepted.operation.id)
-            }),
-            Outcome::Done(value) => self.show(value, done),
         }
     }
 }

@@ -8,15 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use crate::tls::{self, ClientIdentity, RemoteTarget};
-use crate::{CliError, Client, Context};
+use crate::client::tls::{self, ClientIdentity, RemoteTarget};
+use crate::{files, CliError, Client, Context};
 
 /// `vessel remote <verb>`
 #[derive(Debug, Subcommand)]
@@ -143,14 +143,7 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliError> {
     }
     let temp = PathBuf::from(format!("{}.tmp", path.display()));
     let _ = std::fs::remove_file(&temp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temp)
-        .map_err(|e| CliError::io(format!("cannot create {}", temp.display()), e))?;
-    file.write_all(bytes)
-        .map_err(|e| CliError::io(format!("cannot write {}", temp.display()), e))?;
+    files::create_new(&temp, bytes, mode)?;
     std::fs::rename(&temp, path)
         .map_err(|e| CliError::io(format!("cannot create {}", path.display()), e))
 }

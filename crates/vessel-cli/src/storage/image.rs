@@ -5,10 +5,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use vessel_api::{Image, ImageKind, ImportImageRequest};
 
-use crate::client::Outcome;
-use crate::output;
-use crate::progress;
-use crate::vm::WaitArgs;
+use crate::args::{source_arg, WaitArgs};
+use crate::operation::wait::follow_outcome;
+use crate::output::{finish, format_bytes, key_values, list_or_dash, plain_table, yes_no};
 use crate::{CliError, Context};
 
 /// `vessel image <verb>`
@@ -84,16 +83,6 @@ fn kind_parser() -> impl clap::builder::TypedValueParser<Value = ImageKind> {
     })
 }
 
-/// A URL as given; a path made absolute, because the daemon has its own working directory.
-pub(crate) fn source_arg(source: &str) -> Result<String, CliError> {
-    if source.contains("://") {
-        return Ok(source.to_string());
-    }
-    let cwd = std::env::current_dir()
-        .map_err(|e| CliError::io("cannot read the current directory", e))?;
-    crate::vm::absolute_path(std::path::Path::new(source), &cwd)
-}
-
 pub(crate) async fn run(command: ImageCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     let client = &ctx.client;
     match command {
@@ -107,37 +96,27 @@ pub(crate) async fn run(command: ImageCommand, ctx: &Context) -> Result<ExitCode
                 kind: args.kind,
                 public: args.public,
             };
-            match client.import_image(&request, false).await? {
-                Outcome::Accepted(accepted) if args.wait.no_wait => {
-                    ctx.show(&accepted, |a| {
-                        format!("operation {} started\n", a.operation.id)
-                    })?;
-                }
-                Outcome::Accepted(accepted) => {
-                    let what = format!("importing {}", args.name);
-                    let done = progress::follow(ctx, accepted.operation, &what).await?;
-                    let image: Image = serde_json::from_value(done.result.unwrap_or_default())
-                        .map_err(|e| CliError::usage(format!("unexpected answer: {e}"), None))?;
-                    ctx.show(&image, |i| {
-                        format!(
-                            "image {} imported ({} {}, sha256 {})\n",
-                            i.name,
-                            i.format.as_str(),
-                            vessel_core::units::format_size_bytes(i.virtual_bytes),
-                            i.sha256
-                        )
-                    })?;
-                }
-                Outcome::Done(image) => ctx.show(&image, output::image_details)?,
+            let outcome = client.import_image(&request, false).await?;
+            let what = format!("importing {}", args.name);
+            if let Some(image) = follow_outcome(ctx, outcome, args.wait.no_wait, &what).await? {
+                ctx.show(&image, |i: &Image| {
+                    format!(
+                        "image {} imported ({} {}, sha256 {})\n",
+                        i.name,
+                        i.format.as_str(),
+                        format_bytes(i.virtual_bytes),
+                        i.sha256
+                    )
+                })?;
             }
         }
         ImageCommand::List => {
             let images = client.list_images().await?;
-            ctx.show(&images, |i| output::image_table(i))?;
+            ctx.show(&images, |i| image_table(i))?;
         }
         ImageCommand::Show(args) => {
             let image = client.get_image(&args.name).await?;
-            ctx.show(&image, output::image_details)?;
+            ctx.show(&image, image_details)?;
         }
         ImageCommand::Delete(args) => {
             client.delete_image(&args.name).await?;
@@ -145,4 +124,50 @@ pub(crate) async fn run(command: ImageCommand, ctx: &Context) -> Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel image list`.
+pub fn image_table(images: &[Image]) -> String {
+    let mut table = plain_table(Some(&[
+        "NAME",
+        "POOL",
+        "KIND",
+        "PUBLIC",
+        "FORMAT",
+        "SIZE",
+        "ALLOCATED",
+        "CLONES",
+        "SHA256",
+    ]));
+    for image in images {
+        table.add_row(vec![
+            image.name.clone(),
+            image.pool.clone(),
+            image.kind.as_str().to_string(),
+            yes_no(image.public),
+            image.format.as_str().to_string(),
+            format_bytes(image.virtual_bytes),
+            format_bytes(image.allocated_bytes),
+            image.dependents.len().to_string(),
+            image.sha256.chars().take(12).collect(),
+        ]);
+    }
+    finish(table)
+}
+
+/// `vessel image show`.
+pub fn image_details(image: &Image) -> String {
+    key_values(vec![
+        ("Name", image.name.clone()),
+        ("Pool", image.pool.clone()),
+        ("Project", image.project.clone()),
+        ("Kind", image.kind.as_str().to_string()),
+        ("Public", yes_no(image.public)),
+        ("Format", image.format.as_str().to_string()),
+        ("Virtual size", format_bytes(image.virtual_bytes)),
+        ("Allocated", format_bytes(image.allocated_bytes)),
+        ("SHA-256", image.sha256.clone()),
+        ("Source", image.source.clone()),
+        ("Linked clones", list_or_dash(&image.dependents, ", ")),
+    ])
 }

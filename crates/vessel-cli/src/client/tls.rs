@@ -2,7 +2,7 @@
 //! bearer token and/or a client certificate, and the first contact that shows the CA's
 //! fingerprint before anything is trusted.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -10,13 +10,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use crate::client::ClientError;
+use super::transport::connection_error;
+use super::ClientError;
 
 /// The name every Vessel server certificate carries; checked whatever address is dialled, since
 /// the trust anchor is the daemon's own pinned CA.
@@ -164,23 +164,9 @@ impl RemoteTarget {
                 .map_err(|_| self.unreachable("the stored token is not valid text".into()))?;
             request.headers_mut().insert(header::AUTHORIZATION, value);
         }
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        super::transport::send_on(tls, request)
             .await
-            .map_err(|source| self.connection(source))?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
-        sender
-            .send_request(request)
-            .await
-            .map_err(|source| self.connection(source))
-    }
-
-    fn connection(&self, source: hyper::Error) -> ClientError {
-        ClientError::Connection {
-            socket: PathBuf::from(&self.url),
-            source,
-        }
+            .map_err(|source| connection_error(Path::new(&self.url), source))
     }
 }
 

@@ -3,9 +3,13 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
-use vessel_api::{CloneVolumeRequest, CreateVolumeRequest, ResizeVolumeRequest, VolumeFormat};
+use vessel_api::{
+    CloneVolumeRequest, CreateVolumeRequest, ResizeVolumeRequest, Volume, VolumeFormat,
+};
 
-use crate::output;
+use crate::args::{absolute_from_cwd, source_arg, WaitArgs};
+use crate::operation::wait::follow_outcome;
+use crate::output::{finish, format_bytes, key_values, list_or_dash, or_dash, plain_table};
 use crate::{CliError, Context};
 
 /// `vessel volume <verb>`
@@ -85,7 +89,7 @@ pub struct VolumeAttachArgs {
     #[arg(long)]
     pub shareable: bool,
     #[command(flatten)]
-    pub wait: crate::vm::WaitArgs,
+    pub wait: WaitArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -105,7 +109,7 @@ pub struct VolumeImportArgs {
     #[arg(long, value_name = "PROJECT")]
     pub project: Option<String>,
     #[command(flatten)]
-    pub wait: crate::vm::WaitArgs,
+    pub wait: WaitArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -122,7 +126,7 @@ pub struct VolumeExportArgs {
     #[arg(long)]
     pub overwrite: bool,
     #[command(flatten)]
-    pub wait: crate::vm::WaitArgs,
+    pub wait: WaitArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -133,7 +137,7 @@ pub struct VolumeDetachArgs {
     #[arg(value_name = "VM")]
     pub vm: String,
     #[command(flatten)]
-    pub wait: crate::vm::WaitArgs,
+    pub wait: WaitArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -233,39 +237,11 @@ fn created(volume: &vessel_api::Volume) -> String {
 pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCode, CliError> {
     let client = &ctx.client;
     match command {
-        VolumeCommand::Create(args) => {
-            let request = CreateVolumeRequest {
-                name: args.volume.name,
-                format: args.format.into(),
-                size_bytes: args.size,
-                backing: args.backing,
-                encrypted: args.encrypted,
-                project: args.project.clone(),
-            };
-            let volume = client
-                .create_volume(&args.volume.pool.pool, &request)
-                .await?;
-            ctx.show(&volume, created)?;
-        }
-        VolumeCommand::List(args) => {
-            let pools = match args.pool {
-                Some(pool) => vec![pool],
-                None => client
-                    .list_pools()
-                    .await?
-                    .into_iter()
-                    .map(|p| p.name)
-                    .collect(),
-            };
-            let mut volumes = Vec::new();
-            for pool in pools {
-                volumes.extend(client.list_volumes(&pool).await?);
-            }
-            ctx.show(&volumes, |v| output::volume_table(v))?;
-        }
+        VolumeCommand::Create(args) => create(ctx, args).await?,
+        VolumeCommand::List(args) => list(ctx, args).await?,
         VolumeCommand::Show(args) => {
             let volume = client.get_volume(&args.pool.pool, &args.name).await?;
-            ctx.show(&volume, output::volume_details)?;
+            ctx.show(&volume, volume_details)?;
         }
         VolumeCommand::Resize(args) => {
             let request = ResizeVolumeRequest {
@@ -275,140 +251,212 @@ pub(crate) async fn run(command: VolumeCommand, ctx: &Context) -> Result<ExitCod
             let volume = client
                 .resize_volume(&args.volume.pool.pool, &args.volume.name, &request)
                 .await?;
-            ctx.show(&volume, output::volume_details)?;
+            ctx.show(&volume, volume_details)?;
         }
-        VolumeCommand::Clone(args) => {
-            let request = CloneVolumeRequest {
-                name: args.name,
-                linked: args.linked,
-            };
-            if args.linked {
-                let volume = client
-                    .clone_volume(&args.pool.pool, &args.source, &request)
-                    .await?;
-                ctx.show(&volume, created)?;
-            } else {
-                let outcome = client
-                    .start_clone_volume(&args.pool.pool, &args.source, &request)
-                    .await?;
-                let what = format!("copying {}", args.source);
-                if let Some(done) = follow(ctx, outcome, false, &what).await? {
-                    let volume: vessel_api::Volume = decode_result(done)?;
-                    ctx.show(&volume, created)?;
-                }
-            }
-        }
+        VolumeCommand::Clone(args) => clone(ctx, args).await?,
         VolumeCommand::Delete(args) => {
             client.delete_volume(&args.pool.pool, &args.name).await?;
             ctx.print(&format!("volume {} deleted\n", args.name))?;
         }
-        VolumeCommand::Import(args) => {
-            let request = vessel_api::ImportVolumeRequest {
-                name: args.volume.name.clone(),
-                source: crate::image::source_arg(&args.source)?,
-                sha256: args.sha256,
-                format: args.format.map(Into::into),
-                project: args.project,
-            };
-            let outcome = client
-                .import_volume(&args.volume.pool.pool, &request, false)
-                .await?;
-            let what = format!("importing {}", args.volume.name);
-            if let Some(done) = follow(ctx, outcome, args.wait.no_wait, &what).await? {
-                let volume: vessel_api::Volume = decode_result(done)?;
-                ctx.show(&volume, created)?;
-            }
-        }
-        VolumeCommand::Export(args) => {
-            let cwd = std::env::current_dir()
-                .map_err(|e| CliError::io("cannot read the current directory", e))?;
-            let request = vessel_api::ExportVolumeRequest {
-                path: crate::vm::absolute_path(std::path::Path::new(&args.path), &cwd)?,
-                compress: !args.no_compress,
-                overwrite: args.overwrite,
-            };
-            let outcome = client
-                .export_volume(&args.volume.pool.pool, &args.volume.name, &request, false)
-                .await?;
-            let what = format!("exporting {}", args.volume.name);
-            if let Some(done) = follow(ctx, outcome, args.wait.no_wait, &what).await? {
-                let file: vessel_api::ExportedVolume = decode_result(done)?;
-                ctx.show(&file, |f| {
-                    format!(
-                        "volume {} exported to {} ({}, sha256 {})\n",
-                        args.volume.name,
-                        f.path,
-                        vessel_core::units::format_size_bytes(f.bytes),
-                        f.sha256
-                    )
-                })?;
-            }
-        }
-        VolumeCommand::Attach(args) => {
-            let request = vessel_api::AttachDiskRequest {
-                pool: Some(args.volume.pool.pool.clone()),
-                volume: args.volume.name.clone(),
-                read_only: args.read_only,
-                shareable: args.shareable,
-            };
-            let outcome = client
-                .attach_disk(&args.vm, &request, !args.wait.no_wait)
-                .await?;
-            ctx.show_outcome(&outcome, |vm| {
-                format!(
-                    "volume {} attached to VM {} ({})\n",
-                    args.volume.name,
-                    vm.spec.name,
-                    vm.state.as_str()
-                )
-            })?;
-        }
-        VolumeCommand::Detach(args) => {
-            let outcome = client
-                .detach_disk(
-                    &args.vm,
-                    &args.volume.pool.pool,
-                    &args.volume.name,
-                    !args.wait.no_wait,
-                )
-                .await?;
-            ctx.show_outcome(&outcome, |vm| {
-                format!(
-                    "volume {} detached from VM {}\n",
-                    args.volume.name, vm.spec.name
-                )
-            })?;
-        }
+        VolumeCommand::Import(args) => import(ctx, args).await?,
+        VolumeCommand::Export(args) => export(ctx, args).await?,
+        VolumeCommand::Attach(args) => attach(ctx, args).await?,
+        VolumeCommand::Detach(args) => detach(ctx, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Follows a long operation started with `wait=false`: its id with --no-wait (and `None`),
-/// otherwise the finished operation.
-async fn follow<T: serde::Serialize>(
-    ctx: &Context,
-    outcome: crate::client::Outcome<T>,
-    no_wait: bool,
-    what: &str,
-) -> Result<Option<vessel_api::Operation>, CliError> {
-    match outcome {
-        crate::client::Outcome::Accepted(accepted) if no_wait => {
-            ctx.show(&accepted, |a| {
-                format!("operation {} started\n", a.operation.id)
-            })?;
-            Ok(None)
-        }
-        crate::client::Outcome::Accepted(accepted) => Ok(Some(
-            crate::progress::follow(ctx, accepted.operation, what).await?,
-        )),
-        crate::client::Outcome::Done(_) => Err(CliError::usage(
-            "the daemon finished a request that was sent without waiting; upgrade the CLI",
-            None,
-        )),
-    }
+/// `vessel volume create`
+async fn create(ctx: &Context, args: VolumeCreateArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = CreateVolumeRequest {
+        name: args.volume.name,
+        format: args.format.into(),
+        size_bytes: args.size,
+        backing: args.backing,
+        encrypted: args.encrypted,
+        project: args.project.clone(),
+    };
+    let volume = client
+        .create_volume(&args.volume.pool.pool, &request)
+        .await?;
+    ctx.show(&volume, created)?;
+    Ok(())
 }
 
-fn decode_result<T: serde::de::DeserializeOwned>(op: vessel_api::Operation) -> Result<T, CliError> {
-    serde_json::from_value(op.result.unwrap_or_default())
-        .map_err(|e| CliError::usage(format!("the daemon's answer is not understood: {e}"), None))
+/// `vessel volume list`
+async fn list(ctx: &Context, args: VolumeListArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let pools = match args.pool {
+        Some(pool) => vec![pool],
+        None => client
+            .list_pools()
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect(),
+    };
+    let mut volumes = Vec::new();
+    for pool in pools {
+        volumes.extend(client.list_volumes(&pool).await?);
+    }
+    ctx.show(&volumes, |v| volume_table(v))?;
+    Ok(())
+}
+
+/// `vessel volume clone`
+async fn clone(ctx: &Context, args: VolumeCloneArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = CloneVolumeRequest {
+        name: args.name,
+        linked: args.linked,
+    };
+    if args.linked {
+        let volume = client
+            .clone_volume(&args.pool.pool, &args.source, &request)
+            .await?;
+        ctx.show(&volume, created)?;
+    } else {
+        let outcome = client
+            .start_clone_volume(&args.pool.pool, &args.source, &request)
+            .await?;
+        let what = format!("copying {}", args.source);
+        if let Some(volume) = follow_outcome(ctx, outcome, false, &what).await? {
+            ctx.show(&volume, created)?;
+        }
+    }
+    Ok(())
+}
+
+/// `vessel volume import`
+async fn import(ctx: &Context, args: VolumeImportArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = vessel_api::ImportVolumeRequest {
+        name: args.volume.name.clone(),
+        source: source_arg(&args.source)?,
+        sha256: args.sha256,
+        format: args.format.map(Into::into),
+        project: args.project,
+    };
+    let outcome = client
+        .import_volume(&args.volume.pool.pool, &request, false)
+        .await?;
+    let what = format!("importing {}", args.volume.name);
+    if let Some(volume) = follow_outcome(ctx, outcome, args.wait.no_wait, &what).await? {
+        ctx.show(&volume, created)?;
+    }
+    Ok(())
+}
+
+/// `vessel volume export`
+async fn export(ctx: &Context, args: VolumeExportArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = vessel_api::ExportVolumeRequest {
+        path: absolute_from_cwd(std::path::Path::new(&args.path))?,
+        compress: !args.no_compress,
+        overwrite: args.overwrite,
+    };
+    let outcome = client
+        .export_volume(&args.volume.pool.pool, &args.volume.name, &request, false)
+        .await?;
+    let what = format!("exporting {}", args.volume.name);
+    if let Some(file) = follow_outcome(ctx, outcome, args.wait.no_wait, &what).await? {
+        ctx.show(&file, |f: &vessel_api::ExportedVolume| {
+            format!(
+                "volume {} exported to {} ({}, sha256 {})\n",
+                args.volume.name,
+                f.path,
+                vessel_core::units::format_size_bytes(f.bytes),
+                f.sha256
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `vessel volume attach`
+async fn attach(ctx: &Context, args: VolumeAttachArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let request = vessel_api::AttachDiskRequest {
+        pool: Some(args.volume.pool.pool.clone()),
+        volume: args.volume.name.clone(),
+        read_only: args.read_only,
+        shareable: args.shareable,
+    };
+    let outcome = client
+        .attach_disk(&args.vm, &request, !args.wait.no_wait)
+        .await?;
+    ctx.show_outcome(&outcome, |vm| {
+        format!(
+            "volume {} attached to VM {} ({})\n",
+            args.volume.name,
+            vm.spec.name,
+            vm.state.as_str()
+        )
+    })?;
+    Ok(())
+}
+
+/// `vessel volume detach`
+async fn detach(ctx: &Context, args: VolumeDetachArgs) -> Result<(), CliError> {
+    let client = &ctx.client;
+    let outcome = client
+        .detach_disk(
+            &args.vm,
+            &args.volume.pool.pool,
+            &args.volume.name,
+            !args.wait.no_wait,
+        )
+        .await?;
+    ctx.show_outcome(&outcome, |vm| {
+        format!(
+            "volume {} detached from VM {}\n",
+            args.volume.name, vm.spec.name
+        )
+    })?;
+    Ok(())
+}
+
+/// `vessel volume list`.
+pub fn volume_table(volumes: &[Volume]) -> String {
+    let mut table = plain_table(Some(&[
+        "POOL",
+        "NAME",
+        "FORMAT",
+        "SIZE",
+        "ALLOCATED",
+        "BACKING",
+        "USED BY",
+    ]));
+    for volume in volumes {
+        table.add_row(vec![
+            volume.pool.clone(),
+            volume.name.clone(),
+            volume.format.as_str().to_string(),
+            format_bytes(volume.virtual_bytes),
+            format_bytes(volume.allocated_bytes),
+            or_dash(volume.backing_volume.as_deref()),
+            list_or_dash(&volume.used_by, ","),
+        ]);
+    }
+    finish(table)
+}
+
+/// `vessel volume show`.
+pub fn volume_details(volume: &Volume) -> String {
+    key_values(vec![
+        ("Pool", volume.pool.clone()),
+        ("Name", volume.name.clone()),
+        ("Format", volume.format.as_str().to_string()),
+        (
+            "Encrypted",
+            if volume.encrypted { "yes (LUKS)" } else { "no" }.to_string(),
+        ),
+        ("Path", volume.path.clone()),
+        ("Virtual size", format_bytes(volume.virtual_bytes)),
+        ("Allocated", format_bytes(volume.allocated_bytes)),
+        ("Backing volume", or_dash(volume.backing_volume.as_deref())),
+        ("Backing chain", list_or_dash(&volume.backing_chain, " <- ")),
+        ("Used by", list_or_dash(&volume.used_by, ", ")),
+    ])
 }

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use vessel_api::EventKind;
 
-use crate::output;
+use crate::output::{escape, finish, format_time, format_utc, now_ms, plain_table};
 use crate::{CliError, Context};
+use vessel_api::Event;
 
 /// `vessel event <verb>`
 #[derive(Debug, Subcommand)]
@@ -68,7 +69,7 @@ async fn follow(ctx: &Context, args: &EventListArgs) -> Result<(), CliError> {
                 "{}\n",
                 serde_json::to_string(&event).expect("events serialize")
             ))?,
-            crate::OutputFormat::Table => ctx.print(&output::event_line(&event))?,
+            crate::OutputFormat::Table => ctx.print(&event_line(&event))?,
         }
     }
 }
@@ -81,10 +82,33 @@ pub(crate) async fn run(command: EventCommand, ctx: &Context) -> Result<ExitCode
                 .client
                 .list_events_of(args.vm.as_deref(), &args.kinds, args.limit as usize)
                 .await?;
-            ctx.show(&events, |events| {
-                output::event_table(events, output::now_ms())
-            })?;
+            ctx.show(&events, |events| event_table(events, now_ms()))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel event list`.
+pub fn event_table(events: &[Event], now_ms: u64) -> String {
+    let mut table = plain_table(Some(&["TIME", "VM", "EVENT"]));
+    for event in events {
+        table.add_row(vec![
+            format_time(event.at_ms, now_ms),
+            event.vm.clone(),
+            event.message.clone(),
+        ]);
+    }
+    finish(table)
+}
+
+/// One event as a line of `vessel event list --follow`.
+pub fn event_line(event: &Event) -> String {
+    let vm = if event.vm.is_empty() { "-" } else { &event.vm };
+    format!(
+        "{}  {:<9} {:<16} {}\n",
+        format_utc(event.at_ms),
+        event.kind.as_str(),
+        escape(vm),
+        escape(&event.message)
+    )
 }

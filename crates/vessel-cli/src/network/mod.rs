@@ -1,4 +1,6 @@
-//! `vessel network ...`
+//! `vessel network ...`: the commands and their arguments; tables in `render.rs`.
+
+mod render;
 
 use std::process::ExitCode;
 
@@ -8,7 +10,7 @@ use vessel_api::{
     UpdateNetworkRequest,
 };
 
-use crate::output::{finish, key_values, plain_table};
+use self::render::{network_details, network_table, rule_table, rule_text};
 use crate::{CliError, Context};
 
 /// `vessel network <verb>`
@@ -199,19 +201,6 @@ pub fn parse_rule(s: &str) -> Result<IngressRule, String> {
     })
 }
 
-fn rule_text(rule: &IngressRule) -> String {
-    let mut text = rule.protocol.as_str().to_string();
-    if let Some(ports) = &rule.ports {
-        text.push(':');
-        text.push_str(ports);
-    }
-    if let Some(source) = &rule.source {
-        text.push('@');
-        text.push_str(source);
-    }
-    text
-}
-
 fn kind(k: KindArg) -> NetworkKind {
     match k {
         KindArg::User => NetworkKind::User,
@@ -249,64 +238,6 @@ fn create_request(args: NetworkCreateArgs) -> CreateNetworkRequest {
     }
 }
 
-fn or_dash(value: Option<&str>) -> String {
-    value.unwrap_or("-").to_string()
-}
-
-pub fn network_table(networks: &[Network]) -> String {
-    let mut table = plain_table(Some(&[
-        "NAME", "KIND", "BRIDGE", "SUBNET", "GATEWAY", "DHCP", "NAT", "INGRESS", "NICS",
-    ]));
-    for n in networks {
-        table.add_row(vec![
-            n.name.clone(),
-            n.kind.as_str().to_string(),
-            or_dash(n.bridge.as_deref()),
-            or_dash(n.subnet.as_deref()),
-            or_dash(n.gateway.as_deref()),
-            if n.dhcp { "yes" } else { "no" }.to_string(),
-            or_dash(n.uplink.as_deref()),
-            n.ingress_policy.as_str().to_string(),
-            n.used_by.len().to_string(),
-        ]);
-    }
-    finish(table)
-}
-
-pub fn network_details(n: &Network) -> String {
-    let join = |items: &[String]| {
-        if items.is_empty() {
-            "-".to_string()
-        } else {
-            items.join(", ")
-        }
-    };
-    key_values(vec![
-        ("Name", n.name.clone()),
-        ("Project", n.project.clone()),
-        ("Kind", n.kind.as_str().to_string()),
-        ("Bridge", or_dash(n.bridge.as_deref())),
-        ("Subnet", or_dash(n.subnet.as_deref())),
-        ("Gateway", or_dash(n.gateway.as_deref())),
-        ("Range", or_dash(n.range.as_deref())),
-        ("DHCP", if n.dhcp { "yes" } else { "no" }.to_string()),
-        ("DNS", join(&n.dns)),
-        ("NAT uplink", or_dash(n.uplink.as_deref())),
-        (
-            "VNI",
-            n.vni.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-        ),
-        ("Peers", join(&n.peers)),
-        ("MTU", n.mtu.to_string()),
-        ("Ingress policy", n.ingress_policy.as_str().to_string()),
-        (
-            "Ingress rules",
-            join(&n.ingress.iter().map(rule_text).collect::<Vec<_>>()),
-        ),
-        ("Used by", join(&n.used_by)),
-    ])
-}
-
 async fn set_rules(
     ctx: &Context,
     name: &str,
@@ -319,6 +250,34 @@ async fn set_rules(
         ..Default::default()
     };
     Ok(ctx.client.update_network(name, &update).await?)
+}
+
+/// `vessel network rule remove`: a rule the network does not have is "not found".
+async fn remove_rule(ctx: &Context, args: RuleArgs) -> Result<(), CliError> {
+    let rule = args.rule.clone();
+    let name = args.name.clone();
+    let network = set_rules(ctx, &args.name, |rules| {
+        let before = rules.len();
+        rules.retain(|r| *r != rule);
+        if rules.len() == before {
+            let error = vessel_api::ApiError::not_found(format!(
+                "network {name} has no rule {}",
+                rule_text(&rule)
+            ))
+            .with_hint(format!("see `vessel network rule list {name}`"));
+            return Err(crate::ClientError::Api { status: 404, error }.into());
+        }
+        Ok(())
+    })
+    .await?;
+    ctx.show(&network, |n| {
+        format!(
+            "rule {} removed from network {}\n",
+            rule_text(&args.rule),
+            n.name
+        )
+    })?;
+    Ok(())
 }
 
 pub(crate) async fn run(command: NetworkCommand, ctx: &Context) -> Result<ExitCode, CliError> {
@@ -370,47 +329,11 @@ pub(crate) async fn run(command: NetworkCommand, ctx: &Context) -> Result<ExitCo
                 )
             })?;
         }
-        NetworkCommand::Rule(RuleCommand::Remove(args)) => {
-            let rule = args.rule.clone();
-            let name = args.name.clone();
-            let network = set_rules(ctx, &args.name, |rules| {
-                let before = rules.len();
-                rules.retain(|r| *r != rule);
-                if rules.len() == before {
-                    let error = vessel_api::ApiError::not_found(format!(
-                        "network {name} has no rule {}",
-                        rule_text(&rule)
-                    ))
-                    .with_hint(format!("see `vessel network rule list {name}`"));
-                    return Err(crate::ClientError::Api { status: 404, error }.into());
-                }
-                Ok(())
-            })
-            .await?;
-            ctx.show(&network, |n| {
-                format!(
-                    "rule {} removed from network {}\n",
-                    rule_text(&args.rule),
-                    n.name
-                )
-            })?;
-        }
+        NetworkCommand::Rule(RuleCommand::Remove(args)) => remove_rule(ctx, args).await?,
         NetworkCommand::Rule(RuleCommand::List(args)) => {
             let network = ctx.client.get_network(&args.name).await?;
             ctx.show(&network.ingress, |rules| {
-                let mut table = plain_table(Some(&["PROTOCOL", "PORTS", "SOURCE"]));
-                for r in rules {
-                    table.add_row(vec![
-                        r.protocol.as_str().to_string(),
-                        or_dash(r.ports.as_deref()),
-                        or_dash(r.source.as_deref()),
-                    ]);
-                }
-                format!(
-                    "ingress policy: {}\n{}",
-                    network.ingress_policy.as_str(),
-                    finish(table)
-                )
+                rule_table(network.ingress_policy, rules)
             })?;
         }
         NetworkCommand::Delete(args) => {

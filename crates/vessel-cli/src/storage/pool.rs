@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use vessel_api::CreatePoolRequest;
+use vessel_api::{CreatePoolRequest, Pool};
 
-use crate::output;
+use crate::output::{finish, format_bytes, format_time, key_values, now_ms, plain_table};
 use crate::{CliError, Context};
 
 /// `vessel pool <verb>`
@@ -51,11 +51,11 @@ pub(crate) async fn run(command: PoolCommand, ctx: &Context) -> Result<ExitCode,
     match command {
         PoolCommand::List => {
             let pools = ctx.client.list_pools().await?;
-            ctx.show(&pools, |pools| output::pool_table(pools))?;
+            ctx.show(&pools, |pools| pool_table(pools))?;
         }
         PoolCommand::Show(args) => {
             let pool = ctx.client.get_pool(&args.name).await?;
-            ctx.show(&pool, |pool| output::pool_details(pool, output::now_ms()))?;
+            ctx.show(&pool, |pool| pool_details(pool, now_ms()))?;
         }
         PoolCommand::Create(args) => {
             let path = std::path::absolute(&args.path)
@@ -76,4 +76,43 @@ pub(crate) async fn run(command: PoolCommand, ctx: &Context) -> Result<ExitCode,
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel pool list`.
+pub fn pool_table(pools: &[Pool]) -> String {
+    let mut table = plain_table(Some(&[
+        "NAME",
+        "KIND",
+        "PATH",
+        "SIZE",
+        "USED",
+        "AVAILABLE",
+        "VOLUMES",
+    ]));
+    for pool in pools {
+        table.add_row(vec![
+            pool.name.clone(),
+            pool.kind.as_str().to_string(),
+            pool.path.clone(),
+            format_bytes(pool.total_bytes),
+            format_bytes(pool.used_bytes),
+            format_bytes(pool.available_bytes),
+            pool.volumes.to_string(),
+        ]);
+    }
+    finish(table)
+}
+
+/// `vessel pool show`.
+pub fn pool_details(pool: &Pool, now_ms: u64) -> String {
+    key_values(vec![
+        ("Name", pool.name.clone()),
+        ("Kind", pool.kind.as_str().to_string()),
+        ("Path", pool.path.clone()),
+        ("Size", format_bytes(pool.total_bytes)),
+        ("Used", format_bytes(pool.used_bytes)),
+        ("Available", format_bytes(pool.available_bytes)),
+        ("Volumes", pool.volumes.to_string()),
+        ("Created", format_time(pool.created_at_ms, now_ms)),
+    ])
 }

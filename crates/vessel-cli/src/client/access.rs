@@ -7,7 +7,7 @@ use vessel_api::{
     CreatedToken, IssueCertRequest, IssuedCert, Project, Quota, TokenInfo, User, Whoami,
 };
 
-use crate::client::{encode_segment, to_json, Client, ClientError};
+use super::{encode_segment, item_path, to_json, with_query, Client, ClientError};
 
 /// Filters of `GET /v1/audit`.
 #[derive(Debug, Clone, Default)]
@@ -33,26 +33,11 @@ impl AuditQuery {
         if let Some(limit) = self.limit {
             params.push(format!("limit={limit}"));
         }
-        if params.is_empty() {
-            "/v1/audit".into()
-        } else {
-            format!("/v1/audit?{}", params.join("&"))
-        }
+        with_query("/v1/audit", &params)
     }
 }
 
 impl Client {
-    /// `POST` or `DELETE` and decode the answer.
-    async fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<T, ClientError> {
-        let (status, bytes) = self.exchange(method, path, body).await?;
-        self.decode(status, &bytes)
-    }
-
     /// `GET /v1/whoami`
     pub async fn whoami(&self) -> Result<Whoami, ClientError> {
         self.get("/v1/whoami").await
@@ -65,8 +50,7 @@ impl Client {
 
     /// `GET /v1/users/{name}`
     pub async fn get_user(&self, name: &str) -> Result<User, ClientError> {
-        self.get(&format!("/v1/users/{}", encode_segment(name)))
-            .await
+        self.get(&item_path("/v1/users", name)).await
     }
 
     /// `POST /v1/users`
@@ -77,8 +61,8 @@ impl Client {
 
     /// `DELETE /v1/users/{name}`
     pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
-        let path = format!("/v1/users/{}", encode_segment(name));
-        self.exchange(Method::DELETE, &path, None).await.map(|_| ())
+        self.call_ignoring_answer(Method::DELETE, &item_path("/v1/users", name))
+            .await
     }
 
     /// `POST /v1/users/{name}/certs`
@@ -87,7 +71,7 @@ impl Client {
         name: &str,
         days: Option<u32>,
     ) -> Result<IssuedCert, ClientError> {
-        let path = format!("/v1/users/{}/certs", encode_segment(name));
+        let path = format!("{}/certs", item_path("/v1/users", name));
         let body = to_json(&IssueCertRequest { days });
         self.call(Method::POST, &path, Some(body)).await
     }
@@ -108,8 +92,8 @@ impl Client {
 
     /// `DELETE /v1/tokens/{id}`
     pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
-        let path = format!("/v1/tokens/{}", encode_segment(id));
-        self.exchange(Method::DELETE, &path, None).await.map(|_| ())
+        self.call_ignoring_answer(Method::DELETE, &item_path("/v1/tokens", id))
+            .await
     }
 
     /// `GET /v1/projects`
@@ -119,8 +103,7 @@ impl Client {
 
     /// `GET /v1/projects/{name}`
     pub async fn get_project(&self, name: &str) -> Result<Project, ClientError> {
-        self.get(&format!("/v1/projects/{}", encode_segment(name)))
-            .await
+        self.get(&item_path("/v1/projects", name)).await
     }
 
     /// `POST /v1/projects`
@@ -131,14 +114,14 @@ impl Client {
 
     /// `PUT /v1/projects/{name}/quota`
     pub async fn set_quota(&self, name: &str, quota: &Quota) -> Result<Project, ClientError> {
-        let path = format!("/v1/projects/{}/quota", encode_segment(name));
+        let path = format!("{}/quota", item_path("/v1/projects", name));
         self.call(Method::PUT, &path, Some(to_json(quota))).await
     }
 
     /// `DELETE /v1/projects/{name}`
     pub async fn delete_project(&self, name: &str) -> Result<(), ClientError> {
-        let path = format!("/v1/projects/{}", encode_segment(name));
-        self.exchange(Method::DELETE, &path, None).await.map(|_| ())
+        self.call_ignoring_answer(Method::DELETE, &item_path("/v1/projects", name))
+            .await
     }
 
     /// `GET /v1/audit`

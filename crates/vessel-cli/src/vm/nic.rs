@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use vessel_api::{AddNicRequest, VmNic};
 
-use crate::output::{finish, plain_table};
-use crate::vm::WaitArgs;
+use crate::args::WaitArgs;
+use crate::output::{finish, or_dash, plain_table};
 use crate::{CliError, Context};
 
 /// `vessel vm nic <verb>`
@@ -87,7 +87,7 @@ pub fn nic_table(nics: &[VmNic]) -> String {
             nic.id.clone(),
             nic.network.clone(),
             nic.mac.clone(),
-            nic.ipv4.clone().unwrap_or_else(|| "-".into()),
+            or_dash(nic.ipv4.as_deref()),
             nic.tap.clone(),
             nic.bandwidth_mbit
                 .map(|m| format!("{m} Mbit/s"))

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::output;
+use crate::output::{finish, format_mib, key_values, plain_table};
 use crate::{CliError, ClientError, Context};
+use vessel_api::{CheckVerdict, HostCheck, HostInfo};
 
 /// `vessel host <verb>`
 #[derive(Debug, Subcommand)]
@@ -43,7 +44,7 @@ pub(crate) async fn run(command: HostCommand, ctx: &Context) -> Result<ExitCode,
     match command {
         HostCommand::Stats => {
             let stats = ctx.client.host_stats().await?;
-            ctx.show(&stats, crate::stats::host_text)?;
+            ctx.show(&stats, super::stats::host_text)?;
         }
         HostCommand::RotateMasterKey => {
             let done = ctx.client.rotate_master_key().await?;
@@ -56,7 +57,7 @@ pub(crate) async fn run(command: HostCommand, ctx: &Context) -> Result<ExitCode,
         }
         HostCommand::Info => {
             let info = ctx.client.host_info().await?;
-            ctx.show(&info, output::host_details)?;
+            ctx.show(&info, host_details)?;
         }
         HostCommand::Check => {
             let check = match ctx.client.host_check().await {
@@ -73,11 +74,96 @@ pub(crate) async fn run(command: HostCommand, ctx: &Context) -> Result<ExitCode,
                 }
                 other => other?,
             };
-            ctx.show(&check, output::host_check_report)?;
-            if output::host_check_failed(&check) {
+            ctx.show(&check, host_check_report)?;
+            if host_check_failed(&check) {
                 return Ok(ExitCode::FAILURE);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel host info`.
+pub fn host_details(host: &HostInfo) -> String {
+    key_values(vec![
+        ("Hostname", host.hostname.clone()),
+        ("Vessel version", host.version.clone()),
+        ("CPUs", host.cpus.to_string()),
+        ("Memory", format_mib(host.memory_mib)),
+        ("Accelerator", host.accelerator.clone()),
+        ("Accelerator reason", host.accelerator_reason.clone()),
+        ("QEMU version", host.qemu_version.clone()),
+        ("VMs defined", host.vms_defined.to_string()),
+        ("VMs running", host.vms_running.to_string()),
+    ])
+}
+
+/// `vessel host check`: one line per check, then the accelerator verdict.
+pub fn host_check_report(check: &HostCheck) -> String {
+    let mut table = plain_table(None);
+    for item in &check.items {
+        table.add_row(vec![
+            verdict_name(item.verdict).to_string(),
+            item.name.clone(),
+            item.detail.clone(),
+        ]);
+    }
+    let mut text = if check.items.is_empty() {
+        String::new()
+    } else {
+        finish(table)
+    };
+    text.push_str(&format!(
+        "accelerator: {} ({})\n",
+        check.accelerator, check.accelerator_reason
+    ));
+    text
+}
+
+/// Whether any host check failed.
+pub fn host_check_failed(check: &HostCheck) -> bool {
+    check
+        .items
+        .iter()
+        .any(|item| item.verdict == CheckVerdict::Fail)
+}
+
+fn verdict_name(verdict: CheckVerdict) -> &'static str {
+    match verdict {
+        CheckVerdict::Pass => "PASS",
+        CheckVerdict::Warn => "WARN",
+        CheckVerdict::Fail => "FAIL",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vessel_api::HostCheckItem;
+
+    #[test]
+    fn host_check_lists_verdicts_then_the_accelerator() {
+        let check = HostCheck {
+            items: vec![
+                HostCheckItem {
+                    name: "kvm".into(),
+                    verdict: CheckVerdict::Warn,
+                    detail: "/dev/kvm exists but crashes guests".into(),
+                },
+                HostCheckItem {
+                    name: "qemu".into(),
+                    verdict: CheckVerdict::Pass,
+                    detail: "QEMU 9.2.0".into(),
+                },
+            ],
+            accelerator: "tcg".into(),
+            accelerator_reason: "KVM failed a test boot".into(),
+        };
+        let text = host_check_report(&check);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("WARN   kvm"), "{text}");
+        assert!(lines[1].starts_with("PASS   qemu"), "{text}");
+        assert_eq!(lines[2], "accelerator: tcg (KVM failed a test boot)");
+        assert!(!host_check_failed(&check));
+    }
 }

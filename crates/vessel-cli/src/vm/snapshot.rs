@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use vessel_api::CreateSnapshotRequest;
 
-use crate::output;
-use crate::vm::WaitArgs;
+use crate::args::WaitArgs;
+use crate::output::{finish, format_age, format_bytes, now_ms, or_dash, plain_table};
 use crate::{CliError, Context};
 
 /// `vessel vm snapshot <verb>`
@@ -84,7 +84,7 @@ pub(crate) async fn run(command: SnapshotCommand, ctx: &Context) -> Result<ExitC
         }
         SnapshotCommand::List(args) => {
             let snapshots = client.list_snapshots(&args.vm).await?;
-            ctx.show(&snapshots, |s| output::snapshot_table(s, output::now_ms()))?;
+            ctx.show(&snapshots, |s| snapshot_table(s, now_ms()))?;
         }
         SnapshotCommand::Revert(t) => {
             let outcome = client
@@ -109,4 +109,23 @@ pub(crate) async fn run(command: SnapshotCommand, ctx: &Context) -> Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vessel vm snapshot list`: oldest first, the current one marked.
+pub fn snapshot_table(snapshots: &[vessel_api::Snapshot], now_ms: u64) -> String {
+    let mut table = plain_table(Some(&["", "NAME", "PARENT", "TAKEN", "MEMORY"]));
+    for s in snapshots {
+        table.add_row(vec![
+            if s.current { "*" } else { "" }.to_string(),
+            s.name.clone(),
+            or_dash(s.parent.as_deref()),
+            format_age(s.created_at_ms, now_ms),
+            if s.memory {
+                format_bytes(s.vm_state_bytes)
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    finish(table)
 }
