@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::netns::Netns;
+use common::remote::remote_cli;
 use common::*;
 use serde_json::{json, Value};
 
@@ -427,25 +428,14 @@ fn check_tenant_over_tls(netns: &Netns) {
     let token = token.trim();
     let config = tempfile::tempdir().unwrap();
     let tenant = |args: &[&str], stdin: &str| -> Output {
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &netns.0])
             .arg(vessel_bin())
-            .args(args)
-            .env("VESSEL_CONFIG_DIR", config.path())
-            .env_remove("VESSEL_SOCKET")
-            .env_remove("VESSEL_REMOTE")
-            .env_remove("VESSEL_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).unwrap();
-        drop(input);
-        child.wait_with_output().unwrap()
+            .args(args);
+        remote_cli(command, config.path(), stdin)
     };
+    netns.await_tcp(LISTEN);
     let url = format!("https://{LISTEN}");
     let added = tenant(&["remote", "add", "fx", &url], &format!("y\n{token}\n"));
     assert!(added.status.success(), "{}", text(&added.stderr));
