@@ -8,55 +8,15 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::Duration;
 
+use common::netns::Netns;
 use common::{await_console_until, create, guest_vm, Daemon};
 use vessel_api::{
     AddNicRequest, CreateNetworkRequest, CreateVmRequest, IngressPolicy, IngressRule, Machine,
     NetworkKind, RuleProtocol, UpdateNetworkRequest, Vm,
 };
 use vessel_cli::{Client, ClientError, Outcome};
-
-/// A network namespace made for one test, deleted (with everything in it) when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("vt-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs a command in the namespace; panics if it fails.
-    fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(args);
-        run(&full)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Joins two namespaces with a veth pair and addresses on both ends.
 fn link(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod remote;
 
 use std::path::{Path, PathBuf};
@@ -82,6 +83,21 @@ impl Daemon {
     /// the bridges, taps and rules it makes stay there.
     pub fn start_in_netns(netns: &str) -> Daemon {
         Self::start_in(Some(netns.to_string()), &[])
+    }
+
+    /// A daemon on an existing data dir (e.g. an extracted fixture), optionally inside network
+    /// namespace `netns`; its socket and log (`daemon.log`) sit next to the data dir.
+    pub fn start_on(data_dir: &Path, netns: Option<&str>, extra_args: &[&str]) -> Daemon {
+        let mut daemon = Daemon {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            socket: data_dir.with_file_name("vessel.sock"),
+            netns: netns.map(str::to_string),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            _tmp: None,
+        };
+        daemon.spawn();
+        daemon
     }
 
     fn start_in(netns: Option<String>, extra_args: &[&str]) -> Daemon {

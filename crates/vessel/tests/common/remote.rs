@@ -120,25 +120,9 @@ impl Remote {
 
     /// The `vessel` CLI with this test's client configuration directory.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vessel"))
-            .args(args)
-            .env("VESSEL_CONFIG_DIR", self.config.path())
-            .env_remove("VESSEL_SOCKET")
-            .env_remove("VESSEL_REMOTE")
-            .env_remove("VESSEL_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vessel"));
+        command.args(args);
+        remote_cli(command, self.config.path(), stdin)
     }
 
     /// The audit records of `identity` (all with `None`), read as root.
@@ -176,6 +160,29 @@ impl Remote {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
+}
+
+/// Runs a `vessel` CLI command as a remote client: with the client configuration directory
+/// `config` and none of the variables that choose a target, fed `stdin`.
+pub fn remote_cli(mut command: Command, config: &std::path::Path, stdin: &str) -> Output {
+    let mut child = command
+        .env("VESSEL_CONFIG_DIR", config)
+        .env_remove("VESSEL_SOCKET")
+        .env_remove("VESSEL_REMOTE")
+        .env_remove("VESSEL_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 pub fn text(bytes: &[u8]) -> String {
