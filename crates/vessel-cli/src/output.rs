@@ -371,6 +371,7 @@ pub fn operation_details(op: &Operation, now_ms: u64) -> String {
 /// `vessel host info`.
 pub fn host_details(host: &HostInfo) -> String {
     key_values(vec![
+        ("Name", host.name.clone()),
         ("Hostname", host.hostname.clone()),
         ("Vessel version", host.version.clone()),
         ("CPUs", host.cpus.to_string()),

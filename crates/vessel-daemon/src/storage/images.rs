@@ -74,8 +74,7 @@ async fn count_import(
     project: &str,
     size: u64,
 ) -> Result<crate::storage::ownership::PendingVolume, OpError> {
-    match crate::storage::ownership::reserve_new(&ctx.store, pool.name(), name, project, size).await
-    {
+    match crate::storage::ownership::reserve_new(ctx, pool.name(), name, project, size).await {
         Ok(pending) => Ok(pending),
         Err(e) => {
             let _ = pool.delete_volume(name).await;
@@ -390,6 +389,7 @@ impl Service {
         let txn = Txn::new()
             .then(Op::Delete(image_key(name)))
             .then(Op::Delete(crate::storage::ownership::key(
+                &self.ctx.config.host_name,
                 &record.pool,
                 name,
             )));
@@ -518,8 +518,7 @@ impl Service {
         } else {
             None
         };
-        let project =
-            crate::storage::ownership::get(self.ctx.store.as_ref(), pool_name, name).await?;
+        let project = crate::storage::ownership::get(&self.ctx, pool_name, name).await?;
         let record = host_ops::begin(
             &self.ctx,
             OperationAction::ExportVolume,

@@ -1,5 +1,6 @@
-//! Storage pools: where volumes live. The store holds each pool's record (`pools/<name>`); the
-//! pool's directory holds its volumes. A `default` directory pool is made at first start.
+//! Storage pools: where volumes live. The store holds each pool's record under the name of the
+//! host whose directory it is (`pools/<host>/<name>`); the pool's directory holds its volumes.
+//! A `default` directory pool is made at first start. A daemon sees its own host's pools only.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -17,8 +18,13 @@ use crate::vm::service::{store_error, Service};
 pub const POOLS_PREFIX: &str = "pools/";
 pub const DEFAULT_POOL: &str = "default";
 
-fn pool_key(name: &str) -> String {
-    format!("{POOLS_PREFIX}{name}")
+pub fn pool_key(host: &str, name: &str) -> String {
+    format!("{POOLS_PREFIX}{host}/{name}")
+}
+
+/// The prefix of one host's pool records.
+pub fn host_prefix(host: &str) -> String {
+    format!("{POOLS_PREFIX}{host}/")
 }
 
 /// A pool as stored.
@@ -40,7 +46,7 @@ pub async fn ensure_default_pool(ctx: &Ctx) -> anyhow::Result<()> {
         path,
         created_at_ms: now_ms(),
     };
-    let key = pool_key(DEFAULT_POOL);
+    let key = pool_key(&ctx.config.host_name, DEFAULT_POOL);
     let txn = Txn::new()
         .when(Compare::Missing(key.clone()))
         .then(Op::Put(key, encode(&record)));
@@ -87,7 +93,7 @@ async fn pool_record(ctx: &Ctx, name: &str) -> Result<PoolRecord, ApiError> {
     validate_name("pool", name).map_err(ApiError::invalid)?;
     let kv = ctx
         .store
-        .get(&pool_key(name))
+        .get(&pool_key(&ctx.config.host_name, name))
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found(name))?;
@@ -102,7 +108,7 @@ pub(crate) async fn open_by_name(ctx: &Ctx, name: &str) -> Result<Arc<DirPool>, 
 /// Logs every pool outside the data dir that group or others may enter (its modes are the host
 /// admin's to set; see `file_modes`).
 pub async fn warn_open_pools(ctx: &Ctx) {
-    let Ok((kvs, _)) = ctx.store.list(POOLS_PREFIX).await else {
+    let Ok((kvs, _)) = ctx.store.list(&host_prefix(&ctx.config.host_name)).await else {
         return;
     };
     for kv in kvs {
@@ -173,7 +179,7 @@ impl Service {
         let (kvs, _) = self
             .ctx
             .store
-            .list(POOLS_PREFIX)
+            .list(&host_prefix(&self.ctx.config.host_name))
             .await
             .map_err(store_error)?;
         kvs.iter()
@@ -260,7 +266,7 @@ impl Service {
                 return Err(e);
             }
         };
-        let key = pool_key(&request.name);
+        let key = pool_key(&self.ctx.config.host_name, &request.name);
         let txn = Txn::new()
             .when(Compare::Missing(key.clone()))
             .then(Op::Put(key, encode(&record)));
@@ -301,7 +307,7 @@ impl Service {
             ))
             .with_hint("delete or move the volumes first"));
         }
-        let key = pool_key(name);
+        let key = pool_key(&self.ctx.config.host_name, name);
         let txn = Txn::new()
             .when(Compare::Exists(key.clone()))
             .then(Op::Delete(key));

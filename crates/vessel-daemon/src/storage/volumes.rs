@@ -130,7 +130,7 @@ impl Service {
         let dir = self.open_pool(pool).await?;
         let vms = self.vms().await?;
         let volumes = dir.list_volumes().await.map_err(api_error)?;
-        let projects = crate::storage::ownership::of_pool(self.ctx.store.as_ref(), pool).await?;
+        let projects = crate::storage::ownership::of_pool(&self.ctx, pool).await?;
         Ok(volumes
             .into_iter()
             .map(|v| {
@@ -147,7 +147,7 @@ impl Service {
         validate_name("volume", name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
         let info = dir.volume(name).await.map_err(api_error)?;
-        let project = crate::storage::ownership::get(self.ctx.store.as_ref(), pool, name).await?;
+        let project = crate::storage::ownership::get(&self.ctx, pool, name).await?;
         Ok(view(pool, info, &self.vms().await?, project))
     }
 
@@ -188,14 +188,9 @@ impl Service {
                 )
             }
         };
-        let pending = crate::storage::ownership::reserve_new(
-            &self.ctx.store,
-            pool,
-            &spec.name,
-            &project,
-            bytes,
-        )
-        .await?;
+        let pending =
+            crate::storage::ownership::reserve_new(&self.ctx, pool, &spec.name, &project, bytes)
+                .await?;
         let info = match self.make_volume(&dir, pool, &spec, request.encrypted).await {
             Ok(info) => info,
             Err(e) => {
@@ -255,9 +250,9 @@ impl Service {
         }
         // The copy belongs to the source's project, and its size is reserved in that project's
         // disk quota before the copy starts; a failed copy gives it back.
-        let project = crate::storage::ownership::get(self.ctx.store.as_ref(), pool, source).await?;
+        let project = crate::storage::ownership::get(&self.ctx, pool, source).await?;
         let pending = crate::storage::ownership::reserve_new(
-            &self.ctx.store,
+            &self.ctx,
             pool,
             &request.name,
             &project,
@@ -371,9 +366,8 @@ impl Service {
             .collect();
         // A growth is reserved against the project's disk quota first; whatever then happens,
         // the entry ends up with the size the volume has on disk.
-        let store = self.ctx.store.as_ref();
         crate::storage::ownership::reserve_resize(
-            store,
+            &self.ctx,
             pool,
             name,
             current.virtual_size,
@@ -391,7 +385,7 @@ impl Service {
             Ok(volume) => volume.virtual_bytes,
             Err(_) => dir.volume(name).await.map_err(api_error)?.virtual_size,
         };
-        crate::storage::ownership::record_size(store, pool, name, on_disk).await?;
+        crate::storage::ownership::record_size(&self.ctx, pool, name, on_disk).await?;
         resized
     }
 
@@ -415,7 +409,7 @@ impl Service {
                 .await
         }
         .map_err(api_error)?;
-        let project = crate::storage::ownership::get(self.ctx.store.as_ref(), pool, name).await?;
+        let project = crate::storage::ownership::get(&self.ctx, pool, name).await?;
         Ok(view(pool, info, vms, project))
     }
 
@@ -486,7 +480,7 @@ impl Service {
             .delete_volume(name)
             .await
             .map_err(api_error)?;
-        crate::storage::ownership::remove(self.ctx.store.as_ref(), pool, name).await?;
+        crate::storage::ownership::remove(&self.ctx, pool, name).await?;
         // After the volume: a key without a volume is harmless, a volume without its key is lost.
         keys::delete(&self.ctx, pool, name).await
     }

@@ -572,13 +572,8 @@ impl Worker {
             }
         };
         // The reservation made with the VM becomes the size the disk was made with.
-        crate::storage::ownership::record_size(
-            self.ctx.store.as_ref(),
-            &root.pool,
-            &root.volume,
-            virtual_bytes,
-        )
-        .await?;
+        crate::storage::ownership::record_size(&self.ctx, &root.pool, &root.volume, virtual_bytes)
+            .await?;
         Ok(())
     }
 
@@ -588,6 +583,7 @@ impl Worker {
         let mut txn = Txn::new()
             .then(Op::DeletePrefix(vm_prefix(&self.name)))
             .then(Op::Delete(crate::storage::ownership::key(
+                &self.ctx.config.host_name,
                 &root.pool,
                 &root.volume,
             )));
