@@ -111,6 +111,21 @@ mod tests {
         assert_eq!(store.revision().await.unwrap(), revision);
     }
 
+    #[test]
+    fn an_operation_without_a_host_is_the_reading_daemons_and_one_with_a_host_only_its() {
+        let old: crate::vm::model::OpRecord = serde_json::from_value(serde_json::json!({
+            "id": "x", "vm": "web", "action": "start", "status": "pending", "created_at_ms": 1
+        }))
+        .unwrap();
+        assert!(old.is_for("alpha") && old.is_for("beta"));
+        let mut new = old.clone();
+        new.host = "alpha".into();
+        assert!(new.is_for("alpha") && !new.is_for("beta"));
+        let stored: serde_json::Value =
+            serde_json::from_slice(&crate::vm::model::encode(&new)).unwrap();
+        assert_eq!(stored["host"], "alpha");
+    }
+
     #[tokio::test]
     async fn a_new_data_dir_has_nothing_to_move() {
         let dir = tempfile::tempdir().unwrap();

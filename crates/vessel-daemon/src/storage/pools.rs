@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use vessel_api::{ApiError, CreatePoolRequest, ErrorCode, Pool, PoolKind};
 use vessel_core::validate_name;
 use vessel_storage::{DirPool, QemuImg, StoragePool};
-use vessel_store::{Compare, Op, Txn};
 
 use crate::ctx::Ctx;
+use crate::storage::volumes::api_error;
 use crate::vm::model::{decode, encode, now_ms};
 use crate::vm::service::{store_error, Service};
 
@@ -46,11 +46,12 @@ pub async fn ensure_default_pool(ctx: &Ctx) -> anyhow::Result<()> {
         path,
         created_at_ms: now_ms(),
     };
-    let key = pool_key(&ctx.config.host_name, DEFAULT_POOL);
-    let txn = Txn::new()
-        .when(Compare::Missing(key.clone()))
-        .then(Op::Put(key, encode(&record)));
-    ctx.store.txn(txn).await?;
+    ctx.store
+        .create(
+            &pool_key(&ctx.config.host_name, DEFAULT_POOL),
+            encode(&record),
+        )
+        .await?;
     Ok(())
 }
 
@@ -126,14 +127,8 @@ pub async fn warn_open_pools(ctx: &Ctx) {
 
 /// The API view: the record plus the pool's space and volume count, read now.
 async fn view(pool: &DirPool, record: &PoolRecord) -> Result<Pool, ApiError> {
-    let usage = pool
-        .capacity()
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let volumes = pool
-        .volume_names()
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let usage = pool.capacity().await.map_err(api_error)?;
+    let volumes = pool.volume_names().await.map_err(api_error)?;
     Ok(Pool {
         name: record.name.clone(),
         kind: record.kind,
@@ -267,17 +262,8 @@ impl Service {
             }
         };
         let key = pool_key(&self.ctx.config.host_name, &request.name);
-        let txn = Txn::new()
-            .when(Compare::Missing(key.clone()))
-            .then(Op::Put(key, encode(&record)));
-        if !self
-            .ctx
-            .store
-            .txn(txn)
-            .await
-            .map_err(store_error)?
-            .succeeded
-        {
+        let created = self.ctx.store.create(&key, encode(&record)).await;
+        if !created.map_err(store_error)? {
             if created_dir {
                 let _ = std::fs::remove_dir(&path);
             }
@@ -299,7 +285,7 @@ impl Service {
             .await?
             .volume_names()
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(api_error)?;
         if !names.is_empty() {
             return Err(ApiError::conflict(format!(
                 "pool {name:?} still holds volumes: {}",
@@ -308,17 +294,7 @@ impl Service {
             .with_hint("delete or move the volumes first"));
         }
         let key = pool_key(&self.ctx.config.host_name, name);
-        let txn = Txn::new()
-            .when(Compare::Exists(key.clone()))
-            .then(Op::Delete(key));
-        if !self
-            .ctx
-            .store
-            .txn(txn)
-            .await
-            .map_err(store_error)?
-            .succeeded
-        {
+        if !self.ctx.store.delete(&key).await.map_err(store_error)? {
             return Err(not_found(name));
         }
         self.ctx.pools.lock().await.remove(name);

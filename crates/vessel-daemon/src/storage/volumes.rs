@@ -10,6 +10,8 @@ use vessel_storage::{CloneMode, DirPool, Format, PoolError, StoragePool, VolumeI
 
 use std::sync::Arc;
 
+use crate::common::op_error::OpError;
+use crate::storage::copy::{self, Copy, CopyKeys};
 use crate::storage::keys;
 use crate::vm::model::Loaded;
 use crate::vm::service::{ActionOptions, Service};
@@ -270,14 +272,10 @@ impl Service {
         project: String,
         pending: crate::storage::ownership::PendingVolume,
     ) -> Result<vessel_api::Operation, ApiError> {
-        let (pool, source) = (dir.name(), src.name.as_str());
-        let keys = if src.encrypted {
-            let src_key = keys::get(&self.ctx, pool, source)
-                .await
-                .map_err(ApiError::internal)?;
-            Some((src_key, keys::create(&self.ctx, pool, &request.name).await?))
-        } else {
-            None
+        let pool = dir.name().to_string();
+        let keys = match src.encrypted {
+            true => Some(CopyKeys::make(&self.ctx, &pool, src, &pool, &request.name).await?),
+            false => None,
         };
         let record = crate::storage::host_ops::begin(
             &self.ctx,
@@ -288,10 +286,9 @@ impl Service {
         .await?;
         let operation = record.operation.clone();
         let cancel = vessel_storage::CancelToken::new();
-        let (service, pool, source, name, linked) = (
+        let (service, src, name, linked) = (
             self.clone(),
-            pool.to_string(),
-            source.to_string(),
+            src.clone(),
             request.name.clone(),
             request.linked,
         );
@@ -301,44 +298,32 @@ impl Service {
             cancel,
             move |progress| async move {
                 let mut report = |percent: f64| progress.report(percent);
-                let made = match &keys {
-                    Some((src_key, (dst_key, _pending))) => {
-                        let made = dir
-                            .clone_encrypted_volume(
-                                &source,
-                                Some(src_key),
-                                &name,
-                                dst_key,
-                                &mut report,
-                            )
-                            .await;
-                        if made.is_err() {
-                            let _ = keys::delete(&service.ctx, &pool, &name).await;
-                        }
-                        made
-                    }
-                    None => {
-                        let mode = if linked {
-                            CloneMode::Linked
-                        } else {
-                            CloneMode::Full
-                        };
-                        dir.clone_volume(&source, &name, mode, &mut report).await
-                    }
+                let made = if linked {
+                    dir.clone_volume(&src.name, &name, CloneMode::Linked, &mut report)
+                        .await
+                        .map_err(api_error)
+                } else {
+                    let copy = Copy {
+                        source_pool: &dir,
+                        source: &src,
+                        pool: &dir,
+                        name: &name,
+                        size: None,
+                        keys: keys.as_ref(),
+                    };
+                    copy::full_copy(&service.ctx, copy, &mut report).await
                 };
                 let info = match made {
                     Ok(info) => info,
                     Err(e) => {
                         pending.failed().await;
-                        return Err(crate::vm::worker::error_chain(&e));
+                        return Err(OpError::from(e));
                     }
                 };
-                pending
-                    .made(info.virtual_size)
-                    .await
-                    .map_err(|e| e.message)?;
-                let vms = service.vms().await.map_err(|e| e.message)?;
-                serde_json::to_value(view(&pool, info, &vms, project)).map_err(|e| e.to_string())
+                pending.made(info.virtual_size).await?;
+                let vms = service.vms().await?;
+                serde_json::to_value(view(&pool, info, &vms, project))
+                    .map_err(|e| OpError::from(e.to_string()))
             },
         );
         Ok(operation)

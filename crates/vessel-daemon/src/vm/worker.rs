@@ -568,7 +568,7 @@ impl Worker {
             Ok(bytes) => bytes,
             Err(problem) => {
                 self.undo_create(&vm, &root).await;
-                return Err(problem.into());
+                return Err(problem);
             }
         };
         // The reservation made with the VM becomes the size the disk was made with.
