@@ -28,6 +28,11 @@ pub struct HostCheck {
 /// What the daemon knows about the host it runs on.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostInfo {
+    /// This host's name in the store, fixed at the data dir's first start (`--host-name`, else
+    /// the system hostname then); what its pools and volume keys are recorded under.
+    #[serde(default)]
+    pub name: String,
+    /// The system hostname now.
     pub hostname: String,
     pub version: String,
     pub cpus: u32,

@@ -11,7 +11,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/vessel/vessel.toml";
 /// `vessel daemon` flags.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(
-    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)\n  qemu_uid_base = 1879048192    # each VM's QEMU runs as its own uid from here on (0: as the daemon's user)\n  kernel_dirs = [\"/srv/kernels\"]  # project operators may boot kernels/initrds from here (else host admins only)\n  import_dirs = [\"/srv/images\"]   # ... import files from here\n  export_dirs = [\"/srv/exports\"]  # ... export volumes to new files here\n  import_allow_private = false  # URL imports of non-admins may reach private addresses\n  import_allow_cidrs = [\"10.1.0.0/16\"]  # ... or these networks only\n  audit_keep_days = 365         # prune older audit records (signed, verify still passes); default: keep all\n  audit_keep_records = 1000000  # and records beyond the newest this many"
+    after_help = "EXAMPLES:\n  vessel daemon\n  vessel --socket /tmp/vessel.sock daemon --data-dir /srv/vessel\n\nThe API socket is the global --socket option (default /run/vessel/vessel.sock, mode 0660).\nThe configuration file (TOML) takes the same settings as the flags, plus:\n  socket = \"/run/vessel/vessel.sock\"\n  accelerator = \"auto\"          # auto | kvm | tcg\n  qemu_binary = \"qemu-system-x86_64\"\n  console_log_bytes = 1048576   # per VM, before rotation\n  stop_timeout_secs = 30        # ACPI power-down wait before a forced stop\n  event_buffer = 1024           # events a slow stream subscriber may lag before missing some\n  sample_interval_secs = 5      # VM statistics sampling period\n  listen = \"0.0.0.0:8443\"      # the remote API over TLS (off unless set)\n  tls_names = [\"host.example\"] # extra names in the server certificate\n  socket_group = \"vessel\"       # who may use the unix socket besides root (as admin)\n  qemu_uid_base = 1879048192    # each VM's QEMU runs as its own uid from here on (0: as the daemon's user)\n  kernel_dirs = [\"/srv/kernels\"]  # project operators may boot kernels/initrds from here (else host admins only)\n  import_dirs = [\"/srv/images\"]   # ... import files from here\n  export_dirs = [\"/srv/exports\"]  # ... export volumes to new files here\n  import_allow_private = false  # URL imports of non-admins may reach private addresses\n  import_allow_cidrs = [\"10.1.0.0/16\"]  # ... or these networks only\n  audit_keep_days = 365         # prune older audit records (signed, verify still passes); default: keep all\n  audit_keep_records = 1000000  # and records beyond the newest this many\n  host_name = \"node1\"          # this host's name, fixed at the first start (default: the system hostname)"
 )]
 pub struct DaemonArgs {
     /// Where the database, VM run directories and console logs live [default: /var/lib/vessel].
@@ -30,6 +30,10 @@ pub struct DaemonArgs {
     /// Remote callers sign in with a token or a client certificate.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// This host's name in the store (what its pools and volume keys are recorded under); fixed
+    /// at the data dir's first start [default: the system hostname].
+    #[arg(long, value_name = "NAME")]
+    pub host_name: Option<String>,
 }
 
 /// The settings file. Unknown keys are an error: a typo must not be silently ignored.
@@ -55,6 +59,7 @@ struct FileConfig {
     export_dirs: Option<Vec<PathBuf>>,
     import_allow_private: Option<bool>,
     import_allow_cidrs: Option<Vec<String>>,
+    host_name: Option<String>,
 }
 
 /// The effective configuration.
@@ -93,6 +98,9 @@ pub struct Config {
     /// Which addresses URL imports of callers without `host.files` may reach (public ones only
     /// by default).
     pub url_policy: vessel_storage::UrlPolicy,
+    /// This host's name: the name asked for (empty: none, the system hostname is taken) until
+    /// the daemon starts, then the one recorded in the data dir (see `host_identity`).
+    pub host_name: String,
 }
 
 impl Config {
@@ -119,6 +127,7 @@ impl Config {
             import_dirs: Vec::new(),
             export_dirs: Vec::new(),
             url_policy: vessel_storage::UrlPolicy::public_only(),
+            host_name: String::new(),
         }
     }
 
@@ -185,6 +194,11 @@ impl Config {
             &file.import_allow_cidrs.unwrap_or_default(),
         )
         .map_err(|e| anyhow::anyhow!("import_allow_cidrs: {e}"))?;
+        config.host_name = args
+            .host_name
+            .clone()
+            .or(file.host_name)
+            .unwrap_or_default();
         if !["auto", "kvm", "tcg"].contains(&config.accelerator.as_str()) {
             anyhow::bail!(
                 "accelerator {:?} is not one of auto, kvm, tcg",

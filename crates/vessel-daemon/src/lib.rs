@@ -6,7 +6,9 @@ mod api;
 mod common;
 mod config;
 mod ctx;
+mod host_identity;
 mod lock;
+mod migrate;
 mod network;
 mod observe;
 mod storage;
@@ -50,6 +52,9 @@ pub async fn run(
         .create(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let mut config = config;
+    let requested = Some(config.host_name.as_str()).filter(|name| !name.is_empty());
+    config.host_name = host_identity::resolve(&config.data_dir, requested)?;
     let fixed = access::file_modes::secure_data_dir(&config.data_dir)?;
     if fixed > 0 {
         tracing::warn!(
@@ -60,6 +65,8 @@ pub async fn run(
     }
     let store = SqliteStore::open(&config.data_dir.join("vessel.db"))
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    // Before anything reads the keys it moves.
+    migrate::to_host_keys(&store, &config.host_name).await?;
     let accel = choose_accelerator(&config.accelerator);
     if accel.accel == Accel::Tcg {
         tracing::warn!("accelerator: tcg: {}", accel.reason);

@@ -145,3 +145,45 @@ async fn bad_pools_are_refused_and_leave_nothing_behind() {
         .collect();
     assert_eq!(names, ["default", "p1"]);
 }
+
+/// The host's name is chosen at the data dir's first start and kept: later starts without the
+/// setting keep it (and the pools recorded under it), and a different one is refused with a
+/// clear way out, before the daemon touches anything.
+#[tokio::test]
+async fn the_host_name_is_fixed_at_first_start() {
+    let mut daemon = Daemon::start_with(&["--host-name", "alpha"]);
+    let client = daemon.client();
+    assert_eq!(client.host_info().await.unwrap().name, "alpha");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fast");
+    client
+        .create_pool(&CreatePoolRequest {
+            name: "fast".into(),
+            kind: PoolKind::Dir,
+            path: path.to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap();
+    daemon.stop();
+
+    daemon.extra_args = vec!["--host-name".into(), "beta".into()];
+    let refused = daemon.command().output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("belongs to host \"alpha\"") && stderr.contains("--host-name alpha"),
+        "{stderr}"
+    );
+
+    daemon.extra_args.clear();
+    daemon.spawn();
+    let client = daemon.client();
+    assert_eq!(client.host_info().await.unwrap().name, "alpha");
+    let out = vessel(&daemon, &["host", "info"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("alpha"), "{text}");
+    assert_eq!(
+        client.get_pool("fast").await.unwrap().path,
+        path.to_string_lossy()
+    );
+}

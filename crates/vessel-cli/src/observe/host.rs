@@ -86,6 +86,7 @@ pub(crate) async fn run(command: HostCommand, ctx: &Context) -> Result<ExitCode,
 /// `vessel host info`.
 pub fn host_details(host: &HostInfo) -> String {
     key_values(vec![
+        ("Name", host.name.clone()),
         ("Hostname", host.hostname.clone()),
         ("Vessel version", host.version.clone()),
         ("CPUs", host.cpus.to_string()),

@@ -686,8 +686,7 @@ async fn resolve(
         Target::Volume => {
             let pool = matched.param("pool").unwrap_or_default();
             let name = matched.param("name").unwrap_or_default();
-            let project =
-                crate::storage::ownership::get(sec.ctx.store.as_ref(), pool, name).await?;
+            let project = crate::storage::ownership::get(&sec.ctx, pool, name).await?;
             Ok((req, Some(project), path))
         }
         Target::Vm => {

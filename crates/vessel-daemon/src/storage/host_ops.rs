@@ -53,6 +53,7 @@ pub async fn begin(
         size_bytes: None,
         nic: None,
         resumed: false,
+        host: ctx.config.host_name.clone(),
     };
     put(ctx, &record).await?;
     Ok(record)

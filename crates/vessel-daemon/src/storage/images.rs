@@ -15,18 +15,18 @@ use vessel_auth::host_files::DirKind;
 use vessel_auth::{Identity, Permission, Scope};
 use vessel_core::validate_name;
 use vessel_storage::{
-    CancelToken, DirPool, ExportOptions, ImportOptions, ImportSource, StoragePool,
+    CancelToken, DirPool, ExportOptions, ImportOptions, ImportSource, ImportedVolume, StoragePool,
 };
-use vessel_store::{Compare, Op, Txn};
+use vessel_store::{Op, Txn};
 
-use crate::common::errors::error_chain;
 use crate::common::errors::store_error;
 use crate::common::op_error::OpError;
 use crate::ctx::Ctx;
 use crate::ctx::Service;
 use crate::storage::host_ops;
+use crate::storage::ownership::PendingVolume;
 use crate::storage::pools::DEFAULT_POOL;
-use crate::storage::volumes::{from_format, to_format};
+use crate::storage::volumes::{api_error, from_format, to_format};
 use crate::vm::model::{decode, encode, now_ms};
 
 pub const IMAGES_PREFIX: &str = "images/";
@@ -59,30 +59,74 @@ pub(crate) fn not_found(name: &str) -> ApiError {
         .with_hint("list images with `vessel image list`, import one with `vessel image import`")
 }
 
-/// Counts an imported volume (its size is known only once it is done) against the project's
-/// disk quota; one that does not fit is deleted again, and the operation fails with the
-/// refusal's code (409 `quota_exceeded`).
-/// A failed import keeps the pool's verdict: a source the request named badly (a refused
-/// address, a redirect to one, a file that is not an image) is the caller's 400, not a 500.
-fn import_error(e: vessel_storage::PoolError) -> OpError {
-    crate::storage::volumes::api_error(e).into()
+/// An import to run: where it goes, what it reads (and the file it reads through, held open
+/// while it runs), and whose disk quota it counts against.
+struct Import {
+    pool: Arc<DirPool>,
+    name: String,
+    source: ImportSource,
+    held: Option<std::fs::File>,
+    opts: ImportOptions,
+    project: String,
 }
 
-async fn count_import(
-    ctx: &Ctx,
-    pool: &DirPool,
-    name: &str,
-    project: &str,
-    size: u64,
-) -> Result<crate::storage::ownership::PendingVolume, OpError> {
-    match crate::storage::ownership::reserve_new(&ctx.store, pool.name(), name, project, size).await
-    {
-        Ok(pending) => Ok(pending),
-        Err(e) => {
-            let _ = pool.delete_volume(name).await;
-            Err(e.into())
-        }
-    }
+/// Starts `import` as host operation `action` on `resource`, cancellable. The volume is
+/// imported, then counted against the project's disk quota (its size is known only once it is
+/// done): one that does not fit is deleted again, and the operation fails with the refusal's
+/// code (409 `quota_exceeded`). Then `finish` makes the operation's result of it. A failed
+/// import keeps the pool's verdict: a source the request named badly (a refused address, a
+/// redirect to one, a file that is not an image) is the caller's 400, not a 500.
+async fn start_import<F, Fut>(
+    ctx: &Arc<Ctx>,
+    (action, resource): (OperationAction, String),
+    mut import: Import,
+    finish: F,
+) -> Result<Operation, ApiError>
+where
+    F: FnOnce(ImportedVolume, PendingVolume) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<serde_json::Value, OpError>> + Send + 'static,
+{
+    let record = host_ops::begin(ctx, action, resource, &import.project).await?;
+    let operation = record.operation.clone();
+    let cancel = CancelToken::new();
+    import.opts.cancel = Some(cancel.clone());
+    let task_ctx = Arc::clone(ctx);
+    host_ops::run(
+        Arc::clone(ctx),
+        record,
+        cancel,
+        move |progress| async move {
+            let Import {
+                pool,
+                name,
+                source,
+                held: _held,
+                opts,
+                project,
+            } = import;
+            let imported = pool
+                .import_volume(&name, source, &opts, &mut track(progress))
+                .await
+                .map_err(api_error)?;
+            let size = imported.info.virtual_size;
+            let reserved = crate::storage::ownership::reserve_new(
+                &task_ctx,
+                pool.name(),
+                &name,
+                &project,
+                size,
+            )
+            .await;
+            match reserved {
+                Ok(pending) => finish(imported, pending).await,
+                Err(e) => {
+                    let _ = pool.delete_volume(&name).await;
+                    Err(e.into())
+                }
+            }
+        },
+    );
+    Ok(operation)
 }
 
 /// An import's source as the pool reads it, and what must stay alive while it does: a file
@@ -108,8 +152,7 @@ fn open_source(
         }
         ImportSource::Url(url) => {
             opts.url_policy = url_policy(ctx, identity);
-            vessel_storage::precheck_url(&url, &opts.url_policy)
-                .map_err(crate::storage::volumes::api_error)?;
+            vessel_storage::precheck_url(&url, &opts.url_policy).map_err(api_error)?;
             Ok((ImportSource::Url(url), None))
         }
     }
@@ -174,14 +217,11 @@ impl Service {
 
     async fn image_view(&self, record: ImageRecord) -> Result<Image, ApiError> {
         let pool = crate::storage::pools::open_by_name(&self.ctx, &record.pool).await?;
-        let info = pool
-            .volume(&record.name)
-            .await
-            .map_err(|e| ApiError::internal(error_chain(&e)))?;
+        let info = pool.volume(&record.name).await.map_err(api_error)?;
         let dependents = pool
             .list_volumes()
             .await
-            .map_err(|e| ApiError::internal(error_chain(&e)))?
+            .map_err(api_error)?
             .into_iter()
             .filter(|v| v.backing_volume.as_deref() == Some(record.name.as_str()))
             .map(|v| v.name)
@@ -219,12 +259,7 @@ impl Service {
     }
 
     pub async fn get_image(&self, name: &str) -> Result<Image, ApiError> {
-        validate_name("image", name).map_err(ApiError::invalid)?;
-        let record = self
-            .image_record(name)
-            .await?
-            .ok_or_else(|| not_found(name))?;
-        self.image_view(record).await
+        self.image_view(self.image_location(name).await?).await
     }
 
     /// The pool and volume name of an image, for cloning VMs' disks from it.
@@ -282,10 +317,7 @@ impl Service {
     ) -> Result<String, ApiError> {
         let record = self.usable_image(name, kind, project, identity).await?;
         let pool = crate::storage::pools::open_by_name(&self.ctx, &record.pool).await?;
-        let info = pool
-            .volume(name)
-            .await
-            .map_err(crate::storage::volumes::api_error)?;
+        let info = pool.volume(name).await.map_err(api_error)?;
         Ok(info.path.to_string_lossy().into_owned())
     }
 
@@ -319,31 +351,24 @@ impl Service {
         opts.read_only = true;
         opts.opaque = !request.kind.is_disk();
         validate_digest(request.sha256.as_deref())?;
-        let record = host_ops::begin(
-            &self.ctx,
-            OperationAction::ImportImage,
-            format!("image/{}", request.name),
-            &project,
-        )
-        .await?;
-        let operation = record.operation.clone();
         let service = self.clone();
         let (name, source_text) = (request.name.clone(), request.source.clone());
         let (kind, public) = (request.kind, request.public);
-        let cancel = CancelToken::new();
-        opts.cancel = Some(cancel.clone());
-        host_ops::run(
-            Arc::clone(&self.ctx),
-            record,
-            cancel,
-            move |progress| async move {
-                let _held = held;
-                let imported = pool
-                    .import_volume(&name, source, &opts, &mut track(progress))
-                    .await
-                    .map_err(import_error)?;
+        let import = Import {
+            pool: Arc::clone(&pool),
+            name: name.clone(),
+            source,
+            held,
+            opts,
+            project: project.clone(),
+        };
+        let what = (OperationAction::ImportImage, format!("image/{name}"));
+        start_import(
+            &self.ctx,
+            what,
+            import,
+            move |imported, pending| async move {
                 let size = imported.info.virtual_size;
-                let pending = count_import(&service.ctx, &pool, &name, &project, size).await?;
                 let image = ImageRecord {
                     name: name.clone(),
                     pool: pool_name,
@@ -355,22 +380,19 @@ impl Service {
                     public,
                 };
                 let key = image_key(&name);
-                let txn = Txn::new()
-                    .when(Compare::Missing(key.clone()))
-                    .then(Op::Put(key, encode(&image)));
-                let stored = service.ctx.store.txn(txn).await.map_err(|e| e.to_string());
-                if !matches!(stored, Ok(ref r) if r.succeeded) {
+                let stored = service.ctx.store.create(&key, encode(&image)).await;
+                if !matches!(stored, Ok(true)) {
                     // Raced with another import of the name: keep theirs, drop ours.
                     let _ = pool.delete_volume(&name).await;
                     pending.failed().await;
                     return Err(format!("an image named {name:?} was imported meanwhile").into());
                 }
-                pending.made(size).await.map_err(|e| e.message)?;
-                let view = service.image_view(image).await.map_err(|e| e.message)?;
+                pending.made(size).await?;
+                let view = service.image_view(image).await?;
                 serde_json::to_value(view).map_err(|e| OpError::from(e.to_string()))
             },
-        );
-        Ok(operation)
+        )
+        .await
     }
 
     /// Deletes an image that no volume depends on and no VM boots with. A public image is
@@ -386,11 +408,12 @@ impl Service {
         let pool = crate::storage::pools::open_by_name(&self.ctx, &record.pool).await?;
         match pool.delete_volume(name).await {
             Ok(()) | Err(vessel_storage::PoolError::NotFound { .. }) => {}
-            Err(e) => return Err(crate::storage::volumes::api_error(e)),
+            Err(e) => return Err(api_error(e)),
         }
         let txn = Txn::new()
             .then(Op::Delete(image_key(name)))
             .then(Op::Delete(crate::storage::ownership::key(
+                &self.ctx.config.host_name,
                 &record.pool,
                 name,
             )));
@@ -452,42 +475,31 @@ impl Service {
         let pool = crate::storage::pools::open_by_name(&self.ctx, pool_name).await?;
         opts.expected_sha256 = request.sha256.clone();
         opts.format = request.format.map(to_format);
-        let cancel = CancelToken::new();
-        opts.cancel = Some(cancel.clone());
-        let record = host_ops::begin(
-            &self.ctx,
+        let (service, name) = (self.clone(), request.name.clone());
+        let pool_name = pool_name.to_string();
+        let import = Import {
+            pool,
+            name: name.clone(),
+            source,
+            held,
+            opts,
+            project,
+        };
+        let what = (
             OperationAction::ImportVolume,
-            format!("volume/{pool_name}/{}", request.name),
-            &project,
-        )
-        .await?;
-        let operation = record.operation.clone();
-        let (service, name, pool_name) =
-            (self.clone(), request.name.clone(), pool_name.to_string());
-        host_ops::run(
-            Arc::clone(&self.ctx),
-            record,
-            cancel,
-            move |progress| async move {
-                let _held = held;
-                let imported = pool
-                    .import_volume(&name, source, &opts, &mut track(progress))
-                    .await
-                    .map_err(import_error)?;
-                let size = imported.info.virtual_size;
-                count_import(&service.ctx, &pool, &name, &project, size)
-                    .await?
-                    .made(size)
-                    .await
-                    .map_err(|e| e.message)?;
-                let volume = service
-                    .get_volume(&pool_name, &name)
-                    .await
-                    .map_err(|e| e.message)?;
+            format!("volume/{pool_name}/{name}"),
+        );
+        start_import(
+            &self.ctx,
+            what,
+            import,
+            move |imported, pending| async move {
+                pending.made(imported.info.virtual_size).await?;
+                let volume = service.get_volume(&pool_name, &name).await?;
                 serde_json::to_value(volume).map_err(|e| OpError::from(e.to_string()))
             },
-        );
-        Ok(operation)
+        )
+        .await
     }
 
     /// Starts exporting a volume to a standalone qcow2 file on the host.
@@ -506,10 +518,7 @@ impl Service {
                 )),
             };
         let pool = crate::storage::pools::open_by_name(&self.ctx, pool_name).await?;
-        let info = pool
-            .volume(name)
-            .await
-            .map_err(crate::storage::volumes::api_error)?;
+        let info = pool.volume(name).await.map_err(api_error)?;
         let key = if info.encrypted {
             Some(
                 crate::storage::keys::get(&self.ctx, pool_name, name)
@@ -519,8 +528,7 @@ impl Service {
         } else {
             None
         };
-        let project =
-            crate::storage::ownership::get(self.ctx.store.as_ref(), pool_name, name).await?;
+        let project = crate::storage::ownership::get(&self.ctx, pool_name, name).await?;
         let record = host_ops::begin(
             &self.ctx,
             OperationAction::ExportVolume,
@@ -545,13 +553,13 @@ impl Service {
                 let file = pool
                     .export_volume(&name, Path::new(&dest), &opts, &mut track(progress))
                     .await
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(api_error)?;
                 serde_json::to_value(ExportedVolume {
                     path: file.path.to_string_lossy().into_owned(),
                     bytes: file.size,
                     sha256: file.sha256,
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| OpError::from(e.to_string()))
             },
         );
         Ok(operation)

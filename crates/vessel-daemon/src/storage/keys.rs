@@ -1,7 +1,8 @@
 //! Keys of encrypted volumes. Each encrypted volume has its own random key; the store keeps it
-//! only wrapped by the host's master key (`volkeys/<pool>/<volume>`), bound to the volume's
-//! name, so neither the database nor a copy of it reveals a key, and a wrapped key moved to
-//! another volume does not open.
+//! only wrapped by the host's master key (`volkeys/<host>/<pool>/<volume>`: the master key is
+//! the host's own file, so its wrapped keys are too), bound to the volume's name, so neither the
+//! database nor a copy of it reveals a key, and a wrapped key moved to another volume does not
+//! open.
 
 use std::sync::Arc;
 
@@ -16,8 +17,8 @@ use crate::vm::model::{decode, encode};
 
 pub const VOLKEYS_PREFIX: &str = "volkeys/";
 
-pub fn volkey_key(pool: &str, volume: &str) -> String {
-    format!("{VOLKEYS_PREFIX}{pool}/{volume}")
+pub fn volkey_key(host: &str, pool: &str, volume: &str) -> String {
+    format!("{VOLKEYS_PREFIX}{host}/{pool}/{volume}")
 }
 
 /// The master key file, created (0600) at first start.
@@ -48,7 +49,7 @@ pub async fn create(
     pool: &str,
     volume: &str,
 ) -> Result<(VolumeKey, PendingKey), ApiError> {
-    let record = volkey_key(pool, volume);
+    let record = volkey_key(&ctx.config.host_name, pool, volume);
     if !ctx.pending_keys.lock().insert(record.clone()) {
         return Err(ApiError::conflict(format!(
             "volume {volume:?} of pool {pool:?} is being created by another request"
@@ -92,7 +93,7 @@ pub async fn create(
 
 /// The key of an encrypted volume.
 pub async fn get(ctx: &Ctx, pool: &str, volume: &str) -> Result<Arc<VolumeKey>, String> {
-    let record = volkey_key(pool, volume);
+    let record = volkey_key(&ctx.config.host_name, pool, volume);
     let kv = ctx
         .store
         .get(&record)
@@ -112,7 +113,7 @@ pub async fn get(ctx: &Ctx, pool: &str, volume: &str) -> Result<Arc<VolumeKey>, 
 }
 
 pub async fn delete(ctx: &Ctx, pool: &str, volume: &str) -> Result<(), ApiError> {
-    let txn = Txn::new().then(Op::Delete(volkey_key(pool, volume)));
+    let txn = Txn::new().then(Op::Delete(volkey_key(&ctx.config.host_name, pool, volume)));
     ctx.store.txn(txn).await.map_err(store_error)?;
     Ok(())
 }
@@ -125,7 +126,8 @@ pub async fn rotate_master_key(ctx: &Ctx) -> Result<vessel_api::MasterKeyRotatio
     keyring
         .begin_rotation()
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let (kvs, _) = ctx.store.list(VOLKEYS_PREFIX).await.map_err(store_error)?;
+    let prefix = format!("{VOLKEYS_PREFIX}{}/", ctx.config.host_name);
+    let (kvs, _) = ctx.store.list(&prefix).await.map_err(store_error)?;
     let mut rewrapped = 0;
     for kv in &kvs {
         let wrapped: WrappedSecret =
@@ -133,7 +135,7 @@ pub async fn rotate_master_key(ctx: &Ctx) -> Result<vessel_api::MasterKeyRotatio
         if !keyring.needs_rewrap(&wrapped) {
             continue;
         }
-        let (pool, volume) = kv.key[VOLKEYS_PREFIX.len()..]
+        let (pool, volume) = kv.key[prefix.len()..]
             .split_once('/')
             .ok_or_else(|| ApiError::internal(format!("malformed key record {}", kv.key)))?;
         let aad = vessel_secrets::volume_aad(pool, volume);

@@ -1,5 +1,6 @@
-//! The owner and size of each volume: `volprojects/<pool>/<volume>` holds a [`VolumeEntry`]
-//! (its project and virtual size). Volumes have no record of their own (the pool's directory is
+//! The owner and size of each volume: `volprojects/<host>/<pool>/<volume>` holds a
+//! [`VolumeEntry`] (its project and virtual size). Keyed by host like the pools; a project's
+//! disk usage counts the entries of every host. Volumes have no record of their own (the pool's directory is
 //! the truth about which exist), so this is kept beside them, and it is what the disk quota
 //! counts.
 //!
@@ -22,8 +23,13 @@ use crate::ctx::Ctx;
 
 pub const PREFIX: &str = "volprojects/";
 
-pub fn key(pool: &str, volume: &str) -> String {
-    format!("{PREFIX}{pool}/{volume}")
+pub fn key(host: &str, pool: &str, volume: &str) -> String {
+    format!("{PREFIX}{host}/{pool}/{volume}")
+}
+
+/// The prefix of one host's entries.
+fn host_prefix(host: &str) -> String {
+    format!("{PREFIX}{host}/")
 }
 
 /// What the store knows of one volume.
@@ -52,31 +58,41 @@ fn decode_entry(bytes: &[u8]) -> VolumeEntry {
         .unwrap_or_else(|_| VolumeEntry::new(&String::from_utf8_lossy(bytes), 0))
 }
 
-pub fn put(pool: &str, volume: &str, entry: &VolumeEntry) -> Op {
-    Op::Put(key(pool, volume), crate::vm::model::encode(entry))
+pub fn put(host: &str, pool: &str, volume: &str, entry: &VolumeEntry) -> Op {
+    Op::Put(key(host, pool, volume), crate::vm::model::encode(entry))
 }
 
 /// The entry of one volume and its mod revision, if it has one.
 async fn entry(
     store: &dyn Store,
+    host: &str,
     pool: &str,
     volume: &str,
 ) -> Result<Option<(VolumeEntry, i64)>, ApiError> {
-    let kv = store.get(&key(pool, volume)).await.map_err(store_error)?;
+    let kv = store
+        .get(&key(host, pool, volume))
+        .await
+        .map_err(store_error)?;
     Ok(kv.map(|kv| (decode_entry(&kv.value), kv.mod_revision)))
 }
 
 /// Whether a volume (or a reservation for one) has an entry.
-pub async fn exists(store: &dyn Store, pool: &str, volume: &str) -> Result<bool, ApiError> {
-    Ok(entry(store, pool, volume).await?.is_some())
+pub async fn exists(ctx: &Ctx, pool: &str, volume: &str) -> Result<bool, ApiError> {
+    Ok(
+        entry(ctx.store.as_ref(), &ctx.config.host_name, pool, volume)
+            .await?
+            .is_some(),
+    )
 }
 
 /// The project of one volume (`default` for a volume without an entry).
-pub async fn get(store: &dyn Store, pool: &str, volume: &str) -> Result<String, ApiError> {
-    Ok(entry(store, pool, volume)
-        .await?
-        .map(|(e, _)| e.project)
-        .unwrap_or_else(crate::vm::model::default_project))
+pub async fn get(ctx: &Ctx, pool: &str, volume: &str) -> Result<String, ApiError> {
+    Ok(
+        entry(ctx.store.as_ref(), &ctx.config.host_name, pool, volume)
+            .await?
+            .map(|(e, _)| e.project)
+            .unwrap_or_else(crate::vm::model::default_project),
+    )
 }
 
 /// Refuses a volume that is not `project`'s. A VM uses, and a linked clone is backed by,
@@ -89,7 +105,7 @@ pub async fn require_in_project(
     volume: &str,
     project: &str,
 ) -> Result<(), ApiError> {
-    let owner = match entry(ctx.store.as_ref(), pool, volume).await? {
+    let owner = match entry(ctx.store.as_ref(), &ctx.config.host_name, pool, volume).await? {
         Some((entry, _)) => entry.project,
         None => crate::vm::model::default_project(),
     };
@@ -112,9 +128,9 @@ pub fn not_in_project(pool: &str, volume: &str, project: &str) -> ApiError {
 }
 
 /// The projects of a pool's volumes that have an entry, by volume name.
-pub async fn of_pool(store: &dyn Store, pool: &str) -> Result<HashMap<String, String>, ApiError> {
-    let prefix = format!("{PREFIX}{pool}/");
-    let (kvs, _) = store.list(&prefix).await.map_err(store_error)?;
+pub async fn of_pool(ctx: &Ctx, pool: &str) -> Result<HashMap<String, String>, ApiError> {
+    let prefix = format!("{}{pool}/", host_prefix(&ctx.config.host_name));
+    let (kvs, _) = ctx.store.list(&prefix).await.map_err(store_error)?;
     Ok(kvs
         .into_iter()
         .map(|kv| {
@@ -124,7 +140,7 @@ pub async fn of_pool(store: &dyn Store, pool: &str) -> Result<HashMap<String, St
         .collect())
 }
 
-/// What a project's volumes take of its disk quota, and how many there are.
+/// What a project's volumes take of its disk quota, and how many there are (on every host).
 pub async fn project_disk(store: &dyn Store, project: &str) -> Result<(u64, u64), ApiError> {
     let (kvs, _) = store.list(PREFIX).await.map_err(store_error)?;
     Ok(kvs
@@ -159,13 +175,13 @@ fn already_exists(pool: &str, volume: &str) -> ApiError {
 /// Reserves a new volume of `bytes` for `project`: checks the disk quota and writes the entry
 /// in one transaction. Refused if the name is taken (by a volume or a reservation).
 pub async fn reserve_new(
-    shared: &Arc<dyn Store>,
+    ctx: &Ctx,
     pool: &str,
     volume: &str,
     project: &str,
     bytes: u64,
 ) -> Result<PendingVolume, ApiError> {
-    let store = shared.as_ref();
+    let (store, host) = (ctx.store.as_ref(), ctx.config.host_name.as_str());
     let need = Usage {
         disk_bytes: bytes,
         ..Usage::default()
@@ -174,12 +190,12 @@ pub async fn reserve_new(
         let guard = crate::access::projects::reserve(store, project, &need).await?;
         let txn = guard
             .apply(Txn::new())
-            .when(Compare::Missing(key(pool, volume)))
-            .then(put(pool, volume, &VolumeEntry::new(project, bytes)));
+            .when(Compare::Missing(key(host, pool, volume)))
+            .then(put(host, pool, volume, &VolumeEntry::new(project, bytes)));
         if store.txn(txn).await.map_err(store_error)?.succeeded {
-            return Ok(PendingVolume::new(Arc::clone(shared), pool, volume));
+            return Ok(PendingVolume::new(ctx, pool, volume));
         }
-        if entry(store, pool, volume).await?.is_some() {
+        if entry(store, host, pool, volume).await?.is_some() {
             return Err(already_exists(pool, volume));
         }
     }
@@ -191,20 +207,22 @@ pub async fn reserve_new(
 /// entry (a file put into the pool while the daemon ran) is taken as `default`'s, at
 /// `on_disk` bytes, and gets one.
 pub async fn reserve_resize(
-    store: &dyn Store,
+    ctx: &Ctx,
     pool: &str,
     volume: &str,
     on_disk: u64,
     new_bytes: u64,
 ) -> Result<(), ApiError> {
+    let (store, host) = (ctx.store.as_ref(), ctx.config.host_name.as_str());
     for _ in 0..crate::access::projects::MAX_ATTEMPTS {
-        let (current, unchanged) = match entry(store, pool, volume).await? {
-            Some((current, revision)) => {
-                (current, Compare::ModRevision(key(pool, volume), revision))
-            }
+        let (current, unchanged) = match entry(store, host, pool, volume).await? {
+            Some((current, revision)) => (
+                current,
+                Compare::ModRevision(key(host, pool, volume), revision),
+            ),
             None => (
                 VolumeEntry::new(&crate::vm::model::default_project(), on_disk),
-                Compare::Missing(key(pool, volume)),
+                Compare::Missing(key(host, pool, volume)),
             ),
         };
         let growth = new_bytes.saturating_sub(current.virtual_bytes);
@@ -217,6 +235,7 @@ pub async fn reserve_resize(
         };
         let guard = crate::access::projects::reserve(store, &current.project, &need).await?;
         let txn = guard.apply(Txn::new()).when(unchanged).then(put(
+            host,
             pool,
             volume,
             &VolumeEntry::new(&current.project, new_bytes),
@@ -237,13 +256,30 @@ fn busy(pool: &str, volume: &str) -> ApiError {
 
 /// Records the size a volume has on disk now (after it was made, resized, or failed to be).
 pub async fn record_size(
+    ctx: &Ctx,
+    pool: &str,
+    volume: &str,
+    virtual_bytes: u64,
+) -> Result<(), ApiError> {
+    record_size_in(
+        ctx.store.as_ref(),
+        &ctx.config.host_name,
+        pool,
+        volume,
+        virtual_bytes,
+    )
+    .await
+}
+
+async fn record_size_in(
     store: &dyn Store,
+    host: &str,
     pool: &str,
     volume: &str,
     virtual_bytes: u64,
 ) -> Result<(), ApiError> {
     for _ in 0..crate::access::projects::MAX_ATTEMPTS {
-        let Some((mut current, revision)) = entry(store, pool, volume).await? else {
+        let Some((mut current, revision)) = entry(store, host, pool, volume).await? else {
             return Ok(());
         };
         if current.virtual_bytes == virtual_bytes {
@@ -251,8 +287,8 @@ pub async fn record_size(
         }
         current.virtual_bytes = virtual_bytes;
         let txn = Txn::new()
-            .when(Compare::ModRevision(key(pool, volume), revision))
-            .then(put(pool, volume, &current));
+            .when(Compare::ModRevision(key(host, pool, volume), revision))
+            .then(put(host, pool, volume, &current));
         if store.txn(txn).await.map_err(store_error)?.succeeded {
             return Ok(());
         }
@@ -265,15 +301,17 @@ pub async fn record_size(
 #[must_use = "dropping it gives the reservation back"]
 pub struct PendingVolume {
     store: Arc<dyn Store>,
+    host: String,
     pool: String,
     volume: String,
     armed: bool,
 }
 
 impl PendingVolume {
-    fn new(store: Arc<dyn Store>, pool: &str, volume: &str) -> Self {
+    fn new(ctx: &Ctx, pool: &str, volume: &str) -> Self {
         PendingVolume {
-            store,
+            store: Arc::clone(&ctx.store),
+            host: ctx.config.host_name.clone(),
             pool: pool.to_string(),
             volume: volume.to_string(),
             armed: true,
@@ -283,14 +321,21 @@ impl PendingVolume {
     /// The volume exists: the entry stays, with the size it was made with.
     pub async fn made(mut self, virtual_bytes: u64) -> Result<(), ApiError> {
         self.armed = false;
-        record_size(self.store.as_ref(), &self.pool, &self.volume, virtual_bytes).await
+        record_size_in(
+            self.store.as_ref(),
+            &self.host,
+            &self.pool,
+            &self.volume,
+            virtual_bytes,
+        )
+        .await
     }
 
     /// The volume was not made: the reservation goes now (awaited, so that a retry of the
     /// same name right after the error finds it free).
     pub async fn failed(mut self) {
         self.armed = false;
-        if let Err(e) = remove(self.store.as_ref(), &self.pool, &self.volume).await {
+        if let Err(e) = remove_in(self.store.as_ref(), &self.host, &self.pool, &self.volume).await {
             tracing::warn!(pool = %self.pool, volume = %self.volume, error = %e.message, "could not give back a volume reservation");
         }
     }
@@ -301,15 +346,16 @@ impl Drop for PendingVolume {
         if !self.armed {
             return;
         }
-        let (store, pool, volume) = (
+        let (store, host, pool, volume) = (
             Arc::clone(&self.store),
+            std::mem::take(&mut self.host),
             std::mem::take(&mut self.pool),
             std::mem::take(&mut self.volume),
         );
         // Drop cannot await; the removal is a single delete, done on the runtime.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = remove(store.as_ref(), &pool, &volume).await {
+                if let Err(e) = remove_in(store.as_ref(), &host, &pool, &volume).await {
                     tracing::warn!(pool, volume, error = %e.message, "could not give back a volume reservation");
                 }
             });
@@ -318,9 +364,18 @@ impl Drop for PendingVolume {
 }
 
 /// Forgets a deleted volume (or a reservation whose volume was never made).
-pub async fn remove(store: &dyn Store, pool: &str, volume: &str) -> Result<(), ApiError> {
+pub async fn remove(ctx: &Ctx, pool: &str, volume: &str) -> Result<(), ApiError> {
+    remove_in(ctx.store.as_ref(), &ctx.config.host_name, pool, volume).await
+}
+
+async fn remove_in(
+    store: &dyn Store,
+    host: &str,
+    pool: &str,
+    volume: &str,
+) -> Result<(), ApiError> {
     store
-        .delete(&key(pool, volume))
+        .delete(&key(host, pool, volume))
         .await
         .map_err(store_error)?;
     Ok(())
@@ -333,11 +388,13 @@ pub async fn remove(store: &dyn Store, pool: &str, volume: &str) -> Result<(), A
 /// being made) goes, unless a VM's spec names the volume: a create interrupted by the crash
 /// makes that root disk when it is run again. Entries of pools that no longer exist go too.
 pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
-    let store = ctx.store.as_ref();
-    let (pools, _) = store.list(crate::storage::pools::POOLS_PREFIX).await?;
+    let (store, host) = (ctx.store.as_ref(), ctx.config.host_name.as_str());
+    let (pools, _) = store
+        .list(&crate::storage::pools::host_prefix(host))
+        .await?;
     let (owner, wanted) = known_owners(store).await?;
     let mut ops = Vec::new();
-    let mut by_pool = entries_by_pool(store, &mut ops).await?;
+    let mut by_pool = entries_by_pool(store, host, &mut ops).await?;
     for kv in &pools {
         let record: crate::storage::pools::PoolRecord =
             crate::vm::model::decode(&kv.key, &kv.value)?;
@@ -357,11 +414,11 @@ pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
                     .cloned()
                     .unwrap_or_else(crate::vm::model::default_project),
             };
-            ops.push(put(&id.0, &id.1, &VolumeEntry::new(&project, size)));
+            ops.push(put(host, &id.0, &id.1, &VolumeEntry::new(&project, size)));
         }
         for name in entries.into_keys() {
             if !wanted.contains(&(record.name.clone(), name.clone())) {
-                ops.push(Op::Delete(key(&record.name, &name)));
+                ops.push(Op::Delete(key(host, &record.name, &name)));
             }
         }
     }
@@ -370,7 +427,7 @@ pub async fn reconcile(ctx: &Ctx) -> anyhow::Result<()> {
         ops.extend(
             entries
                 .into_keys()
-                .map(|name| Op::Delete(key(&pool, &name))),
+                .map(|name| Op::Delete(key(host, &pool, &name))),
         );
     }
     if !ops.is_empty() {
@@ -412,16 +469,18 @@ async fn known_owners(
     Ok((owner, wanted))
 }
 
-/// Every entry, read once, grouped by pool then volume; a key this module never writes is
-/// deleted (through `ops`).
+/// Every entry of this host, read once, grouped by pool then volume; a key this module never
+/// writes is deleted (through `ops`).
 async fn entries_by_pool(
     store: &dyn Store,
+    host: &str,
     ops: &mut Vec<Op>,
 ) -> anyhow::Result<HashMap<String, HashMap<String, VolumeEntry>>> {
-    let (all, _) = store.list(PREFIX).await?;
+    let prefix = host_prefix(host);
+    let (all, _) = store.list(&prefix).await?;
     let mut by_pool: HashMap<String, HashMap<String, VolumeEntry>> = HashMap::new();
     for kv in all {
-        let Some((pool, name)) = kv.key[PREFIX.len()..].split_once('/') else {
+        let Some((pool, name)) = kv.key[prefix.len()..].split_once('/') else {
             ops.push(Op::Delete(kv.key));
             continue;
         };

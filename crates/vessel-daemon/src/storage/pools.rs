@@ -1,5 +1,6 @@
-//! Storage pools: where volumes live. The store holds each pool's record (`pools/<name>`); the
-//! pool's directory holds its volumes. A `default` directory pool is made at first start.
+//! Storage pools: where volumes live. The store holds each pool's record under the name of the
+//! host whose directory it is (`pools/<host>/<name>`); the pool's directory holds its volumes.
+//! A `default` directory pool is made at first start. A daemon sees its own host's pools only.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -8,18 +9,23 @@ use serde::{Deserialize, Serialize};
 use vessel_api::{ApiError, CreatePoolRequest, ErrorCode, Pool, PoolKind};
 use vessel_core::validate_name;
 use vessel_storage::{DirPool, QemuImg, StoragePool};
-use vessel_store::{Compare, Op, Txn};
 
 use crate::common::errors::store_error;
 use crate::ctx::Ctx;
 use crate::ctx::Service;
+use crate::storage::volumes::api_error;
 use crate::vm::model::{decode, encode, now_ms};
 
 pub const POOLS_PREFIX: &str = "pools/";
 pub const DEFAULT_POOL: &str = "default";
 
-fn pool_key(name: &str) -> String {
-    format!("{POOLS_PREFIX}{name}")
+pub fn pool_key(host: &str, name: &str) -> String {
+    format!("{POOLS_PREFIX}{host}/{name}")
+}
+
+/// The prefix of one host's pool records.
+pub fn host_prefix(host: &str) -> String {
+    format!("{POOLS_PREFIX}{host}/")
 }
 
 /// A pool as stored.
@@ -41,11 +47,12 @@ pub async fn ensure_default_pool(ctx: &Ctx) -> anyhow::Result<()> {
         path,
         created_at_ms: now_ms(),
     };
-    let key = pool_key(DEFAULT_POOL);
-    let txn = Txn::new()
-        .when(Compare::Missing(key.clone()))
-        .then(Op::Put(key, encode(&record)));
-    ctx.store.txn(txn).await?;
+    ctx.store
+        .create(
+            &pool_key(&ctx.config.host_name, DEFAULT_POOL),
+            encode(&record),
+        )
+        .await?;
     Ok(())
 }
 
@@ -88,7 +95,7 @@ async fn pool_record(ctx: &Ctx, name: &str) -> Result<PoolRecord, ApiError> {
     validate_name("pool", name).map_err(ApiError::invalid)?;
     let kv = ctx
         .store
-        .get(&pool_key(name))
+        .get(&pool_key(&ctx.config.host_name, name))
         .await
         .map_err(store_error)?
         .ok_or_else(|| not_found(name))?;
@@ -103,7 +110,7 @@ pub(crate) async fn open_by_name(ctx: &Ctx, name: &str) -> Result<Arc<DirPool>, 
 /// Logs every pool outside the data dir that group or others may enter (its modes are the host
 /// admin's to set; see `file_modes`).
 pub async fn warn_open_pools(ctx: &Ctx) {
-    let Ok((kvs, _)) = ctx.store.list(POOLS_PREFIX).await else {
+    let Ok((kvs, _)) = ctx.store.list(&host_prefix(&ctx.config.host_name)).await else {
         return;
     };
     for kv in kvs {
@@ -121,14 +128,8 @@ pub async fn warn_open_pools(ctx: &Ctx) {
 
 /// The API view: the record plus the pool's space and volume count, read now.
 async fn view(pool: &DirPool, record: &PoolRecord) -> Result<Pool, ApiError> {
-    let usage = pool
-        .capacity()
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let volumes = pool
-        .volume_names()
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let usage = pool.capacity().await.map_err(api_error)?;
+    let volumes = pool.volume_names().await.map_err(api_error)?;
     Ok(Pool {
         name: record.name.clone(),
         kind: record.kind,
@@ -174,7 +175,7 @@ impl Service {
         let (kvs, _) = self
             .ctx
             .store
-            .list(POOLS_PREFIX)
+            .list(&host_prefix(&self.ctx.config.host_name))
             .await
             .map_err(store_error)?;
         kvs.iter()
@@ -261,18 +262,9 @@ impl Service {
                 return Err(e);
             }
         };
-        let key = pool_key(&request.name);
-        let txn = Txn::new()
-            .when(Compare::Missing(key.clone()))
-            .then(Op::Put(key, encode(&record)));
-        if !self
-            .ctx
-            .store
-            .txn(txn)
-            .await
-            .map_err(store_error)?
-            .succeeded
-        {
+        let key = pool_key(&self.ctx.config.host_name, &request.name);
+        let created = self.ctx.store.create(&key, encode(&record)).await;
+        if !created.map_err(store_error)? {
             if created_dir {
                 let _ = std::fs::remove_dir(&path);
             }
@@ -294,7 +286,7 @@ impl Service {
             .await?
             .volume_names()
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(api_error)?;
         if !names.is_empty() {
             return Err(ApiError::conflict(format!(
                 "pool {name:?} still holds volumes: {}",
@@ -302,18 +294,8 @@ impl Service {
             ))
             .with_hint("delete or move the volumes first"));
         }
-        let key = pool_key(name);
-        let txn = Txn::new()
-            .when(Compare::Exists(key.clone()))
-            .then(Op::Delete(key));
-        if !self
-            .ctx
-            .store
-            .txn(txn)
-            .await
-            .map_err(store_error)?
-            .succeeded
-        {
+        let key = pool_key(&self.ctx.config.host_name, name);
+        if !self.ctx.store.delete(&key).await.map_err(store_error)? {
             return Err(not_found(name));
         }
         self.ctx.pools.lock().await.remove(name);

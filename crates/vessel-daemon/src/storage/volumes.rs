@@ -10,7 +10,9 @@ use vessel_storage::{CloneMode, DirPool, Format, PoolError, StoragePool, VolumeI
 
 use std::sync::Arc;
 
+use crate::common::op_error::OpError;
 use crate::ctx::Service;
+use crate::storage::copy::{self, Copy, CopyKeys};
 use crate::storage::keys;
 use crate::vm::model::ActionOptions;
 use crate::vm::model::Loaded;
@@ -131,7 +133,7 @@ impl Service {
         let dir = self.open_pool(pool).await?;
         let vms = self.vms().await?;
         let volumes = dir.list_volumes().await.map_err(api_error)?;
-        let projects = crate::storage::ownership::of_pool(self.ctx.store.as_ref(), pool).await?;
+        let projects = crate::storage::ownership::of_pool(&self.ctx, pool).await?;
         Ok(volumes
             .into_iter()
             .map(|v| {
@@ -148,7 +150,7 @@ impl Service {
         validate_name("volume", name).map_err(ApiError::invalid)?;
         let dir = self.open_pool(pool).await?;
         let info = dir.volume(name).await.map_err(api_error)?;
-        let project = crate::storage::ownership::get(self.ctx.store.as_ref(), pool, name).await?;
+        let project = crate::storage::ownership::get(&self.ctx, pool, name).await?;
         Ok(view(pool, info, &self.vms().await?, project))
     }
 
@@ -189,14 +191,9 @@ impl Service {
                 )
             }
         };
-        let pending = crate::storage::ownership::reserve_new(
-            &self.ctx.store,
-            pool,
-            &spec.name,
-            &project,
-            bytes,
-        )
-        .await?;
+        let pending =
+            crate::storage::ownership::reserve_new(&self.ctx, pool, &spec.name, &project, bytes)
+                .await?;
         let info = match self.make_volume(&dir, pool, &spec, request.encrypted).await {
             Ok(info) => info,
             Err(e) => {
@@ -256,9 +253,9 @@ impl Service {
         }
         // The copy belongs to the source's project, and its size is reserved in that project's
         // disk quota before the copy starts; a failed copy gives it back.
-        let project = crate::storage::ownership::get(self.ctx.store.as_ref(), pool, source).await?;
+        let project = crate::storage::ownership::get(&self.ctx, pool, source).await?;
         let pending = crate::storage::ownership::reserve_new(
-            &self.ctx.store,
+            &self.ctx,
             pool,
             &request.name,
             &project,
@@ -276,14 +273,10 @@ impl Service {
         project: String,
         pending: crate::storage::ownership::PendingVolume,
     ) -> Result<vessel_api::Operation, ApiError> {
-        let (pool, source) = (dir.name(), src.name.as_str());
-        let keys = if src.encrypted {
-            let src_key = keys::get(&self.ctx, pool, source)
-                .await
-                .map_err(ApiError::internal)?;
-            Some((src_key, keys::create(&self.ctx, pool, &request.name).await?))
-        } else {
-            None
+        let pool = dir.name().to_string();
+        let keys = match src.encrypted {
+            true => Some(CopyKeys::make(&self.ctx, &pool, src, &pool, &request.name).await?),
+            false => None,
         };
         let record = crate::storage::host_ops::begin(
             &self.ctx,
@@ -294,10 +287,9 @@ impl Service {
         .await?;
         let operation = record.operation.clone();
         let cancel = vessel_storage::CancelToken::new();
-        let (service, pool, source, name, linked) = (
+        let (service, src, name, linked) = (
             self.clone(),
-            pool.to_string(),
-            source.to_string(),
+            src.clone(),
             request.name.clone(),
             request.linked,
         );
@@ -307,44 +299,32 @@ impl Service {
             cancel,
             move |progress| async move {
                 let mut report = |percent: f64| progress.report(percent);
-                let made = match &keys {
-                    Some((src_key, (dst_key, _pending))) => {
-                        let made = dir
-                            .clone_encrypted_volume(
-                                &source,
-                                Some(src_key),
-                                &name,
-                                dst_key,
-                                &mut report,
-                            )
-                            .await;
-                        if made.is_err() {
-                            let _ = keys::delete(&service.ctx, &pool, &name).await;
-                        }
-                        made
-                    }
-                    None => {
-                        let mode = if linked {
-                            CloneMode::Linked
-                        } else {
-                            CloneMode::Full
-                        };
-                        dir.clone_volume(&source, &name, mode, &mut report).await
-                    }
+                let made = if linked {
+                    dir.clone_volume(&src.name, &name, CloneMode::Linked, &mut report)
+                        .await
+                        .map_err(api_error)
+                } else {
+                    let copy = Copy {
+                        source_pool: &dir,
+                        source: &src,
+                        pool: &dir,
+                        name: &name,
+                        size: None,
+                        keys: keys.as_ref(),
+                    };
+                    copy::full_copy(&service.ctx, copy, &mut report).await
                 };
                 let info = match made {
                     Ok(info) => info,
                     Err(e) => {
                         pending.failed().await;
-                        return Err(crate::common::errors::error_chain(&e));
+                        return Err(OpError::from(e));
                     }
                 };
-                pending
-                    .made(info.virtual_size)
-                    .await
-                    .map_err(|e| e.message)?;
-                let vms = service.vms().await.map_err(|e| e.message)?;
-                serde_json::to_value(view(&pool, info, &vms, project)).map_err(|e| e.to_string())
+                pending.made(info.virtual_size).await?;
+                let vms = service.vms().await?;
+                serde_json::to_value(view(&pool, info, &vms, project))
+                    .map_err(|e| OpError::from(e.to_string()))
             },
         );
         Ok(operation)
@@ -372,9 +352,8 @@ impl Service {
             .collect();
         // A growth is reserved against the project's disk quota first; whatever then happens,
         // the entry ends up with the size the volume has on disk.
-        let store = self.ctx.store.as_ref();
         crate::storage::ownership::reserve_resize(
-            store,
+            &self.ctx,
             pool,
             name,
             current.virtual_size,
@@ -392,7 +371,7 @@ impl Service {
             Ok(volume) => volume.virtual_bytes,
             Err(_) => dir.volume(name).await.map_err(api_error)?.virtual_size,
         };
-        crate::storage::ownership::record_size(store, pool, name, on_disk).await?;
+        crate::storage::ownership::record_size(&self.ctx, pool, name, on_disk).await?;
         resized
     }
 
@@ -416,7 +395,7 @@ impl Service {
                 .await
         }
         .map_err(api_error)?;
-        let project = crate::storage::ownership::get(self.ctx.store.as_ref(), pool, name).await?;
+        let project = crate::storage::ownership::get(&self.ctx, pool, name).await?;
         Ok(view(pool, info, vms, project))
     }
 
@@ -487,7 +466,7 @@ impl Service {
             .delete_volume(name)
             .await
             .map_err(api_error)?;
-        crate::storage::ownership::remove(self.ctx.store.as_ref(), pool, name).await?;
+        crate::storage::ownership::remove(&self.ctx, pool, name).await?;
         // After the volume: a key without a volume is harmless, a volume without its key is lost.
         keys::delete(&self.ctx, pool, name).await
     }

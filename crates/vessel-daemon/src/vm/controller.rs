@@ -1,5 +1,7 @@
 //! The reconciler's dispatcher: it watches the store for new operations and hands each to its
-//! VM's worker, and at start-up re-adopts running VMs and resumes interrupted operations.
+//! VM's worker, and at start-up re-adopts running VMs and resumes interrupted operations. It
+//! takes only its own host's operations (`OpRecord::host`): with several daemons on one store,
+//! each carries out the work of its host.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -54,9 +56,11 @@ impl Controller {
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
         let store = &self.ctx.store;
         let (ops, revision) = store.list(OPS_PREFIX).await?;
+        let host = &self.ctx.config.host_name;
         let mut ops = ops
             .iter()
             .map(|kv| Ok((kv.key.clone(), decode::<OpRecord>(&kv.key, &kv.value)?)))
+            .filter(|op| !matches!(op, Ok((_, r)) if !r.is_for(host)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         // Operations the previous daemon was running are re-queued or failed first, so that
         // re-adoption knows which VMs still have work queued.
@@ -149,7 +153,10 @@ impl Controller {
             return;
         }
         match decode::<OpRecord>(&event.kv.key, &event.kv.value) {
-            Ok(r) if r.operation.status == OperationStatus::Pending => {
+            Ok(r)
+                if r.operation.status == OperationStatus::Pending
+                    && r.is_for(&self.ctx.config.host_name) =>
+            {
                 self.dispatch(&r.operation.vm, WorkerMsg::Op(r.operation.id));
             }
             Ok(_) => {}

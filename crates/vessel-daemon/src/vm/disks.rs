@@ -159,7 +159,7 @@ pub async fn delete_owned(ctx: &Ctx, disk: &VmDisk) -> Result<(), String> {
         Ok(()) | Err(vessel_storage::PoolError::NotFound { .. }) => {}
         Err(e) => return Err(e.to_string()),
     }
-    crate::storage::ownership::remove(ctx.store.as_ref(), &disk.pool, &disk.volume)
+    crate::storage::ownership::remove(ctx, &disk.pool, &disk.volume)
         .await
         .map_err(|e| e.message)?;
     crate::storage::keys::delete(ctx, &disk.pool, &disk.volume)

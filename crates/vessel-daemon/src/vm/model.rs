@@ -142,6 +142,18 @@ pub struct OpRecord {
     /// work may be done (a disk attach or detach finds its spec change already made).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
+    /// The host that carries it out (the one that runs the VM, or holds the pool of a host
+    /// operation); only its daemon dispatches it. Empty in records written before hosts had
+    /// names: those are this host's (see [`OpRecord::is_for`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+}
+
+impl OpRecord {
+    /// Whether the daemon of `host` carries this operation out.
+    pub fn is_for(&self, host: &str) -> bool {
+        self.host.is_empty() || self.host == host
+    }
 }
 
 /// A VM's snapshots live outside `vms/` so that a snapshot name can never be read as one of

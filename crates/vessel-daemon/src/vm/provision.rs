@@ -5,12 +5,14 @@
 use std::sync::Arc;
 
 use vessel_api::VmDisk;
-use vessel_storage::{CloneMode, Format, ImportOptions, ImportSource, StoragePool, VolumeSpec};
+use vessel_storage::{Format, StoragePool, VolumeSpec};
 
-use crate::common::errors::error_chain;
+use crate::common::op_error::OpError;
 use crate::ctx::Ctx;
+use crate::storage::copy::{self, Copy, CopyKeys};
 use crate::storage::host_ops;
 use crate::storage::keys;
+use crate::storage::volumes::api_error;
 use crate::vm::model::{op_key, OpRecord, Provision};
 
 /// Makes `root` from the image in `plan`. Idempotent: a root volume that exists already (a
@@ -21,26 +23,24 @@ pub async fn make_root_disk(
     op_id: &str,
     plan: &Provision,
     root: &VmDisk,
-) -> Result<u64, String> {
-    let pool = crate::storage::pools::open_by_name(ctx, &root.pool)
-        .await
-        .map_err(|e| e.message)?;
+) -> Result<u64, OpError> {
+    let pool = crate::storage::pools::open_by_name(ctx, &root.pool).await?;
     if let Ok(existing) = pool.volume(&root.volume).await {
         return Ok(existing.virtual_size);
     }
-    let image_pool = crate::storage::pools::open_by_name(ctx, &plan.image_pool)
-        .await
-        .map_err(|e| e.message)?;
-    let image = image_pool
-        .volume(&plan.image)
-        .await
-        .map_err(|e| format!("image {}: {}", plan.image, error_chain(&e)))?;
+    let image_pool = crate::storage::pools::open_by_name(ctx, &plan.image_pool).await?;
+    let image = image_pool.volume(&plan.image).await.map_err(|e| {
+        let mut e = api_error(e);
+        e.message = format!("image {}: {}", plan.image, e.message);
+        e
+    })?;
     let size = plan.size_bytes.filter(|s| *s != image.virtual_size);
     if size.is_some_and(|s| s < image.virtual_size) {
         return Err(format!(
             "the disk size is smaller than image {} ({} bytes); give at least its size",
             plan.image, image.virtual_size
-        ));
+        )
+        .into());
     }
     if !plan.full_clone && !plan.encrypted {
         let spec = VolumeSpec {
@@ -49,82 +49,37 @@ pub async fn make_root_disk(
             size: plan.size_bytes,
             backing: Some(plan.image.clone()),
         };
-        return pool
-            .create_volume(&spec)
-            .await
-            .map(|made| made.virtual_size)
-            .map_err(|e| error_chain(&e));
+        let made = pool.create_volume(&spec).await.map_err(api_error)?;
+        return Ok(made.virtual_size);
     }
+    if plan.encrypted && root.pool != plan.image_pool {
+        return Err("an encrypted root disk is made in the image's pool; leave out --pool".into());
+    }
+    let keys = match plan.encrypted {
+        true => {
+            Some(CopyKeys::make(ctx, &plan.image_pool, &image, &root.pool, &root.volume).await?)
+        }
+        false => None,
+    };
     // A copy: long, so with progress and cancellation.
     let record = current_op(ctx, op_id).await?;
     let (progress, writer) = host_ops::track_progress(Arc::clone(ctx), record);
     let (cancel, _guard) = host_ops::cancellable(Arc::clone(ctx), op_id);
-    let copy = async {
-        let mut report = |percent: f64| progress.report(percent);
-        if plan.encrypted {
-            if root.pool != plan.image_pool {
-                return Err(
-                    "an encrypted root disk is made in the image's pool; leave out --pool".into(),
-                );
-            }
-            let (key, _pending) = keys::create(ctx, &root.pool, &root.volume)
-                .await
-                .map_err(|e| e.message)?;
-            let made = async {
-                let copy = pool
-                    .clone_encrypted_volume(&plan.image, None, &root.volume, &key, &mut report)
-                    .await?;
-                match size {
-                    Some(size) => {
-                        pool.resize_encrypted_volume(&root.volume, &key, size, false)
-                            .await
-                    }
-                    None => Ok(copy),
-                }
-            }
-            .await;
-            return match made {
-                Ok(made) => Ok(made.virtual_size),
-                Err(e) => {
-                    let _ = pool.delete_volume(&root.volume).await;
-                    let _ = keys::delete(ctx, &root.pool, &root.volume).await;
-                    Err(error_chain(&e))
-                }
-            };
-        }
-        let made = if root.pool == plan.image_pool {
-            pool.clone_volume(&plan.image, &root.volume, CloneMode::Full, &mut report)
-                .await
-        } else {
-            let mut opts = ImportOptions::default();
-            opts.format = Some(Format::Qcow2);
-            pool.import_volume(
-                &root.volume,
-                ImportSource::File(image.path.clone()),
-                &opts,
-                &mut |p| {
-                    if let Some(percent) = p.percent() {
-                        progress.report(percent)
-                    }
-                },
-            )
-            .await
-            .map(|imported| imported.info)
-        };
-        let copy = made.map_err(|e| error_chain(&e))?;
-        let Some(size) = size else {
-            return Ok(copy.virtual_size);
-        };
-        match pool.resize_volume(&root.volume, size, false).await {
-            Ok(resized) => Ok(resized.virtual_size),
-            Err(e) => {
-                let _ = pool.delete_volume(&root.volume).await;
-                Err(error_chain(&e))
-            }
-        }
-    };
+    let mut report = |percent: f64| progress.report(percent);
+    let copy = copy::full_copy(
+        ctx,
+        Copy {
+            source_pool: &image_pool,
+            source: &image,
+            pool: &pool,
+            name: &root.volume,
+            size,
+            keys: keys.as_ref(),
+        },
+        &mut report,
+    );
     let outcome = tokio::select! {
-        outcome = copy => outcome,
+        outcome = copy => outcome.map(|made| made.virtual_size).map_err(OpError::from),
         () = cancel.cancelled() => Err("cancelled on request; nothing was kept".into()),
     };
     drop(progress);
@@ -136,12 +91,12 @@ pub async fn make_root_disk(
     outcome
 }
 
-async fn current_op(ctx: &Ctx, id: &str) -> Result<OpRecord, String> {
+async fn current_op(ctx: &Ctx, id: &str) -> Result<OpRecord, OpError> {
     let kv = ctx
         .store
         .get(&op_key(id))
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the create operation vanished")?;
-    crate::vm::model::decode(&kv.key, &kv.value).map_err(|e| e.to_string())
+    crate::vm::model::decode(&kv.key, &kv.value).map_err(|e| e.to_string().into())
 }

@@ -99,6 +99,7 @@ impl Service {
         check_files(&record)
             .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
         let mut op = new_op(
+            &self.ctx.config.host_name,
             &record,
             OperationAction::Create,
             desired,
@@ -126,11 +127,12 @@ impl Service {
             if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
                 let root = vessel_core::spec::root_volume_name(&request.name);
                 let entry = crate::storage::ownership::VolumeEntry::new(&project, root_bytes);
+                let host = &self.ctx.config.host_name;
                 txn = txn
                     .when(Compare::Missing(crate::storage::ownership::key(
-                        pool, &root,
+                        host, pool, &root,
                     )))
-                    .then(crate::storage::ownership::put(pool, &root, &entry));
+                    .then(crate::storage::ownership::put(host, pool, &root, &entry));
             }
             let txn = txn
                 .when(Compare::Missing(spec_key(&request.name)))
@@ -165,7 +167,7 @@ impl Service {
             }
             if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
                 let root = vessel_core::spec::root_volume_name(&request.name);
-                if crate::storage::ownership::exists(self.ctx.store.as_ref(), pool, &root).await? {
+                if crate::storage::ownership::exists(&self.ctx, pool, &root).await? {
                     return Err(root_taken(pool, &root));
                 }
             }
@@ -368,7 +370,13 @@ impl Service {
             }
         }
         let target = desired_after(action, status.state);
-        let op = new_op(&record, action, target.unwrap_or(desired), options);
+        let op = new_op(
+            &self.ctx.config.host_name,
+            &record,
+            action,
+            target.unwrap_or(desired),
+            options,
+        );
         // A blind write of the desired state: the VM's worker runs operations one at a time and
         // re-checks the state when it gets to this one, so no compare on the state is needed.
         let mut txn = Txn::new()
@@ -498,6 +506,7 @@ impl Service {
             .map(Loaded::view)
             .collect();
         Ok(HostInfo {
+            name: self.ctx.config.host_name.clone(),
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .unwrap_or_default()
                 .trim()
@@ -525,6 +534,7 @@ fn desired_after(action: OperationAction, state: VmState) -> Option<DesiredState
 }
 
 fn new_op(
+    host: &str,
     vm: &VmRecord,
     action: OperationAction,
     target: DesiredState,
@@ -555,6 +565,7 @@ fn new_op(
         size_bytes: options.size_bytes,
         nic: options.nic,
         resumed: false,
+        host: host.to_string(),
     }
 }
 

@@ -569,17 +569,12 @@ impl Worker {
             Ok(bytes) => bytes,
             Err(problem) => {
                 self.undo_create(&vm, &root).await;
-                return Err(problem.into());
+                return Err(problem);
             }
         };
         // The reservation made with the VM becomes the size the disk was made with.
-        crate::storage::ownership::record_size(
-            self.ctx.store.as_ref(),
-            &root.pool,
-            &root.volume,
-            virtual_bytes,
-        )
-        .await?;
+        crate::storage::ownership::record_size(&self.ctx, &root.pool, &root.volume, virtual_bytes)
+            .await?;
         Ok(())
     }
 
@@ -589,6 +584,7 @@ impl Worker {
         let mut txn = Txn::new()
             .then(Op::DeletePrefix(vm_prefix(&self.name)))
             .then(Op::Delete(crate::storage::ownership::key(
+                &self.ctx.config.host_name,
                 &root.pool,
                 &root.volume,
             )));
