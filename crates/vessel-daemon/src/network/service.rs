@@ -20,7 +20,7 @@ use vessel_store::{Compare, Op, Txn};
 use crate::common::errors::store_error;
 use crate::ctx::Ctx;
 use crate::ctx::Service;
-use crate::vm::model::ActionOptions;
+use crate::vm::model::Payload;
 use crate::vm::model::{decode, encode, now_ms, Loaded};
 
 pub const NETWORKS_PREFIX: &str = "networks/";
@@ -366,11 +366,7 @@ impl Service {
         let nic = self
             .plan_nic(&loaded.record.spec, &loaded.record.project, req)
             .await?;
-        let options = ActionOptions {
-            nic: Some(nic.clone()),
-            ..Default::default()
-        };
-        self.submit_reserving(vm, OperationAction::AddNic, options, &nic)
+        self.submit_reserving(vm, Payload::AddNic(nic.clone()), &nic)
             .await
     }
 
@@ -378,11 +374,7 @@ impl Service {
         let loaded = self.load_vm(vm).await?;
         let (_, removed) =
             rules::remove_nic(&loaded.record.spec, nic).map_err(ApiError::not_found)?;
-        let options = ActionOptions {
-            nic: Some(removed),
-            ..Default::default()
-        };
-        self.submit(vm, OperationAction::RemoveNic, options).await
+        self.submit(vm, Payload::RemoveNic(removed)).await
     }
 }
 

@@ -8,6 +8,7 @@ use vessel_api::VmDisk;
 use vessel_storage::{CloneMode, Format, ImportOptions, ImportSource, StoragePool, VolumeSpec};
 
 use crate::common::errors::error_chain;
+use crate::common::op_error::OpError;
 use crate::ctx::Ctx;
 use crate::storage::host_ops;
 use crate::storage::keys;
@@ -16,31 +17,29 @@ use crate::vm::model::{op_key, OpRecord, Provision};
 /// Makes `root` from the image in `plan`. Idempotent: a root volume that exists already (a
 /// create re-run after a daemon restart) is taken as made, since volumes appear atomically.
 /// Returns the virtual size of the disk made (what it takes of the project's disk quota).
+/// A failure keeps its class: an image gone is `not_found`, a size that cannot hold the image
+/// is `invalid_argument`, a failed copy is `operation_failed`.
 pub async fn make_root_disk(
     ctx: &Arc<Ctx>,
     op_id: &str,
     plan: &Provision,
     root: &VmDisk,
-) -> Result<u64, String> {
-    let pool = crate::storage::pools::open_by_name(ctx, &root.pool)
-        .await
-        .map_err(|e| e.message)?;
+) -> Result<u64, OpError> {
+    let pool = crate::storage::pools::open_by_name(ctx, &root.pool).await?;
     if let Ok(existing) = pool.volume(&root.volume).await {
         return Ok(existing.virtual_size);
     }
-    let image_pool = crate::storage::pools::open_by_name(ctx, &plan.image_pool)
-        .await
-        .map_err(|e| e.message)?;
+    let image_pool = crate::storage::pools::open_by_name(ctx, &plan.image_pool).await?;
     let image = image_pool
         .volume(&plan.image)
         .await
-        .map_err(|e| format!("image {}: {}", plan.image, error_chain(&e)))?;
+        .map_err(|e| OpError::not_found(format!("image {}: {}", plan.image, error_chain(&e))))?;
     let size = plan.size_bytes.filter(|s| *s != image.virtual_size);
     if size.is_some_and(|s| s < image.virtual_size) {
-        return Err(format!(
+        return Err(OpError::invalid(format!(
             "the disk size is smaller than image {} ({} bytes); give at least its size",
             plan.image, image.virtual_size
-        ));
+        )));
     }
     if !plan.full_clone && !plan.encrypted {
         let spec = VolumeSpec {
@@ -53,7 +52,7 @@ pub async fn make_root_disk(
             .create_volume(&spec)
             .await
             .map(|made| made.virtual_size)
-            .map_err(|e| error_chain(&e));
+            .map_err(|e| OpError::failed(error_chain(&e)));
     }
     // A copy: long, so with progress and cancellation.
     let record = current_op(ctx, op_id).await?;
@@ -63,13 +62,11 @@ pub async fn make_root_disk(
         let mut report = |percent: f64| progress.report(percent);
         if plan.encrypted {
             if root.pool != plan.image_pool {
-                return Err(
-                    "an encrypted root disk is made in the image's pool; leave out --pool".into(),
-                );
+                return Err(OpError::invalid(
+                    "an encrypted root disk is made in the image's pool; leave out --pool",
+                ));
             }
-            let (key, _pending) = keys::create(ctx, &root.pool, &root.volume)
-                .await
-                .map_err(|e| e.message)?;
+            let (key, _pending) = keys::create(ctx, &root.pool, &root.volume).await?;
             let made = async {
                 let copy = pool
                     .clone_encrypted_volume(&plan.image, None, &root.volume, &key, &mut report)
@@ -88,7 +85,7 @@ pub async fn make_root_disk(
                 Err(e) => {
                     let _ = pool.delete_volume(&root.volume).await;
                     let _ = keys::delete(ctx, &root.pool, &root.volume).await;
-                    Err(error_chain(&e))
+                    Err(OpError::failed(error_chain(&e)))
                 }
             };
         }
@@ -111,7 +108,7 @@ pub async fn make_root_disk(
             .await
             .map(|imported| imported.info)
         };
-        let copy = made.map_err(|e| error_chain(&e))?;
+        let copy = made.map_err(|e| OpError::failed(error_chain(&e)))?;
         let Some(size) = size else {
             return Ok(copy.virtual_size);
         };
@@ -119,13 +116,13 @@ pub async fn make_root_disk(
             Ok(resized) => Ok(resized.virtual_size),
             Err(e) => {
                 let _ = pool.delete_volume(&root.volume).await;
-                Err(error_chain(&e))
+                Err(OpError::failed(error_chain(&e)))
             }
         }
     };
     let outcome = tokio::select! {
         outcome = copy => outcome,
-        () = cancel.cancelled() => Err("cancelled on request; nothing was kept".into()),
+        () = cancel.cancelled() => Err(OpError::failed("cancelled on request; nothing was kept")),
     };
     drop(progress);
     let _ = writer.await;
@@ -136,12 +133,12 @@ pub async fn make_root_disk(
     outcome
 }
 
-async fn current_op(ctx: &Ctx, id: &str) -> Result<OpRecord, String> {
+async fn current_op(ctx: &Ctx, id: &str) -> Result<OpRecord, OpError> {
     let kv = ctx
         .store
         .get(&op_key(id))
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the create operation vanished")?;
-    crate::vm::model::decode(&kv.key, &kv.value).map_err(|e| e.to_string())
+        .map_err(|e| OpError::failed(e.to_string()))?
+        .ok_or_else(|| OpError::not_found("the create operation vanished"))?;
+    crate::vm::model::decode(&kv.key, &kv.value).map_err(|e| OpError::failed(e.to_string()))
 }

@@ -14,7 +14,7 @@ use crate::common::errors::{internal, store_error};
 use crate::ctx::Service;
 use crate::vm::model::{
     cloud_init_key, decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key,
-    ActionOptions, CloudInitData, Loaded, OpRecord, Provision, VmRecord, VmStatus, EVENTS_PREFIX,
+    CloudInitData, Loaded, OpRecord, Payload, Provision, VmRecord, VmStatus, EVENTS_PREFIX,
     OPS_PREFIX,
 };
 use crate::vm::worker::check_files;
@@ -98,13 +98,7 @@ impl Service {
         };
         check_files(&record)
             .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
-        let mut op = new_op(
-            &record,
-            OperationAction::Create,
-            desired,
-            ActionOptions::default(),
-        );
-        op.provision = provision;
+        let op = new_op(&record, desired, Payload::Create { provision });
         let need = Usage {
             disk_bytes: root_bytes,
             ..crate::access::projects::vm_usage(&record)
@@ -123,7 +117,9 @@ impl Service {
             }
             // The root disk made from an image belongs to the VM's project, and its size is
             // reserved in the project's disk quota with the VM (the worker makes it later).
-            if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
+            if let (Payload::Create { provision: Some(_) }, Some(pool)) =
+                (&op.payload, &request.pool)
+            {
                 let root = vessel_core::spec::root_volume_name(&request.name);
                 let entry = crate::storage::ownership::VolumeEntry::new(&project, root_bytes);
                 txn = txn
@@ -163,7 +159,9 @@ impl Service {
                 )
                 .with_hint("choose another name, or delete the existing VM first"));
             }
-            if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
+            if let (Payload::Create { provision: Some(_) }, Some(pool)) =
+                (&op.payload, &request.pool)
+            {
                 let root = vessel_core::spec::root_volume_name(&request.name);
                 if crate::storage::ownership::exists(self.ctx.store.as_ref(), pool, &root).await? {
                     return Err(root_taken(pool, &root));
@@ -300,40 +298,34 @@ impl Service {
 
     /// Checks an action against the VM's current state and records it (with the desired state it
     /// implies) for the VM's worker.
-    pub async fn submit(
-        &self,
-        name: &str,
-        action: OperationAction,
-        options: ActionOptions,
-    ) -> Result<Operation, ApiError> {
-        self.submit_with(name, action, options, None).await
+    pub async fn submit(&self, name: &str, payload: Payload) -> Result<Operation, ApiError> {
+        self.submit_with(name, payload, None).await
     }
 
     /// Like [`Service::submit`], taking a new NIC's address and MAC in the same transaction.
     pub async fn submit_reserving(
         &self,
         name: &str,
-        action: OperationAction,
-        options: ActionOptions,
+        payload: Payload,
         nic: &vessel_api::VmNic,
     ) -> Result<Operation, ApiError> {
-        self.submit_with(name, action, options, Some(nic)).await
+        self.submit_with(name, payload, Some(nic)).await
     }
 
     async fn submit_with(
         &self,
         name: &str,
-        action: OperationAction,
-        options: ActionOptions,
+        payload: Payload,
         reserve: Option<&vessel_api::VmNic>,
     ) -> Result<Operation, ApiError> {
+        let action = payload.action();
         let Loaded {
             record,
             desired,
             status,
         } = self.load(name).await?;
-        check_action(action, status.state, options.force).map_err(ApiError::conflict)?;
-        if let Some(edit) = &options.edit {
+        check_action(action, status.state, payload.force()).map_err(ApiError::conflict)?;
+        if let Payload::Edit(edit) = &payload {
             let spec = vessel_core::apply_edit(&record.spec, edit, self.ctx.host)
                 .map_err(ApiError::invalid)?;
             let edited = VmRecord {
@@ -347,9 +339,7 @@ impl Service {
             crate::access::projects::reserve_growth(self.ctx.store.as_ref(), &record, &edited)
                 .await?;
         }
-        if let (Some(disk), OperationAction::AttachDisk | OperationAction::DetachDisk) =
-            (&options.disk, action)
-        {
+        if let Payload::AttachDisk(disk) | Payload::DetachDisk(disk) = &payload {
             let changed = match action {
                 OperationAction::AttachDisk => vessel_core::attach_disk(&record.spec, disk.clone()),
                 _ => vessel_core::detach_disk(&record.spec, &disk.pool, &disk.volume),
@@ -368,7 +358,7 @@ impl Service {
             }
         }
         let target = desired_after(action, status.state);
-        let op = new_op(&record, action, target.unwrap_or(desired), options);
+        let op = new_op(&record, target.unwrap_or(desired), payload);
         // A blind write of the desired state: the VM's worker runs operations one at a time and
         // re-checks the state when it gets to this one, so no compare on the state is needed.
         let mut txn = Txn::new()
@@ -524,12 +514,7 @@ fn desired_after(action: OperationAction, state: VmState) -> Option<DesiredState
     }
 }
 
-fn new_op(
-    vm: &VmRecord,
-    action: OperationAction,
-    target: DesiredState,
-    options: ActionOptions,
-) -> OpRecord {
+fn new_op(vm: &VmRecord, target: DesiredState, payload: Payload) -> OpRecord {
     OpRecord {
         operation: Operation {
             id: uuid::Uuid::new_v4().to_string(),
@@ -538,22 +523,17 @@ fn new_op(
             project: vm.project.clone(),
             progress: None,
             result: None,
-            action,
+            action: payload.action(),
             status: OperationStatus::Pending,
             error: None,
             error_code: None,
-            force: options.force || action == OperationAction::Kill,
-            timeout_secs: options.timeout_secs,
+            force: payload.force(),
+            timeout_secs: payload.timeout_secs(),
             created_at_ms: now_ms(),
             finished_at_ms: None,
         },
         target: Some(target),
-        edit: options.edit,
-        disk: options.disk,
-        provision: None,
-        snapshot: options.snapshot,
-        size_bytes: options.size_bytes,
-        nic: options.nic,
+        payload,
         resumed: false,
     }
 }
