@@ -522,13 +522,13 @@ mod tests {
         let nic = json!({"id": "net1", "network": "lan", "mac": "52:54:00:12:34:56",
                          "ipv4": "10.0.0.5", "tap": "vs-web-net1"});
         let add = legacy(json!({"action": "add_nic", "nic": nic}));
-        assert!(matches!(&add.payload, Payload::AddNic(n) if n.id == "net1"), "{add:?}");
+        assert!(
+            matches!(&add.payload, Payload::AddNic(n) if n.id == "net1"),
+            "{add:?}"
+        );
 
         let import = legacy(json!({"action": "import_image", "vm": "", "resource": "debian"}));
-        assert_eq!(
-            import.payload,
-            Payload::Host(OperationAction::ImportImage)
-        );
+        assert_eq!(import.payload, Payload::Host(OperationAction::ImportImage));
     }
 
     /// A record is written with its payload and reads back the same; the API's view of it (the
@@ -558,7 +558,9 @@ mod tests {
             "created_at_ms": 1
         }))
         .unwrap();
-        let error = decode::<OpRecord>("ops/op-1", &bytes).unwrap_err().to_string();
+        let error = decode::<OpRecord>("ops/op-1", &bytes)
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("operation op-1 (attach-disk) has no disk"),
             "{error}"
