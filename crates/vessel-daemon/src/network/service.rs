@@ -360,7 +360,7 @@ impl Service {
 
     /// Adds a NIC; hot-plugged when the VM runs.
     pub async fn add_nic(&self, vm: &str, req: &AddNicRequest) -> Result<Operation, ApiError> {
-        let loaded = self.load_vm(vm).await?;
+        let loaded = self.load(vm).await?;
         vessel_core::check_action(OperationAction::AddNic, loaded.status.state, false)
             .map_err(ApiError::conflict)?;
         let nic = self
@@ -371,7 +371,7 @@ impl Service {
     }
 
     pub async fn remove_nic(&self, vm: &str, nic: &str) -> Result<Operation, ApiError> {
-        let loaded = self.load_vm(vm).await?;
+        let loaded = self.load(vm).await?;
         let (_, removed) =
             rules::remove_nic(&loaded.record.spec, nic).map_err(ApiError::not_found)?;
         self.submit(vm, Payload::RemoveNic(removed)).await

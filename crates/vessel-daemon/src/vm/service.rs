@@ -35,10 +35,8 @@ impl Service {
         self.ctx.view.list_json().await.map_err(internal)
     }
 
-    pub(crate) async fn load_vm(&self, name: &str) -> Result<Loaded, ApiError> {
-        self.load(name).await
-    }
-
+    /// A VM's records, read from the store (not the view): what a request checks before it
+    /// writes.
     pub(crate) async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
         validate_name("VM", name).map_err(ApiError::invalid)?;
         load_vm(self.ctx.store.as_ref(), name)

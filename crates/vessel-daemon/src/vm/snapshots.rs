@@ -14,7 +14,7 @@ use vessel_qemu::DiskFile;
 use vessel_storage::{Format, VolumeKey};
 use vessel_store::{Compare, Op, Txn};
 
-use crate::common::errors::store_error;
+use crate::common::errors::internal;
 use crate::common::op_error::OpError;
 use crate::ctx::Ctx;
 use crate::ctx::Service;
@@ -120,15 +120,7 @@ impl Service {
         vm: &str,
         name: &str,
     ) -> Result<Option<SnapshotRecord>, ApiError> {
-        let kv = self
-            .ctx
-            .store
-            .get(&snapshot_key(vm, name))
-            .await
-            .map_err(store_error)?;
-        kv.map(|kv| decode(&kv.key, &kv.value))
-            .transpose()
-            .map_err(|e| ApiError::internal(e.to_string()))
+        find(&self.ctx, vm, name).await.map_err(internal)
     }
 }
 
@@ -156,15 +148,18 @@ pub async fn load(ctx: &Ctx, vm: &str) -> Result<(Vec<SnapshotRecord>, Option<St
     Ok((records, head))
 }
 
+/// The VM's snapshot `name`, if it has one.
+async fn find(ctx: &Ctx, vm: &str, name: &str) -> anyhow::Result<Option<SnapshotRecord>> {
+    let kv = ctx.store.get(&snapshot_key(vm, name)).await?;
+    kv.map(|kv| decode(&kv.key, &kv.value)).transpose()
+}
+
 /// A snapshot of the VM, for its worker; one deleted meanwhile is `not_found`.
 pub async fn record(ctx: &Ctx, vm: &str, name: &str) -> Result<SnapshotRecord, OpError> {
-    let kv = ctx
-        .store
-        .get(&snapshot_key(vm, name))
+    find(ctx, vm, name)
         .await
         .map_err(|e| OpError::failed(e.to_string()))?
-        .ok_or_else(|| OpError::not_found(format!("VM {vm} has no snapshot {name}")))?;
-    decode(&kv.key, &kv.value).map_err(|e| OpError::failed(e.to_string()))
+        .ok_or_else(|| OpError::not_found(format!("VM {vm} has no snapshot {name}")))
 }
 
 /// Stores a new snapshot as the VM's current one; a snapshot of that name recorded meanwhile

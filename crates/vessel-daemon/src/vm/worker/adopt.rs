@@ -46,8 +46,7 @@ impl Worker {
         status: &VmStatus,
         pid: ProcessId,
     ) -> OpResult {
-        let request = self.launch_request(vm, Vec::new());
-        match self.ctx.backend.adopt(&request, pid).await {
+        match self.reattach(vm, pid).await {
             Ok(instance) => self.take_adopted(vm, status, instance).await,
             // Not (or no longer) this VM's QEMU: a stale pid file whose pid was reused.
             Err(e) => {
@@ -110,9 +109,7 @@ impl Worker {
         status: &VmStatus,
         pid: ProcessId,
     ) -> OpResult {
-        // Adoption attaches to what runs; the disks are already in QEMU.
-        let request = self.launch_request(vm, Vec::new());
-        match self.ctx.backend.adopt(&request, pid).await {
+        match self.reattach(vm, pid).await {
             Ok(instance) => self.take_adopted(vm, status, instance).await,
             Err(e) => {
                 // Gone while the daemon was away (or not drivable, and so killed by `adopt`).
@@ -131,6 +128,17 @@ impl Worker {
                 self.after_exit(kind, Some(reason)).await
             }
         }
+    }
+
+    /// Connects to the QEMU `pid` if it runs this VM. Adoption attaches to what runs: the
+    /// disks are already in QEMU.
+    async fn reattach(
+        &self,
+        vm: &VmRecord,
+        pid: ProcessId,
+    ) -> Result<Box<dyn Instance>, vessel_qemu::BackendError> {
+        let request = self.launch_request(vm, Vec::new());
+        self.ctx.backend.adopt(&request, pid).await
     }
 
     /// Takes charge of a QEMU that a previous daemon started: console, events, its identity in

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use vessel_api::{OperationAction, VmDisk, VmNic, VmSpec};
 use vessel_qemu::{Instance, InstanceEvent};
-use vessel_store::{Compare, Op, Txn};
+use vessel_store::Txn;
 
 use super::lifecycle::not_running;
 use super::{check_action, store_failed, OpResult, Worker};
 use crate::common::errors::error_chain;
 use crate::common::op_error::OpError;
 use crate::vm::disks;
-use crate::vm::model::{encode, spec_key, Loaded};
+use crate::vm::model::Loaded;
 
 /// How long a guest may take to let go of a hot-unplugged disk.
 const UNPLUG_TIMEOUT: Duration = Duration::from_secs(30);
@@ -183,12 +183,7 @@ impl Worker {
             self.unplug_nic(&removed.id).await?;
         }
         vm.spec = spec;
-        let txn = crate::network::service::release(
-            Txn::new()
-                .when(Compare::Exists(spec_key(&self.name)))
-                .then(Op::Put(spec_key(&self.name), encode(&vm))),
-            &removed,
-        );
+        let txn = crate::network::service::release(self.with_spec(Txn::new(), &vm), &removed);
         self.ctx.store.txn(txn).await.map_err(store_failed)?;
         self.ctx.net.sync(&self.ctx).await;
         self.ctx

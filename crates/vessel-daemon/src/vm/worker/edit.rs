@@ -2,13 +2,13 @@
 //! and the online growth of a disk.
 
 use vessel_api::{EditVmRequest, OperationAction, VmDisk};
-use vessel_store::{Compare, Op, Txn};
+use vessel_store::Txn;
 
 use super::lifecycle::check_files;
 use super::{check_action, store_failed, OpResult, Worker};
 use crate::common::errors::error_chain;
 use crate::common::op_error::OpError;
-use crate::vm::model::{encode, spec_key, Loaded, VmRecord};
+use crate::vm::model::{Loaded, VmRecord};
 
 impl Worker {
     /// Applies an edit to the spec as it is now (the request checked it against the spec as it
@@ -44,10 +44,7 @@ impl Worker {
             // A refusal keeps its code: the request is answered 409, not 500.
             let guard = crate::access::projects::reserve_growth(store, before, after).await?;
             let guarded = guard.is_some();
-            let mut txn = also
-                .clone()
-                .when(Compare::Exists(spec_key(&self.name)))
-                .then(Op::Put(spec_key(&self.name), encode(after)));
+            let mut txn = self.with_spec(also.clone(), after);
             if let Some(guard) = guard {
                 txn = guard.apply(txn);
             }

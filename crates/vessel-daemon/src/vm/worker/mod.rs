@@ -146,10 +146,14 @@ impl Worker {
         Ok(())
     }
 
+    /// `txn` with the write of the VM's spec, on the condition that the VM still exists.
+    fn with_spec(&self, txn: Txn, vm: &VmRecord) -> Txn {
+        txn.when(Compare::Exists(spec_key(&self.name)))
+            .then(Op::Put(spec_key(&self.name), encode(vm)))
+    }
+
     async fn put_spec(&self, vm: &VmRecord) -> OpResult {
-        let txn = Txn::new()
-            .when(Compare::Exists(spec_key(&self.name)))
-            .then(Op::Put(spec_key(&self.name), encode(vm)));
+        let txn = self.with_spec(Txn::new(), vm);
         self.ctx.store.txn(txn).await.map_err(store_failed)?;
         Ok(())
     }
