@@ -84,10 +84,12 @@ impl Worker {
         } else {
             vessel_qemu::snapshot::BOOT_DISK_NODE.to_string()
         };
-        live.instance
-            .resize_disk(&node, size)
-            .await
-            .map_err(|e| format!("QEMU could not resize the disk: {}", error_chain(&e)))?;
+        live.instance.resize_disk(&node, size).await.map_err(|e| {
+            OpError::failed(format!(
+                "QEMU could not resize the disk: {}",
+                error_chain(&e)
+            ))
+        })?;
         self.ctx
             .event(
                 &self.name,
