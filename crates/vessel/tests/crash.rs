@@ -327,14 +327,20 @@ async fn disk_attach_and_detach_cut_short_by_a_daemon_kill_converge() {
             .collect();
         for key in keys {
             let mut op = get(&key);
-            if op["action"] == "attach_disk" && op["disk"]["volume"] == "a" {
+            // An operation's arguments are its payload, one variant per action.
+            let attached = &op["payload"]["attach_disk"]["volume"];
+            if attached == "a" {
                 op["status"] = "running".into();
                 op["finished_at_ms"] = serde_json::Value::Null;
                 put(&key, &op);
-            } else if op["action"] == "attach_disk" && op["disk"]["volume"] == "d" {
+            } else if attached == "d" {
                 let mut detach = op.clone();
                 detach["id"] = "cut-short-detach".into();
                 detach["action"] = "detach_disk".into();
+                // As the previous version wrote records (the disk in a field of its own, no
+                // payload): a cut-short operation of that version still runs after an upgrade.
+                detach.as_object_mut().unwrap().remove("payload");
+                detach["disk"] = op["payload"]["attach_disk"].clone();
                 detach["status"] = "running".into();
                 detach["finished_at_ms"] = serde_json::Value::Null;
                 put("ops/cut-short-detach", &detach);

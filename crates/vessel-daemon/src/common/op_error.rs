@@ -13,6 +13,38 @@ pub struct OpError {
 }
 
 impl OpError {
+    /// The operation could not be done (QEMU, a file, the store): `operation_failed`, 500.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::OperationFailed, message)
+    }
+
+    /// The VM is not in a state that allows this, or another request got there first: 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+
+    /// The request's arguments do not fit the VM as it is now: 400.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+
+    /// Something the operation needs no longer exists: 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    /// The operation waited for something that did not happen in time: 504.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Timeout, message)
+    }
+
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        OpError {
+            code,
+            message: message.into(),
+        }
+    }
+
     /// Writes the failure into the operation's record.
     pub fn record(self, operation: &mut Operation) {
         operation.error = Some(self.message);

@@ -20,7 +20,7 @@ use vessel_store::{Compare, Op, Txn};
 use crate::common::errors::store_error;
 use crate::ctx::Ctx;
 use crate::ctx::Service;
-use crate::vm::model::ActionOptions;
+use crate::vm::model::Payload;
 use crate::vm::model::{decode, encode, now_ms, Loaded};
 
 pub const NETWORKS_PREFIX: &str = "networks/";
@@ -377,29 +377,21 @@ impl Service {
 
     /// Adds a NIC; hot-plugged when the VM runs.
     pub async fn add_nic(&self, vm: &str, req: &AddNicRequest) -> Result<Operation, ApiError> {
-        let loaded = self.load_vm(vm).await?;
+        let loaded = self.load(vm).await?;
         vessel_core::check_action(OperationAction::AddNic, loaded.status.state, false)
             .map_err(ApiError::conflict)?;
         let nic = self
             .plan_nic(&loaded.record.spec, &loaded.record.project, req)
             .await?;
-        let options = ActionOptions {
-            nic: Some(nic.clone()),
-            ..Default::default()
-        };
-        self.submit_reserving(vm, OperationAction::AddNic, options, &nic)
+        self.submit_reserving(vm, Payload::AddNic(nic.clone()), &nic)
             .await
     }
 
     pub async fn remove_nic(&self, vm: &str, nic: &str) -> Result<Operation, ApiError> {
-        let loaded = self.load_vm(vm).await?;
+        let loaded = self.load(vm).await?;
         let (_, removed) =
             rules::remove_nic(&loaded.record.spec, nic).map_err(ApiError::not_found)?;
-        let options = ActionOptions {
-            nic: Some(removed),
-            ..Default::default()
-        };
-        self.submit(vm, OperationAction::RemoveNic, options).await
+        self.submit(vm, Payload::RemoveNic(removed)).await
     }
 }
 

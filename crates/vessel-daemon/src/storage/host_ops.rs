@@ -15,7 +15,7 @@ use vessel_store::{Op, Txn};
 
 use crate::common::errors::store_error;
 use crate::ctx::Ctx;
-use crate::vm::model::{encode, now_ms, op_key, OpRecord};
+use crate::vm::model::{encode, now_ms, op_key, OpRecord, Payload};
 
 /// Progress is written to the store at most this often (and on every whole 5 %).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
@@ -46,12 +46,7 @@ pub async fn begin(
             finished_at_ms: None,
         },
         target: None,
-        edit: None,
-        disk: None,
-        provision: None,
-        snapshot: None,
-        size_bytes: None,
-        nic: None,
+        payload: Payload::Host(action),
         resumed: false,
         host: ctx.config.host_name.clone(),
     };

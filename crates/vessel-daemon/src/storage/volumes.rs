@@ -14,8 +14,8 @@ use crate::common::op_error::OpError;
 use crate::ctx::Service;
 use crate::storage::copy::{self, Copy, CopyKeys};
 use crate::storage::keys;
-use crate::vm::model::ActionOptions;
 use crate::vm::model::Loaded;
+use crate::vm::model::Payload;
 
 pub(crate) fn to_format(format: VolumeFormat) -> Format {
     match format {
@@ -426,20 +426,17 @@ impl Service {
                 running.join(", ")
             )));
         };
-        let options = ActionOptions {
-            disk: Some(vessel_api::VmDisk {
+        let resize = Payload::ResizeDisk {
+            disk: vessel_api::VmDisk {
                 pool: pool.into(),
                 volume: name.into(),
                 read_only: false,
                 shareable: false,
                 delete_with_vm: false,
-            }),
-            size_bytes: Some(request.size_bytes),
-            ..Default::default()
+            },
+            size_bytes: request.size_bytes,
         };
-        let op = self
-            .submit(vm, vessel_api::OperationAction::ResizeDisk, options)
-            .await?;
+        let op = self.submit(vm, resize).await?;
         let done = self.wait(&op.id).await?;
         if done.error.is_some() {
             return Err(done.failure(&format!("online resize of volume {name:?} failed")));

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 use vessel_api::ApiError;
 
-use crate::api::{plain_text, HttpError};
+use crate::api::{plain_text, HttpError, Params};
 use crate::ctx::Service;
 
 /// How long output keeps flowing to a client that closed its input, after the last output.
@@ -21,16 +21,6 @@ const INPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The protocol name of the console upgrade (`Upgrade: vessel-console`).
 pub const CONSOLE_PROTOCOL: &str = "vessel-console";
-
-fn params(raw: Option<String>) -> Result<bool, HttpError> {
-    match raw.as_deref() {
-        None | Some("") | Some("follow=false") | Some("follow=0") => Ok(false),
-        Some("follow=true") | Some("follow=1") | Some("follow") => Ok(true),
-        Some(other) => Err(HttpError(ApiError::invalid(format!(
-            "unknown query {other:?}; the only parameter is follow=true|false"
-        )))),
-    }
-}
 
 /// Chunks from a broadcast subscription until it closes; a subscriber that falls behind says so
 /// in the stream instead of silently missing output.
@@ -59,7 +49,7 @@ pub async fn console_log(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, HttpError> {
-    let follow = params(q)?;
+    let follow = Params::parse(q, &["follow"])?.flag("follow", false)?;
     s.get_vm(&name).await?;
     let hub = s.ctx.console(&name);
     let (logged, rx) = hub.snapshot_and_subscribe();

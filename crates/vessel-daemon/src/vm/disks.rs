@@ -3,16 +3,17 @@
 
 use std::sync::Arc;
 
-use vessel_api::{ApiError, AttachDiskRequest, Operation, OperationAction, VmDisk, VmSpec};
+use vessel_api::{ApiError, AttachDiskRequest, Operation, VmDisk, VmSpec};
 use vessel_core::{disk_node_name, validate_name};
 use vessel_qemu::{BackingFile, DiskFile};
 use vessel_storage::{DirPool, StoragePool};
 
+use crate::common::op_error::OpError;
 use crate::ctx::Ctx;
 use crate::ctx::Service;
 use crate::storage::pools::DEFAULT_POOL;
-use crate::vm::model::ActionOptions;
 use crate::vm::model::Loaded;
+use crate::vm::model::Payload;
 
 impl Service {
     /// Attaches a pool volume; hot-plugged when the VM runs.
@@ -39,11 +40,7 @@ impl Service {
             &project,
         )
         .await?;
-        let options = ActionOptions {
-            disk: Some(disk),
-            ..Default::default()
-        };
-        self.submit(vm, OperationAction::AttachDisk, options).await
+        self.submit(vm, Payload::AttachDisk(disk)).await
     }
 
     pub async fn detach_disk(
@@ -54,46 +51,49 @@ impl Service {
     ) -> Result<Operation, ApiError> {
         validate_name("pool", pool).map_err(ApiError::invalid)?;
         validate_name("volume", volume).map_err(ApiError::invalid)?;
-        let options = ActionOptions {
-            disk: Some(VmDisk {
-                pool: pool.into(),
-                volume: volume.into(),
-                read_only: false,
-                shareable: false,
-                delete_with_vm: false,
-            }),
-            ..Default::default()
+        let disk = VmDisk {
+            pool: pool.into(),
+            volume: volume.into(),
+            read_only: false,
+            shareable: false,
+            delete_with_vm: false,
         };
-        self.submit(vm, OperationAction::DetachDisk, options).await
+        self.submit(vm, Payload::DetachDisk(disk)).await
     }
 }
 
 /// Finds the pool handle for a disk's pool.
-async fn pool_of(ctx: &Ctx, pool: &str) -> Result<Arc<DirPool>, String> {
-    crate::storage::pools::open_by_name(ctx, pool)
-        .await
-        .map_err(|e| e.message)
+async fn pool_of(ctx: &Ctx, pool: &str) -> Result<Arc<DirPool>, OpError> {
+    Ok(crate::storage::pools::open_by_name(ctx, pool).await?)
 }
 
 /// One disk of a VM of `project`, resolved to its file. A volume of another project is
 /// refused here too, whatever route put it into the spec: this is what QEMU gets to open.
-pub async fn resolve_disk(ctx: &Ctx, project: &str, disk: &VmDisk) -> Result<DiskFile, String> {
+/// A failure keeps its class (a volume gone is `not_found`, one of another project is refused
+/// as the request would be), its message naming the disk.
+pub async fn resolve_disk(ctx: &Ctx, project: &str, disk: &VmDisk) -> Result<DiskFile, OpError> {
+    let named = |e: OpError| OpError {
+        message: format!("disk {}/{}: {}", disk.pool, disk.volume, e.message),
+        ..e
+    };
     crate::storage::ownership::require_in_project(ctx, &disk.pool, &disk.volume, project)
         .await
-        .map_err(|e| format!("disk {}/{}: {}", disk.pool, disk.volume, e.message))?;
-    let pool = pool_of(ctx, &disk.pool).await?;
-    let info = pool
-        .volume(&disk.volume)
-        .await
-        .map_err(|e| format!("disk {}/{}: {e}", disk.pool, disk.volume))?;
+        .map_err(|e| named(e.into()))?;
+    let pool = pool_of(ctx, &disk.pool).await.map_err(named)?;
+    let info = pool.volume(&disk.volume).await.map_err(|e| {
+        named(match e {
+            vessel_storage::PoolError::NotFound { .. } => OpError::not_found(e.to_string()),
+            e => OpError::failed(e.to_string()),
+        })
+    })?;
     if info.backing_chain.len() > vessel_qemu::disk::MAX_BACKING_DEPTH {
-        return Err(format!(
+        return Err(OpError::invalid(format!(
             "disk {}/{}: its backing chain is {} images deep; at most {} are supported (make a full clone)",
             disk.pool,
             disk.volume,
             info.backing_chain.len(),
             vessel_qemu::disk::MAX_BACKING_DEPTH
-        ));
+        )));
     }
     Ok(DiskFile {
         node_name: disk_node_name(&disk.pool, &disk.volume),
@@ -113,7 +113,11 @@ pub async fn resolve_disk(ctx: &Ctx, project: &str, disk: &VmDisk) -> Result<Dis
         shareable: disk.shareable,
         serial: disk.volume.clone(),
         key: if info.encrypted {
-            Some(crate::storage::keys::get(ctx, &disk.pool, &disk.volume).await?)
+            Some(
+                crate::storage::keys::get(ctx, &disk.pool, &disk.volume)
+                    .await
+                    .map_err(|e| named(OpError::failed(e)))?,
+            )
         } else {
             None
         },
@@ -125,7 +129,7 @@ pub async fn resolve_disks(
     ctx: &Ctx,
     project: &str,
     spec: &VmSpec,
-) -> Result<Vec<DiskFile>, String> {
+) -> Result<Vec<DiskFile>, OpError> {
     let mut files = Vec::with_capacity(spec.disks.len());
     for disk in &spec.disks {
         files.push(resolve_disk(ctx, project, disk).await?);
@@ -153,16 +157,12 @@ pub fn conflicting_users(vms: &[Loaded], vm: &str, disk: &VmDisk) -> Vec<String>
 }
 
 /// Deletes a volume that was made for a VM, with its key if it is encrypted.
-pub async fn delete_owned(ctx: &Ctx, disk: &VmDisk) -> Result<(), String> {
+pub async fn delete_owned(ctx: &Ctx, disk: &VmDisk) -> Result<(), OpError> {
     let pool = pool_of(ctx, &disk.pool).await?;
     match pool.delete_volume(&disk.volume).await {
         Ok(()) | Err(vessel_storage::PoolError::NotFound { .. }) => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(OpError::failed(e.to_string())),
     }
-    crate::storage::ownership::remove(ctx, &disk.pool, &disk.volume)
-        .await
-        .map_err(|e| e.message)?;
-    crate::storage::keys::delete(ctx, &disk.pool, &disk.volume)
-        .await
-        .map_err(|e| e.message)
+    crate::storage::ownership::remove(ctx, &disk.pool, &disk.volume).await?;
+    Ok(crate::storage::keys::delete(ctx, &disk.pool, &disk.volume).await?)
 }

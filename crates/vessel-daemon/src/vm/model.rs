@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 pub use vessel_api::Event;
-use vessel_api::{ApiError, DesiredState, Operation, Usage, Vm, VmSpec, VmState};
+use vessel_api::{ApiError, DesiredState, Operation, OperationAction, Usage, Vm, VmSpec, VmState};
 
 pub const VMS_PREFIX: &str = "vms/";
 pub const OPS_PREFIX: &str = "ops/";
@@ -113,39 +113,25 @@ pub fn now_ms() -> u64 {
 }
 
 /// An operation as stored: the API's view plus what the worker needs to carry it out.
+///
+/// Stored as the API's [`Operation`] (flattened) with `payload` beside it. Records written
+/// before the payload existed carry the same facts in optional fields (`edit`, `disk`,
+/// `snapshot`, ...); [`StoredOp`] reads both shapes, so an operation left pending by the
+/// previous version still runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredOp", into = "StoredOp")]
 pub struct OpRecord {
-    #[serde(flatten)]
     pub operation: Operation,
     /// The desired state this request set; a later request that changes it supersedes this one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<DesiredState>,
-    /// The edit to apply, for edit operations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub edit: Option<vessel_api::EditVmRequest>,
-    /// The disk to attach or detach, for disk operations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk: Option<vessel_api::VmDisk>,
-    /// For a create from an image: how to make the root disk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provision: Option<Provision>,
-    /// For snapshot operations: which snapshot (and, for a create, with memory or not).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
-    /// For a disk resize: the new size in bytes (the disk is `disk`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size_bytes: Option<u64>,
-    /// For NIC operations: the NIC to add (already reserved) or remove.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nic: Option<vessel_api::VmNic>,
+    /// What the operation is to do.
+    pub payload: Payload,
     /// Set when the operation is run again after a daemon restart cut it short: part of its
     /// work may be done (a disk attach or detach finds its spec change already made).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
     /// The host that carries it out (the one that runs the VM, or holds the pool of a host
     /// operation); only its daemon dispatches it. Empty in records written before hosts had
     /// names: those are this host's (see [`OpRecord::is_for`]).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
 }
 
@@ -153,6 +139,219 @@ impl OpRecord {
     /// Whether the daemon of `host` carries this operation out.
     pub fn is_for(&self, host: &str) -> bool {
         self.host.is_empty() || self.host == host
+    }
+}
+
+/// What an operation is to do, with what it needs for that: one variant per action a VM's
+/// worker carries out. Host operations (imports, exports, copies) run in a host task and carry
+/// nothing here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    /// A create; from an image, how to make the root disk.
+    Create {
+        provision: Option<Provision>,
+    },
+    Start,
+    Stop {
+        force: bool,
+        timeout_secs: Option<u64>,
+    },
+    Kill,
+    /// `force`: a hard reset instead of a power-off and a fresh start.
+    Reboot {
+        force: bool,
+    },
+    Pause,
+    Resume,
+    Restart,
+    Edit(vessel_api::EditVmRequest),
+    /// `force`: kill a running VM first.
+    Delete {
+        force: bool,
+    },
+    AttachDisk(vessel_api::VmDisk),
+    DetachDisk(vessel_api::VmDisk),
+    /// Growing a disk of the running VM to `size_bytes`.
+    ResizeDisk {
+        disk: vessel_api::VmDisk,
+        size_bytes: u64,
+    },
+    SnapshotCreate(vessel_api::CreateSnapshotRequest),
+    SnapshotRevert {
+        name: String,
+    },
+    SnapshotDelete {
+        name: String,
+    },
+    /// The NIC to add, its address and MAC already reserved.
+    AddNic(vessel_api::VmNic),
+    RemoveNic(vessel_api::VmNic),
+    /// An import, export or copy, carried out by a host task.
+    Host(OperationAction),
+}
+
+impl Payload {
+    /// The action, as the API names it.
+    pub fn action(&self) -> OperationAction {
+        use OperationAction as A;
+        match self {
+            Payload::Create { .. } => A::Create,
+            Payload::Start => A::Start,
+            Payload::Stop { .. } => A::Stop,
+            Payload::Kill => A::Kill,
+            Payload::Reboot { .. } => A::Reboot,
+            Payload::Pause => A::Pause,
+            Payload::Resume => A::Resume,
+            Payload::Restart => A::Restart,
+            Payload::Edit(_) => A::Edit,
+            Payload::Delete { .. } => A::Delete,
+            Payload::AttachDisk(_) => A::AttachDisk,
+            Payload::DetachDisk(_) => A::DetachDisk,
+            Payload::ResizeDisk { .. } => A::ResizeDisk,
+            Payload::SnapshotCreate(_) => A::SnapshotCreate,
+            Payload::SnapshotRevert { .. } => A::SnapshotRevert,
+            Payload::SnapshotDelete { .. } => A::SnapshotDelete,
+            Payload::AddNic(_) => A::AddNic,
+            Payload::RemoveNic(_) => A::RemoveNic,
+            Payload::Host(action) => *action,
+        }
+    }
+
+    /// The request's force flag, as the API shows it (a kill always forces).
+    pub fn force(&self) -> bool {
+        match self {
+            Payload::Stop { force, .. } | Payload::Reboot { force } | Payload::Delete { force } => {
+                *force
+            }
+            Payload::Kill => true,
+            _ => false,
+        }
+    }
+
+    /// How long a stop may wait for the guest, as the API shows it.
+    pub fn timeout_secs(&self) -> Option<u64> {
+        match self {
+            Payload::Stop { timeout_secs, .. } => *timeout_secs,
+            _ => None,
+        }
+    }
+
+    /// The payload of a record from before payloads, from its action and optional fields.
+    fn from_legacy(operation: &Operation, legacy: Legacy) -> Result<Payload, String> {
+        use OperationAction as A;
+        let missing = |what: &str| {
+            format!(
+                "operation {} ({}) has no {what}",
+                operation.id,
+                operation.action.as_str()
+            )
+        };
+        let snapshot = || legacy.snapshot.clone().ok_or_else(|| missing("snapshot"));
+        let disk = || legacy.disk.clone().ok_or_else(|| missing("disk"));
+        let nic = || legacy.nic.clone().ok_or_else(|| missing("NIC"));
+        let force = operation.force;
+        Ok(match operation.action {
+            A::Create => Payload::Create {
+                provision: legacy.provision,
+            },
+            A::Start => Payload::Start,
+            A::Stop => Payload::Stop {
+                force,
+                timeout_secs: operation.timeout_secs,
+            },
+            A::Kill => Payload::Kill,
+            A::Reboot => Payload::Reboot { force },
+            A::Pause => Payload::Pause,
+            A::Resume => Payload::Resume,
+            A::Restart => Payload::Restart,
+            A::Edit => Payload::Edit(legacy.edit.ok_or_else(|| missing("edit"))?),
+            A::Delete => Payload::Delete { force },
+            A::AttachDisk => Payload::AttachDisk(disk()?),
+            A::DetachDisk => Payload::DetachDisk(disk()?),
+            A::ResizeDisk => Payload::ResizeDisk {
+                disk: disk()?,
+                size_bytes: legacy.size_bytes.ok_or_else(|| missing("size"))?,
+            },
+            A::SnapshotCreate => Payload::SnapshotCreate(snapshot()?),
+            A::SnapshotRevert => Payload::SnapshotRevert {
+                name: snapshot()?.name,
+            },
+            A::SnapshotDelete => Payload::SnapshotDelete {
+                name: snapshot()?.name,
+            },
+            A::AddNic => Payload::AddNic(nic()?),
+            A::RemoveNic => Payload::RemoveNic(nic()?),
+            action @ (A::ImportImage | A::ImportVolume | A::ExportVolume | A::CloneVolume) => {
+                Payload::Host(action)
+            }
+        })
+    }
+}
+
+/// An operation record as it sits in the store (see [`OpRecord`]).
+#[derive(Serialize, Deserialize)]
+struct StoredOp {
+    #[serde(flatten)]
+    operation: Operation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<DesiredState>,
+    /// Absent from records written before payloads; those have [`Legacy`] fields instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload: Option<Payload>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    resumed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    host: String,
+    #[serde(flatten, skip_serializing)]
+    legacy: Legacy,
+}
+
+/// The optional fields that carried an operation's arguments before [`Payload`]; read only.
+#[derive(Default, Deserialize)]
+struct Legacy {
+    #[serde(default)]
+    edit: Option<vessel_api::EditVmRequest>,
+    #[serde(default)]
+    disk: Option<vessel_api::VmDisk>,
+    #[serde(default)]
+    provision: Option<Provision>,
+    #[serde(default)]
+    snapshot: Option<vessel_api::CreateSnapshotRequest>,
+    #[serde(default)]
+    size_bytes: Option<u64>,
+    #[serde(default)]
+    nic: Option<vessel_api::VmNic>,
+}
+
+impl TryFrom<StoredOp> for OpRecord {
+    type Error = String;
+
+    fn try_from(stored: StoredOp) -> Result<Self, String> {
+        let payload = match stored.payload {
+            Some(payload) => payload,
+            None => Payload::from_legacy(&stored.operation, stored.legacy)?,
+        };
+        Ok(OpRecord {
+            operation: stored.operation,
+            target: stored.target,
+            payload,
+            resumed: stored.resumed,
+            host: stored.host,
+        })
+    }
+}
+
+impl From<OpRecord> for StoredOp {
+    fn from(record: OpRecord) -> Self {
+        StoredOp {
+            operation: record.operation,
+            target: record.target,
+            payload: Some(record.payload),
+            resumed: record.resumed,
+            host: record.host,
+            legacy: Legacy::default(),
+        }
     }
 }
 
@@ -255,22 +454,6 @@ pub async fn load_vm(
     Ok(group_vms(&kvs)?.into_iter().next())
 }
 
-/// Options of an action request.
-#[derive(Debug, Clone, Default)]
-pub struct ActionOptions {
-    pub force: bool,
-    pub timeout_secs: Option<u64>,
-    pub edit: Option<vessel_api::EditVmRequest>,
-    /// The disk of an attach or detach.
-    pub disk: Option<vessel_api::VmDisk>,
-    /// The snapshot of a snapshot operation.
-    pub snapshot: Option<vessel_api::CreateSnapshotRequest>,
-    /// The new size of a disk resize.
-    pub size_bytes: Option<u64>,
-    /// The NIC of an add or remove.
-    pub nic: Option<vessel_api::VmNic>,
-}
-
 /// What one VM counts against its project's quota.
 pub fn vm_usage(record: &VmRecord) -> Usage {
     Usage {
@@ -296,4 +479,128 @@ pub async fn project_usage(
         total.add(&vm_usage(&vm.record));
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn legacy(extra: serde_json::Value) -> OpRecord {
+        let mut record = json!({
+            "id": "5a1d6a32-0c1e-4b8e-9d55-1f0e6f7d0a11",
+            "vm": "web",
+            "project": "default",
+            "status": "pending",
+            "force": false,
+            "created_at_ms": 1764900000000u64,
+            "target": "stopped"
+        });
+        record
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let bytes = serde_json::to_vec(&record).unwrap();
+        decode("ops/5a1d6a32", &bytes).expect("a record of the previous version loads")
+    }
+
+    /// Records as the previous version wrote them (the action's arguments in optional fields
+    /// beside the operation) load with their payload.
+    #[test]
+    fn records_of_the_previous_version_load_with_their_payload() {
+        let disk = json!({"pool": "default", "volume": "data", "read_only": false});
+        let edit = legacy(json!({"action": "edit", "edit": {"cpus": 2, "memory_mib": 256}}));
+        let Payload::Edit(request) = &edit.payload else {
+            panic!("{edit:?}")
+        };
+        assert_eq!((request.cpus, request.memory_mib), (Some(2), Some(256)));
+        assert_eq!(edit.target, Some(DesiredState::Stopped));
+        assert_eq!(edit.operation.vm, "web");
+
+        let attach = legacy(json!({"action": "attach_disk", "disk": disk, "resumed": true}));
+        assert!(matches!(&attach.payload, Payload::AttachDisk(d) if d.volume == "data"));
+        assert!(attach.resumed);
+
+        let resize = legacy(json!({"action": "resize_disk", "disk": disk, "size_bytes": 4096}));
+        assert!(matches!(
+            &resize.payload,
+            Payload::ResizeDisk { disk, size_bytes: 4096 } if disk.volume == "data"
+        ));
+
+        let revert = legacy(json!({
+            "action": "snapshot_revert", "snapshot": {"name": "before", "memory": false}
+        }));
+        assert_eq!(
+            revert.payload,
+            Payload::SnapshotRevert {
+                name: "before".into()
+            }
+        );
+
+        let stop = legacy(json!({"action": "stop", "force": true, "timeout_secs": 5}));
+        assert_eq!(
+            stop.payload,
+            Payload::Stop {
+                force: true,
+                timeout_secs: Some(5)
+            }
+        );
+
+        let create = legacy(json!({
+            "action": "create",
+            "provision": {"image": "debian", "image_pool": "default", "size_bytes": null,
+                          "full_clone": true, "encrypted": false}
+        }));
+        assert!(matches!(
+            &create.payload,
+            Payload::Create { provision: Some(p) } if p.image == "debian" && p.full_clone
+        ));
+
+        let nic = json!({"id": "net1", "network": "lan", "mac": "52:54:00:12:34:56",
+                         "ipv4": "10.0.0.5", "tap": "vs-web-net1"});
+        let add = legacy(json!({"action": "add_nic", "nic": nic}));
+        assert!(
+            matches!(&add.payload, Payload::AddNic(n) if n.id == "net1"),
+            "{add:?}"
+        );
+
+        let import = legacy(json!({"action": "import_image", "vm": "", "resource": "debian"}));
+        assert_eq!(import.payload, Payload::Host(OperationAction::ImportImage));
+    }
+
+    /// A record is written with its payload and reads back the same; the API's view of it (the
+    /// flattened operation) is unchanged.
+    #[test]
+    fn a_record_round_trips_with_its_payload() {
+        let record = legacy(json!({"action": "delete", "force": true}));
+        assert_eq!(record.payload, Payload::Delete { force: true });
+        let stored = serde_json::to_value(&record).unwrap();
+        assert_eq!(stored["payload"], json!({"delete": {"force": true}}));
+        assert_eq!(stored["action"], "delete");
+        assert_eq!(stored["force"], true);
+        assert!(stored.get("edit").is_none(), "{stored}");
+        let back: OpRecord = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, record);
+        let operation: Operation = serde_json::from_value(serde_json::to_value(&record).unwrap())
+            .expect("the API reads a stored record as an operation");
+        assert_eq!(operation, record.operation);
+    }
+
+    /// A record of the previous version that lacks what its action needs is refused by name,
+    /// not run with a default.
+    #[test]
+    fn a_legacy_record_without_its_arguments_is_refused_clearly() {
+        let bytes = serde_json::to_vec(&json!({
+            "id": "op-1", "vm": "web", "action": "attach_disk", "status": "pending",
+            "created_at_ms": 1
+        }))
+        .unwrap();
+        let error = decode::<OpRecord>("ops/op-1", &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("operation op-1 (attach-disk) has no disk"),
+            "{error}"
+        );
+    }
 }

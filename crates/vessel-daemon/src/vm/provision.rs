@@ -18,6 +18,8 @@ use crate::vm::model::{op_key, OpRecord, Provision};
 /// Makes `root` from the image in `plan`. Idempotent: a root volume that exists already (a
 /// create re-run after a daemon restart) is taken as made, since volumes appear atomically.
 /// Returns the virtual size of the disk made (what it takes of the project's disk quota).
+/// A failure keeps its class: an image gone is `not_found`, a size that cannot hold the image
+/// is `invalid_argument`, a failed copy is `operation_failed`.
 pub async fn make_root_disk(
     ctx: &Arc<Ctx>,
     op_id: &str,
@@ -36,11 +38,10 @@ pub async fn make_root_disk(
     })?;
     let size = plan.size_bytes.filter(|s| *s != image.virtual_size);
     if size.is_some_and(|s| s < image.virtual_size) {
-        return Err(format!(
+        return Err(OpError::invalid(format!(
             "the disk size is smaller than image {} ({} bytes); give at least its size",
             plan.image, image.virtual_size
-        )
-        .into());
+        )));
     }
     if !plan.full_clone && !plan.encrypted {
         let spec = VolumeSpec {
@@ -53,7 +54,9 @@ pub async fn make_root_disk(
         return Ok(made.virtual_size);
     }
     if plan.encrypted && root.pool != plan.image_pool {
-        return Err("an encrypted root disk is made in the image's pool; leave out --pool".into());
+        return Err(OpError::invalid(
+            "an encrypted root disk is made in the image's pool; leave out --pool",
+        ));
     }
     let keys = match plan.encrypted {
         true => {
@@ -80,7 +83,7 @@ pub async fn make_root_disk(
     );
     let outcome = tokio::select! {
         outcome = copy => outcome.map(|made| made.virtual_size).map_err(OpError::from),
-        () = cancel.cancelled() => Err("cancelled on request; nothing was kept".into()),
+        () = cancel.cancelled() => Err(OpError::failed("cancelled on request; nothing was kept")),
     };
     drop(progress);
     let _ = writer.await;
@@ -96,7 +99,7 @@ async fn current_op(ctx: &Ctx, id: &str) -> Result<OpRecord, OpError> {
         .store
         .get(&op_key(id))
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the create operation vanished")?;
-    crate::vm::model::decode(&kv.key, &kv.value).map_err(|e| e.to_string().into())
+        .map_err(|e| OpError::failed(e.to_string()))?
+        .ok_or_else(|| OpError::not_found("the create operation vanished"))?;
+    crate::vm::model::decode(&kv.key, &kv.value).map_err(|e| OpError::failed(e.to_string()))
 }

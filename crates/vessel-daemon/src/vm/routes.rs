@@ -9,14 +9,13 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use utoipa::OpenApi;
 use vessel_api::{
-    Accepted, CreateVmRequest, EditVmRequest, ErrorBody, Operation, OperationAction, StopVmRequest,
-    Vm,
+    Accepted, CreateVmRequest, EditVmRequest, ErrorBody, Operation, StopVmRequest, Vm,
 };
 
 use crate::access::caller::Caller;
 use crate::api::{finish, optional_json, wait_param, ApiJson, ApiResult, Params};
 use crate::ctx::Service;
-use crate::vm::model::ActionOptions;
+use crate::vm::model::Payload;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -118,11 +117,7 @@ async fn edit_vm(
     ApiJson(edit): ApiJson<EditVmRequest>,
 ) -> ApiResult<Response> {
     let wait = wait_param(q)?;
-    let options = ActionOptions {
-        edit: Some(edit),
-        ..Default::default()
-    };
-    let op = s.submit(&name, OperationAction::Edit, options).await?;
+    let op = s.submit(&name, Payload::Edit(edit)).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
 
@@ -135,11 +130,8 @@ async fn delete_vm(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let params = Params::parse(q, &["wait", "force"])?;
-    let options = ActionOptions {
-        force: params.flag("force", false)?,
-        ..Default::default()
-    };
-    let op = s.submit(&name, OperationAction::Delete, options).await?;
+    let force = params.flag("force", false)?;
+    let op = s.submit(&name, Payload::Delete { force }).await?;
     finish(&s, op, params.flag("wait", true)?, StatusCode::OK).await
 }
 
@@ -147,10 +139,10 @@ async fn simple_action(
     s: Service,
     name: String,
     q: Option<String>,
-    action: OperationAction,
+    payload: Payload,
 ) -> ApiResult<Response> {
     let wait = wait_param(q)?;
-    let op = s.submit(&name, action, ActionOptions::default()).await?;
+    let op = s.submit(&name, payload).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
 
@@ -160,7 +152,7 @@ async fn start_vm(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    simple_action(s, name, q, OperationAction::Start).await
+    simple_action(s, name, q, Payload::Start).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/stop", request_body = Option<StopVmRequest>, responses((status = 200, body = Vm)))]
@@ -172,12 +164,11 @@ async fn stop_vm(
 ) -> ApiResult<Response> {
     let wait = wait_param(q)?;
     let req: StopVmRequest = optional_json(&body)?;
-    let options = ActionOptions {
+    let stop = Payload::Stop {
         force: req.force,
         timeout_secs: req.timeout_secs,
-        ..Default::default()
     };
-    let op = s.submit(&name, OperationAction::Stop, options).await?;
+    let op = s.submit(&name, stop).await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
 
@@ -187,7 +178,7 @@ async fn kill_vm(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    simple_action(s, name, q, OperationAction::Kill).await
+    simple_action(s, name, q, Payload::Kill).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/reboot", request_body = Option<vessel_api::RebootVmRequest>, responses((status = 200, body = Vm)))]
@@ -199,11 +190,9 @@ async fn reboot_vm(
 ) -> ApiResult<Response> {
     let wait = wait_param(q)?;
     let req: vessel_api::RebootVmRequest = optional_json(&body)?;
-    let options = ActionOptions {
-        force: req.force,
-        ..Default::default()
-    };
-    let op = s.submit(&name, OperationAction::Reboot, options).await?;
+    let op = s
+        .submit(&name, Payload::Reboot { force: req.force })
+        .await?;
     finish(&s, op, wait, StatusCode::OK).await
 }
 
@@ -213,7 +202,7 @@ async fn pause_vm(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    simple_action(s, name, q, OperationAction::Pause).await
+    simple_action(s, name, q, Payload::Pause).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/resume", responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
@@ -222,7 +211,7 @@ async fn resume_vm(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
-    simple_action(s, name, q, OperationAction::Resume).await
+    simple_action(s, name, q, Payload::Resume).await
 }
 
 #[utoipa::path(post, path = "/v1/vms/{name}/disks", request_body = vessel_api::AttachDiskRequest,

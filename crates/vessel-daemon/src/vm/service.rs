@@ -15,7 +15,7 @@ use crate::common::events::EVENTS_PREFIX;
 use crate::ctx::Service;
 use crate::vm::model::{
     cloud_init_key, decode, desired_key, encode, load_vm, now_ms, op_key, spec_key, status_key,
-    ActionOptions, CloudInitData, Loaded, OpRecord, Provision, VmRecord, VmStatus, OPS_PREFIX,
+    CloudInitData, Loaded, OpRecord, Payload, Provision, VmRecord, VmStatus, OPS_PREFIX,
 };
 use crate::vm::worker::check_files;
 
@@ -35,10 +35,8 @@ impl Service {
         self.ctx.view.list_json().await.map_err(internal)
     }
 
-    pub(crate) async fn load_vm(&self, name: &str) -> Result<Loaded, ApiError> {
-        self.load(name).await
-    }
-
+    /// A VM's records, read from the store (not the view): what a request checks before it
+    /// writes.
     pub(crate) async fn load(&self, name: &str) -> Result<Loaded, ApiError> {
         validate_name("VM", name).map_err(ApiError::invalid)?;
         load_vm(self.ctx.store.as_ref(), name)
@@ -98,14 +96,12 @@ impl Service {
         };
         check_files(&record)
             .map_err(|e| ApiError::invalid(e).with_hint("give a path the daemon can read"))?;
-        let mut op = new_op(
+        let op = new_op(
             &self.ctx.config.host_name,
             &record,
-            OperationAction::Create,
             desired,
-            ActionOptions::default(),
+            Payload::Create { provision },
         );
-        op.provision = provision;
         let need = Usage {
             disk_bytes: root_bytes,
             ..crate::access::projects::vm_usage(&record)
@@ -124,7 +120,9 @@ impl Service {
             }
             // The root disk made from an image belongs to the VM's project, and its size is
             // reserved in the project's disk quota with the VM (the worker makes it later).
-            if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
+            if let (Payload::Create { provision: Some(_) }, Some(pool)) =
+                (&op.payload, &request.pool)
+            {
                 let root = vessel_core::spec::root_volume_name(&request.name);
                 let entry = crate::storage::ownership::VolumeEntry::new(&project, root_bytes);
                 let host = &self.ctx.config.host_name;
@@ -165,7 +163,9 @@ impl Service {
                 )
                 .with_hint("choose another name, or delete the existing VM first"));
             }
-            if let (Some(_), Some(pool)) = (&op.provision, &request.pool) {
+            if let (Payload::Create { provision: Some(_) }, Some(pool)) =
+                (&op.payload, &request.pool)
+            {
                 let root = vessel_core::spec::root_volume_name(&request.name);
                 if crate::storage::ownership::exists(&self.ctx, pool, &root).await? {
                     return Err(root_taken(pool, &root));
@@ -302,40 +302,34 @@ impl Service {
 
     /// Checks an action against the VM's current state and records it (with the desired state it
     /// implies) for the VM's worker.
-    pub async fn submit(
-        &self,
-        name: &str,
-        action: OperationAction,
-        options: ActionOptions,
-    ) -> Result<Operation, ApiError> {
-        self.submit_with(name, action, options, None).await
+    pub async fn submit(&self, name: &str, payload: Payload) -> Result<Operation, ApiError> {
+        self.submit_with(name, payload, None).await
     }
 
     /// Like [`Service::submit`], taking a new NIC's address and MAC in the same transaction.
     pub async fn submit_reserving(
         &self,
         name: &str,
-        action: OperationAction,
-        options: ActionOptions,
+        payload: Payload,
         nic: &vessel_api::VmNic,
     ) -> Result<Operation, ApiError> {
-        self.submit_with(name, action, options, Some(nic)).await
+        self.submit_with(name, payload, Some(nic)).await
     }
 
     async fn submit_with(
         &self,
         name: &str,
-        action: OperationAction,
-        options: ActionOptions,
+        payload: Payload,
         reserve: Option<&vessel_api::VmNic>,
     ) -> Result<Operation, ApiError> {
+        let action = payload.action();
         let Loaded {
             record,
             desired,
             status,
         } = self.load(name).await?;
-        check_action(action, status.state, options.force).map_err(ApiError::conflict)?;
-        if let Some(edit) = &options.edit {
+        check_action(action, status.state, payload.force()).map_err(ApiError::conflict)?;
+        if let Payload::Edit(edit) = &payload {
             let spec = vessel_core::apply_edit(&record.spec, edit, self.ctx.host)
                 .map_err(ApiError::invalid)?;
             let edited = VmRecord {
@@ -349,9 +343,7 @@ impl Service {
             crate::access::projects::reserve_growth(self.ctx.store.as_ref(), &record, &edited)
                 .await?;
         }
-        if let (Some(disk), OperationAction::AttachDisk | OperationAction::DetachDisk) =
-            (&options.disk, action)
-        {
+        if let Payload::AttachDisk(disk) | Payload::DetachDisk(disk) = &payload {
             let changed = match action {
                 OperationAction::AttachDisk => vessel_core::attach_disk(&record.spec, disk.clone()),
                 _ => vessel_core::detach_disk(&record.spec, &disk.pool, &disk.volume),
@@ -373,9 +365,8 @@ impl Service {
         let op = new_op(
             &self.ctx.config.host_name,
             &record,
-            action,
             target.unwrap_or(desired),
-            options,
+            payload,
         );
         // A blind write of the desired state: the VM's worker runs operations one at a time and
         // re-checks the state when it gets to this one, so no compare on the state is needed.
@@ -533,13 +524,7 @@ fn desired_after(action: OperationAction, state: VmState) -> Option<DesiredState
     }
 }
 
-fn new_op(
-    host: &str,
-    vm: &VmRecord,
-    action: OperationAction,
-    target: DesiredState,
-    options: ActionOptions,
-) -> OpRecord {
+fn new_op(host: &str, vm: &VmRecord, target: DesiredState, payload: Payload) -> OpRecord {
     OpRecord {
         operation: Operation {
             id: uuid::Uuid::new_v4().to_string(),
@@ -548,22 +533,17 @@ fn new_op(
             project: vm.project.clone(),
             progress: None,
             result: None,
-            action,
+            action: payload.action(),
             status: OperationStatus::Pending,
             error: None,
             error_code: None,
-            force: options.force || action == OperationAction::Kill,
-            timeout_secs: options.timeout_secs,
+            force: payload.force(),
+            timeout_secs: payload.timeout_secs(),
             created_at_ms: now_ms(),
             finished_at_ms: None,
         },
         target: Some(target),
-        edit: options.edit,
-        disk: options.disk,
-        provision: None,
-        snapshot: options.snapshot,
-        size_bytes: options.size_bytes,
-        nic: options.nic,
+        payload,
         resumed: false,
         host: host.to_string(),
     }

@@ -8,18 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use vessel_api::{
-    ApiError, Boot, CreateSnapshotRequest, Operation, OperationAction, Snapshot, VmSpec,
-};
+use vessel_api::{ApiError, Boot, CreateSnapshotRequest, Operation, Snapshot, VmSpec};
 use vessel_core::validate_name;
 use vessel_qemu::DiskFile;
 use vessel_storage::{Format, VolumeKey};
 use vessel_store::{Compare, Op, Txn};
 
-use crate::common::errors::store_error;
+use crate::common::errors::internal;
+use crate::common::op_error::OpError;
 use crate::ctx::Ctx;
 use crate::ctx::Service;
-use crate::vm::model::ActionOptions;
+use crate::vm::model::Payload;
 use crate::vm::model::{
     decode, encode, snapshot_head_key, snapshot_key, snapshots_prefix, VmRecord,
 };
@@ -82,7 +81,7 @@ impl Service {
         // What it would take of the disk quota must fit now (the worker reserves it).
         let record = self.load(vm).await?.record;
         crate::vm::snapshot_quota::check(&self.ctx, &record, request.memory).await?;
-        self.submit_snapshot(vm, OperationAction::SnapshotCreate, request.clone())
+        self.submit(vm, Payload::SnapshotCreate(request.clone()))
             .await
     }
 
@@ -97,35 +96,14 @@ impl Service {
             &restored(&current, &snapshot),
         )
         .await?;
-        let request = CreateSnapshotRequest {
-            name: name.into(),
-            memory: false,
-        };
-        self.submit_snapshot(vm, OperationAction::SnapshotRevert, request)
-            .await
+        let name = name.to_string();
+        self.submit(vm, Payload::SnapshotRevert { name }).await
     }
 
     pub async fn delete_snapshot(&self, vm: &str, name: &str) -> Result<Operation, ApiError> {
         self.existing_snapshot(vm, name).await?;
-        let request = CreateSnapshotRequest {
-            name: name.into(),
-            memory: false,
-        };
-        self.submit_snapshot(vm, OperationAction::SnapshotDelete, request)
-            .await
-    }
-
-    async fn submit_snapshot(
-        &self,
-        vm: &str,
-        action: OperationAction,
-        snapshot: CreateSnapshotRequest,
-    ) -> Result<Operation, ApiError> {
-        let options = ActionOptions {
-            snapshot: Some(snapshot),
-            ..Default::default()
-        };
-        self.submit(vm, action, options).await
+        let name = name.to_string();
+        self.submit(vm, Payload::SnapshotDelete { name }).await
     }
 
     async fn existing_snapshot(&self, vm: &str, name: &str) -> Result<SnapshotRecord, ApiError> {
@@ -142,15 +120,7 @@ impl Service {
         vm: &str,
         name: &str,
     ) -> Result<Option<SnapshotRecord>, ApiError> {
-        let kv = self
-            .ctx
-            .store
-            .get(&snapshot_key(vm, name))
-            .await
-            .map_err(store_error)?;
-        kv.map(|kv| decode(&kv.key, &kv.value))
-            .transpose()
-            .map_err(|e| ApiError::internal(e.to_string()))
+        find(&self.ctx, vm, name).await.map_err(internal)
     }
 }
 
@@ -178,23 +148,38 @@ pub async fn load(ctx: &Ctx, vm: &str) -> Result<(Vec<SnapshotRecord>, Option<St
     Ok((records, head))
 }
 
-pub async fn record(ctx: &Ctx, vm: &str, name: &str) -> Result<SnapshotRecord, String> {
-    let kv = ctx
-        .store
-        .get(&snapshot_key(vm, name))
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("VM {vm} has no snapshot {name}"))?;
-    decode(&kv.key, &kv.value).map_err(|e| e.to_string())
+/// The VM's snapshot `name`, if it has one.
+async fn find(ctx: &Ctx, vm: &str, name: &str) -> anyhow::Result<Option<SnapshotRecord>> {
+    let kv = ctx.store.get(&snapshot_key(vm, name)).await?;
+    kv.map(|kv| decode(&kv.key, &kv.value)).transpose()
 }
 
-/// Stores a new snapshot as the VM's current one.
-pub async fn save_new(ctx: &Ctx, vm: &str, record: &SnapshotRecord) -> Result<(), String> {
+/// A snapshot of the VM, for its worker; one deleted meanwhile is `not_found`.
+pub async fn record(ctx: &Ctx, vm: &str, name: &str) -> Result<SnapshotRecord, OpError> {
+    find(ctx, vm, name)
+        .await
+        .map_err(|e| OpError::failed(e.to_string()))?
+        .ok_or_else(|| OpError::not_found(format!("VM {vm} has no snapshot {name}")))
+}
+
+/// Stores a new snapshot as the VM's current one; a snapshot of that name recorded meanwhile
+/// is a conflict.
+pub async fn save_new(ctx: &Ctx, vm: &str, record: &SnapshotRecord) -> Result<(), OpError> {
     let txn = Txn::new()
         .when(Compare::Missing(snapshot_key(vm, &record.name)))
         .then(Op::Put(snapshot_key(vm, &record.name), encode(record)))
         .then(Op::Put(snapshot_head_key(vm), encode(&record.name)));
-    ctx.store.txn(txn).await.map_err(|e| e.to_string())?;
+    let written = ctx
+        .store
+        .txn(txn)
+        .await
+        .map_err(|e| OpError::failed(e.to_string()))?;
+    if !written.succeeded {
+        return Err(OpError::conflict(format!(
+            "VM {vm} already has a snapshot {}",
+            record.name
+        )));
+    }
     Ok(())
 }
 
