@@ -6,4 +6,5 @@ pub mod limits;
 pub mod projects;
 pub mod refusals;
 pub mod security;
+pub mod targets;
 pub mod tls;

@@ -17,8 +17,9 @@
 //!    `error: ...`. Refusals are recorded compactly: fields clipped, and past a share per
 //!    address and minute only counted, then summarized in one record (`refusals.rs`).
 //!
-//! Lists of VMs, images and volumes are filtered to the caller's projects here, from the
-//! handler's JSON.
+//! The project of the object a route names is asked of the feature that owns it
+//! (`targets.rs`); lists are filtered by the features that make them, with the caller's
+//! [`vessel_auth::Visibility`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -42,6 +43,7 @@ use vessel_auth::{Identity, Permission, Scope, DEFAULT_PROJECT};
 use crate::access::tls::{Peer, TlsMaterial};
 use crate::api::HttpError;
 use crate::ctx::Ctx;
+use crate::vm::service::Service;
 
 /// Failed sign-ins one address may make per window; after that its failures are answered 429
 /// (a valid credential from it still passes).
@@ -267,6 +269,13 @@ pub struct Caller {
     pub credential: crate::access::identities::Credential,
 }
 
+impl Caller {
+    /// Which projects' objects this caller sees in a list of objects read with `read`.
+    pub fn visibility(&self, read: Permission) -> vessel_auth::Visibility {
+        vessel_auth::Visibility::of(&self.identity, read)
+    }
+}
+
 fn error_response(e: ApiError) -> Response {
     HttpError(e).into_response()
 }
@@ -357,24 +366,6 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
     if let Some(slot) = stream {
         return response.map(|body| Body::new(crate::access::limits::HeldStream::new(body, slot)));
     }
-    let response = match (&matched, mutating) {
-        (Some(m), false) if m.route.path == "/v1/vms" => {
-            filter_list(&caller, Permission::VmRead, response).await
-        }
-        (Some(m), false) if m.route.path == "/v1/images" => {
-            filter_list(&caller, Permission::ImageRead, response).await
-        }
-        (Some(m), false) if m.route.path == "/v1/networks" => {
-            filter_list(&caller, Permission::NetworkRead, response).await
-        }
-        (Some(m), false) if m.route.path == "/v1/pools/{pool}/volumes" => {
-            filter_list(&caller, Permission::StorageRead, response).await
-        }
-        (Some(m), false) if m.route.path == "/v1/operations" => {
-            filter_list(&caller, Permission::OperationRead, response).await
-        }
-        _ => response,
-    };
     // Reads are audited only when refused as malformed (the 401/403/429 cases were above).
     if !mutating && !matches!(response.status().as_u16(), 400 | 413) {
         return response;
@@ -568,20 +559,19 @@ async fn authorize(
     // A caller with the permission on the host has it in every project: no need to look up the
     // target's project (that lookup waits for the VM view to catch up with the store).
     let everywhere = caller.identity.check(permission, Scope::Host).is_ok();
-    let (req, project, target) = resolve(sec, matched, req, everywhere).await?;
+    let (req, resolved) = resolve(sec, matched, req, everywhere).await?;
+    let Resolved {
+        project,
+        public,
+        target,
+    } = resolved;
     // An object in a project the caller may not read is, to that caller, missing: checked as
     // a lookup of a missing object (the permission in any project), then answered with the
     // handler's own 404. A 403 for an existing object and a 404 for a missing one would tell
-    // that it exists.
+    // that it exists. Everyone sees a public image, so a refused change of one is a 403.
     let hidden = match project.as_deref() {
-        Some(p) if !may_see(&caller.identity, matched.route.target, p) => {
-            // Everyone sees a public image, so a refused change of one is a 403, not a 404.
-            !(matches!(matched.route.target, Target::Image)
-                && image_project(sec, matched.param("name").unwrap_or_default())
-                    .await
-                    .is_some_and(|(_, public)| public))
-        }
-        _ => false,
+        Some(p) => !public && !may_see(&caller.identity, matched.route.target, p),
+        None => false,
     };
     let project = if hidden { None } else { project };
     let scope = match (matched.route.target, project.as_deref()) {
@@ -593,7 +583,10 @@ async fn authorize(
         .identity
         .check(permission, scope)
         .map_err(permission_denied)?;
-    match hidden.then(|| missing(matched)).flatten() {
+    match hidden
+        .then(|| crate::access::targets::not_found(matched))
+        .flatten()
+    {
         Some(e) => Err(e),
         None => Ok((req, target)),
     }
@@ -602,30 +595,10 @@ async fn authorize(
 /// Whether the caller may know that an object of `target`'s kind in `project` exists: it may
 /// read such objects there.
 fn may_see(identity: &Identity, target: Target, project: &str) -> bool {
-    let read = match target {
-        Target::Vm => Permission::VmRead,
-        Target::Image => Permission::ImageRead,
-        Target::Volume => Permission::StorageRead,
-        Target::Network => Permission::NetworkRead,
-        Target::Operation => Permission::OperationRead,
-        // Projects, bodies of creates: what they name is the request's own.
-        Target::Host | Target::Any | Target::Project | Target::Body => return true,
-    };
-    identity.check(read, Scope::Project(project)).is_ok()
-}
-
-/// The answer to a request for the object a route names when it does not exist, as its
-/// handler gives it.
-fn missing(matched: &Matched) -> Option<ApiError> {
-    let param = |name: &str| matched.param(name).unwrap_or_default();
-    Some(match matched.route.target {
-        Target::Vm => crate::vm::service::not_found(param("name")),
-        Target::Image => crate::storage::images::not_found(param("name")),
-        Target::Network => crate::network::service::not_found(param("name")),
-        Target::Volume => crate::storage::volumes::not_found(param("pool"), param("name")),
-        Target::Operation => crate::vm::service::operation_not_found(param("id")),
-        Target::Host | Target::Any | Target::Project | Target::Body => return None,
-    })
+    // Projects, bodies of creates: what they name is the request's own.
+    target
+        .read_permission()
+        .is_none_or(|read| identity.check(read, Scope::Project(project)).is_ok())
 }
 
 /// Checks the request's fields that name host files (`vessel_auth::host_files`): each needs
@@ -668,92 +641,75 @@ pub fn permission_denied(denied: vessel_auth::Denied) -> ApiError {
     )
 }
 
-/// The project a request acts on (None: no single one) and the audit target.
+/// What a request acts on, as the middleware needs it.
+struct Resolved {
+    /// The project (`None`: no single one, or an object that does not exist).
+    project: Option<String>,
+    /// A public image: everyone may know it exists.
+    public: bool,
+    /// The audit target: the path, plus the name of what a create makes.
+    target: String,
+}
+
+impl Resolved {
+    fn new(project: Option<String>, target: String) -> Resolved {
+        Resolved {
+            project,
+            public: false,
+            target,
+        }
+    }
+}
+
+/// The project a request acts on and its audit target; the request comes back with its body
+/// put back if it was read.
 async fn resolve(
     sec: &Security,
     matched: &Matched,
     req: Request,
     everywhere: bool,
-) -> Result<(Request, Option<String>, String), ApiError> {
+) -> Result<(Request, Resolved), ApiError> {
     let path = req.uri().path().to_string();
     match matched.route.target {
         Target::Host | Target::Any if creates(matched) => {
             let (req, _, target) = peek_body(req, path).await?;
-            Ok((req, None, target))
+            Ok((req, Resolved::new(None, target)))
         }
-        Target::Host | Target::Any => Ok((req, None, path)),
-        Target::Project => Ok((req, matched.param("name").map(str::to_string), path)),
-        Target::Vm | Target::Image | Target::Volume | Target::Network | Target::Operation
-            if everywhere =>
-        {
-            Ok((req, None, path))
-        }
-        Target::Operation => {
-            let id = matched.param("id").unwrap_or_default();
-            Ok((req, operation_project(sec, id).await, path))
-        }
-        Target::Network => {
-            let name = matched.param("name").unwrap_or_default();
-            let project = crate::network::service::record(&sec.ctx, name)
-                .await
-                .ok()
-                .map(|n| n.project);
-            Ok((req, project, path))
-        }
-        Target::Volume => {
-            let pool = matched.param("pool").unwrap_or_default();
-            let name = matched.param("name").unwrap_or_default();
-            let project =
-                crate::storage::ownership::get(sec.ctx.store.as_ref(), pool, name).await?;
-            Ok((req, Some(project), path))
-        }
-        Target::Vm => {
-            let name = matched.param("name").unwrap_or_default();
-            let project = match sec.ctx.view.get(name).await {
-                Ok(Some(vm)) => Some(vm.record.project),
-                // A VM that does not exist: any project will do; the handler answers 404.
-                _ => None,
-            };
-            Ok((req, project, path))
-        }
-        Target::Image => {
-            let name = matched.param("name").unwrap_or_default();
-            let project = match image_project(sec, name).await {
-                // A public image is read from any project (deleting it needs a host admin).
-                Some((_, true)) if matched.route.method == "GET" => None,
-                found => found.map(|(project, _)| project),
-            };
-            Ok((req, project, path))
+        Target::Host | Target::Any => Ok((req, Resolved::new(None, path))),
+        Target::Project => {
+            let project = matched.param("name").map(str::to_string);
+            Ok((req, Resolved::new(project, path)))
         }
         Target::Body => {
             let (req, project, target) = peek_body(req, path).await?;
-            Ok((req, Some(project), target))
+            Ok((req, Resolved::new(Some(project), target)))
+        }
+        Target::Vm | Target::Image | Target::Volume | Target::Network | Target::Operation
+            if everywhere =>
+        {
+            Ok((req, Resolved::new(None, path)))
+        }
+        Target::Vm | Target::Image | Target::Volume | Target::Network | Target::Operation => {
+            let service = Service {
+                ctx: Arc::clone(&sec.ctx),
+            };
+            let owner = crate::access::targets::owner(&service, matched).await?;
+            let public = owner.as_ref().is_some_and(|o| o.public);
+            let project = match owner {
+                // A public image is read from any project (deleting it needs a host admin).
+                Some(o) if o.public && matched.route.method == "GET" => None,
+                found => found.map(|o| o.project),
+            };
+            Ok((
+                req,
+                Resolved {
+                    project,
+                    public,
+                    target: path,
+                },
+            ))
         }
     }
-}
-
-/// The project of an operation; `None` (any project) for one that does not exist.
-async fn operation_project(sec: &Security, id: &str) -> Option<String> {
-    let kv = sec
-        .ctx
-        .store
-        .get(&crate::vm::model::op_key(id))
-        .await
-        .ok()??;
-    let record: crate::vm::model::OpRecord = serde_json::from_slice(&kv.value).ok()?;
-    Some(record.operation.project)
-}
-
-/// The project of an image and whether it is public; `None` for one that does not exist.
-async fn image_project(sec: &Security, name: &str) -> Option<(String, bool)> {
-    let kv = sec
-        .ctx
-        .store
-        .get(&crate::storage::images::image_key(name))
-        .await
-        .ok()??;
-    let record: crate::storage::images::ImageRecord = serde_json::from_slice(&kv.value).ok()?;
-    Some((record.project, record.public))
 }
 
 /// Whether the route creates something named in its body (`POST /v1/users`...).
@@ -830,41 +786,6 @@ async fn outcome(response: Response) -> (Response, String) {
     };
     let result = format!("{kind}: {} {message}", status.as_u16());
     (Response::from_parts(parts, Body::from(bytes)), result)
-}
-
-/// Keeps only the items (VMs, images, volumes, networks, operations) of projects the caller may
-/// read with `permission` (root and `*` grants see everything).
-async fn filter_list(caller: &Caller, permission: Permission, response: Response) -> Response {
-    let Some(projects) = caller.identity.readable_projects(permission) else {
-        return response;
-    };
-    if !response.status().is_success() {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(collected) = body.collect().await else {
-        return error_response(ApiError::internal("could not read the list"));
-    };
-    let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&collected.to_bytes()) else {
-        return error_response(ApiError::internal("the list is not a JSON array"));
-    };
-    let kept: Vec<serde_json::Value> = items
-        .into_iter()
-        .filter(|item| {
-            // Public images are listed for everyone.
-            if item.get("public").and_then(|p| p.as_bool()) == Some(true) {
-                return true;
-            }
-            let project = item
-                .get("project")
-                .and_then(|p| p.as_str())
-                .unwrap_or(DEFAULT_PROJECT);
-            projects.iter().any(|p| p == project)
-        })
-        .collect();
-    let mut response = Json(kept).into_response();
-    *response.status_mut() = parts.status;
-    response
 }
 
 // ---- routes: who am I, the audit log ----
