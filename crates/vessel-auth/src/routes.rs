@@ -201,9 +201,9 @@ fn match_template(
     Some((literals, params))
 }
 
-/// Decodes `%XX` escapes of a path segment (names are plain ASCII; anything odd is kept as is
-/// and then refused by the name checks of the handlers).
-fn percent_decode(segment: &str) -> String {
+/// Decodes `%XX` escapes of a path segment or query value (names are plain ASCII; anything odd
+/// is kept as is and then refused by the name checks of the handlers).
+pub fn percent_decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -5,6 +5,7 @@ pub mod identities;
 pub mod limits;
 pub mod projects;
 pub mod refusals;
+pub mod routes;
 pub mod security;
 pub mod targets;
 pub mod tls;

@@ -33,9 +33,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+
 use http_body_util::BodyExt;
-use vessel_api::{ApiError, ErrorCode, Whoami, MAX_BODY_BYTES};
+use vessel_api::{ApiError, ErrorCode, MAX_BODY_BYTES};
 use vessel_audit::{AuditEntry, AuditLog};
 use vessel_auth::routes::{lookup, Matched, Target};
 use vessel_auth::{Identity, Permission, Scope, DEFAULT_PROJECT};
@@ -229,23 +229,13 @@ pub async fn bind_remote(config: &crate::Config, sec: &Security) -> anyhow::Resu
     }))
 }
 
-/// Every route (the API's and these modules'), behind the security middleware.
+/// Every route (the API's and access's own), behind the security middleware.
 pub fn app(api: axum::Router, sec: Arc<Security>) -> axum::Router {
-    let own = router()
-        .merge(crate::access::identities::router())
-        .merge(crate::access::projects::router())
+    let own = crate::access::routes::router()
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::clone(&sec));
     api.merge(own)
         .layer(axum::middleware::from_fn_with_state(sec, middleware))
-}
-
-/// The OpenAPI paths of these modules, added to the API's document.
-pub fn extend_openapi(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::OpenApi as _;
-    doc.merge(SecurityDoc::openapi());
-    doc.merge(crate::access::identities::IdentitiesDoc::openapi());
-    doc.merge(crate::access::projects::ProjectsDoc::openapi());
 }
 
 impl Security {
@@ -788,134 +778,6 @@ async fn outcome(response: Response) -> (Response, String) {
     (Response::from_parts(parts, Body::from(bytes)), result)
 }
 
-// ---- routes: who am I, the audit log ----
-
-#[derive(utoipa::OpenApi)]
-#[openapi(paths(whoami, list_audit, verify_audit))]
-pub struct SecurityDoc;
-
-pub fn router() -> axum::Router<Arc<Security>> {
-    use axum::routing::get;
-    axum::Router::new()
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/audit", get(list_audit))
-        .route("/v1/audit/verify", get(verify_audit))
-}
-
-#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Whoami), (status = 401, body = vessel_api::ErrorBody)))]
-async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
-    Json(Whoami {
-        identity: caller.identity.name,
-        grants: caller.identity.grants,
-        source: caller.source,
-        method: caller.method.to_string(),
-    })
-}
-
-#[utoipa::path(get, path = "/v1/audit",
-    params(
-        ("since" = Option<u64>, Query, description = "only records at or after this time (ms since the epoch)"),
-        ("identity" = Option<String>, Query, description = "only records of this identity"),
-        ("action" = Option<String>, Query, description = "only this action; ending in `.` is a prefix (`vms.`)"),
-        ("limit" = Option<usize>, Query, description = "at most this many, the newest")
-    ),
-    responses((status = 200, body = Vec<vessel_api::AuditRecord>), (status = 400, body = vessel_api::ErrorBody)))]
-async fn list_audit(
-    State(sec): State<Arc<Security>>,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
-) -> Result<Json<Vec<vessel_api::AuditRecord>>, HttpError> {
-    let params = crate::api::Params::parse(q, &["since", "identity", "action", "limit"])?;
-    let number = |key: &str| -> Result<Option<u64>, HttpError> {
-        params
-            .0
-            .get(key)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    HttpError(ApiError::invalid(format!("{key}={v:?} is not a number")))
-                })
-            })
-            .transpose()
-    };
-    let filter = vessel_audit::ListFilter {
-        since_ms: number("since")?,
-        identity: params.0.get("identity").map(|s| decode_query(s)),
-        action: params.0.get("action").map(|s| decode_query(s)),
-        limit: number("limit")?.map(|n| n as usize),
-    };
-    let records = sec
-        .audit
-        .list(&filter)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?;
-    Ok(Json(records.into_iter().map(audit_view).collect()))
-}
-
-fn decode_query(text: &str) -> String {
-    let plus = text.replace('+', " ");
-    let bytes = plus.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            // Bytes, not a str slice: `%` may be followed by a multi-byte character.
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn audit_view(r: vessel_audit::AuditRecord) -> vessel_api::AuditRecord {
-    vessel_api::AuditRecord {
-        seq: r.seq,
-        at_ms: r.at_ms,
-        identity: r.identity,
-        source: r.source,
-        action: r.action,
-        target: r.target,
-        result: r.result,
-        hash: r.hash.iter().map(|b| format!("{b:02x}")).collect(),
-    }
-}
-
-#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, body = vessel_api::AuditVerifyReport)))]
-async fn verify_audit(
-    State(sec): State<Arc<Security>>,
-) -> Result<Json<vessel_api::AuditVerifyReport>, HttpError> {
-    // Sign the newest records first, so that everything appended so far is pinned by a key.
-    sec.audit
-        .checkpoint()
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot checkpoint the audit log: {e}")))?;
-    let key =
-        vessel_audit::parse_public_key(sec.audit.public_key_hex()).map_err(ApiError::internal)?;
-    let report = vessel_audit::verify_store(sec.ctx.store.as_ref(), &key)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot verify the audit log: {e}")))?;
-    Ok(Json(report_view(report, sec.audit.public_key_hex())))
-}
-
-pub fn report_view(
-    report: vessel_audit::VerifyReport,
-    public_key: &str,
-) -> vessel_api::AuditVerifyReport {
-    vessel_api::AuditVerifyReport {
-        records: report.records,
-        last_seq: report.last_seq,
-        valid_checkpoints: report.valid_checkpoints,
-        last_verified_checkpoint: report.last_verified_checkpoint,
-        pruned_through: report.pruned_through,
-        issues: report.issues.iter().map(ToString::to_string).collect(),
-        public_key: public_key.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -961,11 +823,6 @@ mod tests {
         #[test]
         fn any_body_yields_a_project_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = body_project(&bytes);
-        }
-
-        #[test]
-        fn any_query_decodes_without_panicking(text in ".{0,60}") {
-            let _ = decode_query(&text);
         }
     }
 

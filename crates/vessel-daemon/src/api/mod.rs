@@ -126,7 +126,7 @@ pub fn openapi_json() -> String {
     doc.merge(crate::network::routes::NetworkApi::openapi());
     doc.merge(crate::observe::routes::ObserveApi::openapi());
     doc.merge(operations::OperationsApi::openapi());
-    crate::access::security::extend_openapi(&mut doc);
+    doc.merge(crate::access::routes::AccessApi::openapi());
     doc.to_pretty_json().expect("OpenAPI document serializes")
 }
 
