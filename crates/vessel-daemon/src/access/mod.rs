@@ -5,6 +5,8 @@ pub mod identities;
 pub mod limits;
 pub mod projects;
 pub mod refusals;
+#[cfg(test)]
+mod route_table;
 pub mod routes;
 pub mod security;
 pub mod targets;

@@ -369,8 +369,9 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
 /// or an upgrade (the console).
 fn holds_stream(req: &Request) -> bool {
     let follows = req.uri().query().is_some_and(|q| {
-        q.split('&')
-            .any(|p| matches!(p, "follow" | "follow=true" | "follow=1"))
+        crate::api::Params::any(q)
+            .flag("follow", false)
+            .unwrap_or(false)
     });
     req.method() == Method::GET && (follows || req.headers().contains_key(header::UPGRADE))
 }
@@ -824,6 +825,28 @@ mod tests {
         fn any_body_yields_a_project_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = body_project(&bytes);
         }
+    }
+
+    #[test]
+    fn a_follow_or_an_upgrade_holds_a_stream() {
+        let get = |uri: &str| {
+            Request::builder()
+                .method("GET")
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert!(holds_stream(&get("/v1/events?follow")));
+        assert!(holds_stream(&get("/v1/events?vm=a&follow=1")));
+        assert!(holds_stream(&get("/v1/vms/a/console/log?follow=true")));
+        assert!(!holds_stream(&get("/v1/events?follow=false")));
+        assert!(!holds_stream(&get("/v1/events?followers=true")));
+        assert!(!holds_stream(&get("/v1/events")));
+        let mut upgrade = get("/v1/vms/a/console");
+        upgrade
+            .headers_mut()
+            .insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(holds_stream(&upgrade));
     }
 
     #[test]
