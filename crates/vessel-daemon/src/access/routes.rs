@@ -239,7 +239,7 @@ async fn list_projects(
     State(sec): State<Arc<Security>>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<Project>>> {
-    let visible = caller.visibility(Permission::ProjectRead);
+    let visible = vessel_auth::Visibility::of(&caller.identity, Permission::ProjectRead);
     Ok(Json(
         projects::list(sec.ctx.store.as_ref(), &visible).await?,
     ))

@@ -238,6 +238,12 @@ pub fn app(api: axum::Router, sec: Arc<Security>) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(sec, middleware))
 }
 
+/// The OpenAPI paths of access's own routes, added to the API's document.
+pub fn extend_openapi(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    doc.merge(crate::access::routes::AccessApi::openapi());
+}
+
 impl Security {
     /// Writes what is queued in the audit log and signs its newest record.
     pub async fn close(&self) {
@@ -257,13 +263,6 @@ pub struct Caller {
     pub method: &'static str,
     /// What the sign-in rests on: a stream ends when it does (`identities::revoked`).
     pub credential: crate::access::identities::Credential,
-}
-
-impl Caller {
-    /// Which projects' objects this caller sees in a list of objects read with `read`.
-    pub fn visibility(&self, read: Permission) -> vessel_auth::Visibility {
-        vessel_auth::Visibility::of(&self.identity, read)
-    }
 }
 
 fn error_response(e: ApiError) -> Response {

@@ -139,7 +139,7 @@ pub fn openapi_json() -> String {
     doc.merge(crate::network::routes::NetworkApi::openapi());
     doc.merge(crate::observe::routes::ObserveApi::openapi());
     doc.merge(operations::OperationsApi::openapi());
-    doc.merge(crate::access::routes::AccessApi::openapi());
+    crate::access::security::extend_openapi(&mut doc);
     doc.to_pretty_json().expect("OpenAPI document serializes")
 }
 

@@ -42,7 +42,8 @@ async fn list_operations(
     State(s): State<Service>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<Operation>>> {
-    let visible = caller.visibility(vessel_auth::Permission::OperationRead);
+    let visible =
+        vessel_auth::Visibility::of(&caller.identity, vessel_auth::Permission::OperationRead);
     Ok(Json(s.list_operations(&visible).await?))
 }
 

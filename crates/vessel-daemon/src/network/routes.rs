@@ -89,7 +89,7 @@ async fn list_networks(
     State(s): State<Service>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<Network>>> {
-    let visible = caller.visibility(Permission::NetworkRead);
+    let visible = vessel_auth::Visibility::of(&caller.identity, Permission::NetworkRead);
     Ok(Json(s.list_networks(&visible).await?))
 }
 

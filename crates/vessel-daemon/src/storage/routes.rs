@@ -94,7 +94,7 @@ async fn list_images(
     State(s): State<Service>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<vessel_api::Image>>> {
-    let visible = caller.visibility(vessel_auth::Permission::ImageRead);
+    let visible = vessel_auth::Visibility::of(&caller.identity, vessel_auth::Permission::ImageRead);
     Ok(Json(s.list_images(&visible).await?))
 }
 
@@ -193,7 +193,8 @@ async fn list_volumes(
     Extension(caller): Extension<Caller>,
     Path(pool): Path<String>,
 ) -> ApiResult<Json<Vec<vessel_api::Volume>>> {
-    let visible = caller.visibility(vessel_auth::Permission::StorageRead);
+    let visible =
+        vessel_auth::Visibility::of(&caller.identity, vessel_auth::Permission::StorageRead);
     Ok(Json(s.list_volumes(&pool, &visible).await?))
 }
 

@@ -88,7 +88,7 @@ async fn list_vms(
     State(s): State<Service>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Response> {
-    let visible = caller.visibility(vessel_auth::Permission::VmRead);
+    let visible = vessel_auth::Visibility::of(&caller.identity, vessel_auth::Permission::VmRead);
     let json = s.list_vms_json(&visible).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
