@@ -6,7 +6,7 @@ pub mod limits;
 pub mod projects;
 pub mod refusals;
 #[cfg(test)]
-mod route_table;
+pub(crate) mod route_table;
 pub mod routes;
 pub mod security;
 pub mod targets;

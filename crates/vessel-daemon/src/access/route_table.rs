@@ -113,12 +113,11 @@ fn concrete(template: &str) -> String {
         .join("/")
 }
 
-/// The daemon's whole app (every feature's router, access's own, the security middleware) on
-/// a fresh data dir.
-async fn app(dir: &std::path::Path) -> axum::Router {
+/// A daemon's state on a fresh data dir (nothing started: no controller, no QEMU).
+pub(crate) async fn test_ctx(dir: &std::path::Path) -> Arc<crate::ctx::Ctx> {
     let config = crate::Config::with_paths(dir.to_path_buf(), dir.join("sock"));
     let store = vessel_store::SqliteStore::open(&dir.join("vessel.db")).unwrap();
-    let ctx = Arc::new(
+    Arc::new(
         crate::ctx::Ctx::new(
             Arc::new(store),
             Arc::new(vessel_qemu::QemuBackend::new("qemu-system-x86_64")),
@@ -126,7 +125,7 @@ async fn app(dir: &std::path::Path) -> axum::Router {
                 accel: vessel_qemu::Accel::Tcg,
                 reason: "test".into(),
             },
-            config.clone(),
+            config,
             vessel_core::HostCapacity {
                 cpus: 1,
                 memory_mib: 1024,
@@ -136,7 +135,14 @@ async fn app(dir: &std::path::Path) -> axum::Router {
         )
         .await
         .unwrap(),
-    );
+    )
+}
+
+/// The daemon's whole app (every feature's router, access's own, the security middleware) on
+/// a fresh data dir.
+async fn app(dir: &std::path::Path) -> axum::Router {
+    let ctx = test_ctx(dir).await;
+    let config = ctx.config.clone();
     let sec = crate::access::security::open(Arc::clone(&ctx), &config)
         .await
         .unwrap();
