@@ -33,7 +33,6 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-
 use http_body_util::BodyExt;
 use vessel_api::{ApiError, ErrorCode, MAX_BODY_BYTES};
 use vessel_audit::{AuditEntry, AuditLog};
