@@ -33,6 +33,12 @@ impl Visibility {
             .is_none_or(|projects| projects.iter().any(|p| p == project))
     }
 
+    /// Whether every project is shown (root, a grant on `*`): only such callers see what has
+    /// no project recorded (events from before events had one).
+    pub fn shows_all(&self) -> bool {
+        self.projects.is_none()
+    }
+
     /// Whether an image is shown: a public image is shown to everyone who may read images.
     pub fn shows_image(&self, project: &str, public: bool) -> bool {
         public || self.shows(project)
@@ -76,6 +82,7 @@ mod tests {
         assert!(v.shows("dev"));
         assert!(!v.shows("prod"));
         assert!(!v.shows("default"), "default is a project like any other");
+        assert!(!v.shows_all());
     }
 
     #[test]
@@ -83,7 +90,7 @@ mod tests {
         for identity in [Identity::root(), user(vec![Grant::new("*", Role::Viewer)])] {
             let v = Visibility::of(&identity, Permission::NetworkRead);
             assert_eq!(v, Visibility::everything());
-            assert!(v.shows("any") && v.shows("default"));
+            assert!(v.shows("any") && v.shows("default") && v.shows_all());
         }
     }
 
