@@ -17,7 +17,7 @@ use vessel_auth::token::{Token, TokenError, TokenRecord};
 use vessel_auth::Identity;
 use vessel_store::{Compare, Op, Store, Txn};
 
-use crate::access::security::Security;
+use crate::access::tls::TlsMaterial;
 use crate::vm::model::{decode, encode, now_ms};
 use crate::vm::service::store_error;
 
@@ -341,7 +341,11 @@ pub async fn list_users(store: &dyn Store) -> Result<Vec<User>, ApiError> {
 }
 
 /// Records a new user; a taken name changes nothing.
-pub async fn create_user(sec: &Security, req: CreateUserRequest) -> Result<User, ApiError> {
+pub async fn create_user(
+    store: &dyn Store,
+    cache: &AuthCache,
+    req: CreateUserRequest,
+) -> Result<User, ApiError> {
     vessel_auth::validate_user_name(&req.name).map_err(ApiError::invalid)?;
     if req.name == vessel_auth::ROOT {
         return Err(ApiError::invalid(
@@ -357,14 +361,14 @@ pub async fn create_user(sec: &Security, req: CreateUserRequest) -> Result<User,
     let txn = Txn::new()
         .when(Compare::Missing(user_key(&req.name)))
         .then(Op::Put(user_key(&req.name), encode(&record)));
-    if !sec.ctx.store.txn(txn).await.map_err(store_error)?.succeeded {
+    if !store.txn(txn).await.map_err(store_error)?.succeeded {
         return Err(ApiError::new(
             ErrorCode::AlreadyExists,
             format!("user {:?} already exists", req.name),
         ));
     }
-    sec.auth_cache.clear();
-    user_view(sec.ctx.store.as_ref(), record).await
+    cache.clear();
+    user_view(store, record).await
 }
 
 pub async fn get_user(store: &dyn Store, name: &str) -> Result<User, ApiError> {
@@ -375,8 +379,7 @@ pub async fn get_user(store: &dyn Store, name: &str) -> Result<User, ApiError> {
 }
 
 /// Deletes a user with its tokens and certificates, in one transaction.
-pub async fn delete_user(sec: &Security, name: &str) -> Result<(), ApiError> {
-    let store = sec.ctx.store.as_ref();
+pub async fn delete_user(store: &dyn Store, cache: &AuthCache, name: &str) -> Result<(), ApiError> {
     let kv = store
         .get(&user_key(name))
         .await
@@ -402,21 +405,22 @@ pub async fn delete_user(sec: &Security, name: &str) -> Result<(), ApiError> {
             "user {name:?} changed meanwhile; try again"
         )));
     }
-    sec.auth_cache.clear();
+    cache.clear();
     Ok(())
 }
 
 /// Issues a client certificate to a user, signed by the daemon's CA.
 pub async fn issue_cert(
-    sec: &Security,
+    store: &dyn Store,
+    cache: &AuthCache,
+    tls: Option<&TlsMaterial>,
     name: &str,
     req: IssueCertRequest,
 ) -> Result<IssuedCert, ApiError> {
-    let store = sec.ctx.store.as_ref();
     load_user(store, name)
         .await?
         .ok_or_else(|| user_not_found(name))?;
-    let Some(tls) = sec.tls.as_ref() else {
+    let Some(tls) = tls else {
         return Err(ApiError::conflict(
             "the remote API is off, so there is no CA to issue certificates with",
         )
@@ -438,7 +442,7 @@ pub async fn issue_cert(
     if !store.txn(txn).await.map_err(store_error)?.succeeded {
         return Err(user_not_found(name));
     }
-    sec.auth_cache.clear();
+    cache.clear();
     Ok(IssuedCert {
         user: name.to_string(),
         fingerprint: cert.fingerprint,
@@ -472,7 +476,8 @@ pub async fn list_tokens(store: &dyn Store) -> Result<Vec<TokenInfo>, ApiError> 
 
 /// Makes a token for a user; its secret is in the answer only, the store keeps its digest.
 pub async fn create_token(
-    sec: &Security,
+    store: &dyn Store,
+    cache: &AuthCache,
     req: CreateTokenRequest,
 ) -> Result<CreatedToken, ApiError> {
     check_grants(&req.scope)?;
@@ -495,25 +500,25 @@ pub async fn create_token(
         .when(Compare::Exists(user_key(&req.user)))
         .when(Compare::Missing(token_key(&token.id)))
         .then(Op::Put(token_key(&token.id), encode(&record)));
-    if !sec.ctx.store.txn(txn).await.map_err(store_error)?.succeeded {
+    if !store.txn(txn).await.map_err(store_error)?.succeeded {
         return Err(user_not_found(&req.user));
     }
-    sec.auth_cache.clear();
+    cache.clear();
     Ok(CreatedToken {
         token: token_info(record),
         secret: token.reveal(),
     })
 }
 
-pub async fn revoke_token(sec: &Security, id: &str) -> Result<(), ApiError> {
+pub async fn revoke_token(store: &dyn Store, cache: &AuthCache, id: &str) -> Result<(), ApiError> {
     let txn = Txn::new()
         .when(Compare::Exists(token_key(id)))
         .then(Op::Delete(token_key(id)));
-    if !sec.ctx.store.txn(txn).await.map_err(store_error)?.succeeded {
+    if !store.txn(txn).await.map_err(store_error)?.succeeded {
         return Err(ApiError::not_found(format!("token {id:?} does not exist"))
             .with_hint("list tokens with `vessel token list`"));
     }
-    sec.auth_cache.clear();
+    cache.clear();
     Ok(())
 }
 

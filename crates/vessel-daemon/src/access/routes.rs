@@ -173,7 +173,7 @@ async fn create_user(
     State(sec): State<Arc<Security>>,
     ApiJson(req): ApiJson<CreateUserRequest>,
 ) -> ApiResult<Response> {
-    let user = identities::create_user(&sec, req).await?;
+    let user = identities::create_user(sec.ctx.store.as_ref(), &sec.auth_cache, req).await?;
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
@@ -192,7 +192,7 @@ async fn delete_user(
     State(sec): State<Arc<Security>>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    identities::delete_user(&sec, &name).await?;
+    identities::delete_user(sec.ctx.store.as_ref(), &sec.auth_cache, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -204,7 +204,14 @@ async fn issue_cert(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let req: IssueCertRequest = optional_json(&body)?;
-    let issued = identities::issue_cert(&sec, &name, req).await?;
+    let issued = identities::issue_cert(
+        sec.ctx.store.as_ref(),
+        &sec.auth_cache,
+        sec.tls.as_ref(),
+        &name,
+        req,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
@@ -219,7 +226,8 @@ async fn create_token(
     State(sec): State<Arc<Security>>,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> ApiResult<Response> {
-    let created: CreatedToken = identities::create_token(&sec, req).await?;
+    let created: CreatedToken =
+        identities::create_token(sec.ctx.store.as_ref(), &sec.auth_cache, req).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -228,7 +236,7 @@ async fn revoke_token(
     State(sec): State<Arc<Security>>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    identities::revoke_token(&sec, &id).await?;
+    identities::revoke_token(sec.ctx.store.as_ref(), &sec.auth_cache, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
