@@ -11,6 +11,8 @@
 //!   digest only, compared in constant time.
 //! - [`host_files`]: the request fields that name files on the daemon's host or URLs it
 //!   fetches (they need `host.files`, or an allow-listed directory).
+//! - [`Visibility`]: which projects' objects a caller may see in a list (the one rule of
+//!   every list).
 //! - [`quota`]: per-project limits and the check that a request stays within them.
 
 pub mod host_files;
@@ -19,11 +21,13 @@ pub mod quota;
 mod role;
 pub mod routes;
 pub mod token;
+mod visibility;
 
 pub use identity::{Denied, Grant, Identity, Scope, ALL_PROJECTS, DEFAULT_PROJECT, ROOT};
 pub use quota::{Quota, QuotaExceeded, Usage};
 pub use role::{Permission, Role};
 pub use routes::{lookup, Route, Target, ROUTES};
+pub use visibility::Visibility;
 
 /// Checks a project name: like other Vessel names, 1-63 of `a-z 0-9 -`, not starting with `-`.
 pub fn validate_project_name(name: &str) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! The permission table: every API route, the permission it needs and where the project of its
-//! target comes from. One table, so that a reviewer sees all of it at once and a test can walk
-//! the OpenAPI document against it. A route missing here is denied (fail closed).
+//! target comes from. One table, so that a reviewer sees all of it at once. A route missing here
+//! is denied (fail closed). The daemon's tests (`access/route_table.rs`) walk its routers and
+//! its OpenAPI document against this table and name any route one of the three lacks.
 
 use crate::Permission::{self, *};
 
@@ -201,9 +202,9 @@ fn match_template(
     Some((literals, params))
 }
 
-/// Decodes `%XX` escapes of a path segment (names are plain ASCII; anything odd is kept as is
-/// and then refused by the name checks of the handlers).
-fn percent_decode(segment: &str) -> String {
+/// Decodes `%XX` escapes of a path segment or query value (names are plain ASCII; anything odd
+/// is kept as is and then refused by the name checks of the handlers).
+pub fn percent_decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -8,10 +8,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use vessel_api::{
     ApiError, CreateTokenRequest, CreateUserRequest, CreatedToken, ErrorCode, Grant,
@@ -21,8 +17,7 @@ use vessel_auth::token::{Token, TokenError, TokenRecord};
 use vessel_auth::Identity;
 use vessel_store::{Compare, Op, Store, Txn};
 
-use crate::access::security::Security;
-use crate::api::{ApiJson, ApiResult, HttpError};
+use crate::access::tls::TlsMaterial;
 use crate::common::errors::{internal, store_error};
 use crate::vm::model::{decode, encode, now_ms};
 
@@ -299,30 +294,7 @@ pub async fn authenticate_cert(
     Ok((identity, credential))
 }
 
-// ---- routes ----
-
-#[derive(utoipa::OpenApi)]
-#[openapi(paths(
-    list_users,
-    create_user,
-    get_user,
-    delete_user,
-    issue_cert,
-    list_tokens,
-    create_token,
-    revoke_token
-))]
-pub struct IdentitiesDoc;
-
-pub fn router() -> axum::Router<Arc<Security>> {
-    use axum::routing::{delete, get, post};
-    axum::Router::new()
-        .route("/v1/users", get(list_users).post(create_user))
-        .route("/v1/users/{name}", get(get_user).delete(delete_user))
-        .route("/v1/users/{name}/certs", post(issue_cert))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-}
+// ---- what the routes do (`routes.rs` holds the handlers) ----
 
 fn user_not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("user {name:?} does not exist"))
@@ -355,28 +327,26 @@ fn check_grants(grants: &[Grant]) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[utoipa::path(get, path = "/v1/users", responses((status = 200, body = Vec<User>)))]
-async fn list_users(State(sec): State<Arc<Security>>) -> ApiResult<Json<Vec<User>>> {
-    let store = sec.ctx.store.as_ref();
+pub async fn list_users(store: &dyn Store) -> Result<Vec<User>, ApiError> {
     let (kvs, _) = store.list(USERS_PREFIX).await.map_err(store_error)?;
     let mut out = Vec::new();
     for kv in kvs {
         out.push(user_view(store, decode(&kv.key, &kv.value).map_err(internal)?).await?);
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
-#[utoipa::path(post, path = "/v1/users", request_body = CreateUserRequest,
-    responses((status = 201, body = User), (status = 400, body = vessel_api::ErrorBody), (status = 409, body = vessel_api::ErrorBody)))]
-async fn create_user(
-    State(sec): State<Arc<Security>>,
-    ApiJson(req): ApiJson<CreateUserRequest>,
-) -> ApiResult<Response> {
+/// Records a new user; a taken name changes nothing.
+pub async fn create_user(
+    store: &dyn Store,
+    cache: &AuthCache,
+    req: CreateUserRequest,
+) -> Result<User, ApiError> {
     vessel_auth::validate_user_name(&req.name).map_err(ApiError::invalid)?;
     if req.name == vessel_auth::ROOT {
-        return Err(HttpError(ApiError::invalid(
+        return Err(ApiError::invalid(
             "root is the built-in identity of the unix socket; choose another name",
-        )));
+        ));
     }
     check_grants(&req.grants)?;
     let record = UserRecord {
@@ -387,43 +357,33 @@ async fn create_user(
     let txn = Txn::new()
         .when(Compare::Missing(user_key(&req.name)))
         .then(Op::Put(user_key(&req.name), encode(&record)));
-    if !sec.ctx.store.txn(txn).await.map_err(store_error)?.succeeded {
-        return Err(HttpError(ApiError::new(
+    if !store.txn(txn).await.map_err(store_error)?.succeeded {
+        return Err(ApiError::new(
             ErrorCode::AlreadyExists,
             format!("user {:?} already exists", req.name),
-        )));
+        ));
     }
-    sec.auth_cache.clear();
-    let user = user_view(sec.ctx.store.as_ref(), record).await?;
-    Ok((StatusCode::CREATED, Json(user)).into_response())
+    cache.clear();
+    user_view(store, record).await
 }
 
-#[utoipa::path(get, path = "/v1/users/{name}", responses((status = 200, body = User), (status = 404, body = vessel_api::ErrorBody)))]
-async fn get_user(
-    State(sec): State<Arc<Security>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<User>> {
-    let store = sec.ctx.store.as_ref();
-    let record = load_user(store, &name)
+pub async fn get_user(store: &dyn Store, name: &str) -> Result<User, ApiError> {
+    let record = load_user(store, name)
         .await?
-        .ok_or_else(|| user_not_found(&name))?;
-    Ok(Json(user_view(store, record).await?))
+        .ok_or_else(|| user_not_found(name))?;
+    user_view(store, record).await
 }
 
-#[utoipa::path(delete, path = "/v1/users/{name}", responses((status = 204), (status = 404, body = vessel_api::ErrorBody)))]
-async fn delete_user(
-    State(sec): State<Arc<Security>>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
-    let store = sec.ctx.store.as_ref();
+/// Deletes a user with its tokens and certificates, in one transaction.
+pub async fn delete_user(store: &dyn Store, cache: &AuthCache, name: &str) -> Result<(), ApiError> {
     let kv = store
-        .get(&user_key(&name))
+        .get(&user_key(name))
         .await
         .map_err(store_error)?
-        .ok_or_else(|| user_not_found(&name))?;
+        .ok_or_else(|| user_not_found(name))?;
     let mut txn = Txn::new()
-        .when(Compare::ModRevision(user_key(&name), kv.mod_revision))
-        .then(Op::Delete(user_key(&name)));
+        .when(Compare::ModRevision(user_key(name), kv.mod_revision))
+        .then(Op::Delete(user_key(name)));
     for token in tokens(store).await? {
         if token.user == name {
             txn = txn.then(Op::Delete(token_key(&token.id)));
@@ -437,64 +397,55 @@ async fn delete_user(
         }
     }
     if !store.txn(txn).await.map_err(store_error)?.succeeded {
-        return Err(HttpError(ApiError::conflict(format!(
+        return Err(ApiError::conflict(format!(
             "user {name:?} changed meanwhile; try again"
-        ))));
+        )));
     }
-    sec.auth_cache.clear();
-    Ok(StatusCode::NO_CONTENT)
+    cache.clear();
+    Ok(())
 }
 
-#[utoipa::path(post, path = "/v1/users/{name}/certs", request_body = Option<IssueCertRequest>,
-    responses((status = 201, body = IssuedCert), (status = 404, body = vessel_api::ErrorBody), (status = 409, body = vessel_api::ErrorBody)))]
-async fn issue_cert(
-    State(sec): State<Arc<Security>>,
-    Path(name): Path<String>,
-    body: axum::body::Bytes,
-) -> ApiResult<Response> {
-    let req: IssueCertRequest = if body.is_empty() {
-        IssueCertRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("request body is not valid: {e}")))?
-    };
-    let store = sec.ctx.store.as_ref();
-    load_user(store, &name)
+/// Issues a client certificate to a user, signed by the daemon's CA.
+pub async fn issue_cert(
+    store: &dyn Store,
+    cache: &AuthCache,
+    tls: Option<&TlsMaterial>,
+    name: &str,
+    req: IssueCertRequest,
+) -> Result<IssuedCert, ApiError> {
+    load_user(store, name)
         .await?
-        .ok_or_else(|| user_not_found(&name))?;
-    let Some(tls) = sec.tls.as_ref() else {
-        return Err(HttpError(
-            ApiError::conflict(
-                "the remote API is off, so there is no CA to issue certificates with",
-            )
-            .with_hint("start the daemon with --listen ADDR (or `listen` in its config)"),
-        ));
+        .ok_or_else(|| user_not_found(name))?;
+    let Some(tls) = tls else {
+        return Err(ApiError::conflict(
+            "the remote API is off, so there is no CA to issue certificates with",
+        )
+        .with_hint("start the daemon with --listen ADDR (or `listen` in its config)"));
     };
     let days = req.days.unwrap_or(365).clamp(1, 3650);
     let cert = tls
-        .issue_client_cert(&name, days)
+        .issue_client_cert(name, days)
         .map_err(|e| ApiError::internal(format!("cannot issue a certificate: {e:#}")))?;
     let record = CertRecord {
-        user: name.clone(),
+        user: name.to_string(),
         fingerprint: cert.fingerprint.clone(),
         created_ms: now_ms(),
         expires_ms: now_ms() + u64::from(days) * 86_400_000,
     };
     let txn = Txn::new()
-        .when(Compare::Exists(user_key(&name)))
+        .when(Compare::Exists(user_key(name)))
         .then(Op::Put(cert_key(&cert.fingerprint), encode(&record)));
     if !store.txn(txn).await.map_err(store_error)?.succeeded {
-        return Err(HttpError(user_not_found(&name)));
+        return Err(user_not_found(name));
     }
-    sec.auth_cache.clear();
-    let issued = IssuedCert {
-        user: name,
+    cache.clear();
+    Ok(IssuedCert {
+        user: name.to_string(),
         fingerprint: cert.fingerprint,
         cert_pem: cert.cert_pem,
         key_pem: cert.key_pem,
         ca_pem: tls.ca_pem.clone(),
-    };
-    Ok((StatusCode::CREATED, Json(issued)).into_response())
+    })
 }
 
 async fn tokens(store: &dyn Store) -> Result<Vec<TokenRecord>, ApiError> {
@@ -515,18 +466,16 @@ fn token_info(record: TokenRecord) -> TokenInfo {
     }
 }
 
-#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = Vec<TokenInfo>)))]
-async fn list_tokens(State(sec): State<Arc<Security>>) -> ApiResult<Json<Vec<TokenInfo>>> {
-    let records = tokens(sec.ctx.store.as_ref()).await?;
-    Ok(Json(records.into_iter().map(token_info).collect()))
+pub async fn list_tokens(store: &dyn Store) -> Result<Vec<TokenInfo>, ApiError> {
+    Ok(tokens(store).await?.into_iter().map(token_info).collect())
 }
 
-#[utoipa::path(post, path = "/v1/tokens", request_body = CreateTokenRequest,
-    responses((status = 201, body = CreatedToken), (status = 400, body = vessel_api::ErrorBody), (status = 404, body = vessel_api::ErrorBody)))]
-async fn create_token(
-    State(sec): State<Arc<Security>>,
-    ApiJson(req): ApiJson<CreateTokenRequest>,
-) -> ApiResult<Response> {
+/// Makes a token for a user; its secret is in the answer only, the store keeps its digest.
+pub async fn create_token(
+    store: &dyn Store,
+    cache: &AuthCache,
+    req: CreateTokenRequest,
+) -> Result<CreatedToken, ApiError> {
     check_grants(&req.scope)?;
     vessel_core::validate_text("the token description", &req.description, 256)
         .map_err(ApiError::invalid)?;
@@ -547,33 +496,26 @@ async fn create_token(
         .when(Compare::Exists(user_key(&req.user)))
         .when(Compare::Missing(token_key(&token.id)))
         .then(Op::Put(token_key(&token.id), encode(&record)));
-    if !sec.ctx.store.txn(txn).await.map_err(store_error)?.succeeded {
-        return Err(HttpError(user_not_found(&req.user)));
+    if !store.txn(txn).await.map_err(store_error)?.succeeded {
+        return Err(user_not_found(&req.user));
     }
-    sec.auth_cache.clear();
-    let created = CreatedToken {
+    cache.clear();
+    Ok(CreatedToken {
         token: token_info(record),
         secret: token.reveal(),
-    };
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    })
 }
 
-#[utoipa::path(delete, path = "/v1/tokens/{id}", responses((status = 204), (status = 404, body = vessel_api::ErrorBody)))]
-async fn revoke_token(
-    State(sec): State<Arc<Security>>,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn revoke_token(store: &dyn Store, cache: &AuthCache, id: &str) -> Result<(), ApiError> {
     let txn = Txn::new()
-        .when(Compare::Exists(token_key(&id)))
-        .then(Op::Delete(token_key(&id)));
-    if !sec.ctx.store.txn(txn).await.map_err(store_error)?.succeeded {
-        return Err(HttpError(
-            ApiError::not_found(format!("token {id:?} does not exist"))
-                .with_hint("list tokens with `vessel token list`"),
-        ));
+        .when(Compare::Exists(token_key(id)))
+        .then(Op::Delete(token_key(id)));
+    if !store.txn(txn).await.map_err(store_error)?.succeeded {
+        return Err(ApiError::not_found(format!("token {id:?} does not exist"))
+            .with_hint("list tokens with `vessel token list`"));
     }
-    sec.auth_cache.clear();
-    Ok(StatusCode::NO_CONTENT)
+    cache.clear();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,5 +6,9 @@ pub mod identities;
 pub mod limits;
 pub mod projects;
 pub mod refusals;
+#[cfg(test)]
+pub(crate) mod route_table;
+pub mod routes;
 pub mod security;
+pub mod targets;
 pub mod tls;

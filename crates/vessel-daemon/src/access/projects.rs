@@ -5,20 +5,12 @@
 //! the record so that every concurrent create in the project conflicts with it. Two requests
 //! racing for the last unit: one commits, the other retries, sees the new usage and is refused.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 use vessel_api::{ApiError, CreateProjectRequest, ErrorCode, Project, Quota, Usage};
-use vessel_auth::{Permission, DEFAULT_PROJECT};
+use vessel_auth::{Visibility, DEFAULT_PROJECT};
 use vessel_store::{Compare, Op, Store, Txn};
 
-use crate::access::caller::Caller;
-use crate::api::{ApiJson, ApiResult, HttpError};
 use crate::common::errors::{internal, store_error};
 use crate::common::quota::{Counter, Holdings};
 use crate::ctx::Ctx;
@@ -190,22 +182,7 @@ pub fn contended(project: &str) -> ApiError {
     .with_hint("try again")
 }
 
-// ---- routes ----
-
-#[derive(utoipa::OpenApi)]
-#[openapi(paths(list_projects, create_project, get_project, delete_project, set_quota))]
-pub struct ProjectsDoc;
-
-pub fn router() -> axum::Router<Arc<crate::access::security::Security>> {
-    use axum::routing::{get, put};
-    axum::Router::new()
-        .route("/v1/projects", get(list_projects).post(create_project))
-        .route(
-            "/v1/projects/{name}",
-            get(get_project).delete(delete_project),
-        )
-        .route("/v1/projects/{name}/quota", put(set_quota))
-}
+// ---- what the routes do (`routes.rs` holds the handlers) ----
 
 async fn view(store: &dyn Store, record: ProjectRecord) -> Result<Project, ApiError> {
     Ok(Project {
@@ -216,30 +193,21 @@ async fn view(store: &dyn Store, record: ProjectRecord) -> Result<Project, ApiEr
     })
 }
 
-#[utoipa::path(get, path = "/v1/projects", responses((status = 200, body = Vec<Project>)))]
-async fn list_projects(
-    State(sec): State<Arc<crate::access::security::Security>>,
-    Extension(caller): Extension<Caller>,
-) -> ApiResult<Json<Vec<Project>>> {
-    let store = sec.ctx.store.as_ref();
+/// The projects `visible` shows.
+pub async fn list(store: &dyn Store, visible: &Visibility) -> Result<Vec<Project>, ApiError> {
     let (kvs, _) = store.list(PROJECTS_PREFIX).await.map_err(store_error)?;
-    let readable = caller.identity.readable_projects(Permission::ProjectRead);
     let mut out = Vec::new();
     for kv in kvs {
         let record: ProjectRecord = decode(&kv.key, &kv.value).map_err(internal)?;
-        if readable.as_ref().is_none_or(|r| r.contains(&record.name)) {
+        if visible.shows(&record.name) {
             out.push(view(store, record).await?);
         }
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
-#[utoipa::path(post, path = "/v1/projects", request_body = CreateProjectRequest,
-    responses((status = 201, body = Project), (status = 400, body = vessel_api::ErrorBody), (status = 409, body = vessel_api::ErrorBody)))]
-async fn create_project(
-    State(sec): State<Arc<crate::access::security::Security>>,
-    ApiJson(req): ApiJson<CreateProjectRequest>,
-) -> ApiResult<Response> {
+/// Records a new project; a taken name changes nothing.
+pub async fn create(store: &dyn Store, req: CreateProjectRequest) -> Result<Project, ApiError> {
     vessel_auth::validate_project_name(&req.name).map_err(ApiError::invalid)?;
     let record = ProjectRecord {
         name: req.name.clone(),
@@ -249,74 +217,56 @@ async fn create_project(
     let txn = Txn::new()
         .when(Compare::Missing(project_key(&req.name)))
         .then(Op::Put(project_key(&req.name), encode(&record)));
-    let done = sec.ctx.store.txn(txn).await.map_err(store_error)?;
+    let done = store.txn(txn).await.map_err(store_error)?;
     if !done.succeeded {
-        return Err(HttpError(ApiError::new(
+        return Err(ApiError::new(
             ErrorCode::AlreadyExists,
             format!("project {:?} already exists", req.name),
-        )));
+        ));
     }
-    let project = view(sec.ctx.store.as_ref(), record).await?;
-    Ok((StatusCode::CREATED, Json(project)).into_response())
+    view(store, record).await
 }
 
-#[utoipa::path(get, path = "/v1/projects/{name}", responses((status = 200, body = Project), (status = 404, body = vessel_api::ErrorBody)))]
-async fn get_project(
-    State(sec): State<Arc<crate::access::security::Security>>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<Project>> {
-    let (record, _) = load(sec.ctx.store.as_ref(), &name).await?;
-    Ok(Json(view(sec.ctx.store.as_ref(), record).await?))
+pub async fn get(store: &dyn Store, name: &str) -> Result<Project, ApiError> {
+    let (record, _) = load(store, name).await?;
+    view(store, record).await
 }
 
-#[utoipa::path(put, path = "/v1/projects/{name}/quota", request_body = Quota,
-    responses((status = 200, body = Project), (status = 404, body = vessel_api::ErrorBody)))]
-async fn set_quota(
-    State(sec): State<Arc<crate::access::security::Security>>,
-    Path(name): Path<String>,
-    ApiJson(quota): ApiJson<Quota>,
-) -> ApiResult<Json<Project>> {
-    let store = sec.ctx.store.as_ref();
-    let (mut record, revision) = load(store, &name).await?;
+pub async fn set_quota(store: &dyn Store, name: &str, quota: Quota) -> Result<Project, ApiError> {
+    let (mut record, revision) = load(store, name).await?;
     record.quota = quota;
     let txn = Txn::new()
-        .when(Compare::ModRevision(project_key(&name), revision))
-        .then(Op::Put(project_key(&name), encode(&record)));
+        .when(Compare::ModRevision(project_key(name), revision))
+        .then(Op::Put(project_key(name), encode(&record)));
     if !store.txn(txn).await.map_err(store_error)?.succeeded {
-        return Err(HttpError(contended(&name)));
+        return Err(contended(name));
     }
-    Ok(Json(view(store, record).await?))
+    view(store, record).await
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{name}", responses((status = 204), (status = 409, body = vessel_api::ErrorBody)))]
-async fn delete_project(
-    State(sec): State<Arc<crate::access::security::Security>>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+/// Deletes an empty project (never `default`).
+pub async fn delete(store: &dyn Store, name: &str) -> Result<(), ApiError> {
     if name == DEFAULT_PROJECT {
-        return Err(HttpError(ApiError::conflict(
-            "the default project cannot be deleted",
-        )));
+        return Err(ApiError::conflict("the default project cannot be deleted"));
     }
-    let store = sec.ctx.store.as_ref();
-    let (_, revision) = load(store, &name).await?;
-    let (used, volumes) = usage_and_volumes(store, &name).await?;
+    let (_, revision) = load(store, name).await?;
+    let (used, volumes) = usage_and_volumes(store, name).await?;
     if used.vms > 0 || used.networks > 0 || volumes > 0 {
-        return Err(HttpError(
+        return Err(
             ApiError::conflict(format!(
                 "project {name:?} still has {} VM(s), {} network(s) and {volumes} volume(s) or image(s)",
                 used.vms, used.networks
             ))
             .with_hint("delete them first (`vessel vm list`, `vessel network list`, `vessel volume list`, `vessel image list` show them)"),
-        ));
+        );
     }
     // Conditional on the revision read before counting: a create that committed meanwhile
     // re-put the record, and this delete then fails instead of orphaning the new VM.
     let txn = Txn::new()
-        .when(Compare::ModRevision(project_key(&name), revision))
-        .then(Op::Delete(project_key(&name)));
+        .when(Compare::ModRevision(project_key(name), revision))
+        .then(Op::Delete(project_key(name)));
     if !store.txn(txn).await.map_err(store_error)?.succeeded {
-        return Err(HttpError(contended(&name)));
+        return Err(contended(name));
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -17,8 +17,9 @@
 //!    `error: ...`. Refusals are recorded compactly: fields clipped, and past a share per
 //!    address and minute only counted, then summarized in one record (`refusals.rs`).
 //!
-//! Lists of VMs, images and volumes are filtered to the caller's projects here, from the
-//! handler's JSON.
+//! The project of the object a route names is asked of the feature that owns it
+//! (`targets.rs`); lists are filtered by the features that make them, with the caller's
+//! [`vessel_auth::Visibility`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,9 +33,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use http_body_util::BodyExt;
-use vessel_api::{ApiError, ErrorCode, Whoami, MAX_BODY_BYTES};
+use vessel_api::{ApiError, ErrorCode, MAX_BODY_BYTES};
 use vessel_audit::{AuditEntry, AuditLog};
 use vessel_auth::routes::{lookup, Matched, Target};
 use vessel_auth::{Identity, Permission, Scope, DEFAULT_PROJECT};
@@ -43,6 +43,7 @@ pub use crate::access::caller::{permission_denied, Caller};
 use crate::access::tls::{Peer, TlsMaterial};
 use crate::api::HttpError;
 use crate::ctx::Ctx;
+use crate::ctx::Service;
 
 /// Failed sign-ins one address may make per window; after that its failures are answered 429
 /// (a valid credential from it still passes).
@@ -228,23 +229,19 @@ pub async fn bind_remote(config: &crate::Config, sec: &Security) -> anyhow::Resu
     }))
 }
 
-/// Every route (the API's and these modules'), behind the security middleware.
+/// Every route (the API's and access's own), behind the security middleware.
 pub fn app(api: axum::Router, sec: Arc<Security>) -> axum::Router {
-    let own = router()
-        .merge(crate::access::identities::router())
-        .merge(crate::access::projects::router())
+    let own = crate::access::routes::router()
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::clone(&sec));
     api.merge(own)
         .layer(axum::middleware::from_fn_with_state(sec, middleware))
 }
 
-/// The OpenAPI paths of these modules, added to the API's document.
+/// The OpenAPI paths of access's own routes, added to the API's document.
 pub fn extend_openapi(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::OpenApi as _;
-    doc.merge(SecurityDoc::openapi());
-    doc.merge(crate::access::identities::IdentitiesDoc::openapi());
-    doc.merge(crate::access::projects::ProjectsDoc::openapi());
+    doc.merge(crate::access::routes::AccessApi::openapi());
 }
 
 impl Security {
@@ -347,24 +344,6 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
     if let Some(slot) = stream {
         return response.map(|body| Body::new(crate::access::limits::HeldStream::new(body, slot)));
     }
-    let response = match (&matched, mutating) {
-        (Some(m), false) if m.route.path == "/v1/vms" => {
-            filter_list(&caller, Permission::VmRead, response).await
-        }
-        (Some(m), false) if m.route.path == "/v1/images" => {
-            filter_list(&caller, Permission::ImageRead, response).await
-        }
-        (Some(m), false) if m.route.path == "/v1/networks" => {
-            filter_list(&caller, Permission::NetworkRead, response).await
-        }
-        (Some(m), false) if m.route.path == "/v1/pools/{pool}/volumes" => {
-            filter_list(&caller, Permission::StorageRead, response).await
-        }
-        (Some(m), false) if m.route.path == "/v1/operations" => {
-            filter_list(&caller, Permission::OperationRead, response).await
-        }
-        _ => response,
-    };
     // Reads are audited only when refused as malformed (the 401/403/429 cases were above).
     if !mutating && !matches!(response.status().as_u16(), 400 | 413) {
         return response;
@@ -378,8 +357,9 @@ pub async fn middleware(State(sec): State<Arc<Security>>, req: Request, next: Ne
 /// or an upgrade (the console).
 fn holds_stream(req: &Request) -> bool {
     let follows = req.uri().query().is_some_and(|q| {
-        q.split('&')
-            .any(|p| matches!(p, "follow" | "follow=true" | "follow=1"))
+        crate::api::Params::any(q)
+            .flag("follow", false)
+            .unwrap_or(false)
     });
     req.method() == Method::GET && (follows || req.headers().contains_key(header::UPGRADE))
 }
@@ -558,20 +538,19 @@ async fn authorize(
     // A caller with the permission on the host has it in every project: no need to look up the
     // target's project (that lookup waits for the VM view to catch up with the store).
     let everywhere = caller.identity.check(permission, Scope::Host).is_ok();
-    let (req, project, target) = resolve(sec, matched, req, everywhere).await?;
+    let (req, resolved) = resolve(sec, matched, req, everywhere).await?;
+    let Resolved {
+        project,
+        public,
+        target,
+    } = resolved;
     // An object in a project the caller may not read is, to that caller, missing: checked as
     // a lookup of a missing object (the permission in any project), then answered with the
     // handler's own 404. A 403 for an existing object and a 404 for a missing one would tell
-    // that it exists.
+    // that it exists. Everyone sees a public image, so a refused change of one is a 403.
     let hidden = match project.as_deref() {
-        Some(p) if !may_see(&caller.identity, matched.route.target, p) => {
-            // Everyone sees a public image, so a refused change of one is a 403, not a 404.
-            !(matches!(matched.route.target, Target::Image)
-                && image_project(sec, matched.param("name").unwrap_or_default())
-                    .await
-                    .is_some_and(|(_, public)| public))
-        }
-        _ => false,
+        Some(p) => !public && !may_see(&caller.identity, matched.route.target, p),
+        None => false,
     };
     let project = if hidden { None } else { project };
     let scope = match (matched.route.target, project.as_deref()) {
@@ -583,7 +562,10 @@ async fn authorize(
         .identity
         .check(permission, scope)
         .map_err(permission_denied)?;
-    match hidden.then(|| missing(matched)).flatten() {
+    match hidden
+        .then(|| crate::access::targets::not_found(matched))
+        .flatten()
+    {
         Some(e) => Err(e),
         None => Ok((req, target)),
     }
@@ -592,30 +574,10 @@ async fn authorize(
 /// Whether the caller may know that an object of `target`'s kind in `project` exists: it may
 /// read such objects there.
 fn may_see(identity: &Identity, target: Target, project: &str) -> bool {
-    let read = match target {
-        Target::Vm => Permission::VmRead,
-        Target::Image => Permission::ImageRead,
-        Target::Volume => Permission::StorageRead,
-        Target::Network => Permission::NetworkRead,
-        Target::Operation => Permission::OperationRead,
-        // Projects, bodies of creates: what they name is the request's own.
-        Target::Host | Target::Any | Target::Project | Target::Body => return true,
-    };
-    identity.check(read, Scope::Project(project)).is_ok()
-}
-
-/// The answer to a request for the object a route names when it does not exist, as its
-/// handler gives it.
-fn missing(matched: &Matched) -> Option<ApiError> {
-    let param = |name: &str| matched.param(name).unwrap_or_default();
-    Some(match matched.route.target {
-        Target::Vm => crate::vm::service::not_found(param("name")),
-        Target::Image => crate::storage::images::not_found(param("name")),
-        Target::Network => crate::network::service::not_found(param("name")),
-        Target::Volume => crate::storage::volumes::not_found(param("pool"), param("name")),
-        Target::Operation => crate::vm::service::operation_not_found(param("id")),
-        Target::Host | Target::Any | Target::Project | Target::Body => return None,
-    })
+    // Projects, bodies of creates: what they name is the request's own.
+    target
+        .read_permission()
+        .is_none_or(|read| identity.check(read, Scope::Project(project)).is_ok())
 }
 
 /// Checks the request's fields that name host files (`vessel_auth::host_files`): each needs
@@ -651,91 +613,75 @@ async fn check_host_files(
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-/// The project a request acts on (None: no single one) and the audit target.
+/// What a request acts on, as the middleware needs it.
+struct Resolved {
+    /// The project (`None`: no single one, or an object that does not exist).
+    project: Option<String>,
+    /// A public image: everyone may know it exists.
+    public: bool,
+    /// The audit target: the path, plus the name of what a create makes.
+    target: String,
+}
+
+impl Resolved {
+    fn new(project: Option<String>, target: String) -> Resolved {
+        Resolved {
+            project,
+            public: false,
+            target,
+        }
+    }
+}
+
+/// The project a request acts on and its audit target; the request comes back with its body
+/// put back if it was read.
 async fn resolve(
     sec: &Security,
     matched: &Matched,
     req: Request,
     everywhere: bool,
-) -> Result<(Request, Option<String>, String), ApiError> {
+) -> Result<(Request, Resolved), ApiError> {
     let path = req.uri().path().to_string();
     match matched.route.target {
         Target::Host | Target::Any if creates(matched) => {
             let (req, _, target) = peek_body(req, path).await?;
-            Ok((req, None, target))
+            Ok((req, Resolved::new(None, target)))
         }
-        Target::Host | Target::Any => Ok((req, None, path)),
-        Target::Project => Ok((req, matched.param("name").map(str::to_string), path)),
-        Target::Vm | Target::Image | Target::Volume | Target::Network | Target::Operation
-            if everywhere =>
-        {
-            Ok((req, None, path))
-        }
-        Target::Operation => {
-            let id = matched.param("id").unwrap_or_default();
-            Ok((req, operation_project(sec, id).await, path))
-        }
-        Target::Network => {
-            let name = matched.param("name").unwrap_or_default();
-            let project = crate::network::service::record(&sec.ctx, name)
-                .await
-                .ok()
-                .map(|n| n.project);
-            Ok((req, project, path))
-        }
-        Target::Volume => {
-            let pool = matched.param("pool").unwrap_or_default();
-            let name = matched.param("name").unwrap_or_default();
-            let project = crate::storage::ownership::get(&sec.ctx, pool, name).await?;
-            Ok((req, Some(project), path))
-        }
-        Target::Vm => {
-            let name = matched.param("name").unwrap_or_default();
-            let project = match sec.ctx.view.get(name).await {
-                Ok(Some(vm)) => Some(vm.record.project),
-                // A VM that does not exist: any project will do; the handler answers 404.
-                _ => None,
-            };
-            Ok((req, project, path))
-        }
-        Target::Image => {
-            let name = matched.param("name").unwrap_or_default();
-            let project = match image_project(sec, name).await {
-                // A public image is read from any project (deleting it needs a host admin).
-                Some((_, true)) if matched.route.method == "GET" => None,
-                found => found.map(|(project, _)| project),
-            };
-            Ok((req, project, path))
+        Target::Host | Target::Any => Ok((req, Resolved::new(None, path))),
+        Target::Project => {
+            let project = matched.param("name").map(str::to_string);
+            Ok((req, Resolved::new(project, path)))
         }
         Target::Body => {
             let (req, project, target) = peek_body(req, path).await?;
-            Ok((req, Some(project), target))
+            Ok((req, Resolved::new(Some(project), target)))
+        }
+        Target::Vm | Target::Image | Target::Volume | Target::Network | Target::Operation
+            if everywhere =>
+        {
+            Ok((req, Resolved::new(None, path)))
+        }
+        Target::Vm | Target::Image | Target::Volume | Target::Network | Target::Operation => {
+            let service = Service {
+                ctx: Arc::clone(&sec.ctx),
+            };
+            let owner = crate::access::targets::owner(&service, matched).await?;
+            let public = owner.as_ref().is_some_and(|o| o.public);
+            let project = match owner {
+                // A public image is read from any project (deleting it needs a host admin).
+                Some(o) if o.public && matched.route.method == "GET" => None,
+                found => found.map(|o| o.project),
+            };
+            Ok((
+                req,
+                Resolved {
+                    project,
+                    public,
+                    target: path,
+                },
+            ))
         }
     }
-}
-
-/// The project of an operation; `None` (any project) for one that does not exist.
-async fn operation_project(sec: &Security, id: &str) -> Option<String> {
-    let kv = sec
-        .ctx
-        .store
-        .get(&crate::vm::model::op_key(id))
-        .await
-        .ok()??;
-    let record: crate::vm::model::OpRecord = serde_json::from_slice(&kv.value).ok()?;
-    Some(record.operation.project)
-}
-
-/// The project of an image and whether it is public; `None` for one that does not exist.
-async fn image_project(sec: &Security, name: &str) -> Option<(String, bool)> {
-    let kv = sec
-        .ctx
-        .store
-        .get(&crate::storage::images::image_key(name))
-        .await
-        .ok()??;
-    let record: crate::storage::images::ImageRecord = serde_json::from_slice(&kv.value).ok()?;
-    Some((record.project, record.public))
 }
 
 /// Whether the route creates something named in its body (`POST /v1/users`...).
@@ -814,169 +760,6 @@ async fn outcome(response: Response) -> (Response, String) {
     (Response::from_parts(parts, Body::from(bytes)), result)
 }
 
-/// Keeps only the items (VMs, images, volumes, networks, operations) of projects the caller may
-/// read with `permission` (root and `*` grants see everything).
-async fn filter_list(caller: &Caller, permission: Permission, response: Response) -> Response {
-    let Some(projects) = caller.identity.readable_projects(permission) else {
-        return response;
-    };
-    if !response.status().is_success() {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(collected) = body.collect().await else {
-        return error_response(ApiError::internal("could not read the list"));
-    };
-    let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&collected.to_bytes()) else {
-        return error_response(ApiError::internal("the list is not a JSON array"));
-    };
-    let kept: Vec<serde_json::Value> = items
-        .into_iter()
-        .filter(|item| {
-            // Public images are listed for everyone.
-            if item.get("public").and_then(|p| p.as_bool()) == Some(true) {
-                return true;
-            }
-            let project = item
-                .get("project")
-                .and_then(|p| p.as_str())
-                .unwrap_or(DEFAULT_PROJECT);
-            projects.iter().any(|p| p == project)
-        })
-        .collect();
-    let mut response = Json(kept).into_response();
-    *response.status_mut() = parts.status;
-    response
-}
-
-// ---- routes: who am I, the audit log ----
-
-#[derive(utoipa::OpenApi)]
-#[openapi(paths(whoami, list_audit, verify_audit))]
-pub struct SecurityDoc;
-
-pub fn router() -> axum::Router<Arc<Security>> {
-    use axum::routing::get;
-    axum::Router::new()
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/audit", get(list_audit))
-        .route("/v1/audit/verify", get(verify_audit))
-}
-
-#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = Whoami), (status = 401, body = vessel_api::ErrorBody)))]
-async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
-    Json(Whoami {
-        identity: caller.identity.name,
-        grants: caller.identity.grants,
-        source: caller.source,
-        method: caller.method.to_string(),
-    })
-}
-
-#[utoipa::path(get, path = "/v1/audit",
-    params(
-        ("since" = Option<u64>, Query, description = "only records at or after this time (ms since the epoch)"),
-        ("identity" = Option<String>, Query, description = "only records of this identity"),
-        ("action" = Option<String>, Query, description = "only this action; ending in `.` is a prefix (`vms.`)"),
-        ("limit" = Option<usize>, Query, description = "at most this many, the newest")
-    ),
-    responses((status = 200, body = Vec<vessel_api::AuditRecord>), (status = 400, body = vessel_api::ErrorBody)))]
-async fn list_audit(
-    State(sec): State<Arc<Security>>,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
-) -> Result<Json<Vec<vessel_api::AuditRecord>>, HttpError> {
-    let params = crate::api::Params::parse(q, &["since", "identity", "action", "limit"])?;
-    let number = |key: &str| -> Result<Option<u64>, HttpError> {
-        params
-            .0
-            .get(key)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    HttpError(ApiError::invalid(format!("{key}={v:?} is not a number")))
-                })
-            })
-            .transpose()
-    };
-    let filter = vessel_audit::ListFilter {
-        since_ms: number("since")?,
-        identity: params.0.get("identity").map(|s| decode_query(s)),
-        action: params.0.get("action").map(|s| decode_query(s)),
-        limit: number("limit")?.map(|n| n as usize),
-    };
-    let records = sec
-        .audit
-        .list(&filter)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))?;
-    Ok(Json(records.into_iter().map(audit_view).collect()))
-}
-
-fn decode_query(text: &str) -> String {
-    let plus = text.replace('+', " ");
-    let bytes = plus.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            // Bytes, not a str slice: `%` may be followed by a multi-byte character.
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn audit_view(r: vessel_audit::AuditRecord) -> vessel_api::AuditRecord {
-    vessel_api::AuditRecord {
-        seq: r.seq,
-        at_ms: r.at_ms,
-        identity: r.identity,
-        source: r.source,
-        action: r.action,
-        target: r.target,
-        result: r.result,
-        hash: r.hash.iter().map(|b| format!("{b:02x}")).collect(),
-    }
-}
-
-#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, body = vessel_api::AuditVerifyReport)))]
-async fn verify_audit(
-    State(sec): State<Arc<Security>>,
-) -> Result<Json<vessel_api::AuditVerifyReport>, HttpError> {
-    // Sign the newest records first, so that everything appended so far is pinned by a key.
-    sec.audit
-        .checkpoint()
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot checkpoint the audit log: {e}")))?;
-    let key =
-        vessel_audit::parse_public_key(sec.audit.public_key_hex()).map_err(ApiError::internal)?;
-    let report = vessel_audit::verify_store(sec.ctx.store.as_ref(), &key)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot verify the audit log: {e}")))?;
-    Ok(Json(report_view(report, sec.audit.public_key_hex())))
-}
-
-pub fn report_view(
-    report: vessel_audit::VerifyReport,
-    public_key: &str,
-) -> vessel_api::AuditVerifyReport {
-    vessel_api::AuditVerifyReport {
-        records: report.records,
-        last_seq: report.last_seq,
-        valid_checkpoints: report.valid_checkpoints,
-        last_verified_checkpoint: report.last_verified_checkpoint,
-        pruned_through: report.pruned_through,
-        issues: report.issues.iter().map(ToString::to_string).collect(),
-        public_key: public_key.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1023,11 +806,28 @@ mod tests {
         fn any_body_yields_a_project_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = body_project(&bytes);
         }
+    }
 
-        #[test]
-        fn any_query_decodes_without_panicking(text in ".{0,60}") {
-            let _ = decode_query(&text);
-        }
+    #[test]
+    fn a_follow_or_an_upgrade_holds_a_stream() {
+        let get = |uri: &str| {
+            Request::builder()
+                .method("GET")
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert!(holds_stream(&get("/v1/events?follow")));
+        assert!(holds_stream(&get("/v1/events?vm=a&follow=1")));
+        assert!(holds_stream(&get("/v1/vms/a/console/log?follow=true")));
+        assert!(!holds_stream(&get("/v1/events?follow=false")));
+        assert!(!holds_stream(&get("/v1/events?followers=true")));
+        assert!(!holds_stream(&get("/v1/events")));
+        let mut upgrade = get("/v1/vms/a/console");
+        upgrade
+            .headers_mut()
+            .insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(holds_stream(&upgrade));
     }
 
     #[test]

@@ -86,18 +86,24 @@ pub(crate) struct Params(pub(crate) HashMap<String, String>);
 
 impl Params {
     pub(crate) fn parse(raw: Option<String>, allowed: &[&str]) -> Result<Params, HttpError> {
-        let mut map = HashMap::new();
-        for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
-            if !allowed.contains(&key) {
-                return Err(HttpError(ApiError::invalid(format!(
-                    "unknown query parameter {key:?}; allowed: {}",
-                    allowed.join(", ")
-                ))));
-            }
-            map.insert(key.to_string(), value.to_string());
+        let raw = raw.unwrap_or_default();
+        if let Some((key, _)) = pairs(&raw).find(|(key, _)| !allowed.contains(key)) {
+            return Err(HttpError(ApiError::invalid(format!(
+                "unknown query parameter {key:?}; allowed: {}",
+                allowed.join(", ")
+            ))));
         }
-        Ok(Params(map))
+        Ok(Params::any(&raw))
+    }
+
+    /// Every parameter, whatever its name: for the security middleware, which reads one and
+    /// leaves refusing the others to the handler.
+    pub(crate) fn any(raw: &str) -> Params {
+        Params(
+            pairs(raw)
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect::<HashMap<_, _>>(),
+        )
     }
 
     pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool, HttpError> {
@@ -110,6 +116,13 @@ impl Params {
             )))),
         }
     }
+}
+
+/// `key=value` pairs of a query; a bare `key` is `key=true`.
+fn pairs(raw: &str) -> impl Iterator<Item = (&str, &str)> {
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "true")))
 }
 
 /// The `wait` query parameter (default true), the only one most mutating routes take.

@@ -2,10 +2,11 @@
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use utoipa::OpenApi;
 use vessel_api::{ApiError, ErrorBody, HostCheck, HostInfo, Operation};
 
+use crate::access::caller::Caller;
 use crate::api::ApiResult;
 use crate::ctx::Service;
 
@@ -37,8 +38,18 @@ async fn cancel_operation(
 }
 
 #[utoipa::path(get, path = "/v1/operations", responses((status = 200, body = Vec<Operation>)))]
-async fn list_operations(State(s): State<Service>) -> ApiResult<Json<Vec<Operation>>> {
-    Ok(Json(s.list_operations().await?))
+async fn list_operations(
+    State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<Operation>>> {
+    let visible =
+        vessel_auth::Visibility::of(&caller.identity, vessel_auth::Permission::OperationRead);
+    Ok(Json(s.list_operations(&visible).await?))
+}
+
+/// The project of an operation: that of what it works on (`None`: no such operation).
+pub async fn project_of(s: &Service, id: &str) -> Option<String> {
+    s.get_operation(id).await.ok().map(|op| op.project)
 }
 
 #[utoipa::path(get, path = "/v1/operations/{id}", responses((status = 200, body = Operation), (status = 404, body = ErrorBody)))]

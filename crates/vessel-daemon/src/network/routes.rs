@@ -85,8 +85,12 @@ pub fn routes() -> Router<Service> {
 }
 
 #[utoipa::path(get, path = "/v1/networks", responses((status = 200, body = Vec<Network>)))]
-async fn list_networks(State(s): State<Service>) -> ApiResult<Json<Vec<Network>>> {
-    Ok(Json(s.list_networks().await?))
+async fn list_networks(
+    State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<Network>>> {
+    let visible = vessel_auth::Visibility::of(&caller.identity, Permission::NetworkRead);
+    Ok(Json(s.list_networks(&visible).await?))
 }
 
 #[utoipa::path(post, path = "/v1/networks", request_body = CreateNetworkRequest,

@@ -127,6 +127,11 @@ pub async fn record(ctx: &Ctx, name: &str) -> Result<Network, ApiError> {
     decode(&kv.key, &kv.value).map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// The project of a network (`None`: no such network, or a name that cannot be one).
+pub async fn project_of(ctx: &Ctx, name: &str) -> Option<String> {
+    record(ctx, name).await.ok().map(|n| n.project)
+}
+
 /// `vm/nic` of every NIC on the network.
 fn users(vms: &[Loaded], network: &str) -> Vec<String> {
     vms.iter()
@@ -150,9 +155,14 @@ impl Service {
             .map_err(|e| ApiError::internal(e.to_string()))
     }
 
-    pub async fn list_networks(&self) -> Result<Vec<Network>, ApiError> {
+    /// The networks of the projects `visible` shows.
+    pub async fn list_networks(
+        &self,
+        visible: &vessel_auth::Visibility,
+    ) -> Result<Vec<Network>, ApiError> {
         let vms = self.all_vms().await?;
         let mut networks = list_records(&self.ctx).await?;
+        networks.retain(|n| visible.shows(&n.project));
         for network in &mut networks {
             network.used_by = users(&vms, &network.name);
         }

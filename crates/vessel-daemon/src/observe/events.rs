@@ -26,29 +26,22 @@ use crate::vm::model::now_ms;
 /// without a project (recorded before events had one) is shown only to callers who see every
 /// project; a `lagged` notice is the stream's own and always passes.
 #[derive(Clone)]
-struct Visibility {
-    projects: Option<Arc<Vec<String>>>,
-}
+struct Visibility(vessel_auth::Visibility);
 
 impl Visibility {
     fn of(caller: &Caller) -> Visibility {
-        Visibility {
-            projects: caller
-                .identity
-                .readable_projects(Permission::EventRead)
-                .map(Arc::new),
-        }
+        Visibility(vessel_auth::Visibility::of(
+            &caller.identity,
+            Permission::EventRead,
+        ))
     }
 
     fn allows(&self, event: &Event) -> bool {
-        let Some(projects) = &self.projects else {
-            return true;
-        };
         event.kind == EventKind::Lagged
-            || event
-                .project
-                .as_ref()
-                .is_some_and(|p| projects.iter().any(|q| q == p))
+            || match &event.project {
+                Some(project) => self.0.shows(project),
+                None => self.0.shows_all(),
+            }
     }
 }
 

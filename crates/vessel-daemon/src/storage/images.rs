@@ -242,7 +242,11 @@ impl Service {
         })
     }
 
-    pub async fn list_images(&self) -> Result<Vec<Image>, ApiError> {
+    /// The images `visible` shows: those of its projects, and every public one.
+    pub async fn list_images(
+        &self,
+        visible: &vessel_auth::Visibility,
+    ) -> Result<Vec<Image>, ApiError> {
         let (kvs, _) = self
             .ctx
             .store
@@ -253,7 +257,9 @@ impl Service {
         for kv in kvs {
             let record: ImageRecord =
                 decode(&kv.key, &kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
-            images.push(self.image_view(record).await?);
+            if visible.shows_image(&record.project, record.public) {
+                images.push(self.image_view(record).await?);
+            }
         }
         Ok(images)
     }
@@ -586,4 +592,10 @@ fn validate_digest(digest: Option<&str>) -> Result<(), ApiError> {
         }
         _ => Ok(()),
     }
+}
+
+/// The project of an image and whether it is public (`None`: no such image).
+pub async fn project_of(s: &Service, name: &str) -> Option<(String, bool)> {
+    let record = s.image_record(name).await.ok()??;
+    Some((record.project, record.public))
 }

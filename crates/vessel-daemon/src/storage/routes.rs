@@ -63,8 +63,12 @@ pub fn routes() -> Router<Service> {
 }
 
 #[utoipa::path(get, path = "/v1/images", responses((status = 200, body = Vec<vessel_api::Image>)))]
-async fn list_images(State(s): State<Service>) -> ApiResult<Json<Vec<vessel_api::Image>>> {
-    Ok(Json(s.list_images().await?))
+async fn list_images(
+    State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<vessel_api::Image>>> {
+    let visible = vessel_auth::Visibility::of(&caller.identity, vessel_auth::Permission::ImageRead);
+    Ok(Json(s.list_images(&visible).await?))
 }
 
 #[utoipa::path(post, path = "/v1/images", request_body = vessel_api::ImportImageRequest,
@@ -159,9 +163,12 @@ async fn delete_pool(State(s): State<Service>, Path(name): Path<String>) -> ApiR
 #[utoipa::path(get, path = "/v1/pools/{pool}/volumes", responses((status = 200, body = Vec<vessel_api::Volume>), (status = 404, body = ErrorBody)))]
 async fn list_volumes(
     State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
     Path(pool): Path<String>,
 ) -> ApiResult<Json<Vec<vessel_api::Volume>>> {
-    Ok(Json(s.list_volumes(&pool).await?))
+    let visible =
+        vessel_auth::Visibility::of(&caller.identity, vessel_auth::Permission::StorageRead);
+    Ok(Json(s.list_volumes(&pool, &visible).await?))
 }
 
 #[utoipa::path(post, path = "/v1/pools/{pool}/volumes", request_body = vessel_api::CreateVolumeRequest,

@@ -129,7 +129,12 @@ impl Service {
             .map_err(|e| ApiError::internal(e.to_string()))
     }
 
-    pub async fn list_volumes(&self, pool: &str) -> Result<Vec<Volume>, ApiError> {
+    /// The volumes of a pool in the projects `visible` shows.
+    pub async fn list_volumes(
+        &self,
+        pool: &str,
+        visible: &vessel_auth::Visibility,
+    ) -> Result<Vec<Volume>, ApiError> {
         let dir = self.open_pool(pool).await?;
         let vms = self.vms().await?;
         let volumes = dir.list_volumes().await.map_err(api_error)?;
@@ -143,6 +148,7 @@ impl Service {
                     .unwrap_or_else(crate::vm::model::default_project);
                 view(pool, v, &vms, project)
             })
+            .filter(|v| visible.shows(&v.project))
             .collect())
     }
 

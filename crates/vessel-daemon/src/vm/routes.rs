@@ -84,8 +84,12 @@ pub fn routes() -> Router<Service> {
 }
 
 #[utoipa::path(get, path = "/v1/vms", responses((status = 200, body = Vec<Vm>)))]
-async fn list_vms(State(s): State<Service>) -> ApiResult<Response> {
-    let json = s.list_vms_json().await?;
+async fn list_vms(
+    State(s): State<Service>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let visible = vessel_auth::Visibility::of(&caller.identity, vessel_auth::Permission::VmRead);
+    let json = s.list_vms_json(&visible).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 

@@ -31,8 +31,11 @@ pub(crate) fn not_found(name: &str) -> ApiError {
 
 impl Service {
     /// The VM list as JSON, from the in-memory view.
-    pub async fn list_vms_json(&self) -> Result<bytes::Bytes, ApiError> {
-        self.ctx.view.list_json().await.map_err(internal)
+    pub async fn list_vms_json(
+        &self,
+        visible: &vessel_auth::Visibility,
+    ) -> Result<bytes::Bytes, ApiError> {
+        self.ctx.view.list_json(visible).await.map_err(internal)
     }
 
     /// A VM's records, read from the store (not the view): what a request checks before it
@@ -446,13 +449,18 @@ impl Service {
         self.wait(id).await
     }
 
-    pub async fn list_operations(&self) -> Result<Vec<Operation>, ApiError> {
+    /// The operations of the projects `visible` shows, oldest first.
+    pub async fn list_operations(
+        &self,
+        visible: &vessel_auth::Visibility,
+    ) -> Result<Vec<Operation>, ApiError> {
         let (kvs, _) = self.ctx.store.list(OPS_PREFIX).await.map_err(store_error)?;
         let mut ops = kvs
             .iter()
             .map(|kv| decode::<OpRecord>(&kv.key, &kv.value).map(|r| r.operation))
             .collect::<Result<Vec<_>, _>>()
             .map_err(internal)?;
+        ops.retain(|op| visible.shows(&op.project));
         ops.sort_by_key(|op| op.created_at_ms);
         Ok(ops)
     }

@@ -281,18 +281,20 @@ impl VmView {
         Ok(())
     }
 
-    /// `[vm, vm, ...]` as the API returns it, sorted by name.
-    pub async fn list_json(&self) -> anyhow::Result<Bytes> {
+    /// `[vm, vm, ...]` as the API returns it, sorted by name: the VMs of the projects `visible`
+    /// shows.
+    pub async fn list_json(&self, visible: &vessel_auth::Visibility) -> anyhow::Result<Bytes> {
         self.catch_up().await?;
         let vms = self.vms.read();
-        let total: usize = vms
-            .values()
-            .filter_map(|e| e.json.as_ref())
-            .map(|j| j.len() + 1)
-            .sum();
+        let shown = || {
+            vms.values()
+                .filter(|e| e.record.as_ref().is_some_and(|r| visible.shows(&r.project)))
+                .filter_map(|e| e.json.as_ref())
+        };
+        let total: usize = shown().map(|j| j.len() + 1).sum();
         let mut out = Vec::with_capacity(total + 2);
         out.push(b'[');
-        for json in vms.values().filter_map(|e| e.json.as_ref()) {
+        for json in shown() {
             if out.len() > 1 {
                 out.push(b',');
             }
@@ -306,6 +308,16 @@ impl VmView {
     pub async fn get(&self, name: &str) -> anyhow::Result<Option<Loaded>> {
         self.catch_up().await?;
         Ok(self.vms.read().get(name).and_then(Entry::loaded))
+    }
+
+    /// The project of a VM, current as of the call (`None`: no such VM).
+    pub async fn project_of(&self, name: &str) -> anyhow::Result<Option<String>> {
+        self.catch_up().await?;
+        let vms = self.vms.read();
+        Ok(vms
+            .get(name)
+            .and_then(|e| e.record.as_ref())
+            .map(|r| r.project.clone()))
     }
 
     /// All VMs, current as of the call.
