@@ -4,3 +4,4 @@ pub mod errors;
 pub mod events;
 pub mod op_error;
 pub mod quota;
+pub mod records;

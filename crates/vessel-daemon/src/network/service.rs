@@ -247,14 +247,7 @@ impl Service {
             {
                 return Ok(());
             }
-            if self
-                .ctx
-                .store
-                .get(&key)
-                .await
-                .map_err(store_error)?
-                .is_some()
-            {
+            if crate::common::records::exists(self.ctx.store.as_ref(), &key).await? {
                 return Err(ApiError::new(
                     ErrorCode::AlreadyExists,
                     format!("a network named {:?} already exists", network.name),

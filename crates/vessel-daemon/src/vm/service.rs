@@ -152,13 +152,8 @@ impl Service {
                 }
                 return Ok(op.operation);
             }
-            if self
-                .ctx
-                .store
-                .get(&spec_key(&request.name))
-                .await
-                .map_err(store_error)?
-                .is_some()
+            if crate::common::records::exists(self.ctx.store.as_ref(), &spec_key(&request.name))
+                .await?
             {
                 return Err(ApiError::new(
                     ErrorCode::AlreadyExists,

@@ -105,12 +105,7 @@ pub async fn reserve(
         let existing = store.get(&key(name, snapshot)).await.map_err(store_error)?;
         let unchanged = match &existing {
             Some(kv) => {
-                if store
-                    .get(&snapshot_key(name, snapshot))
-                    .await
-                    .map_err(store_error)?
-                    .is_some()
-                {
+                if crate::common::records::exists(store, &snapshot_key(name, snapshot)).await? {
                     return Err(ApiError::conflict(format!(
                         "VM {name:?} already has a snapshot {snapshot:?}"
                     )));
